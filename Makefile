@@ -1,0 +1,35 @@
+# Two commands from a fresh clone: `make serve` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+# Build llama.cpp with every core; add e.g. CMAKE_ARGS="-DGGML_CUDA=on" for CUDA.
+export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc 2>/dev/null || echo 2)
+
+.PHONY: setup serve test lint format bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --progress-bar off -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+serve: setup
+	$(BIN)/llmhost serve
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check llmhost tests bench
+	$(BIN)/ruff format --check llmhost tests bench
+	$(BIN)/mypy
+
+format: setup
+	$(BIN)/ruff format llmhost tests bench
+	$(BIN)/ruff check --fix llmhost tests bench
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,1 @@
+"""The HTTP doors: an OpenAI-compatible API served by FastAPI + uvicorn."""

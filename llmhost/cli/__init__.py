@@ -1,0 +1,1 @@
+"""The ``llmhost`` command line."""

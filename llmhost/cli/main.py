@@ -1,0 +1,318 @@
+"""``llmhost`` — serve, run, chat, list, show and import models.
+
+Every failure the user can cause prints one line (``error: ...``) and exits non-zero.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from llmhost.config import Settings, load_settings
+from llmhost.engine.types import SamplingParams
+from llmhost.errors import ConfigError, LLMHostError, ModelNotFoundError
+from llmhost.models.default import DEFAULT_MODEL_NAME
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="llmhost",
+    help="Run and serve language models locally, behind an OpenAI-compatible API.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+T = TypeVar("T")
+
+ConfigOpt = Annotated[
+    Path | None, typer.Option("--config", "-c", help="TOML settings file (default: $LLMHOST_CONFIG).")
+]
+
+
+def _fail(message: str, code: int = 1) -> None:
+    err_console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    try:
+        yield
+    except ConfigError as exc:
+        _fail(str(exc).replace("\n", "; "), 2)
+    except LLMHostError as exc:
+        _fail(str(exc))
+    except KeyboardInterrupt:
+        err_console.print()
+        raise typer.Exit(130) from None
+
+
+def _settings(config: Path | None, **overrides: Any) -> Settings:
+    with _errors():
+        return load_settings(config, **overrides)
+    raise AssertionError("unreachable")
+
+
+def _service(settings: Settings) -> Any:
+    from llmhost.service import Service
+
+    return Service(settings)
+
+
+def _human_size(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if size < 1000 or unit == "TB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{n} B"
+
+
+def _human_params(n: int) -> str:
+    for div, unit in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if n >= div:
+            return f"{n / div:.2f}{unit}"
+    return str(n)
+
+
+def _with_service(settings: Settings, fn: Callable[[Any], T]) -> T:
+    with _errors():
+        service = _service(settings)
+        try:
+            return fn(service)
+        finally:
+            service.close()
+    raise AssertionError("unreachable")
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Bind address (default 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default 8080).")] = None,
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Model to load at start.")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Start the OpenAI-compatible HTTP server."""
+    settings = _settings(config, host=host, port=port, default_model=model)
+    if not _is_loopback(settings.host) and settings.api_key is None:
+        _fail(f"refusing to bind {settings.host} without an API key: set LLMHOST_API_KEY (or bind 127.0.0.1)")
+    import uvicorn
+
+    from llmhost.api.app import create_app
+
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    with _errors():
+        service = _service(settings)
+        # Import the default model before listening, so a broken install fails here, loudly.
+        service.prepare_default_model()
+        console.print(
+            f"llmhost serving [bold]{settings.default_model}[/bold] on http://{settings.host}:{settings.port}"
+        )
+        uvicorn.run(
+            create_app(settings, service),
+            host=settings.host,
+            port=settings.port,
+            log_level=settings.log_level,
+        )
+        service.close()
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _sampling(max_tokens: int | None, temperature: float, seed: int | None) -> SamplingParams:
+    return SamplingParams(max_tokens=max_tokens, temperature=temperature, seed=seed)
+
+
+async def _print_generation(gen: Any) -> str:
+    parts: list[str] = []
+    try:
+        async for out in gen.stream:
+            if out.error is not None:
+                raise out.error
+            if out.text:
+                parts.append(out.text)
+                sys.stdout.write(out.text)
+                sys.stdout.flush()
+    finally:
+        gen.stream.cancel()
+    sys.stdout.write("\n")
+    sys.stdout.flush()
+    return "".join(parts)
+
+
+def _ensure_model(service: Any, name: str) -> None:
+    if name == DEFAULT_MODEL_NAME and service.registry.find(name) is None:
+        err_console.print(f"importing the embedded default model {name} ...")
+        from llmhost.models.default import ensure_default_model
+
+        ensure_default_model(service.store, service.registry, name)
+    if service.registry.find(name) is None:
+        raise ModelNotFoundError(name)
+
+
+@app.command()
+def run(
+    model: Annotated[str, typer.Argument(help="Model name, e.g. gemma3:270m.")],
+    prompt: Annotated[str, typer.Argument(help="The prompt; its answer streams to the terminal.")],
+    max_tokens: Annotated[int | None, typer.Option(min=1, help="Most tokens to generate.")] = 256,
+    temperature: Annotated[float, typer.Option(min=0.0, max=2.0, help="Sampling temperature.")] = 0.8,
+    seed: Annotated[int | None, typer.Option(help="Random seed for reproducible output.")] = None,
+    raw: Annotated[
+        bool, typer.Option("--raw", help="Send the prompt as is, without the chat template.")
+    ] = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Generate an answer to one prompt, streaming tokens as they come."""
+    settings = _settings(config)
+    params = _sampling(max_tokens, temperature, seed)
+
+    def go(service: Any) -> None:
+        _ensure_model(service, model)
+        service.ready = True
+
+        async def main() -> None:
+            if raw:
+                gen = await service.complete(model, prompt, params)
+            else:
+                gen = await service.chat(model, [{"role": "user", "content": prompt}], params)
+            await _print_generation(gen)
+
+        asyncio.run(main())
+
+    _with_service(settings, go)
+
+
+@app.command()
+def chat(
+    model: Annotated[str, typer.Argument(help="Model name, e.g. gemma3:270m.")],
+    system: Annotated[str | None, typer.Option(help="A system prompt.")] = None,
+    max_tokens: Annotated[int | None, typer.Option(min=1, help="Most tokens per answer.")] = 512,
+    temperature: Annotated[float, typer.Option(min=0.0, max=2.0, help="Sampling temperature.")] = 0.8,
+    config: ConfigOpt = None,
+) -> None:
+    """Chat interactively; /bye or Ctrl-D ends the session."""
+    settings = _settings(config)
+    params = _sampling(max_tokens, temperature, None)
+
+    def go(service: Any) -> None:
+        _ensure_model(service, model)
+        service.ready = True
+        service.models.load(model)
+        history: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
+        console.print(f"[dim]chatting with {model}; /bye to quit[/dim]")
+        while True:
+            try:
+                line = input(">>> ")
+            except EOFError:
+                console.print()
+                return
+            if line.strip() in {"/bye", "/exit", "/quit"}:
+                return
+            if not line.strip():
+                continue
+            history.append({"role": "user", "content": line})
+
+            async def turn() -> str:
+                gen = await service.chat(model, history, params)
+                answer: str = await _print_generation(gen)
+                return answer
+
+            history.append({"role": "assistant", "content": asyncio.run(turn())})
+
+    _with_service(settings, go)
+
+
+@app.command("list")
+def list_models(config: ConfigOpt = None) -> None:
+    """List the models in the local store."""
+    settings = _settings(config)
+    records = _with_service(settings, lambda s: s.list_models())
+    table = Table(box=None, pad_edge=False)
+    for col in ("NAME", "ID", "SIZE", "ARCH", "QUANT", "MODIFIED"):
+        table.add_column(col)
+    for r in records:
+        table.add_row(
+            r.name,
+            r.digest.removeprefix("sha256:")[:12],
+            _human_size(r.size_bytes),
+            r.architecture,
+            r.quantization,
+            r.created_at.strftime("%Y-%m-%d %H:%M"),
+        )
+    console.print(table)
+
+
+@app.command()
+def show(
+    model: Annotated[str, typer.Argument(help="Model name.")],
+    template: Annotated[bool, typer.Option("--template", help="Print only the chat template.")] = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Show a model's architecture, size, quantization, context, template and license."""
+    settings = _settings(config)
+    from llmhost.models.templates import resolve_chat_template
+
+    record = _with_service(settings, lambda s: s.get_model(model))
+    tmpl = resolve_chat_template(record.architecture, record.chat_template)
+    if template:
+        console.print(tmpl.source, markup=False, highlight=False)
+        return
+    rows = [
+        ("name", record.name),
+        ("architecture", record.architecture),
+        ("parameters", _human_params(record.parameter_count)),
+        ("quantization", record.quantization),
+        ("context length", str(record.context_length or "unknown")),
+        ("size", _human_size(record.size_bytes)),
+        ("digest", record.digest),
+        ("template", tmpl.origin),
+        ("license", record.license or "unknown"),
+        ("source", record.source),
+        ("path", str(record.path)),
+    ]
+    table = Table(box=None, show_header=False, pad_edge=False)
+    table.add_column(style="bold")
+    table.add_column()
+    for key, value in rows:
+        table.add_row(key, value)
+    console.print(table, markup=False, highlight=False)
+
+
+@app.command("import")
+def import_model(
+    path: Annotated[Path, typer.Argument(help="A local GGUF file.")],
+    name: Annotated[str, typer.Option("--name", "-n", help="Name to register it under.")],
+    config: ConfigOpt = None,
+) -> None:
+    """Validate a local GGUF file, copy it into the store and register it."""
+    settings = _settings(config)
+    record = _with_service(settings, lambda s: s.store.import_file(path, name))
+    console.print(
+        f"imported {record.name} ({_human_size(record.size_bytes)}, {record.digest})", highlight=False
+    )
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,129 @@
+"""One settings tree for llmhost: a TOML file, then ``LLMHOST_*`` environment variables, then overrides.
+
+Precedence (highest first): explicit overrides (CLI flags) > environment > TOML file > defaults.
+The TOML file is ``$LLMHOST_CONFIG`` if set, else ``<config dir>/llmhost.toml`` when it exists.
+Nested fields use ``__`` in the environment: ``LLMHOST_ENGINE__N_PARALLEL=8``.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import platformdirs
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from llmhost.errors import ConfigError
+
+__all__ = ["EngineSettings", "Settings", "default_config_path", "load_settings"]
+
+_CONFIG_FILE: contextvars.ContextVar[Path | None] = contextvars.ContextVar(
+    "llmhost_config_file", default=None
+)
+
+
+def default_config_path() -> Path:
+    """Where llmhost looks for its TOML file when ``LLMHOST_CONFIG`` is not set."""
+    return Path(platformdirs.user_config_dir("llmhost")) / "llmhost.toml"
+
+
+class EngineSettings(BaseModel):
+    """How each loaded model runs inside llama.cpp."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    n_ctx: int = Field(4096, ge=64, description="Context window per sequence slot, in tokens.")
+    n_parallel: int = Field(4, ge=1, le=256, description="Sequence slots decoded together in one batch.")
+    n_batch: int = Field(512, ge=32, description="Most tokens fed to llama.cpp in one decode step.")
+    n_threads: int | None = Field(
+        None, ge=1, description="CPU threads for decoding; default: physical cores."
+    )
+    n_gpu_layers: int | None = Field(
+        None, ge=-1, description="Layers offloaded to the GPU; default: all when llama.cpp has GPU support."
+    )
+    max_queue: int = Field(64, ge=0, description="Requests allowed to wait for a slot before 429.")
+
+
+class Settings(BaseSettings):
+    """Everything llmhost can be configured with."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="LLMHOST_", env_nested_delimiter="__", extra="forbid", validate_default=True
+    )
+
+    host: str = Field("127.0.0.1", description="Address the HTTP server binds to.")
+    port: int = Field(8080, ge=1, le=65535, description="Port the HTTP server listens on.")
+    api_key: SecretStr | None = Field(
+        None, description="When set, every /v1 request must send `Authorization: Bearer <key>`."
+    )
+    data_dir: Path = Field(
+        default_factory=lambda: Path(platformdirs.user_data_dir("llmhost")),
+        description="Where llmhost keeps its database and models.",
+    )
+    models_dir: Path | None = Field(None, description="Model files; default: <data_dir>/models.")
+    default_model: str = Field("gemma3:270m", description="Model loaded at start and used by `make serve`.")
+    max_request_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="Largest accepted request body.")
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log verbosity.")
+    engine: EngineSettings = Field(default_factory=EngineSettings)  # type: ignore[arg-type]
+
+    @property
+    def resolved_models_dir(self) -> Path:
+        return self.models_dir if self.models_dir is not None else self.data_dir / "models"
+
+    @property
+    def database_path(self) -> Path:
+        return self.data_dir / "llmhost.db"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        toml_file = _CONFIG_FILE.get()
+        if toml_file is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
+        return tuple(sources)
+
+
+def _format_validation_error(exc: ValidationError, origin: str) -> str:
+    lines = [f"invalid configuration ({origin}):"]
+    for err in exc.errors():
+        where = ".".join(str(part) for part in err["loc"]) or "(root)"
+        lines.append(f"  {where}: {err['msg']}")
+    return "\n".join(lines)
+
+
+def load_settings(config_file: Path | str | None = None, **overrides: Any) -> Settings:
+    """Build and validate the settings; raise :class:`ConfigError` with readable lines on failure."""
+    path: Path | None
+    if config_file is not None:
+        path = Path(config_file)
+    elif os.environ.get("LLMHOST_CONFIG"):
+        path = Path(os.environ["LLMHOST_CONFIG"])
+    else:
+        path = default_config_path() if default_config_path().is_file() else None
+    if path is not None and not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    origin = f"file {path} and LLMHOST_* environment" if path else "LLMHOST_* environment"
+    token = _CONFIG_FILE.set(path)
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc, origin)) from exc
+    except (ValueError, OSError) as exc:  # malformed TOML surfaces as tomllib.TOMLDecodeError(ValueError)
+        raise ConfigError(f"invalid configuration ({origin}): {exc}") from exc
+    finally:
+        _CONFIG_FILE.reset(token)

@@ -1,0 +1,81 @@
+"""Sequence slots and prefix (KV) reuse.
+
+Each slot is one llama.cpp sequence id. A free slot remembers which tokens its KV cells still hold, so a
+new request that shares a prefix with them (same system prompt, a chat that continues) starts computing
+after the shared part instead of from zero.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+__all__ = ["SlotTable", "common_prefix_length"]
+
+
+def common_prefix_length(a: list[int], b: list[int]) -> int:
+    """Length of the longest shared prefix of two token lists."""
+    n = min(len(a), len(b))
+    i = 0
+    # Compare in blocks first: prompts are long, and Python-level loops are the cost to watch.
+    block = 64
+    while i + block <= n and a[i : i + block] == b[i : i + block]:
+        i += block
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+@dataclass(slots=True)
+class _Slot:
+    index: int
+    busy: bool = False
+    cached: list[int] = field(default_factory=list)  # tokens whose KV cells are resident
+    last_used: int = 0
+
+
+class SlotTable:
+    """Hands out slots, preferring the free slot whose cached tokens share the longest prefix."""
+
+    def __init__(self, n_slots: int, *, prefix_reuse: bool = True) -> None:
+        self._slots = [_Slot(i) for i in range(n_slots)]
+        self.prefix_reuse = prefix_reuse
+        self._clock = 0
+
+    @property
+    def n_slots(self) -> int:
+        return len(self._slots)
+
+    @property
+    def n_free(self) -> int:
+        return sum(1 for slot in self._slots if not slot.busy)
+
+    def acquire(self, prompt: list[int]) -> tuple[int, int]:
+        """Take a free slot for ``prompt``; return ``(slot, reusable_tokens)``.
+
+        At least one prompt token is always left to compute, because its logits are needed to sample.
+        """
+        free = [slot for slot in self._slots if not slot.busy]
+        if not free:
+            raise RuntimeError("no free slot")  # the scheduler checks n_free first
+        best, best_len = free[0], -1
+        for slot in free:
+            shared = common_prefix_length(slot.cached, prompt) if self.prefix_reuse else 0
+            # Longest shared prefix wins; among equals, the least recently used slot.
+            if shared > best_len or (shared == best_len and slot.last_used < best.last_used):
+                best, best_len = slot, shared
+        best.busy = True
+        self._clock += 1
+        best.last_used = self._clock
+        reuse = min(best_len, len(prompt) - 1) if self.prefix_reuse else 0
+        del best.cached[max(reuse, 0) :]
+        return best.index, max(reuse, 0)
+
+    def release(self, index: int, resident_tokens: list[int]) -> None:
+        """Free a slot, remembering the tokens whose KV cells it still holds."""
+        slot = self._slots[index]
+        slot.busy = False
+        slot.cached = list(resident_tokens) if self.prefix_reuse else []
+
+    def forget(self, index: int) -> None:
+        """The slot's KV cells were cleared: nothing in it can be reused."""
+        self._slots[index].cached = []

@@ -1,0 +1,343 @@
+"""The only low-level llama.cpp user: one model, one context, many sequences per decode call.
+
+The runner fills one ``llama_batch`` per step from the scheduler's chunks, calls ``llama_decode`` once,
+and samples each sequence that needs a token with that sequence's own sampler chain.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import math
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import llama_cpp
+import numpy as np
+
+from llmhost.engine.sampling import build_sampler_chain
+from llmhost.engine.types import SamplingParams, SchedulerOutput
+from llmhost.errors import EngineError, ModelError, RequestError
+
+__all__ = ["EmbeddingRunner", "LlamaRunner", "RunnerConfig", "default_threads", "gpu_offload_supported"]
+
+log = logging.getLogger(__name__)
+
+_backend_lock = threading.Lock()
+_backend_ready = False
+
+llama_log = logging.getLogger("llmhost.llama_cpp")
+# ggml's log levels: NONE=0, DEBUG=1, INFO=2, WARN=3, ERROR=4, CONT=5 (continues the previous line).
+_GGML_LEVELS = {0: logging.CRITICAL, 1: logging.DEBUG, 2: logging.INFO, 3: logging.WARNING, 4: logging.ERROR}
+_last_level = logging.DEBUG
+
+
+@llama_cpp.llama_log_callback  # type: ignore[untyped-decorator]
+def _route_llama_log(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+    """Send llama.cpp's log to Python logging (hidden unless LLMHOST_LLAMA_VERBOSE=1)."""
+    global _last_level
+    py_level = _last_level if level == 5 else _GGML_LEVELS.get(level, logging.INFO)
+    _last_level = py_level
+    if llama_log.isEnabledFor(py_level):
+        llama_log.log(py_level, "%s", text.decode("utf-8", errors="replace").rstrip("\n"))
+
+
+def _init_backend() -> None:
+    global _backend_ready
+    with _backend_lock:
+        if not _backend_ready:
+            verbose = bool(os.environ.get("LLMHOST_LLAMA_VERBOSE"))
+            if not verbose:
+                llama_log.setLevel(logging.CRITICAL)
+            llama_cpp.llama_log_set(_route_llama_log, ctypes.c_void_p(0))
+            llama_cpp.llama_backend_init()
+            _backend_ready = True
+
+
+def default_threads() -> int:
+    """Physical cores when they can be told apart, else logical CPUs (llama.cpp gains nothing from SMT)."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            lines = f.read().splitlines()
+        cores = {ln.split(":")[1].strip() for ln in lines if ln.startswith("core id")}
+        sockets = max(1, len({ln for ln in lines if ln.startswith("physical id")}))
+        if cores:
+            return max(1, min(len(cores) * sockets, os.cpu_count() or 1))
+    except OSError:
+        pass
+    return max(1, os.cpu_count() or 1)
+
+
+def gpu_offload_supported() -> bool:
+    """Whether this llama.cpp build can offload layers to a GPU (CUDA, Metal, Vulkan ...)."""
+    _init_backend()
+    return bool(llama_cpp.llama_supports_gpu_offload())
+
+
+@dataclass(frozen=True, slots=True)
+class RunnerConfig:
+    n_ctx_slot: int = 4096
+    n_slots: int = 4
+    n_batch: int = 512
+    n_threads: int | None = None
+    n_gpu_layers: int | None = None
+
+
+def _load_model(path: Path, n_gpu_layers: int | None) -> Any:
+    _init_backend()
+    params = llama_cpp.llama_model_default_params()
+    if n_gpu_layers is None:
+        n_gpu_layers = -1 if llama_cpp.llama_supports_gpu_offload() else 0
+    params.n_gpu_layers = 2**31 - 1 if n_gpu_layers < 0 else n_gpu_layers
+    model = llama_cpp.llama_model_load_from_file(str(path).encode(), params)
+    if not model:
+        raise ModelError(f"llama.cpp could not load {path} (see LLMHOST_LLAMA_VERBOSE=1 for details)")
+    return model
+
+
+class _Vocab:
+    """Tokenizer helpers shared by the generation and embedding runners."""
+
+    def __init__(self, model: Any) -> None:
+        self.vocab = llama_cpp.llama_model_get_vocab(model)
+        self.n_vocab = int(llama_cpp.llama_vocab_n_tokens(self.vocab))
+        self._pieces: dict[int, bytes] = {}
+        self._buf = ctypes.create_string_buffer(256)
+        self._eog: dict[int, bool] = {}
+
+    def tokenize(self, text: str, *, add_special: bool = True, parse_special: bool = False) -> list[int]:
+        data = text.encode("utf-8")
+        cap = len(data) + 16
+        buf = (llama_cpp.llama_token * cap)()
+        n = llama_cpp.llama_tokenize(self.vocab, data, len(data), buf, cap, add_special, parse_special)
+        if n < 0:
+            cap = -n
+            buf = (llama_cpp.llama_token * cap)()
+            n = llama_cpp.llama_tokenize(self.vocab, data, len(data), buf, cap, add_special, parse_special)
+        if n < 0:
+            raise EngineError("tokenization failed")
+        return list(buf[:n])
+
+    def piece(self, token: int) -> bytes:
+        """The bytes a token stands for; control tokens render as nothing."""
+        cached = self._pieces.get(token)
+        if cached is None:
+            n = llama_cpp.llama_token_to_piece(self.vocab, token, self._buf, len(self._buf), 0, False)
+            if n < 0:
+                big = ctypes.create_string_buffer(-n)
+                n = llama_cpp.llama_token_to_piece(self.vocab, token, big, len(big), 0, False)
+                cached = big.raw[:n]
+            else:
+                cached = self._buf.raw[:n]
+            self._pieces[token] = cached
+        return cached
+
+    def detokenize(self, tokens: list[int]) -> str:
+        return b"".join(self.piece(t) for t in tokens).decode("utf-8", errors="replace")
+
+    def is_eog(self, token: int) -> bool:
+        eog = self._eog.get(token)
+        if eog is None:
+            eog = self._eog[token] = bool(llama_cpp.llama_vocab_is_eog(self.vocab, token))
+        return eog
+
+    @property
+    def bos(self) -> int:
+        return int(llama_cpp.llama_vocab_bos(self.vocab))
+
+    @property
+    def eos(self) -> int:
+        return int(llama_cpp.llama_vocab_eos(self.vocab))
+
+    @property
+    def adds_bos(self) -> bool:
+        return bool(llama_cpp.llama_vocab_get_add_bos(self.vocab))
+
+    def token_text(self, token: int) -> str:
+        if token < 0:
+            return ""
+        raw = llama_cpp.llama_vocab_get_text(self.vocab, token)
+        return raw.decode("utf-8", errors="replace") if raw else ""
+
+
+class LlamaRunner:
+    """One loaded model with a context of ``n_slots`` sequences of ``n_ctx_slot`` tokens each.
+
+    Not thread-safe: the engine's step-loop thread is its only caller after construction.
+    """
+
+    def __init__(self, path: Path, config: RunnerConfig) -> None:
+        self.path = path
+        self.config = config
+        self.model = _load_model(path, config.n_gpu_layers)
+        try:
+            self.vocab = _Vocab(self.model)
+            self.n_ctx_train = int(llama_cpp.llama_model_n_ctx_train(self.model))
+            cparams = llama_cpp.llama_context_default_params()
+            cparams.n_ctx = config.n_ctx_slot * config.n_slots
+            cparams.n_batch = config.n_batch
+            cparams.n_ubatch = min(config.n_batch, 512)
+            cparams.n_seq_max = config.n_slots
+            threads = config.n_threads or default_threads()
+            cparams.n_threads = cparams.n_threads_batch = threads
+            # A full-size sliding-window cache keeps prefixes reusable (Gemma 3 has SWA layers).
+            cparams.swa_full = True
+            cparams.no_perf = True
+            self.ctx = llama_cpp.llama_init_from_model(self.model, cparams)
+            if not self.ctx:
+                raise ModelError(f"llama.cpp could not create a context for {path}")
+        except BaseException:
+            llama_cpp.llama_model_free(self.model)
+            raise
+        self.memory = llama_cpp.llama_get_memory(self.ctx)
+        self.n_ctx_slot = int(llama_cpp.llama_n_ctx_seq(self.ctx))
+        self.n_slots = config.n_slots
+        self.n_batch = config.n_batch
+        self._batch = llama_cpp.llama_batch_init(config.n_batch, 0, 1)
+        self._tok = np.ctypeslib.as_array(self._batch.token, shape=(config.n_batch,))
+        self._pos = np.ctypeslib.as_array(self._batch.pos, shape=(config.n_batch,))
+        self._nseq = np.ctypeslib.as_array(self._batch.n_seq_id, shape=(config.n_batch,))
+        self._logits = np.ctypeslib.as_array(self._batch.logits, shape=(config.n_batch,))
+        self._nseq[:] = 1
+        self._seq_ptrs = [self._batch.seq_id[i] for i in range(config.n_batch)]
+        self._samplers: dict[int, Any] = {}
+        self._embedder: EmbeddingRunner | None = None
+        self._embedder_lock = threading.Lock()
+        self._closed = False
+
+    # ----- metadata ----------------------------------------------------------------------------------
+    def meta(self, key: str) -> str | None:
+        buf = ctypes.create_string_buffer(4096)
+        n = llama_cpp.llama_model_meta_val_str(self.model, key.encode(), buf, len(buf))
+        return buf.value.decode("utf-8", errors="replace") if n >= 0 else None
+
+    # ----- sequences ---------------------------------------------------------------------------------
+    def start_sequence(self, slot: int, keep: int, params: SamplingParams) -> bool:
+        """Prepare ``slot`` for a new request: drop KV cells from ``keep`` on, attach a sampler chain.
+
+        Returns False when the cells before ``keep`` could not be kept; the slot is then empty.
+        """
+        self.end_sequence(slot)
+        self._samplers[slot] = build_sampler_chain(
+            self.vocab.vocab, self.vocab.n_vocab, self.n_ctx_slot, params
+        )
+        if keep > 0 and llama_cpp.llama_memory_seq_rm(self.memory, slot, keep, -1):
+            return True
+        llama_cpp.llama_memory_seq_rm(self.memory, slot, -1, -1)
+        return keep == 0
+
+    def end_sequence(self, slot: int) -> None:
+        sampler = self._samplers.pop(slot, None)
+        if sampler is not None:
+            llama_cpp.llama_sampler_free(sampler)
+
+    def clear_slot(self, slot: int) -> None:
+        llama_cpp.llama_memory_seq_rm(self.memory, slot, -1, -1)
+
+    # ----- one step ----------------------------------------------------------------------------------
+    def step(self, output: SchedulerOutput) -> dict[str, int]:
+        """Decode every scheduled chunk in one call; return the sampled token per sequence that needs one."""
+        n = 0
+        sample_at: list[tuple[str, int, int]] = []
+        for chunk in output.chunks:
+            k = len(chunk.tokens)
+            self._tok[n : n + k] = chunk.tokens
+            self._pos[n : n + k] = np.arange(chunk.start_pos, chunk.start_pos + k, dtype=np.int32)
+            self._logits[n : n + k] = 0
+            for i in range(n, n + k):
+                self._seq_ptrs[i][0] = chunk.slot
+            if chunk.sample:
+                self._logits[n + k - 1] = 1
+                sample_at.append((chunk.request_id, chunk.slot, n + k - 1))
+            n += k
+        if n == 0:
+            return {}
+        self._batch.n_tokens = n
+        rc = llama_cpp.llama_decode(self.ctx, self._batch)
+        if rc != 0:
+            reason = "no room left in the KV cache" if rc == 1 else f"llama_decode returned {rc}"
+            raise EngineError(f"decode failed: {reason}")
+        sampled: dict[str, int] = {}
+        for request_id, slot, idx in sample_at:
+            sampled[request_id] = int(llama_cpp.llama_sampler_sample(self._samplers[slot], self.ctx, idx))
+        return sampled
+
+    def embedder(self) -> EmbeddingRunner:
+        """The embeddings context for this model, created on first use."""
+        with self._embedder_lock:
+            if self._closed:
+                raise EngineError("the model was unloaded")
+            if self._embedder is None:
+                n_ctx = min(self.n_ctx_slot, 8192)
+                self._embedder = EmbeddingRunner(self.model, self.vocab, n_ctx, self.config.n_threads)
+            return self._embedder
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        with self._embedder_lock:
+            if self._embedder is not None:
+                self._embedder.close()
+        for slot in list(self._samplers):
+            self.end_sequence(slot)
+        llama_cpp.llama_batch_free(self._batch)
+        llama_cpp.llama_free(self.ctx)
+        llama_cpp.llama_model_free(self.model)
+
+
+class EmbeddingRunner:
+    """A second, embeddings-only context on the same model file (mean pooling, L2-normalised)."""
+
+    def __init__(self, model: Any, vocab: _Vocab, n_ctx: int, n_threads: int | None) -> None:
+        self.vocab = vocab
+        cparams = llama_cpp.llama_context_default_params()
+        cparams.n_ctx = cparams.n_batch = cparams.n_ubatch = n_ctx
+        cparams.n_seq_max = 1
+        cparams.embeddings = True
+        cparams.pooling_type = llama_cpp.LLAMA_POOLING_TYPE_MEAN
+        cparams.n_threads = cparams.n_threads_batch = n_threads or default_threads()
+        cparams.no_perf = True
+        self.ctx = llama_cpp.llama_init_from_model(model, cparams)
+        if not self.ctx:
+            raise ModelError("llama.cpp could not create an embeddings context")
+        self.n_ctx = n_ctx
+        self.n_embd = int(llama_cpp.llama_model_n_embd(model))
+        self.memory = llama_cpp.llama_get_memory(self.ctx)
+        self._batch = llama_cpp.llama_batch_init(n_ctx, 0, 1)
+        self._lock = threading.Lock()
+
+    def embed(self, tokens: list[int]) -> list[float]:
+        if not tokens:
+            raise RequestError("input must not be empty", param="input")
+        if len(tokens) > self.n_ctx:
+            raise RequestError(
+                f"input is {len(tokens)} tokens, more than the {self.n_ctx} this model embeds at once",
+                param="input",
+            )
+        with self._lock:
+            llama_cpp.llama_memory_clear(self.memory, True)
+            batch = self._batch
+            for i, token in enumerate(tokens):
+                batch.token[i] = token
+                batch.pos[i] = i
+                batch.n_seq_id[i] = 1
+                batch.seq_id[i][0] = 0
+                batch.logits[i] = 1
+            batch.n_tokens = len(tokens)
+            rc = llama_cpp.llama_decode(self.ctx, batch)
+            if rc != 0:
+                raise EngineError(f"embedding decode failed: llama_decode returned {rc}")
+            ptr = llama_cpp.llama_get_embeddings_seq(self.ctx, 0)
+            if not ptr:
+                raise EngineError("llama.cpp returned no embedding")
+            values = [float(ptr[i]) for i in range(self.n_embd)]
+        norm = math.sqrt(sum(v * v for v in values)) or 1.0
+        return [v / norm for v in values]
+
+    def close(self) -> None:
+        llama_cpp.llama_batch_free(self._batch)
+        llama_cpp.llama_free(self.ctx)

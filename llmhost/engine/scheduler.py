@@ -1,0 +1,228 @@
+"""Continuous batching: which tokens of which sequences go into the next decode step.
+
+Plain Python with no llama_cpp import: ``admit()`` and ``schedule()`` produce data, the runner decodes it,
+and ``update_from_output()`` takes the sampled tokens back (vLLM's split). Each step:
+
+1. waiting requests take free slots (FIFO), reusing a cached prefix when a slot has one;
+2. every sequence that is generating feeds its newest token (one token each);
+3. prompts still being prefilled share what is left of the token budget, in arrival order, so a long
+   prompt is split into chunks across steps and running streams keep flowing.
+"""
+
+from __future__ import annotations
+
+import collections
+import enum
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from llmhost.engine.kv import SlotTable
+from llmhost.engine.types import FinishReason, GenerationRequest, ScheduledChunk, SchedulerOutput
+from llmhost.errors import ContextLengthError, EngineOverloadedError, RequestError
+
+__all__ = ["Admission", "Scheduler", "Sequence", "SequenceStatus"]
+
+
+class SequenceStatus(enum.Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    FINISHED = "finished"
+
+
+@dataclass(eq=False, slots=True)
+class Sequence:
+    """A request's life inside the scheduler."""
+
+    request: GenerationRequest
+    tokens: list[int]  # prompt + generated tokens
+    status: SequenceStatus = SequenceStatus.WAITING
+    slot: int = -1
+    num_computed: int = 0  # tokens whose KV cells are in the cache
+    cached_tokens: int = 0  # prompt tokens reused from the prefix cache
+    finish_reason: FinishReason | None = None
+    max_total_tokens: int = 0
+
+    @property
+    def request_id(self) -> str:
+        return self.request.request_id
+
+    @property
+    def num_prompt_tokens(self) -> int:
+        return len(self.request.prompt_tokens)
+
+    @property
+    def num_completion_tokens(self) -> int:
+        return len(self.tokens) - self.num_prompt_tokens
+
+    @property
+    def output_tokens(self) -> list[int]:
+        return self.tokens[self.num_prompt_tokens :]
+
+    @property
+    def is_prefilling(self) -> bool:
+        return self.num_computed < self.num_prompt_tokens
+
+    def __repr__(self) -> str:
+        return (
+            f"Sequence(id={self.request_id!r}, status={self.status.value}, slot={self.slot}, "
+            f"prompt_tokens={self.num_prompt_tokens}, completion_tokens={self.num_completion_tokens})"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """A sequence that took a slot this step: the runner must drop the slot's KV cells from ``keep`` on."""
+
+    request_id: str
+    slot: int
+    keep: int
+
+
+@dataclass(slots=True)
+class StepResult:
+    """What changed for one sequence after a step."""
+
+    sequence: Sequence
+    new_token: int | None
+    finished: bool
+
+
+@dataclass
+class Scheduler:
+    """Waiting and running queues over a fixed number of sequence slots."""
+
+    n_slots: int
+    n_ctx_slot: int
+    max_batch_tokens: int
+    max_waiting: int = 64
+    prefix_reuse: bool = True
+    waiting: collections.deque[Sequence] = field(default_factory=collections.deque)
+    running: list[Sequence] = field(default_factory=list)
+    _by_id: dict[str, Sequence] = field(default_factory=dict)
+    _scheduled: list[ScheduledChunk] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.slots = SlotTable(self.n_slots, prefix_reuse=self.prefix_reuse)
+
+    # ----- intake -------------------------------------------------------------------------------------
+    def check_fits(self, request: GenerationRequest) -> None:
+        """Raise if the request can never run in this context window."""
+        n_prompt = len(request.prompt_tokens)
+        max_tokens = request.params.max_tokens
+        if n_prompt == 0:
+            raise RequestError("the prompt is empty", param="prompt")
+        requested = n_prompt + (max_tokens or 0)
+        if n_prompt >= self.n_ctx_slot or requested > self.n_ctx_slot:
+            raise ContextLengthError(requested, self.n_ctx_slot, n_prompt, max_tokens)
+
+    def add(self, request: GenerationRequest) -> Sequence:
+        """Queue a request; raise if it cannot fit or the wait queue is full."""
+        if request.request_id in self._by_id:
+            raise RequestError(f"duplicate request id {request.request_id!r}")
+        self.check_fits(request)
+        queued_beyond_slots = len(self.waiting) + 1 - self.slots.n_free
+        if queued_beyond_slots > self.max_waiting:
+            raise EngineOverloadedError(
+                f"server busy: {self.n_slots} slots in use and {len(self.waiting)} requests waiting"
+            )
+        limit = self.n_ctx_slot
+        if request.params.max_tokens is not None:
+            limit = min(limit, len(request.prompt_tokens) + request.params.max_tokens)
+        seq = Sequence(request=request, tokens=list(request.prompt_tokens), max_total_tokens=limit)
+        self.waiting.append(seq)
+        self._by_id[request.request_id] = seq
+        return seq
+
+    def get(self, request_id: str) -> Sequence | None:
+        return self._by_id.get(request_id)
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    # ----- one step ----------------------------------------------------------------------------------
+    def admit(self) -> list[Admission]:
+        """Move waiting sequences into free slots, reusing cached prefixes."""
+        admitted: list[Admission] = []
+        while self.waiting and self.slots.n_free > 0:
+            seq = self.waiting.popleft()
+            slot, reuse = self.slots.acquire(seq.request.prompt_tokens)
+            seq.slot, seq.num_computed, seq.cached_tokens = slot, reuse, reuse
+            seq.status = SequenceStatus.RUNNING
+            self.running.append(seq)
+            admitted.append(Admission(seq.request_id, slot, reuse))
+        return admitted
+
+    def prefix_lost(self, request_id: str) -> None:
+        """The runner could not keep a slot's prefix (e.g. a sliding-window cache): compute from zero."""
+        seq = self._by_id[request_id]
+        seq.num_computed = seq.cached_tokens = 0
+        self.slots.forget(seq.slot)
+
+    def schedule(self) -> SchedulerOutput:
+        """Pick the tokens for the next decode step within the token budget."""
+        budget = self.max_batch_tokens
+        chunks: list[ScheduledChunk] = []
+        # Generating sequences first: one token each keeps every stream moving.
+        for seq in self.running:
+            if not seq.is_prefilling and budget > 0:
+                pos = seq.num_computed
+                chunks.append(ScheduledChunk(seq.request_id, seq.slot, seq.tokens[pos : pos + 1], pos, True))
+                budget -= 1
+        for seq in self.running:
+            if seq.is_prefilling and budget > 0:
+                pos = seq.num_computed
+                take = min(seq.num_prompt_tokens - pos, budget)
+                end = pos + take
+                chunk = ScheduledChunk(
+                    seq.request_id, seq.slot, seq.tokens[pos:end], pos, end == seq.num_prompt_tokens
+                )
+                chunks.append(chunk)
+                budget -= take
+        self._scheduled = chunks
+        return SchedulerOutput(chunks)
+
+    def update_from_output(self, sampled: dict[str, int], is_eog: Callable[[int], bool]) -> list[StepResult]:
+        """Account for the step just decoded; append sampled tokens; finish what is done."""
+        results: list[StepResult] = []
+        for chunk in self._scheduled:
+            seq = self._by_id.get(chunk.request_id)
+            if seq is None or seq.status is not SequenceStatus.RUNNING:
+                continue  # aborted while the step ran
+            seq.num_computed += len(chunk.tokens)
+            token = sampled.get(chunk.request_id)
+            if token is None:
+                continue
+            reason: FinishReason | None = None
+            params = seq.request.params
+            if (is_eog(token) and not params.ignore_eos) or token in params.stop_token_ids:
+                reason = FinishReason.STOP
+            else:
+                seq.tokens.append(token)
+                if len(seq.tokens) >= seq.max_total_tokens:
+                    reason = FinishReason.LENGTH
+            if reason is not None:
+                self.finish(seq.request_id, reason)
+            results.append(
+                StepResult(seq, None if reason is FinishReason.STOP else token, reason is not None)
+            )
+        self._scheduled = []
+        return results
+
+    def finish(self, request_id: str, reason: FinishReason) -> Sequence | None:
+        """End a sequence (done, stop string, client gone); its slot is free for the next step."""
+        seq = self._by_id.pop(request_id, None)
+        if seq is None:
+            return None
+        if seq.status is SequenceStatus.WAITING:
+            self.waiting.remove(seq)
+        elif seq.status is SequenceStatus.RUNNING:
+            self.running.remove(seq)
+            self.slots.release(seq.slot, seq.tokens[: seq.num_computed])
+        seq.status = SequenceStatus.FINISHED
+        seq.finish_reason = reason
+        return seq
+
+    def finish_all(self, request_ids: Iterable[str], reason: FinishReason) -> list[Sequence]:
+        done = [self.finish(rid, reason) for rid in list(request_ids)]
+        return [seq for seq in done if seq is not None]

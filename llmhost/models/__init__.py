@@ -1,0 +1,1 @@
+"""Model files: GGUF validation, registry and the embedded default model."""

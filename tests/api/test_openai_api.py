@@ -1,0 +1,359 @@
+"""The OpenAI-compatible API, spoken to by the official ``openai`` client over real loopback HTTP.
+
+The tiny random-weight model answers gibberish, so assertions are about shapes, counts and control:
+``logit_bias`` forces a token when a test needs known text (token 3 + byte value is that byte).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import struct
+import threading
+import time
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from llmhost.service import Service
+from tests.conftest import TINY, LiveServer, make_service, make_settings, start_server
+
+EOS = "2"
+
+
+def byte_token(ch: str) -> str:
+    return str(3 + ord(ch))
+
+
+@pytest.fixture
+def client(server: LiveServer) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="unused", max_retries=0)
+
+
+def chat(client: openai.OpenAI, **kw: Any) -> Any:
+    args: dict[str, Any] = {"model": TINY, "messages": [{"role": "user", "content": "Say hello"}]}
+    args.update(kw)
+    return client.chat.completions.create(**args)
+
+
+def test_chat_completion_returns_generated_text_and_usage(client: openai.OpenAI) -> None:
+    resp = chat(client, max_tokens=8, temperature=0, logit_bias={EOS: -100})
+    assert resp.object == "chat.completion"
+    assert resp.model == TINY
+    choice = resp.choices[0]
+    assert choice.message.role == "assistant"
+    assert isinstance(choice.message.content, str) and choice.message.content
+    assert choice.finish_reason == "length"
+    assert resp.usage is not None
+    assert resp.usage.completion_tokens == 8
+    assert resp.usage.prompt_tokens > 0
+    assert resp.usage.total_tokens == resp.usage.prompt_tokens + 8
+
+
+def test_logit_bias_forces_tokens(client: openai.OpenAI) -> None:
+    resp = chat(client, max_tokens=5, temperature=0, logit_bias={byte_token("x"): 100})
+    assert resp.choices[0].message.content == "xxxxx"
+
+
+def test_stop_string_ends_generation_with_stop(client: openai.OpenAI) -> None:
+    resp = chat(client, max_tokens=10, logit_bias={byte_token("x"): 100}, stop=["xxx"])
+    assert resp.choices[0].message.content == ""
+    assert resp.choices[0].finish_reason == "stop"
+    resp = client.completions.create(
+        model=TINY, prompt="a", max_tokens=10, logit_bias={byte_token("y"): 100}, stop="yyy"
+    )
+    assert resp.choices[0].text == "" and resp.choices[0].finish_reason == "stop"
+
+
+def test_streamed_chat_matches_the_non_streamed_answer(client: openai.OpenAI) -> None:
+    full = chat(client, max_tokens=12, temperature=0, logit_bias={EOS: -100})
+    chunks = list(
+        chat(
+            client,
+            max_tokens=12,
+            temperature=0,
+            logit_bias={EOS: -100},
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == full.choices[0].message.content
+    finals = [c for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert [c.choices[0].finish_reason for c in finals] == ["length"]
+    assert chunks[-1].choices == [] and chunks[-1].usage is not None
+    assert chunks[-1].usage.completion_tokens == 12
+    assert all(c.id == chunks[0].id and c.object == "chat.completion.chunk" for c in chunks)
+
+
+def test_stream_without_include_usage_has_no_usage_chunk(client: openai.OpenAI) -> None:
+    chunks = list(chat(client, max_tokens=3, stream=True))
+    assert all(c.choices for c in chunks)
+    assert all(c.usage is None for c in chunks)
+
+
+def test_same_seed_gives_same_output(client: openai.OpenAI) -> None:
+    a = chat(client, max_tokens=16, temperature=1.0, seed=1234, logit_bias={EOS: -100})
+    b = chat(client, max_tokens=16, temperature=1.0, seed=1234, logit_bias={EOS: -100})
+    assert a.choices[0].message.content == b.choices[0].message.content
+
+
+def test_sampling_parameters_are_accepted(client: openai.OpenAI) -> None:
+    resp = chat(
+        client,
+        max_tokens=4,
+        temperature=0.7,
+        top_p=0.9,
+        presence_penalty=0.5,
+        frequency_penalty=0.5,
+        seed=3,
+        n=1,
+        extra_body={"top_k": 20, "min_p": 0.05, "repeat_penalty": 1.1},
+    )
+    assert resp.usage is not None and 1 <= resp.usage.completion_tokens <= 4
+
+
+def test_completion_and_streamed_completion(client: openai.OpenAI) -> None:
+    resp = client.completions.create(
+        model=TINY, prompt="Once upon", max_tokens=6, temperature=0, logit_bias={EOS: -100}
+    )
+    assert resp.object == "text_completion"
+    assert resp.choices[0].finish_reason == "length"
+    assert resp.usage is not None and resp.usage.completion_tokens == 6
+    stream = client.completions.create(
+        model=TINY,
+        prompt="Once upon",
+        max_tokens=6,
+        temperature=0,
+        logit_bias={EOS: -100},
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == resp.choices[0].text
+    assert chunks[-1].usage is not None and chunks[-1].usage.prompt_tokens == resp.usage.prompt_tokens
+
+
+def test_completion_echo_and_token_prompt(client: openai.OpenAI) -> None:
+    resp = client.completions.create(model=TINY, prompt="abc", max_tokens=2, echo=True)
+    assert resp.choices[0].text.startswith("abc")
+    resp = client.completions.create(model=TINY, prompt=[1, 100, 101], max_tokens=2)
+    assert resp.usage is not None and resp.usage.prompt_tokens == 3
+
+
+def test_default_completion_max_tokens_is_16(client: openai.OpenAI) -> None:
+    resp = client.completions.create(model=TINY, prompt="a", logit_bias={EOS: -100})
+    assert resp.usage is not None and resp.usage.completion_tokens == 16
+
+
+def test_embeddings_float_and_base64(client: openai.OpenAI, server: LiveServer) -> None:
+    # The openai client asks for base64 by default and decodes it.
+    resp = client.embeddings.create(model=TINY, input=["hello world", "the cat"])
+    assert [d.index for d in resp.data] == [0, 1]
+    vec = resp.data[0].embedding
+    assert len(vec) == 64
+    assert math.isclose(sum(v * v for v in vec), 1.0, rel_tol=1e-4)
+    assert resp.data[0].embedding != resp.data[1].embedding
+    assert resp.usage.prompt_tokens > 0
+    raw = httpx.post(
+        f"{server.base_url}/v1/embeddings",
+        json={"model": TINY, "input": "hello world", "encoding_format": "float"},
+    ).json()
+    assert raw["data"][0]["embedding"] == pytest.approx(vec, abs=1e-6)
+    b64 = httpx.post(
+        f"{server.base_url}/v1/embeddings",
+        json={"model": TINY, "input": "hello world", "encoding_format": "base64"},
+    ).json()["data"][0]["embedding"]
+    decoded = struct.unpack("<64f", base64.b64decode(b64))
+    assert list(decoded) == pytest.approx(vec, abs=1e-6)
+
+
+def test_models_list_and_retrieve(client: openai.OpenAI) -> None:
+    ids = [m.id for m in client.models.list()]
+    assert TINY in ids
+    assert client.models.retrieve(TINY).id == TINY
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("nope:1b")
+
+
+def test_json_object_response_format_gives_valid_json(client: openai.OpenAI) -> None:
+    resp = chat(client, max_tokens=64, temperature=0, response_format={"type": "json_object"})
+    if resp.choices[0].finish_reason == "stop":
+        json.loads(resp.choices[0].message.content or "")
+
+
+# ----- errors ---------------------------------------------------------------------------------------
+
+
+def test_unknown_model_is_404_with_openai_envelope(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.NotFoundError) as exc:
+        chat(client, model="missing:7b")
+    body = exc.value.body
+    assert isinstance(body, dict) and body["code"] == "model_not_found" and body["param"] == "model"
+
+
+def test_negative_max_tokens_is_400_naming_the_param(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as exc:
+        chat(client, max_tokens=-1)
+    assert exc.value.status_code == 400
+    assert isinstance(exc.value.body, dict) and exc.value.body["param"] == "max_tokens"
+
+
+def test_bad_json_is_400(server: LiveServer) -> None:
+    r = httpx.post(
+        f"{server.base_url}/v1/chat/completions",
+        content=b"{not json",
+        headers={"content-type": "application/json"},
+    )
+    assert r.status_code == 400
+    err = r.json()["error"]
+    assert err["type"] == "invalid_request_error" and "JSON" in err["message"]
+
+
+def test_missing_messages_and_wrong_types_are_400(server: LiveServer) -> None:
+    r = httpx.post(f"{server.base_url}/v1/chat/completions", json={"model": TINY})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "messages"
+    r = httpx.post(
+        f"{server.base_url}/v1/chat/completions",
+        json={"model": TINY, "messages": [{"role": "wizard", "content": "hi"}]},
+    )
+    assert r.status_code == 400 and r.json()["error"]["param"].startswith("messages.0")
+    r = httpx.post(
+        f"{server.base_url}/v1/chat/completions",
+        json={"model": TINY, "messages": [{"role": "user", "content": "hi"}], "temperature": 5},
+    )
+    assert r.status_code == 400 and r.json()["error"]["param"] == "temperature"
+
+
+def test_n_greater_than_one_is_rejected(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as exc:
+        chat(client, n=2)
+    assert isinstance(exc.value.body, dict) and exc.value.body["param"] == "n"
+
+
+def test_prompt_over_the_context_window_is_400_with_counts(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as exc:
+        client.completions.create(model=TINY, prompt="x" * 600, max_tokens=1)
+    assert isinstance(exc.value.body, dict) and exc.value.body["code"] == "context_length_exceeded"
+    assert "512" in exc.value.message
+    with pytest.raises(openai.BadRequestError) as exc:
+        chat(client, max_tokens=10_000)
+    assert "maximum context length is 512" in exc.value.message
+
+
+def test_oversized_body_is_413(server: LiveServer) -> None:
+    big = "x" * (9 * 1024 * 1024)
+    r = httpx.post(
+        f"{server.base_url}/v1/chat/completions",
+        json={"model": TINY, "messages": [{"role": "user", "content": big}]},
+    )
+    assert r.status_code == 413
+    assert r.json()["error"]["code"] == "request_too_large"
+
+
+def test_image_content_is_rejected_clearly(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as exc:
+        chat(
+            client,
+            messages=[
+                {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "http://x/y.png"}}]}
+            ],
+        )
+    assert "image_url" in exc.value.message
+
+
+def test_text_content_parts_are_joined(client: openai.OpenAI) -> None:
+    resp = chat(
+        client, messages=[{"role": "user", "content": [{"type": "text", "text": "hi"}]}], max_tokens=2
+    )
+    assert resp.usage is not None
+
+
+def test_unknown_route_is_404_envelope(server: LiveServer) -> None:
+    r = httpx.get(f"{server.base_url}/v1/nothing")
+    assert r.status_code == 404 and r.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_health_and_ready(server: LiveServer) -> None:
+    assert httpx.get(f"{server.base_url}/health").json() == {"status": "ok"}
+    ready = httpx.get(f"{server.base_url}/ready").json()
+    assert ready["status"] == "ready" and TINY in ready["models"]
+
+
+# ----- auth -----------------------------------------------------------------------------------------
+
+
+def test_api_key_is_required_when_configured(tmp_path: Any, tiny_model_path: Any) -> None:
+    settings = make_settings(tmp_path / "data", api_key="s3cret")
+    service = make_service(settings, tiny_model_path)
+    live = start_server(settings, service)
+    try:
+        good = openai.OpenAI(base_url=f"{live.base_url}/v1", api_key="s3cret", max_retries=0)
+        assert chat(good, max_tokens=2).usage is not None
+        bad = openai.OpenAI(base_url=f"{live.base_url}/v1", api_key="wrong", max_retries=0)
+        with pytest.raises(openai.AuthenticationError) as exc:
+            chat(bad, max_tokens=2)
+        assert isinstance(exc.value.body, dict) and exc.value.body["code"] == "invalid_api_key"
+        assert "s3cret" not in str(exc.value.body)
+        assert httpx.get(f"{live.base_url}/v1/models").status_code == 401
+        assert httpx.get(f"{live.base_url}/health").status_code == 200
+    finally:
+        live.stop()
+        service.close()
+
+
+# ----- readiness ------------------------------------------------------------------------------------
+
+
+class SlowStartService(Service):
+    """A real service whose start waits for a signal, to observe the not-ready window."""
+
+    release = threading.Event()
+
+    async def startup(self, *, preload: bool = True) -> None:
+        import asyncio
+
+        await asyncio.to_thread(self.release.wait, 30)
+        await super().startup(preload=preload)
+
+
+def test_not_ready_until_the_default_model_is_loaded(tmp_path: Any, tiny_model_path: Any) -> None:
+    from llmhost.api.app import create_app
+
+    settings = make_settings(tmp_path / "data")
+    service = SlowStartService(settings)
+    service.store.import_file(tiny_model_path, TINY)
+    live = LiveServer(create_app(settings, service)).start(wait_ready=False)
+    try:
+        r = httpx.get(f"{live.base_url}/ready")
+        assert r.status_code == 503 and r.headers["retry-after"] == "1"
+        r = httpx.post(
+            f"{live.base_url}/v1/chat/completions",
+            json={"model": TINY, "messages": [{"role": "user", "content": "hi"}]},
+        )
+        assert r.status_code == 503 and r.json()["error"]["code"] == "service_unavailable"
+        SlowStartService.release.set()
+        deadline = time.monotonic() + 10
+        while httpx.get(f"{live.base_url}/ready").status_code != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+    finally:
+        SlowStartService.release.set()
+        live.stop()
+        service.close()
+
+
+def test_json_body_without_json_content_type_is_accepted(server: LiveServer) -> None:
+    # `curl -d '{...}'` sends application/x-www-form-urlencoded; the README's first example relies on this.
+    body = json.dumps({"model": TINY, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})
+    r = httpx.post(
+        f"{server.base_url}/v1/chat/completions",
+        content=body,
+        headers={"content-type": "application/x-www-form-urlencoded"},
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["object"] == "chat.completion"

@@ -1,0 +1,429 @@
+"""The content-addressed model store: imports are verified, deduplicated and atomic."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import time
+from collections.abc import Iterator
+from datetime import UTC
+from pathlib import Path
+
+import pytest
+
+from llmhost.errors import ModelError, ModelNotFoundError, RequestError
+from llmhost.models.registry import ModelRecord, Registry
+from llmhost.models.store import MODEL_NAME_RE, ModelStore, validate_model_name
+from tests.tiny_gguf import truncate_copy, write_not_gguf, write_tiny_llama_gguf
+
+
+def sha256_of(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def blob_listing(store: ModelStore) -> dict[str, tuple[int, int]]:
+    """Every file in blobs/ (temporary ones included) with its inode and mtime, to prove nothing changed."""
+    return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in store.blobs_dir.iterdir()}
+
+
+def split_into_parts(src: Path, directory: Path, n: int) -> list[Path]:
+    data = src.read_bytes()
+    step = len(data) // n + 1
+    parts = []
+    for i in range(n):
+        part = directory / f"model.gguf.part{i:02d}"
+        part.write_bytes(data[i * step : (i + 1) * step])
+        parts.append(part)
+    return parts
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Two different valid tiny GGUF files."""
+    directory = tmp_path_factory.mktemp("tiny")
+    first = write_tiny_llama_gguf(directory / "tiny.gguf", seed=0)
+    second = write_tiny_llama_gguf(directory / "tiny2.gguf", seed=1, name="tiny-two")
+    return first, second
+
+
+@pytest.fixture
+def tiny(tiny_models: tuple[Path, Path]) -> Path:
+    return tiny_models[0]
+
+
+@pytest.fixture
+def tiny2(tiny_models: tuple[Path, Path]) -> Path:
+    return tiny_models[1]
+
+
+@pytest.fixture
+def registry(tmp_path: Path) -> Iterator[Registry]:
+    reg = Registry(tmp_path / "llmhost.db")
+    yield reg
+    reg.close()
+
+
+@pytest.fixture
+def store(tmp_path: Path, registry: Registry) -> ModelStore:
+    return ModelStore(tmp_path / "models", registry)
+
+
+# -- names ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["gemma3:270m", "tiny", "org/repo:q4_k_m", "hf.co/org/repo:Q4_K_M", "a", "llama-3.2_1b", "x" * 128],
+)
+def test_valid_model_names_are_accepted(name: str) -> None:
+    assert validate_model_name(name) == name
+    assert MODEL_NAME_RE.match(name)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "",
+        "x" * 129,
+        "/abs",
+        "../escape",
+        "org/../repo",
+        "a..b",
+        "a:b:c",
+        "org/",
+        "a//b",
+        "-flag",
+        ".hidden",
+        "name:",
+        "space name",
+        "tab\tname",
+        "newline\n",
+        "semi;colon",
+        "back\\slash",
+        "ünicode",
+        "repo:tag/with/slash",
+    ],
+)
+def test_invalid_model_names_are_rejected(name: str) -> None:
+    with pytest.raises(RequestError) as excinfo:
+        validate_model_name(name)
+    assert excinfo.value.param == "name"
+    assert "invalid model name" in str(excinfo.value)
+
+
+def test_import_with_an_invalid_name_touches_nothing(store: ModelStore, tiny: Path) -> None:
+    with pytest.raises(RequestError):
+        store.import_file(tiny, "../evil")
+    with pytest.raises(RequestError):
+        store.import_parts([tiny], "bad name", source="test")
+    assert store.registry.list() == []
+    assert blob_listing(store) == {}
+
+
+# -- importing ------------------------------------------------------------------------------------------
+
+
+def test_import_file_stores_the_blob_at_its_content_address(store: ModelStore, tiny: Path) -> None:
+    record = store.import_file(tiny, "tiny")
+
+    expected_hex = sha256_of(tiny)
+    assert record.digest == f"sha256:{expected_hex}"
+    assert record.path == store.blobs_dir.resolve() / f"sha256-{expected_hex}"
+    assert store.blob_path(record.digest) == store.blobs_dir / f"sha256-{expected_hex}"
+    assert record.path.read_bytes() == tiny.read_bytes()
+    assert record.size_bytes == tiny.stat().st_size
+    assert record.architecture == "llama"
+    assert record.quantization == "F32"
+    assert record.context_length == 2048
+    assert record.parameter_count > 0
+    assert record.source == f"import:{tiny.resolve()}"
+    assert record.created_at.tzinfo is not None and record.created_at.utcoffset() == UTC.utcoffset(None)
+    assert store.registry.get("tiny") == record
+    assert set(blob_listing(store)) == {f"sha256-{expected_hex}"}
+
+
+def test_import_records_chat_template_and_given_source(store: ModelStore, tmp_path: Path) -> None:
+    template = "{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}"
+    model = write_tiny_llama_gguf(tmp_path / "chat.gguf", chat_template=template)
+    record = store.import_file(model, "chat", source="hf:org/repo/chat.gguf", default_license="mit")
+    assert record.chat_template == template
+    assert record.source == "hf:org/repo/chat.gguf"
+    assert record.license == "mit"  # the file has no general.license, so the fallback is recorded
+
+
+def test_the_same_file_under_two_names_is_stored_once(store: ModelStore, tiny: Path) -> None:
+    first = store.import_file(tiny, "tiny")
+    second = store.import_file(tiny, "tiny:copy")
+    assert first.digest == second.digest and first.path == second.path
+    assert len(blob_listing(store)) == 1
+    assert [r.name for r in store.registry.list()] == ["tiny", "tiny:copy"]
+
+
+@pytest.mark.parametrize("form", ["bare", "prefixed", "upper"])
+def test_a_matching_expected_checksum_is_accepted(store: ModelStore, tiny: Path, form: str) -> None:
+    hexdigest = sha256_of(tiny)
+    expected = {"bare": hexdigest, "prefixed": f"sha256:{hexdigest}", "upper": hexdigest.upper()}[form]
+    assert store.import_file(tiny, "tiny", expected_sha256=expected).digest == f"sha256:{hexdigest}"
+
+
+def test_a_wrong_expected_checksum_registers_nothing_and_leaves_no_temp_file(
+    store: ModelStore, tiny: Path
+) -> None:
+    wrong = "0" * 64
+    with pytest.raises(ModelError, match=f"checksum mismatch: expected {wrong}, got {sha256_of(tiny)}"):
+        store.import_file(tiny, "tiny", expected_sha256=wrong)
+    assert store.registry.list() == []
+    assert blob_listing(store) == {}
+
+
+def test_a_malformed_expected_checksum_is_rejected(store: ModelStore, tiny: Path) -> None:
+    with pytest.raises(ModelError, match="invalid expected sha256"):
+        store.import_file(tiny, "tiny", expected_sha256="abc")
+    assert blob_listing(store) == {}
+
+
+def test_import_parts_concatenates_the_chunks(store: ModelStore, tiny: Path, tmp_path: Path) -> None:
+    parts = split_into_parts(tiny, tmp_path, 3)
+    seen: list[tuple[int, int]] = []
+    record = store.import_parts(
+        parts,
+        "tiny:parts",
+        source="embedded:test",
+        expected_sha256=sha256_of(tiny),
+        progress=lambda done, total: seen.append((done, total)),
+    )
+    assert record.digest == f"sha256:{sha256_of(tiny)}"
+    assert record.path.read_bytes() == tiny.read_bytes()
+    assert record.source == "embedded:test"
+    assert seen[-1] == (tiny.stat().st_size, tiny.stat().st_size)
+    assert set(blob_listing(store)) == {f"sha256-{sha256_of(tiny)}"}
+
+
+def test_import_parts_with_a_missing_part_writes_nothing(
+    store: ModelStore, tiny: Path, tmp_path: Path
+) -> None:
+    parts = split_into_parts(tiny, tmp_path, 2)
+    parts[1].unlink()
+    with pytest.raises(ModelError, match="not found"):
+        store.import_parts(parts, "tiny", source="test")
+    with pytest.raises(ModelError, match="no part"):
+        store.import_parts([], "tiny", source="test")
+    assert store.registry.list() == []
+    assert blob_listing(store) == {}
+
+
+# -- rejection leaves everything as it was ----------------------------------------------------------------
+
+
+@pytest.fixture
+def populated(store: ModelStore, tiny: Path) -> tuple[ModelStore, ModelRecord, dict[str, tuple[int, int]]]:
+    """A store holding ``tiny``, with a snapshot of its blobs directory."""
+    record = store.import_file(tiny, "tiny")
+    return store, record, blob_listing(store)
+
+
+def assert_untouched(
+    populated: tuple[ModelStore, ModelRecord, dict[str, tuple[int, int]]],
+) -> None:
+    store, record, listing = populated
+    assert store.registry.list() == [record]
+    assert blob_listing(store) == listing
+    assert sha256_of(record.path) == record.digest.removeprefix("sha256:")
+
+
+def test_a_non_gguf_file_is_rejected_before_anything_is_written(
+    populated: tuple[ModelStore, ModelRecord, dict[str, tuple[int, int]]], tmp_path: Path
+) -> None:
+    store = populated[0]
+    junk = write_not_gguf(tmp_path / "junk.gguf")
+    with pytest.raises(ModelError):
+        store.import_file(junk, "junk")
+    with pytest.raises(ModelError):
+        store.import_file(junk, "tiny")  # not even replacing an existing name
+    assert_untouched(populated)
+
+
+def test_a_truncated_gguf_is_rejected(
+    populated: tuple[ModelStore, ModelRecord, dict[str, tuple[int, int]]], tiny: Path, tmp_path: Path
+) -> None:
+    store = populated[0]
+    short = truncate_copy(tiny, tmp_path / "short.gguf", tiny.stat().st_size // 2)
+    with pytest.raises(ModelError):
+        store.import_file(short, "short")
+    assert_untouched(populated)
+
+
+def test_a_missing_file_is_rejected(
+    populated: tuple[ModelStore, ModelRecord, dict[str, tuple[int, int]]], tmp_path: Path
+) -> None:
+    with pytest.raises(ModelError, match="not found"):
+        populated[0].import_file(tmp_path / "nope.gguf", "nope")
+    assert_untouched(populated)
+
+
+def test_parts_that_assemble_into_a_broken_file_are_rejected_after_the_copy(
+    populated: tuple[ModelStore, ModelRecord, dict[str, tuple[int, int]]], tiny: Path, tmp_path: Path
+) -> None:
+    store = populated[0]
+    parts = split_into_parts(tiny, tmp_path, 3)[:2]  # the last chunk is missing: a truncated model
+    with pytest.raises(ModelError, match="cannot import model 'tiny'"):
+        store.import_parts(parts, "tiny", source="test")
+    junk = [write_not_gguf(tmp_path / "junk.part")]
+    with pytest.raises(ModelError):
+        store.import_parts(junk, "junk", source="test")
+    assert_untouched(populated)
+
+
+def test_a_failure_in_the_middle_of_the_copy_leaves_no_trace(
+    populated: tuple[ModelStore, ModelRecord, dict[str, tuple[int, int]]], tiny2: Path, tmp_path: Path
+) -> None:
+    # The progress callback runs between blocks, so raising from it interrupts the copy half-way.
+    store = populated[0]
+    parts = split_into_parts(tiny2, tmp_path, 3)
+
+    def crash(done: int, total: int) -> None:
+        if done > total // 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        store.import_parts(parts, "tiny", source="test", progress=crash)
+    assert_untouched(populated)
+
+
+def test_a_full_disk_becomes_a_model_error_and_leaves_no_trace(
+    populated: tuple[ModelStore, ModelRecord, dict[str, tuple[int, int]]],
+    tiny2: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Simulate ENOSPC by monkeypatching os.fsync, which runs after the data is written.
+    store = populated[0]
+
+    def no_space(fd: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr("llmhost.models.store.os.fsync", no_space)
+    with pytest.raises(ModelError, match="not enough disk space"):
+        store.import_file(tiny2, "tiny2")
+    monkeypatch.undo()
+    assert_untouched(populated)
+
+
+def test_a_crash_at_the_final_rename_leaves_no_trace(
+    populated: tuple[ModelStore, ModelRecord, dict[str, tuple[int, int]]],
+    tiny2: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Simulate the OS failing the atomic rename by monkeypatching os.replace.
+    store = populated[0]
+
+    def failing_replace(src: object, dst: object) -> None:
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    monkeypatch.setattr("llmhost.models.store.os.replace", failing_replace)
+    with pytest.raises(ModelError, match="cannot import model 'tiny'"):
+        store.import_file(tiny2, "tiny")
+    monkeypatch.undo()
+    assert_untouched(populated)
+
+
+def test_a_registry_failure_removes_the_new_blob(
+    populated: tuple[ModelStore, ModelRecord, dict[str, tuple[int, int]]],
+    tiny2: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    store = populated[0]
+
+    def failing_put(record: ModelRecord) -> None:
+        raise ModelError("model registry error: database is locked")
+
+    monkeypatch.setattr(store.registry, "put", failing_put)
+    with pytest.raises(ModelError, match="locked"):
+        store.import_file(tiny2, "tiny")
+    monkeypatch.undo()
+    assert_untouched(populated)
+
+
+# -- replacing and removing -------------------------------------------------------------------------------
+
+
+def test_reimporting_a_name_replaces_it_and_deletes_the_unused_old_blob(
+    store: ModelStore, tiny: Path, tiny2: Path
+) -> None:
+    old = store.import_file(tiny, "tiny")
+    new = store.import_file(tiny2, "tiny")
+    assert store.registry.get("tiny") == new
+    assert new.digest != old.digest
+    assert not old.path.exists()
+    assert set(blob_listing(store)) == {new.path.name}
+
+
+def test_reimporting_a_name_keeps_the_old_blob_while_another_name_uses_it(
+    store: ModelStore, tiny: Path, tiny2: Path
+) -> None:
+    old = store.import_file(tiny, "tiny")
+    store.import_file(tiny, "tiny:alias")
+    new = store.import_file(tiny2, "tiny")
+    assert old.path.exists() and new.path.exists()
+    assert store.registry.get("tiny:alias").digest == old.digest
+
+
+def test_reimporting_the_same_file_keeps_the_blob(store: ModelStore, tiny: Path) -> None:
+    first = store.import_file(tiny, "tiny")
+    inode = first.path.stat().st_ino
+    second = store.import_file(tiny, "tiny")
+    assert second.digest == first.digest
+    assert second.path.stat().st_ino == inode
+    assert len(blob_listing(store)) == 1
+
+
+def test_registry_remove_returns_the_record(store: ModelStore, tiny: Path) -> None:
+    record = store.import_file(tiny, "tiny")
+    assert store.registry.remove("tiny") == record
+    assert store.registry.find("tiny") is None
+
+
+def test_store_remove_deletes_the_blob_only_when_unused(store: ModelStore, tiny: Path) -> None:
+    record = store.import_file(tiny, "tiny")
+    store.import_file(tiny, "tiny:alias")
+    assert store.remove("tiny") == record
+    assert record.path.exists()
+    store.remove("tiny:alias")
+    assert not record.path.exists()
+    assert store.registry.list() == []
+    with pytest.raises(ModelNotFoundError):
+        store.remove("tiny")
+
+
+def test_a_damaged_blob_is_replaced_by_a_fresh_import(store: ModelStore, tiny: Path) -> None:
+    record = store.import_file(tiny, "tiny")
+    record.path.write_bytes(b"damaged")
+    again = store.import_file(tiny, "tiny")
+    assert again.path.read_bytes() == tiny.read_bytes()
+
+
+# -- odds and ends ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "digest", ["sha256:abc", "md5:" + "a" * 64, "sha256:" + "A" * 64, "../../etc/passwd"]
+)
+def test_blob_path_rejects_malformed_digests(store: ModelStore, digest: str) -> None:
+    with pytest.raises(ModelError, match="invalid digest"):
+        store.blob_path(digest)
+
+
+def test_leftover_temporary_files_from_a_dead_import_are_cleaned_up(
+    tmp_path: Path, registry: Registry
+) -> None:
+    blobs = tmp_path / "models" / "blobs"
+    blobs.mkdir(parents=True)
+    stale = blobs / ".import-dead.partial"
+    fresh = blobs / ".import-live.partial"
+    stale.write_bytes(b"x")
+    fresh.write_bytes(b"y")
+    two_days_ago = time.time() - 2 * 24 * 3600
+    os.utime(stale, (two_days_ago, two_days_ago))
+    ModelStore(tmp_path / "models", registry)
+    assert not stale.exists()
+    assert fresh.exists()  # may belong to an import still running in another process
