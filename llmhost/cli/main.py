@@ -16,6 +16,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from llmhost.config import Settings, load_settings
@@ -43,7 +44,7 @@ ConfigOpt = Annotated[
 
 
 def _fail(message: str, code: int = 1) -> None:
-    err_console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    err_console.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -277,7 +278,7 @@ def show(
     record = _with_service(settings, lambda s: s.get_model(model))
     tmpl = resolve_chat_template(record.architecture, record.chat_template)
     if template:
-        console.print(tmpl.source, markup=False, highlight=False)
+        sys.stdout.write(tmpl.source.rstrip("\n") + "\n")
         return
     rows = [
         ("name", record.name),
@@ -292,12 +293,8 @@ def show(
         ("source", record.source),
         ("path", str(record.path)),
     ]
-    table = Table(box=None, show_header=False, pad_edge=False)
-    table.add_column(style="bold")
-    table.add_column()
-    for key, value in rows:
-        table.add_row(key, value)
-    console.print(table, markup=False, highlight=False)
+    width = max(len(key) for key, _ in rows) + 2
+    sys.stdout.write("".join(f"{key:<{width}}{value}\n" for key, value in rows))
 
 
 @app.command("import")
@@ -312,6 +309,47 @@ def import_model(
     console.print(
         f"imported {record.name} ({_human_size(record.size_bytes)}, {record.digest})", highlight=False
     )
+
+
+@app.command()
+def bench(
+    url: Annotated[str, typer.Option(help="Server root URL (any OpenAI API).")] = "http://127.0.0.1:8080",
+    model: Annotated[str, typer.Option("--model", "-m", help="Model name to request.")] = DEFAULT_MODEL_NAME,
+    concurrency: Annotated[int, typer.Option(min=1, help="Requests in flight at once.")] = 8,
+    requests: Annotated[int, typer.Option(min=1, help="Requests in all.")] = 16,
+    max_tokens: Annotated[int, typer.Option(min=1, help="Tokens to generate per request.")] = 128,
+    prompt_tokens: Annotated[int, typer.Option(min=1, help="Approximate prompt length in tokens.")] = 64,
+    endpoint: Annotated[str, typer.Option(help="completions or chat.")] = "completions",
+    api_key: Annotated[str | None, typer.Option(help="Bearer key, if the server needs one.")] = None,
+) -> None:
+    """Load-test a running OpenAI-compatible server with streamed requests (starts no server)."""
+    from llmhost.bench import BenchResult, make_prompts, run_load
+
+    if endpoint not in ("completions", "chat"):
+        _fail("--endpoint must be 'completions' or 'chat'", 2)
+    try:
+        result = asyncio.run(
+            run_load(
+                url,
+                model,
+                concurrency=concurrency,
+                requests=requests,
+                prompt=make_prompts(requests, prompt_tokens),
+                max_tokens=max_tokens,
+                api_key=api_key,
+                endpoint="chat" if endpoint == "chat" else "completions",
+            )
+        )
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+    console.print(BenchResult.header(), markup=False, highlight=False, soft_wrap=True)
+    console.print(
+        result.to_row(f"c={concurrency} n={requests}", url), markup=False, highlight=False, soft_wrap=True
+    )
+    for sample in result.error_samples:
+        err_console.print(f"error sample: {sample}", markup=False, highlight=False, soft_wrap=True)
+    if result.n_ok == 0:
+        _fail(f"no request succeeded against {url}")
 
 
 def main() -> None:

@@ -18,7 +18,7 @@ from typing import Any
 import llama_cpp
 import numpy as np
 
-from llmhost.engine.sampling import build_sampler_chain
+from llmhost.engine.sampling import SequenceSampler
 from llmhost.engine.types import SamplingParams, SchedulerOutput
 from llmhost.errors import EngineError, ModelError, RequestError
 
@@ -203,7 +203,7 @@ class LlamaRunner:
         self._logits = np.ctypeslib.as_array(self._batch.logits, shape=(config.n_batch,))
         self._nseq[:] = 1
         self._seq_ptrs = [self._batch.seq_id[i] for i in range(config.n_batch)]
-        self._samplers: dict[int, Any] = {}
+        self._samplers: dict[int, SequenceSampler] = {}
         self._embedder: EmbeddingRunner | None = None
         self._embedder_lock = threading.Lock()
         self._closed = False
@@ -221,9 +221,7 @@ class LlamaRunner:
         Returns False when the cells before ``keep`` could not be kept; the slot is then empty.
         """
         self.end_sequence(slot)
-        self._samplers[slot] = build_sampler_chain(
-            self.vocab.vocab, self.vocab.n_vocab, self.n_ctx_slot, params
-        )
+        self._samplers[slot] = SequenceSampler(self.vocab.vocab, self.vocab.n_vocab, self.n_ctx_slot, params)
         if keep > 0 and llama_cpp.llama_memory_seq_rm(self.memory, slot, keep, -1):
             return True
         llama_cpp.llama_memory_seq_rm(self.memory, slot, -1, -1)
@@ -232,7 +230,7 @@ class LlamaRunner:
     def end_sequence(self, slot: int) -> None:
         sampler = self._samplers.pop(slot, None)
         if sampler is not None:
-            llama_cpp.llama_sampler_free(sampler)
+            sampler.free()
 
     def clear_slot(self, slot: int) -> None:
         llama_cpp.llama_memory_seq_rm(self.memory, slot, -1, -1)
@@ -262,7 +260,7 @@ class LlamaRunner:
             raise EngineError(f"decode failed: {reason}")
         sampled: dict[str, int] = {}
         for request_id, slot, idx in sample_at:
-            sampled[request_id] = int(llama_cpp.llama_sampler_sample(self._samplers[slot], self.ctx, idx))
+            sampled[request_id] = self._samplers[slot].sample(self.ctx, idx)
         return sampled
 
     def embedder(self) -> EmbeddingRunner:

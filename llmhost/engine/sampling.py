@@ -1,8 +1,12 @@
-"""Per-sequence sampler chains built from :class:`SamplingParams` with llama.cpp's samplers.
+"""Per-sequence samplers built from :class:`SamplingParams` with llama.cpp's samplers.
 
-Order follows llama.cpp's server: logit bias, penalties, grammar, then top-k, top-p, min-p, temperature
-and the final draw. Each sequence owns its chain (and its seeded RNG), so a seeded request samples the
-same tokens whether it runs alone or in a busy batch.
+Order follows llama.cpp's server: logit bias, penalties, then top-k, top-p, min-p, temperature and the
+final draw. Each sequence owns its sampler (and its seeded RNG), so a seeded request samples the same
+tokens whether it runs alone or in a busy batch.
+
+A grammar (JSON mode) is kept outside the chain: checking a grammar against every token of a 262k-token
+vocabulary costs ~90 ms, so, like llama.cpp's ``common_sampler_sample``, we sample without it, check only
+the chosen token, and apply the grammar to the whole vocabulary only when that token is rejected.
 """
 
 from __future__ import annotations
@@ -12,15 +16,83 @@ import random
 from typing import Any
 
 import llama_cpp
+import numpy as np
 
 from llmhost.engine.types import SamplingParams
-from llmhost.errors import RequestError
+from llmhost.errors import EngineError, RequestError
 
-__all__ = ["build_sampler_chain"]
+__all__ = ["SequenceSampler", "build_sampler_chain"]
+
+_TOKEN_DATA = np.dtype([("id", "<i4"), ("logit", "<f4"), ("p", "<f4")])
+
+
+class SequenceSampler:
+    """One sequence's sampler: a llama.cpp chain plus an optional grammar checked lazily."""
+
+    def __init__(self, vocab: Any, n_vocab: int, n_ctx: int, params: SamplingParams) -> None:
+        self.n_vocab = n_vocab
+        self.grammar: Any = None
+        if params.grammar is not None:
+            self.grammar = llama_cpp.llama_sampler_init_grammar(vocab, params.grammar.encode(), b"root")
+            if not self.grammar:
+                raise RequestError("the grammar could not be parsed", "response_format")
+        try:
+            self.chain = build_sampler_chain(vocab, n_vocab, n_ctx, params)
+        except BaseException:
+            self.free()
+            raise
+        if self.grammar is not None:
+            self._data = np.zeros(n_vocab, dtype=_TOKEN_DATA)
+            self._ids = np.arange(n_vocab, dtype=np.int32)
+            self._arr = llama_cpp.llama_token_data_array(
+                self._data.ctypes.data_as(llama_cpp.llama_token_data_p), n_vocab, -1, False
+            )
+            self._one = (llama_cpp.llama_token_data * 1)()
+            self._one_arr = llama_cpp.llama_token_data_array(self._one, 1, -1, False)
+
+    def sample(self, ctx: Any, idx: int) -> int:
+        """Pick the next token from the logits at batch index ``idx`` and record it."""
+        if self.grammar is None:
+            return int(llama_cpp.llama_sampler_sample(self.chain, ctx, idx))
+        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, idx), shape=(self.n_vocab,))
+        token = self._apply(logits, with_grammar=False)
+        if not self._grammar_allows(token):
+            token = self._apply(logits, with_grammar=True)
+        llama_cpp.llama_sampler_accept(self.grammar, token)
+        llama_cpp.llama_sampler_accept(self.chain, token)
+        return token
+
+    def _apply(self, logits: np.ndarray[Any, Any], *, with_grammar: bool) -> int:
+        self._data["id"] = self._ids
+        self._data["logit"] = logits
+        self._data["p"] = 0.0
+        arr = self._arr
+        arr.size, arr.selected, arr.sorted = self.n_vocab, -1, False
+        if with_grammar:
+            llama_cpp.llama_sampler_apply(self.grammar, ctypes.byref(arr))
+        llama_cpp.llama_sampler_apply(self.chain, ctypes.byref(arr))
+        if not 0 <= arr.selected < arr.size:
+            raise EngineError("the sampler selected no token")
+        return int(self._data["id"][arr.selected])
+
+    def _grammar_allows(self, token: int) -> bool:
+        self._one[0].id = token  # type: ignore[assignment]
+        self._one[0].logit = 1.0
+        self._one[0].p = 0.0
+        self._one_arr.size, self._one_arr.selected, self._one_arr.sorted = 1, -1, False
+        llama_cpp.llama_sampler_apply(self.grammar, ctypes.byref(self._one_arr))
+        return bool(np.isfinite(self._one[0].logit))
+
+    def free(self) -> None:
+        for attr in ("chain", "grammar"):
+            sampler = getattr(self, attr, None)
+            if sampler:
+                llama_cpp.llama_sampler_free(sampler)
+            setattr(self, attr, None)
 
 
 def build_sampler_chain(vocab: Any, n_vocab: int, n_ctx: int, params: SamplingParams) -> Any:
-    """Return a new llama.cpp sampler chain; the caller frees it with ``llama_sampler_free``."""
+    """Return a new llama.cpp sampler chain (no grammar); the caller frees it with ``llama_sampler_free``."""
     chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
     try:
         if params.logit_bias:
@@ -38,11 +110,6 @@ def build_sampler_chain(vocab: Any, n_vocab: int, n_ctx: int, params: SamplingPa
                     n_vocab, n_ctx, params.repeat_penalty, params.frequency_penalty, params.presence_penalty
                 ),
             )
-        if params.grammar is not None:
-            grammar = llama_cpp.llama_sampler_init_grammar(vocab, params.grammar.encode(), b"root")
-            if not grammar:
-                raise RequestError("the grammar could not be parsed", "response_format")
-            add(chain, grammar)
         if params.temperature <= 0.0:
             add(chain, llama_cpp.llama_sampler_init_greedy())
             return chain

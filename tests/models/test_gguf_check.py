@@ -269,6 +269,14 @@ def test_corrupt_metadata_and_tensor_info(tmp_path: Path, blob: bytes, fragment:
     assert_rejected(path, fragment)
 
 
+def test_garbage_length_field(tmp_path: Path) -> None:
+    blob = bytearray(raw_gguf(ARCH))
+    struct.pack_into("<Q", blob, 24, 2**62)  # the first metadata key's length
+    path = tmp_path / "huge-length.gguf"
+    path.write_bytes(bytes(blob))
+    assert_rejected(path, "corrupt header", "points past the end of the file")
+
+
 def test_invalid_utf8_in_a_name(tmp_path: Path) -> None:
     blob = raw_gguf({"general.architecture": "mystery", "general.name": "x"})
     path = tmp_path / "bad-utf8.gguf"

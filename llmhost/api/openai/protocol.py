@@ -65,6 +65,9 @@ class _SamplingFields(_Lenient):
     top_k: int | None = Field(None, ge=0, description="llama.cpp extension: keep the k most likely tokens.")
     min_p: float | None = Field(None, ge=0.0, le=1.0, description="llama.cpp extension.")
     repeat_penalty: float | None = Field(None, gt=0.0, description="llama.cpp extension.")
+    ignore_eos: bool = Field(
+        False, description="llama.cpp extension: generate past end-of-generation tokens."
+    )
     n: int = Field(1, ge=1, le=128)
     stream: bool = False
     stream_options: StreamOptions | None = None

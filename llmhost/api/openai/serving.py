@@ -103,6 +103,7 @@ def _sampling(req: ChatCompletionRequest | CompletionRequest, max_tokens: int | 
         logit_bias=bias,
         stop=stop,
         grammar=_grammar_for(req.response_format),
+        ignore_eos=req.ignore_eos,
     )
 
 

@@ -1,0 +1,87 @@
+"""Back-pressure and cancellation over real HTTP: 429 with Retry-After, disconnects free slots."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import httpx
+
+from tests.conftest import TINY, make_service, make_settings, start_server
+
+
+def _body(max_tokens: int, stream: bool = False) -> dict[str, object]:
+    return {
+        "model": TINY,
+        "prompt": "hello",
+        "max_tokens": max_tokens,
+        "stream": stream,
+        "logit_bias": {"2": -100},
+    }
+
+
+def test_full_wait_queue_gets_429_with_retry_after(tmp_path: Path, tiny_model_path: Path) -> None:
+    settings = make_settings(tmp_path / "data", engine={"n_parallel": 1, "max_queue": 1, "n_ctx": 4096})
+    service = make_service(settings, tiny_model_path)
+    live = start_server(settings, service)
+    url = f"{live.base_url}/v1/completions"
+    try:
+        with httpx.Client(timeout=30) as client, client.stream("POST", url, json=_body(4000, True)) as first:
+            assert first.status_code == 200
+            first_lines = first.iter_lines()  # keep it: a dropped iterator closes the stream
+            next(first_lines)  # the first request holds the only slot
+            with client.stream("POST", url, json=_body(400, True)) as second:
+                assert second.status_code == 200  # waits in the queue (its headers come at once)
+                third = httpx.post(url, json=_body(4))
+                assert third.status_code == 429
+                assert third.headers["retry-after"].isdigit()
+                err = third.json()["error"]
+                assert err["code"] == "rate_limit_exceeded" and err["type"] == "rate_limit_error"
+    finally:
+        live.stop()
+        service.close()
+
+
+def test_client_disconnect_mid_stream_frees_the_slot(tmp_path: Path, tiny_model_path: Path) -> None:
+    settings = make_settings(tmp_path / "data", engine={"n_parallel": 1})
+    service = make_service(settings, tiny_model_path)
+    live = start_server(settings, service)
+    try:
+        with httpx.stream("POST", f"{live.base_url}/v1/completions", json=_body(450, True)) as r:
+            lines = r.iter_lines()
+            assert next(lines).startswith("data: ")
+            del lines
+        # The connection is closed; the engine must drop the sequence promptly.
+        loaded = service.models.get_loaded(TINY)
+        assert loaded is not None
+        deadline = time.monotonic() + 5
+        while loaded.engine.busy_slots and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert loaded.engine.busy_slots == 0
+        r2 = httpx.post(f"{live.base_url}/v1/completions", json=_body(3), timeout=30)
+        assert r2.status_code == 200 and r2.json()["usage"]["completion_tokens"] == 3
+    finally:
+        live.stop()
+        service.close()
+
+
+def test_concurrent_streams_all_complete_in_full(server: object) -> None:
+    import concurrent.futures
+
+    base = server.base_url  # type: ignore[attr-defined]
+
+    def one(i: int) -> tuple[int, str | None]:
+        n = 0
+        finish = None
+        with httpx.stream("POST", f"{base}/v1/completions", json=_body(12, True), timeout=60) as r:
+            for line in r.iter_lines():
+                if line.startswith("data: ") and line != "data: [DONE]":
+                    choice = json.loads(line[6:])["choices"][0]
+                    n += 1 if choice["text"] else 0
+                    finish = choice["finish_reason"] or finish
+        return n, finish
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(one, range(8)))
+    assert all(finish == "length" for _, finish in results)
