@@ -217,6 +217,62 @@ def wait_llama_server_build(proc: subprocess.Popen[str] | None) -> Path | None:
     return LLAMA_SERVER_BIN
 
 
+def cpu_busy(interval: float = 2.0) -> float:
+    """Fraction of all CPU time (0..1) spent busy over ``interval`` seconds, from /proc/stat."""
+
+    def sample() -> tuple[int, int]:
+        fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+        return sum(fields), idle
+
+    try:
+        total0, idle0 = sample()
+        time.sleep(interval)
+        total1, idle1 = sample()
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    total = total1 - total0
+    return 0.0 if total <= 0 else 1.0 - (idle1 - idle0) / total
+
+
+def _cpu_ticks(pids: list[int]) -> tuple[int, int, int]:
+    """(all CPU ticks, busy ticks, ticks used by ``pids``) since boot."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    total = sum(fields)
+    busy = total - fields[3] - (fields[4] if len(fields) > 4 else 0)
+    own = 0
+    for pid in pids:
+        with suppress(OSError, ValueError, IndexError):
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            rest = stat[stat.rindex(")") + 2 :].split()
+            own += int(rest[11]) + int(rest[12])  # utime + stime
+    return total, busy, own
+
+
+# Lines about other processes' CPU use while a server was measured (filled by ``running``).
+CONTENTION: list[str] = []
+
+
+def wait_idle(report: Report, phase: str, max_wait: float, threshold: float = 0.15) -> None:
+    """Wait (up to ``max_wait`` s) until other processes leave the CPU idle: the servers and the load
+    generator need all cores, and a busy neighbour would be measured as a slow server."""
+    t0 = time.monotonic()
+    busy = cpu_busy()
+    warned = False
+    while busy > threshold and time.monotonic() - t0 < max_wait:
+        if not warned:
+            print(f"CPU {busy:.0%} busy with other processes; waiting up to {max_wait:.0f}s before {phase}")
+            warned = True
+        time.sleep(5)
+        busy = cpu_busy()
+    if busy > threshold:
+        msg = f"{phase}: measured while other processes kept the CPU {busy:.0%} busy"
+        print(f"warning: {msg}", flush=True)
+        report.notes.append(msg)
+    elif warned:
+        print(f"CPU idle after {time.monotonic() - t0:.0f}s", flush=True)
+
+
 # ----- server processes -------------------------------------------------------------------------------------
 def free_port() -> int:
     with socket.socket() as sock:
@@ -252,7 +308,16 @@ def running(
                     raise RuntimeError(f"{name} not ready after 300 s (log: {log_path})")
                 time.sleep(0.25)
             print(f"{name} ready in {time.monotonic() - t0:.1f}s on {base} (log: {log_path})", flush=True)
+            pids = [os.getpid(), proc.pid]
+            before = _cpu_ticks(pids)
             yield base
+            after = _cpu_ticks(pids)
+            total = after[0] - before[0]
+            foreign = (after[1] - before[1]) - (after[2] - before[2])
+            if total > 0 and foreign / total > 0.10:
+                msg = f"{tag}: other processes used {foreign / total:.0%} of the CPU while it was measured"
+                print(f"warning: {msg}", flush=True)
+                CONTENTION.append(msg)
         finally:
             proc.terminate()
             try:
@@ -403,7 +468,9 @@ def overload(report: Report, base: str, plan: Plan, max_queue: int) -> None:
         )  # fmt: skip
 
 
-def guarded(report: Report, what: str, fn: Callable[[], None]) -> None:
+def guarded(report: Report, what: str, fn: Callable[[], None], idle_wait: float = 0.0) -> None:
+    if idle_wait > 0:
+        wait_idle(report, what, idle_wait)
     try:
         fn()
     except Exception as exc:  # one broken server must not lose the others' results
@@ -412,7 +479,7 @@ def guarded(report: Report, what: str, fn: Callable[[], None]) -> None:
         report.notes.append(msg.splitlines()[0])
 
 
-def run_all(servers: list[str], plan: Plan, report: Report) -> None:
+def run_all(servers: list[str], plan: Plan, report: Report, idle_wait: float) -> None:
     build = start_llama_server_build() if LLAMA_SERVER in servers else None
     model_file = model_path()
     print(f"model: {model_file}")
@@ -427,7 +494,7 @@ def run_all(servers: list[str], plan: Plan, report: Report) -> None:
                 concurrent(report, LLMHOST, base, plan)
                 prefix_reuse(report, LLMHOST, base, plan)
 
-        guarded(report, "llmhost", llmhost_main)
+        guarded(report, "llmhost", llmhost_main, idle_wait)
         for q in (SLOTS, 4):
 
             def llmhost_overload(q: int = q) -> None:
@@ -435,7 +502,7 @@ def run_all(servers: list[str], plan: Plan, report: Report) -> None:
                     warm_up(base)
                     overload(report, base, plan, q)
 
-            guarded(report, f"llmhost overload (max_queue {q})", llmhost_overload)
+            guarded(report, f"llmhost overload (max_queue {q})", llmhost_overload, idle_wait)
 
     if LCP in servers:
 
@@ -445,7 +512,7 @@ def run_all(servers: list[str], plan: Plan, report: Report) -> None:
                 single(report, LCP, base, plan)
                 concurrent(report, LCP, base, plan)
 
-        guarded(report, "llama-cpp-python", lcp_main)
+        guarded(report, "llama-cpp-python", lcp_main, idle_wait)
 
     if LLAMA_SERVER in servers and binary is not None:
 
@@ -460,8 +527,8 @@ def run_all(servers: list[str], plan: Plan, report: Report) -> None:
                 concurrent(report, LLAMA_SERVER, base, plan)
                 prefix_reuse(report, LLAMA_SERVER, base, plan)
 
-        guarded(report, "llama-server (1 slot)", ls_single)
-        guarded(report, "llama-server (8 slots)", ls_main)
+        guarded(report, "llama-server (1 slot)", ls_single, idle_wait)
+        guarded(report, "llama-server (8 slots)", ls_main, idle_wait)
 
 
 # ----- output -----------------------------------------------------------------------------------------------
@@ -584,6 +651,12 @@ def main() -> int:
         "--servers", default=",".join(ALL_SERVERS), help="comma-separated subset of " + ", ".join(ALL_SERVERS)
     )
     ap.add_argument("--out", type=Path, default=RESULTS, help="results folder (default bench/results)")
+    ap.add_argument(
+        "--idle-wait",
+        type=float,
+        default=600,
+        help="seconds to wait for other processes to leave the CPU idle before each server (0: don't check)",
+    )
     args = ap.parse_args()
     servers = [s.strip() for s in args.servers.split(",") if s.strip()]
     unknown = set(servers) - set(ALL_SERVERS)
@@ -595,7 +668,8 @@ def main() -> int:
         print(f"{k}: {v}")
     report = Report()
     t0 = time.monotonic()
-    run_all(servers, plan, report)
+    run_all(servers, plan, report, args.idle_wait)
+    report.notes += CONTENTION
     args.out.mkdir(parents=True, exist_ok=True)
     stem = dt.date.today().isoformat() + ("-quick" if args.quick else "")
     md = args.out / f"{stem}.md"

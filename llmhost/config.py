@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import contextvars
 import os
+import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import platformdirs
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, ValidationError
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -23,7 +24,16 @@ from pydantic_settings import (
 
 from llmhost.errors import ConfigError
 
-__all__ = ["EngineSettings", "Settings", "default_config_path", "load_settings"]
+__all__ = [
+    "EngineSettings",
+    "MemorySettings",
+    "ModelSettings",
+    "Settings",
+    "default_config_path",
+    "load_settings",
+    "parse_duration",
+    "parse_size",
+]
 
 _CONFIG_FILE: contextvars.ContextVar[Path | None] = contextvars.ContextVar(
     "llmhost_config_file", default=None
@@ -52,6 +62,84 @@ class EngineSettings(BaseModel):
     max_queue: int = Field(64, ge=0, description="Requests allowed to wait for a slot before 429.")
 
 
+_SIZE_UNITS = {
+    "": 1,
+    "b": 1,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "tb": 10**12,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+    "tib": 2**40,
+}
+_DURATION_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_size(value: int | str) -> int:
+    """``8GiB``, ``512MB``, ``1000000`` -> bytes."""
+    if isinstance(value, int):
+        return value
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", value)
+    if not match or match.group(2).lower() not in _SIZE_UNITS:
+        raise ValueError(f"not a size: {value!r} (use e.g. 8GiB, 512MB or a number of bytes)")
+    return int(float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()])
+
+
+def parse_duration(value: float | str) -> float:
+    """``5m``, ``30s``, ``1h``, ``-1`` (forever) -> seconds."""
+    if isinstance(value, int | float):
+        return float(value)
+    match = re.fullmatch(r"\s*(-?\d+(?:\.\d+)?)\s*([smh]?)\s*", value)
+    if not match:
+        raise ValueError(f"not a duration: {value!r} (use e.g. 30s, 5m, 1h, or -1 for forever)")
+    return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+
+
+Size = Annotated[int, BeforeValidator(parse_size), Field(ge=0)]
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+class MemorySettings(BaseModel):
+    """How much memory resident models may use, and how long idle ones stay loaded."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ram_budget: Size | None = Field(
+        None, description="RAM that loaded models may use (e.g. 8GiB); default: 80% of available RAM."
+    )
+    vram_budget: Size | None = Field(
+        None, description="GPU memory that loaded models may use; default: 90% of free VRAM."
+    )
+    keep_alive: Duration = Field(300.0, description="Idle time before a model is unloaded (-1: never).")
+    max_loaded: int = Field(8, ge=1, description="Most models resident at once.")
+
+
+class ModelSettings(BaseModel):
+    """Per-model overrides, keyed by model name: ``[models."gemma3:270m"]``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    n_ctx: int | None = Field(None, ge=64, description="Context window per slot.")
+    n_parallel: int | None = Field(None, ge=1, le=256, description="Sequence slots.")
+    n_batch: int | None = Field(None, ge=32, description="Most tokens per decode step.")
+    n_threads: int | None = Field(None, ge=1, description="CPU threads.")
+    n_gpu_layers: int | None = Field(None, ge=-1, description="Layers offloaded to the GPU.")
+    max_queue: int | None = Field(None, ge=0, description="Requests that may wait for a slot.")
+    keep_alive: Duration | None = Field(None, description="Idle time before unloading (-1: never).")
+    chat_template: str | None = Field(None, description="Jinja chat template that replaces the model's.")
+    temperature: float | None = Field(None, ge=0.0, le=2.0, description="Default sampling temperature.")
+    top_p: float | None = Field(None, gt=0.0, le=1.0, description="Default top-p.")
+    top_k: int | None = Field(None, ge=0, description="Default top-k.")
+    min_p: float | None = Field(None, ge=0.0, le=1.0, description="Default min-p.")
+    repeat_penalty: float | None = Field(None, gt=0.0, description="Default repeat penalty.")
+
+    def sampling_defaults(self) -> dict[str, float | int]:
+        fields = ("temperature", "top_p", "top_k", "min_p", "repeat_penalty")
+        return {k: v for k in fields if (v := getattr(self, k)) is not None}
+
+
 class Settings(BaseSettings):
     """Everything llmhost can be configured with."""
 
@@ -72,7 +160,12 @@ class Settings(BaseSettings):
     default_model: str = Field("gemma3:270m", description="Model loaded at start and used by `make serve`.")
     max_request_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="Largest accepted request body.")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log verbosity.")
-    engine: EngineSettings = Field(default_factory=EngineSettings)  # type: ignore[arg-type]
+    engine: EngineSettings = Field(default_factory=EngineSettings)
+    memory: MemorySettings = Field(default_factory=MemorySettings)
+    models: dict[str, ModelSettings] = Field(default_factory=dict, description="Per-model overrides.")
+
+    def model_settings(self, name: str) -> ModelSettings:
+        return self.models.get(name) or ModelSettings()
 
     @property
     def resolved_models_dir(self) -> Path:

@@ -13,6 +13,7 @@ error envelope in one place (``llmhost.api.errors``), the CLI into one line and 
     ├── EngineError                 inference failed inside llama.cpp              (HTTP 500)
     │   ├── EngineOverloadedError   the wait queue is full                         (HTTP 429)
     │   └── NotReadyError           the model is still loading                     (HTTP 503)
+    ├── ConflictError               the action clashes with current state           (HTTP 409)
     └── AuthError                   missing or wrong API key                       (HTTP 401)
 """
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 __all__ = [
     "AuthError",
     "ConfigError",
+    "ConflictError",
     "ContextLengthError",
     "EngineError",
     "EngineOverloadedError",
@@ -92,6 +94,10 @@ class EngineOverloadedError(EngineError):
 
 class NotReadyError(EngineError):
     """The server or model is not ready to serve yet (still loading)."""
+
+
+class ConflictError(LLMHostError):
+    """The action conflicts with the current state (e.g. unloading a model that is serving requests)."""
 
 
 class AuthError(LLMHostError):

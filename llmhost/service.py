@@ -8,18 +8,19 @@ holds for every door alike.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import itertools
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from llmhost.config import Settings
 from llmhost.engine.async_engine import OutputStream
 from llmhost.engine.types import GenerationRequest, SamplingParams
-from llmhost.errors import EngineError, ModelNotFoundError, NotReadyError, RequestError
+from llmhost.errors import NotReadyError, RequestError
 from llmhost.models.default import DEFAULT_MODEL_NAME, ensure_default_model
 from llmhost.models.manager import LoadedModel, ModelManager
 from llmhost.models.registry import ModelRecord, Registry
@@ -83,16 +84,20 @@ class Service:
     def get_model(self, name: str) -> ModelRecord:
         return self.registry.get(name)
 
-    async def acquire(self, name: str) -> LoadedModel:
-        """The loaded model for ``name``, loading it if it is registered but not resident."""
-        loaded = self.models.get_loaded(name)
-        if loaded is not None:
-            return loaded
+    @contextlib.asynccontextmanager
+    async def using(self, name: str) -> AsyncIterator[LoadedModel]:
+        """Hold the model ``name`` points at (loading it if needed) for the duration of the block."""
         if not self.ready:
             raise NotReadyError("the server is still loading its default model; retry shortly")
-        if self.registry.find(name) is None:
-            raise ModelNotFoundError(name)
-        return await asyncio.to_thread(self.models.load, name)
+        model = await asyncio.to_thread(self.models.acquire, name)
+        try:
+            yield model
+        finally:
+            self.models.release(model)
+
+    def sampling_defaults(self, name: str) -> dict[str, float | int]:
+        """Per-model sampling defaults from the config, for fields a request leaves unset."""
+        return self.settings.model_settings(name).sampling_defaults()
 
     # ----- generation --------------------------------------------------------------------------------
     def render_chat(self, model: LoadedModel, messages: Sequence[Mapping[str, Any]]) -> str:
@@ -121,28 +126,29 @@ class Service:
         self, name: str, messages: Sequence[Mapping[str, Any]], params: SamplingParams
     ) -> Generation:
         """Apply the model's chat template and start generating."""
-        model = await self.acquire(name)
-        prompt = self.render_chat(model, messages)
-        tokens = self.tokenize_prompt(model, prompt)
-        template_stops, stop_ids = self.split_stops(model, model.template.stop)
-        stop = tuple(dict.fromkeys((*params.stop, *template_stops)))
-        params = dataclasses.replace(params, stop=stop, stop_token_ids=params.stop_token_ids | stop_ids)
-        return self._start(model, tokens, params, "chatcmpl")
+        async with self.using(name) as model:
+            prompt = self.render_chat(model, messages)
+            tokens = self.tokenize_prompt(model, prompt)
+            template_stops, stop_ids = self.split_stops(model, model.template.stop)
+            stop = tuple(dict.fromkeys((*params.stop, *template_stops)))
+            params = dataclasses.replace(params, stop=stop, stop_token_ids=params.stop_token_ids | stop_ids)
+            # Once submitted, the engine's own count of live requests keeps the model resident.
+            return self._start(model, tokens, params, "chatcmpl")
 
     async def complete(self, name: str, prompt: str | list[int], params: SamplingParams) -> Generation:
         """Continue a raw prompt (text or token ids) without any template."""
-        model = await self.acquire(name)
-        if isinstance(prompt, str):
-            tokens = self.tokenize_prompt(model, prompt)
-        else:
-            n_vocab = model.runner.vocab.n_vocab
-            bad = next((t for t in prompt if not 0 <= t < n_vocab), None)
-            if bad is not None:
-                raise RequestError(
-                    f"prompt token {bad} is not in the vocabulary (0..{n_vocab - 1})", "prompt"
-                )
-            tokens = list(prompt)
-        return self._start(model, tokens, params, "cmpl")
+        async with self.using(name) as model:
+            if isinstance(prompt, str):
+                tokens = self.tokenize_prompt(model, prompt)
+            else:
+                n_vocab = model.runner.vocab.n_vocab
+                bad = next((t for t in prompt if not 0 <= t < n_vocab), None)
+                if bad is not None:
+                    raise RequestError(
+                        f"prompt token {bad} is not in the vocabulary (0..{n_vocab - 1})", "prompt"
+                    )
+                tokens = list(prompt)
+            return self._start(model, tokens, params, "cmpl")
 
     def _start(self, model: LoadedModel, tokens: list[int], params: SamplingParams, kind: str) -> Generation:
         request = GenerationRequest(new_request_id(kind), tokens, params)
@@ -151,20 +157,19 @@ class Service:
 
     async def embed(self, name: str, inputs: Sequence[str | list[int]]) -> tuple[list[list[float]], int]:
         """Embed each input; return the vectors and the total number of input tokens."""
-        model = await self.acquire(name)
-        vocab = model.runner.vocab
-        token_lists = [vocab.tokenize(x, add_special=True) if isinstance(x, str) else list(x) for x in inputs]
-        for tokens in token_lists:
-            bad = next((t for t in tokens if not 0 <= t < vocab.n_vocab), None)
-            if bad is not None:
-                raise RequestError(f"input token {bad} is not in the vocabulary", "input")
+        async with self.using(name) as model:
+            vocab = model.runner.vocab
+            token_lists = [
+                vocab.tokenize(x, add_special=True) if isinstance(x, str) else list(x) for x in inputs
+            ]
+            for tokens in token_lists:
+                bad = next((t for t in tokens if not 0 <= t < vocab.n_vocab), None)
+                if bad is not None:
+                    raise RequestError(f"input token {bad} is not in the vocabulary", "input")
 
-        def run() -> list[list[float]]:
-            embedder = model.runner.embedder()
-            return [embedder.embed(tokens) for tokens in token_lists]
+            def run() -> list[list[float]]:
+                embedder = model.runner.embedder()
+                return [embedder.embed(tokens) for tokens in token_lists]
 
-        try:
-            vectors = await asyncio.to_thread(run)
-        except (RequestError, EngineError):
-            raise
-        return vectors, sum(len(t) for t in token_lists)
+            vectors = await asyncio.to_thread(run)  # the hold keeps the model loaded meanwhile
+            return vectors, sum(len(t) for t in token_lists)

@@ -1,7 +1,8 @@
 """``create_app(settings)``: the FastAPI application, its lifespan, and the request gate.
 
 The gate is plain ASGI middleware (cheap on every request): body-size limit (413) and, when an API key
-is configured, bearer-token auth (401) on ``/v1``. ``/health`` and ``/ready`` stay open for probes.
+is configured, bearer-token auth (401) on ``/v1`` and ``/api``. ``/health`` and ``/ready`` stay open
+for probes.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llmhost import __version__
+from llmhost.api.admin.routes import router as admin_router
 from llmhost.api.errors import error_body, install_error_handlers
 from llmhost.api.openai.routes import router as openai_router
 from llmhost.api.openai.serving import OpenAIServing
@@ -47,13 +49,13 @@ class GateMiddleware:
             await self.app(scope, receive, send)
             return
         headers = dict(scope.get("headers") or [])
-        if scope["method"] == "POST" and scope["path"].startswith("/v1"):
+        if scope["method"] == "POST" and scope["path"].startswith(("/v1", "/api")):
             # Bodies are JSON whatever the client declares: `curl -d '{...}'` sends a form content type.
             ctype = headers.get(b"content-type", b"")
             if not ctype.startswith(b"application/json"):
                 raw = [(k, v) for k, v in scope["headers"] if k != b"content-type"]
                 scope = {**scope, "headers": [*raw, (b"content-type", b"application/json")]}
-        if self.api_key is not None and scope["path"].startswith("/v1"):
+        if self.api_key is not None and scope["path"].startswith(("/v1", "/api")):
             auth = headers.get(b"authorization", b"")
             token = auth[7:].strip() if auth[:7].lower() == b"bearer " else b""
             if not token or not secrets.compare_digest(token, self.api_key):
@@ -133,6 +135,7 @@ def create_app(settings: Settings, service: Service | None = None, *, preload: b
     app.state.serving = OpenAIServing(svc)
     install_error_handlers(app)
     app.include_router(openai_router)
+    app.include_router(admin_router)
 
     @app.get("/health")
     async def health() -> dict[str, str]:

@@ -15,6 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from llmhost.errors import (
     AuthError,
+    ConflictError,
     EngineError,
     EngineOverloadedError,
     LLMHostError,
@@ -50,6 +51,8 @@ def status_for(exc: LLMHostError) -> tuple[int, dict[str, Any], dict[str, str] |
         return 404, error_body(str(exc), "invalid_request_error", "model", "model_not_found"), None
     if isinstance(exc, RequestError):
         return 400, error_body(str(exc), "invalid_request_error", exc.param, exc.code), None
+    if isinstance(exc, ConflictError):
+        return 409, error_body(str(exc), "invalid_request_error", "model", "conflict"), None
     if isinstance(exc, AuthError):
         return 401, error_body(str(exc), "invalid_request_error", None, "invalid_api_key"), None
     if isinstance(exc, EngineOverloadedError):

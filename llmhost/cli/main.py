@@ -276,7 +276,8 @@ def show(
     from llmhost.models.templates import resolve_chat_template
 
     record = _with_service(settings, lambda s: s.get_model(model))
-    tmpl = resolve_chat_template(record.architecture, record.chat_template)
+    ms = settings.model_settings(model)
+    tmpl = resolve_chat_template(record.architecture, record.chat_template, ms.chat_template)
     if template:
         sys.stdout.write(tmpl.source.rstrip("\n") + "\n")
         return
@@ -293,8 +294,58 @@ def show(
         ("source", record.source),
         ("path", str(record.path)),
     ]
+    eng = settings.engine
+    keep_alive = ms.keep_alive if ms.keep_alive is not None else settings.memory.keep_alive
+    gpu_layers = ms.n_gpu_layers if ms.n_gpu_layers is not None else eng.n_gpu_layers
+    rows += [
+        ("slots x context", f"{ms.n_parallel or eng.n_parallel} x {ms.n_ctx or eng.n_ctx} tokens"),
+        ("threads", str(ms.n_threads or eng.n_threads or "auto")),
+        ("gpu layers", "auto" if gpu_layers is None else str(gpu_layers)),
+        ("keep alive", "forever" if keep_alive < 0 else f"{keep_alive:.0f}s"),
+    ]
+    defaults = ms.sampling_defaults()
+    if defaults:
+        rows.append(("sampling", ", ".join(f"{k}={v}" for k, v in defaults.items())))
     width = max(len(key) for key, _ in rows) + 2
     sys.stdout.write("".join(f"{key:<{width}}{value}\n" for key, value in rows))
+
+
+@app.command()
+def ps(config: ConfigOpt = None) -> None:
+    """Show the models loaded in the running server: memory, slots busy, idle time."""
+    import httpx
+
+    settings = _settings(config)
+    host = "127.0.0.1" if settings.host in {"0.0.0.0", "::"} else settings.host
+    url = f"http://{host}:{settings.port}/api/ps"
+    headers = {"Authorization": f"Bearer {settings.api_key.get_secret_value()}"} if settings.api_key else {}
+    try:
+        resp = httpx.get(url, headers=headers, timeout=5)
+    except httpx.HTTPError:
+        _fail(f"no llmhost server answers at http://{host}:{settings.port} (start one with `llmhost serve`)")
+        return
+    if resp.status_code != 200:
+        _fail(f"server answered {resp.status_code}: {resp.text[:200]}")
+    table = Table(box=None, pad_edge=False)
+    for col in ("NAME", "ID", "SIZE", "PROCESSOR", "SLOTS", "CONTEXT", "IDLE", "UNTIL"):
+        table.add_column(col, no_wrap=True)
+    for m in resp.json()["models"]:
+        until = (
+            "forever"
+            if m["keep_alive"] < 0
+            else ("busy" if m["expires_at"] is None else m["expires_at"][11:19])
+        )
+        table.add_row(
+            m["name"],
+            m["digest"].removeprefix("sha256:")[:12],
+            _human_size(m["size"]),
+            "GPU" if m["size_vram"] else "CPU",
+            f"{m['slots_busy']}/{m['slots']} (+{m['waiting']} waiting)",
+            str(m["context_length"]),
+            f"{m['idle_seconds']:.0f}s",
+            until,
+        )
+    console.print(table, soft_wrap=True)
 
 
 @app.command("import")

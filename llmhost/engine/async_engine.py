@@ -72,6 +72,11 @@ class Engine:
         self.runner.close()
 
     @property
+    def active_requests(self) -> int:
+        """Requests running or waiting in this engine."""
+        return len(self._live)
+
+    @property
     def busy_slots(self) -> int:
         return len(self.scheduler.running)
 
@@ -197,6 +202,7 @@ class Engine:
 
     def _release(self, seq: Sequence) -> None:
         self._live.pop(seq.request_id, None)
+        self.last_used = time.monotonic()
         if seq.slot >= 0:
             self.runner.end_sequence(seq.slot)
 

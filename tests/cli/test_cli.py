@@ -40,7 +40,7 @@ def cli_env(base: Path, **extra: str) -> dict[str, str]:
         LLMHOST_ENGINE__N_CTX="512",
         LLMHOST_ENGINE__N_PARALLEL="2",
         LLMHOST_ENGINE__N_BATCH="128",
-        LLMHOST_ENGINE__N_THREADS="2",
+        LLMHOST_ENGINE__N_THREADS="1",
         LLMHOST_LOG_LEVEL="warning",
         PYTHONUNBUFFERED="1",
     )

@@ -19,7 +19,7 @@ EOS = 2
 
 
 def make_engine(path: Path, n_slots: int = 4, n_batch: int = 64, max_queue: int = 16) -> Engine:
-    runner = LlamaRunner(path, RunnerConfig(n_ctx_slot=512, n_slots=n_slots, n_batch=n_batch, n_threads=2))
+    runner = LlamaRunner(path, RunnerConfig(n_ctx_slot=512, n_slots=n_slots, n_batch=n_batch, n_threads=1))
     engine = Engine(runner, max_queue=max_queue, name="tiny")
     engine.start()
     return engine

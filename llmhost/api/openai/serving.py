@@ -80,7 +80,10 @@ def _grammar_for(response_format: ResponseFormat | None) -> str | None:
         raise RequestError(f"unsupported JSON schema: {exc}", param="response_format") from exc
 
 
-def _sampling(req: ChatCompletionRequest | CompletionRequest, max_tokens: int | None) -> SamplingParams:
+def _sampling(
+    req: ChatCompletionRequest | CompletionRequest, max_tokens: int | None, defaults: dict[str, float | int]
+) -> SamplingParams:
+    """Request fields win; the model's configured defaults fill what the request leaves unset."""
     if req.n != 1:
         raise RequestError("only n=1 is supported", param="n")
     stop: tuple[str, ...] = (req.stop,) if isinstance(req.stop, str) else tuple(req.stop or ())
@@ -92,19 +95,27 @@ def _sampling(req: ChatCompletionRequest | CompletionRequest, max_tokens: int | 
             raise RequestError(f"logit_bias key {key!r} is not a token id", param="logit_bias") from None
     return SamplingParams(
         max_tokens=max_tokens,
-        temperature=1.0 if req.temperature is None else req.temperature,
-        top_p=1.0 if req.top_p is None else req.top_p,
-        top_k=req.top_k or 0,
-        min_p=req.min_p or 0.0,
+        temperature=float(_pick(req.temperature, defaults, "temperature", 1.0)),
+        top_p=float(_pick(req.top_p, defaults, "top_p", 1.0)),
+        top_k=int(_pick(req.top_k, defaults, "top_k", 0)),
+        min_p=float(_pick(req.min_p, defaults, "min_p", 0.0)),
         seed=req.seed,
         presence_penalty=req.presence_penalty,
         frequency_penalty=req.frequency_penalty,
-        repeat_penalty=req.repeat_penalty or 1.0,
+        repeat_penalty=float(_pick(req.repeat_penalty, defaults, "repeat_penalty", 1.0)),
         logit_bias=bias,
         stop=stop,
         grammar=_grammar_for(req.response_format),
         ignore_eos=req.ignore_eos,
     )
+
+
+def _pick(
+    value: float | int | None, defaults: dict[str, float | int], key: str, fallback: float
+) -> float | int:
+    if value is not None:
+        return value
+    return defaults.get(key, fallback)
 
 
 class OpenAIServing:
@@ -134,7 +145,8 @@ class OpenAIServing:
     async def chat(self, req: ChatCompletionRequest) -> tuple[Generation, SamplingParams]:
         if req.logprobs:
             raise RequestError("logprobs are not supported yet", param="logprobs")
-        params = _sampling(req, req.max_completion_tokens or req.max_tokens)
+        defaults = self.service.sampling_defaults(req.model)
+        params = _sampling(req, req.max_completion_tokens or req.max_tokens, defaults)
         messages = [{"role": m.role, "content": _message_text(m)} for m in req.messages]
         for m in messages:
             if m["role"] == "developer":
@@ -211,7 +223,7 @@ class OpenAIServing:
             raise RequestError("exactly one prompt per request is supported", param="prompt")
         if prompt == "" or prompt == []:
             raise RequestError("prompt must not be empty", param="prompt")
-        params = _sampling(req, req.max_tokens)
+        params = _sampling(req, req.max_tokens, self.service.sampling_defaults(req.model))
         gen = await self.service.complete(req.model, prompt, params)
         echo = ""
         if req.echo:

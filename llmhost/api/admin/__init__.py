@@ -1,0 +1,1 @@
+"""Admin routes (``/api/...``): what is loaded, load/unload, and model management."""
