@@ -14,7 +14,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import platformdirs
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -25,10 +33,14 @@ from pydantic_settings import (
 from llmhost.errors import ConfigError
 
 __all__ = [
+    "BreakerSettings",
     "EngineSettings",
     "MemorySettings",
     "ModelSettings",
+    "ProviderSettings",
+    "RouteSettings",
     "Settings",
+    "TargetSettings",
     "default_config_path",
     "load_settings",
     "parse_duration",
@@ -140,6 +152,66 @@ class ModelSettings(BaseModel):
         return {k: v for k in fields if (v := getattr(self, k)) is not None}
 
 
+class ProviderSettings(BaseModel):
+    """A backend: ``[providers.NAME]``. ``local`` (the engine) always exists and needs no entry."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["openai", "anthropic", "ollama", "local"] = Field(description="Wire format of the backend.")
+    base_url: str | None = Field(
+        None, description="e.g. http://127.0.0.1:9000/v1 for an OpenAI-compatible one."
+    )
+    api_key: SecretStr | None = Field(
+        None, description="The key itself (prefer api_key_env or api_key_file)."
+    )
+    api_key_env: str | None = Field(None, description="Environment variable that holds the key.")
+    api_key_file: Path | None = Field(None, description="File that holds the key (e.g. a mounted secret).")
+    timeout_connect: float = Field(5.0, gt=0, description="Seconds to connect.")
+    timeout_first_token: float = Field(60.0, gt=0, description="Seconds until the first token.")
+    timeout_total: float = Field(600.0, gt=0, description="Seconds for the whole request.")
+    headers: dict[str, str] = Field(default_factory=dict, description="Extra HTTP headers.")
+    health_interval: float = Field(30.0, ge=0, description="Seconds between health probes (0: off).")
+
+
+class TargetSettings(BaseModel):
+    """One place a route can send a request: a provider and its model name there."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    provider: str = Field(description="A name from [providers], or `local`.")
+    model: str = Field(description="The model's name at that provider.")
+    weight: float = Field(1.0, gt=0, description="Share of traffic for the `weighted` strategy.")
+    input_price: float = Field(0.0, ge=0, description="Price per million prompt tokens.")
+    output_price: float = Field(0.0, ge=0, description="Price per million completion tokens.")
+
+
+class RouteSettings(BaseModel):
+    """A public model name: ``[routes.NAME]`` maps it to targets tried by a strategy, with fallback."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    strategy: Literal["priority", "cost", "latency", "round_robin", "weighted"] = Field(
+        "priority", description="How targets are ordered for each request."
+    )
+    targets: list[TargetSettings] = Field(min_length=1, description="Ordered list of targets.")
+    retries: int = Field(1, ge=0, le=10, description="Extra attempts per target on retryable errors.")
+    backoff: float = Field(0.05, ge=0, description="First retry delay in seconds (doubles each retry).")
+    cascade: list[Literal["json", "nonempty"]] = Field(
+        default_factory=list,
+        description="Checks that, when they fail on a target's answer, escalate to the next target.",
+    )
+
+
+class BreakerSettings(BaseModel):
+    """Circuit breakers, one per target."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    failures: int = Field(5, ge=1, description="Failures within `window` that open the breaker.")
+    window: float = Field(30.0, gt=0, description="Seconds over which failures are counted.")
+    cooldown: float = Field(15.0, gt=0, description="Seconds open before one half-open probe.")
+
+
 class Settings(BaseSettings):
     """Everything llmhost can be configured with."""
 
@@ -163,6 +235,23 @@ class Settings(BaseSettings):
     engine: EngineSettings = Field(default_factory=EngineSettings)
     memory: MemorySettings = Field(default_factory=MemorySettings)
     models: dict[str, ModelSettings] = Field(default_factory=dict, description="Per-model overrides.")
+    providers: dict[str, ProviderSettings] = Field(default_factory=dict, description="Remote backends.")
+    routes: dict[str, RouteSettings] = Field(default_factory=dict, description="Public model names.")
+    breaker: BreakerSettings = Field(default_factory=BreakerSettings)
+
+    @model_validator(mode="after")
+    def _routes_name_known_providers(self) -> Settings:
+        for route_name, route in self.routes.items():
+            for target in route.targets:
+                if target.provider != "local" and target.provider not in self.providers:
+                    raise ValueError(
+                        f"route {route_name!r} names provider {target.provider!r}, "
+                        "which is not in [providers]"
+                    )
+        for name, provider in self.providers.items():
+            if provider.type == "openai" and not provider.base_url:
+                raise ValueError(f"provider {name!r} (type openai) needs base_url")
+        return self
 
     def model_settings(self, name: str) -> ModelSettings:
         return self.models.get(name) or ModelSettings()

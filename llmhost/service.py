@@ -1,8 +1,9 @@
 """The one pipeline every door (HTTP API, CLI, later MCP and web) calls.
 
-door -> Service -> model manager -> engine. Doors never talk to an engine directly, so whatever the
-pipeline enforces (today: validation, context limits, back-pressure; later: keys, policy, usage, audit)
-holds for every door alike.
+door -> Service.gateway (routes, fallback, breakers, usage) -> provider -> [local] model manager ->
+engine. Doors never talk to an engine or a provider directly, so whatever the pipeline enforces (today:
+validation, context limits, back-pressure, usage accounting; later: keys, policy, audit) holds for
+every door alike.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import dataclasses
 import itertools
 import logging
 import os
+import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +27,8 @@ from llmhost.models.default import DEFAULT_MODEL_NAME, ensure_default_model
 from llmhost.models.manager import LoadedModel, ModelManager
 from llmhost.models.registry import ModelRecord, Registry
 from llmhost.models.store import ModelStore
+from llmhost.router.cost import UsageStore
+from llmhost.router.router import Gateway, build_providers
 
 __all__ = ["Generation", "Service"]
 
@@ -56,7 +60,17 @@ class Service:
         self.registry = Registry(settings.database_path)
         self.store = ModelStore(settings.resolved_models_dir, self.registry)
         self.models = ModelManager(settings, self.registry)
+        self.usage = UsageStore(settings.database_path)
         self.ready = False
+        self.started_at = time.time()
+        from llmhost.providers.local import LocalProvider  # the local provider wraps this service
+
+        self.gateway = Gateway(
+            settings,
+            build_providers(settings, LocalProvider(self)),
+            is_local_model=lambda name: self.registry.find(name) is not None,
+            usage=self.usage,
+        )
 
     # ----- lifecycle ---------------------------------------------------------------------------------
     def prepare_default_model(self) -> ModelRecord:
@@ -75,6 +89,7 @@ class Service:
 
     def close(self) -> None:
         self.models.close()
+        self.usage.close()
         self.registry.close()
 
     # ----- models ------------------------------------------------------------------------------------

@@ -122,11 +122,13 @@ def create_app(settings: Settings, service: Service | None = None, *, preload: b
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         task = asyncio.create_task(svc.startup(preload=preload))
         app.state.startup_task = task
+        svc.gateway.start_health_probes()
         try:
             yield
         finally:
             if not task.done():
                 task.cancel()
+            await svc.gateway.aclose()
             if owns_service:
                 await asyncio.to_thread(svc.close)
 

@@ -24,6 +24,7 @@ from llmhost.errors import (
     NotReadyError,
     RequestError,
 )
+from llmhost.providers.base import ProviderError, ProviderHTTPError, ProviderTimeoutError
 
 __all__ = ["error_body", "error_response", "install_error_handlers", "status_for"]
 
@@ -47,6 +48,8 @@ def error_response(
 
 def status_for(exc: LLMHostError) -> tuple[int, dict[str, Any], dict[str, str] | None]:
     """Map an llmhost error to (status, envelope, headers)."""
+    if isinstance(exc, ProviderError):
+        return _provider_status(exc)
     if isinstance(exc, ModelNotFoundError):
         return 404, error_body(str(exc), "invalid_request_error", "model", "model_not_found"), None
     if isinstance(exc, RequestError):
@@ -65,6 +68,17 @@ def status_for(exc: LLMHostError) -> tuple[int, dict[str, Any], dict[str, str] |
     if isinstance(exc, EngineError):
         return 500, error_body(str(exc), "server_error", None, "engine_error"), None
     return 500, error_body(str(exc), "server_error"), None
+
+
+def _provider_status(exc: ProviderError) -> tuple[int, dict[str, Any], dict[str, str] | None]:
+    where = f"upstream {exc.provider}" if exc.provider else "upstream"
+    if isinstance(exc, ProviderTimeoutError):
+        return 504, error_body(f"{where} timed out: {exc}", "server_error", None, "upstream_timeout"), None
+    if isinstance(exc, ProviderHTTPError) and exc.status is not None and 400 <= exc.status < 500:
+        headers = {"Retry-After": "1"} if exc.status == 429 else None
+        type_ = "rate_limit_error" if exc.status == 429 else "invalid_request_error"
+        return exc.status, error_body(str(exc), type_, None, "upstream_error"), headers
+    return 502, error_body(f"{where} failed: {exc}", "server_error", None, "upstream_error"), None
 
 
 def _param_from_loc(loc: tuple[Any, ...]) -> str | None:

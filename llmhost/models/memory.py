@@ -10,7 +10,7 @@ allocates, in three parts:
     they replace the mapped pages in use, and those pages are reclaimable page cache.
 ``kv_cache_bytes``
     K and V for every attention layer and every cell:
-    ``n_layer × n_cells × (head_count_kv × key_length + head_count_kv × value_length) × kv_type_bytes``.
+    ``n_layer x n_cells x (head_count_kv x key_length + head_count_kv x value_length) x kv_type_bytes``.
     ``n_cells`` is ``n_ctx_total`` padded as llama.cpp pads it (each sequence's share to a multiple of
     256). Sliding-window layers (Gemma 2/3, Cohere 2, gpt-oss, Llama 4 ...) keep only
     ``n_swa + n_ubatch`` cells per sequence unless ``swa_full`` (llmhost's runner sets it, so prefixes
@@ -18,11 +18,12 @@ allocates, in three parts:
 ``compute_bytes``
     llama.cpp's compute buffer for one micro-batch (``n_ubatch = min(n_batch, 512)`` tokens) with flash
     attention, which llama.cpp's default ``auto`` turns on for the CPU and CUDA backends:
-    activations ``4 × n_ubatch × (2·n_ff + 2·n_embd + 2·n_head·key_length)``, KQ masks
-    ``2 bytes × n_ctx_per_seq × n_ubatch`` (two with sliding-window layers), and logits
-    ``4 × n_vocab × n_outputs``; plus the context's output buffer (``4 × n_vocab × n_outputs``),
-    llmhost's per-sequence sampler arrays (~24 bytes × n_vocab each) and 4 MiB of fixed overhead
-    (graph metadata, thread pool).
+    activations ``4 x n_ubatch x (2*n_ff + 2*n_embd + 2*n_head*key_length)``, KQ masks
+    ``2.25 bytes x n_ctx_per_seq x n_ubatch`` (an f16 mask plus flash-attention scratch that grows
+    with it; two with sliding-window layers), and logits
+    ``4 x n_vocab x n_outputs``; plus the context's output buffer (``4 x n_vocab x n_outputs``),
+    llmhost's per-sequence sampler arrays (~24 bytes x n_vocab each) and 5 MiB of fixed overhead
+    (graph metadata, thread pool, native code paged in by the first decode).
 
 ``n_outputs`` is the most logit rows one decode step produces. llmhost's runner samples at most one token
 per sequence per step, so it defaults to ``n_seq``. llama.cpp reserves room for ``n_outputs_max`` rows,
@@ -50,7 +51,8 @@ __all__ = ["MemoryEstimate", "estimate_memory", "max_slots", "read_vocab_size"]
 MiB = 1 << 20
 VOCAB_TABLE_BYTES_PER_TOKEN = 192
 SAMPLER_BYTES_PER_TOKEN = 24
-FIXED_OVERHEAD_BYTES = 4 * MiB
+FIXED_OVERHEAD_BYTES = 5 * MiB
+MASK_BYTES_PER_ELEMENT = 2.25  # the f16 KQ mask, plus flash-attention scratch that grows with it
 DEFAULT_VOCAB_SIZE = 256_000  # when the file does not say: large, so the estimate errs high
 MAX_UBATCH = 512  # llmhost's runner: n_ubatch = min(n_batch, 512)
 CTX_PAD = 256  # llama.cpp pads each sequence's context (and the SWA cache) to a multiple of this
@@ -184,7 +186,7 @@ def estimate_memory(
     n_vocab: int | None = None,
 ) -> MemoryEstimate:
     """Estimate the memory of ``info``'s model with a context of ``n_ctx_total`` cells for ``n_seq``
-    sequences (llmhost: ``n_ctx × n_parallel`` and ``n_parallel``).
+    sequences (llmhost: ``n_ctx x n_parallel`` and ``n_parallel``).
 
     ``kv_type_bytes`` is bytes per cached element: 2 for f16 (llama.cpp's default), 34/32 for q8_0,
     18/32 for q4_0. ``n_outputs`` defaults to ``n_seq`` (see the module docstring); ``n_vocab`` to the
@@ -219,7 +221,7 @@ def estimate_memory(
     weights = info.size_bytes + VOCAB_TABLE_BYTES_PER_TOKEN * vocab
 
     activations = 4 * n_ubatch * (2 * n_ff + 2 * n_embd + 2 * n_head * key_length)
-    masks = (2 if n_swa_layers else 1) * 2 * n_ctx_seq * n_ubatch
+    masks = math.ceil((2 if n_swa_layers else 1) * MASK_BYTES_PER_ELEMENT * n_ctx_seq * n_ubatch)
     logits = 4 * vocab * outputs
     output_buffer = 4 * vocab * outputs
     samplers = SAMPLER_BYTES_PER_TOKEN * vocab * n_seq

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 from pathlib import Path
 
@@ -31,13 +32,21 @@ def test_full_wait_queue_gets_429_with_retry_after(tmp_path: Path, tiny_model_pa
             assert first.status_code == 200
             first_lines = first.iter_lines()  # keep it: a dropped iterator closes the stream
             next(first_lines)  # the first request holds the only slot
-            with client.stream("POST", url, json=_body(400, True)) as second:
-                assert second.status_code == 200  # waits in the queue (its headers come at once)
-                third = httpx.post(url, json=_body(4))
-                assert third.status_code == 429
-                assert third.headers["retry-after"].isdigit()
-                err = third.json()["error"]
-                assert err["code"] == "rate_limit_exceeded" and err["type"] == "rate_limit_error"
+            # The second waits in the queue (a stream's 200 comes with its first token, so use a thread).
+            second = threading.Thread(target=lambda: httpx.post(url, json=_body(4), timeout=60))
+            second.start()
+            loaded = service.models.get_loaded(TINY)
+            assert loaded is not None
+            deadline = time.monotonic() + 10
+            while loaded.engine.waiting < 1 and time.monotonic() < deadline:
+                time.sleep(0.005)
+            third = httpx.post(url, json=_body(4))
+            assert third.status_code == 429
+            assert third.headers["retry-after"].isdigit()
+            err = third.json()["error"]
+            assert err["code"] == "rate_limit_exceeded" and err["type"] == "rate_limit_error"
+            del first_lines
+        second.join(60)
     finally:
         live.stop()
         service.close()

@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 
 from llmhost.api.openai.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
-from llmhost.api.openai.serving import OpenAIServing
+from llmhost.api.openai.serving import OpenAIServing, target_header
 
 __all__ = ["router"]
 
@@ -33,33 +33,29 @@ async def get_model(model: str, request: Request) -> dict[str, Any]:
 
 
 @router.post("/chat/completions", response_model=None)
-async def chat_completions(
-    body: ChatCompletionRequest, request: Request
-) -> dict[str, Any] | StreamingResponse:
+async def chat_completions(body: ChatCompletionRequest, request: Request) -> JSONResponse | StreamingResponse:
     serving = _serving(request)
     if not body.stream:
-        return await serving.chat_full(body)
-    gen, _ = await serving.chat(body)  # errors raise here, before the 200 is sent
-    include_usage = bool(body.stream_options and body.stream_options.include_usage)
-    return StreamingResponse(
-        serving.chat_stream(gen, include_usage), media_type="text/event-stream", headers=_SSE_HEADERS
-    )
+        response, target = await serving.chat_full(body)
+        return JSONResponse(response, headers=target_header(target))
+    # The stream has its first token (or failed over, or failed) before the 200 goes out.
+    stream, target = await serving.chat_stream(body)
+    headers = {**_SSE_HEADERS, **target_header(target)}
+    return StreamingResponse(stream, media_type="text/event-stream", headers=headers)
 
 
 @router.post("/completions", response_model=None)
-async def completions(body: CompletionRequest, request: Request) -> dict[str, Any] | StreamingResponse:
+async def completions(body: CompletionRequest, request: Request) -> JSONResponse | StreamingResponse:
     serving = _serving(request)
     if not body.stream:
-        return await serving.complete_full(body)
-    gen, echo = await serving.complete(body)
-    include_usage = bool(body.stream_options and body.stream_options.include_usage)
-    return StreamingResponse(
-        serving.complete_stream(gen, echo, include_usage),
-        media_type="text/event-stream",
-        headers=_SSE_HEADERS,
-    )
+        response, target = await serving.complete_full(body)
+        return JSONResponse(response, headers=target_header(target))
+    stream, target = await serving.complete_stream(body)
+    headers = {**_SSE_HEADERS, **target_header(target)}
+    return StreamingResponse(stream, media_type="text/event-stream", headers=headers)
 
 
-@router.post("/embeddings")
-async def embeddings(body: EmbeddingRequest, request: Request) -> dict[str, Any]:
-    return await _serving(request).embeddings(body)
+@router.post("/embeddings", response_model=None)
+async def embeddings(body: EmbeddingRequest, request: Request) -> JSONResponse:
+    response, target = await _serving(request).embeddings(body)
+    return JSONResponse(response, headers=target_header(target))

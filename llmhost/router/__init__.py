@@ -1,0 +1,1 @@
+"""Routing: public model names -> targets, strategies, fallback chains, circuit breakers, cost."""

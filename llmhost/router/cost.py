@@ -1,0 +1,167 @@
+"""Usage and cost accounting: one row per request in SQLite, summaries by key/model/provider/day.
+
+Rows are written by a background thread in small batches, so the request path only appends to a queue.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import queue
+import sqlite3
+import threading
+import time
+from dataclasses import astuple, dataclass, fields
+from pathlib import Path
+from typing import Any, Literal
+
+__all__ = ["UsageRecord", "UsageStore", "cost_of"]
+
+log = logging.getLogger(__name__)
+
+GroupBy = Literal["model", "provider", "day", "key", "target"]
+
+
+def cost_of(prompt_tokens: int, completion_tokens: int, input_price: float, output_price: float) -> float:
+    """Cost with prices per million tokens."""
+    return (prompt_tokens * input_price + completion_tokens * output_price) / 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class UsageRecord:
+    """One request as it was answered."""
+
+    ts: float
+    model: str  # the public name the client asked for
+    provider: str
+    target_model: str
+    tier: int  # index of the target that answered (0 = first choice)
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    latency_ms: float
+    cost: float
+    status: str  # "ok" or an error class name
+    api_key: str | None = None  # key id (never the secret)
+    stream: bool = False
+
+
+_COLUMNS = [f.name for f in fields(UsageRecord)]
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS usage (
+    id INTEGER PRIMARY KEY,
+    ts REAL NOT NULL,
+    model TEXT NOT NULL,
+    provider TEXT NOT NULL,
+    target_model TEXT NOT NULL,
+    tier INTEGER NOT NULL,
+    prompt_tokens INTEGER NOT NULL,
+    completion_tokens INTEGER NOT NULL,
+    cached_tokens INTEGER NOT NULL,
+    latency_ms REAL NOT NULL,
+    cost REAL NOT NULL,
+    status TEXT NOT NULL,
+    api_key TEXT,
+    stream INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS usage_ts ON usage (ts);
+"""
+_GROUP_EXPR = {
+    "model": "model",
+    "provider": "provider",
+    "target": "provider || '/' || target_model",
+    "key": "COALESCE(api_key, '-')",
+    "day": "date(ts, 'unixepoch')",
+}
+
+
+class UsageStore:
+    """Append-only usage log with a batching writer thread."""
+
+    def __init__(self, db_path: Path) -> None:
+        self.db_path = db_path
+        db_path.parent.mkdir(parents=True, exist_ok=True)
+        with self._connect() as conn:
+            conn.executescript(_SCHEMA)
+        self._queue: queue.SimpleQueue[UsageRecord | None] = queue.SimpleQueue()
+        self._pending = 0
+        self._idle = threading.Condition()
+        self._thread = threading.Thread(target=self._write_loop, name="llmhost-usage", daemon=True)
+        self._thread.start()
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.db_path, timeout=30, isolation_level=None)
+        conn.execute("PRAGMA journal_mode=WAL")
+        return conn
+
+    def record(self, rec: UsageRecord) -> None:
+        with self._idle:
+            self._pending += 1
+        self._queue.put(rec)
+
+    def _write_loop(self) -> None:
+        conn = self._connect()
+        sql = f"INSERT INTO usage ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' for _ in _COLUMNS)})"
+        try:
+            while True:
+                item = self._queue.get()
+                batch = [item]
+                deadline = time.monotonic() + 0.05
+                while len(batch) < 500 and time.monotonic() < deadline:
+                    try:
+                        batch.append(self._queue.get(timeout=max(0.0, deadline - time.monotonic())))
+                    except queue.Empty:
+                        break
+                rows = [astuple(r) for r in batch if r is not None]
+                if rows:
+                    try:
+                        conn.execute("BEGIN")
+                        conn.executemany(sql, rows)
+                        conn.execute("COMMIT")
+                    except sqlite3.Error:
+                        log.exception("could not record %d usage rows", len(rows))
+                        conn.execute("ROLLBACK") if conn.in_transaction else None
+                with self._idle:
+                    self._pending -= len(rows)
+                    self._idle.notify_all()
+                if None in batch:
+                    return
+        finally:
+            conn.close()
+
+    def flush(self, timeout: float = 5.0) -> None:
+        """Wait until every recorded row is in the database."""
+        with self._idle:
+            self._idle.wait_for(lambda: self._pending <= 0, timeout)
+
+    def summary(self, group_by: GroupBy = "model", since: float | None = None) -> list[dict[str, Any]]:
+        """Requests, tokens, cost and latency per group, newest data included."""
+        expr = _GROUP_EXPR[group_by]
+        where, args = ("WHERE ts >= ?", (since,)) if since is not None else ("", ())
+        sql = (
+            f"SELECT {expr} AS grp, COUNT(*), SUM(status = 'ok'), SUM(prompt_tokens), SUM(completion_tokens),"
+            f" SUM(cached_tokens), SUM(cost), AVG(latency_ms) FROM usage {where} GROUP BY grp ORDER BY grp"
+        )
+        with self._connect() as conn:
+            rows = conn.execute(sql, args).fetchall()
+        return [
+            {
+                group_by: r[0],
+                "requests": r[1],
+                "ok": r[2] or 0,
+                "prompt_tokens": r[3] or 0,
+                "completion_tokens": r[4] or 0,
+                "cached_tokens": r[5] or 0,
+                "cost": round(r[6] or 0.0, 6),
+                "avg_latency_ms": round(r[7] or 0.0, 1),
+            }
+            for r in rows
+        ]
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=10)
+
+
+def since_days(days: float) -> float:
+    return (dt.datetime.now(dt.UTC) - dt.timedelta(days=days)).timestamp()

@@ -1,0 +1,340 @@
+"""The gateway's routing, fallback, retries, breakers, cascade and usage, with in-process providers.
+
+The providers here are real objects implementing the Provider protocol (scripted to fail in chosen
+ways); the same behaviour over real loopback HTTP servers is covered in tests/router/test_fallback_http.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from llmhost.config import Settings, load_settings
+from llmhost.errors import EngineOverloadedError, ModelNotFoundError, NotReadyError, RequestError
+from llmhost.providers.base import (
+    ChatRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+    ProviderConnectionError,
+    ProviderHTTPError,
+    ProviderStreamError,
+)
+from llmhost.router.breaker import BreakerState
+from llmhost.router.cost import UsageStore
+from llmhost.router.router import Gateway
+from llmhost.router.strategies import Target, order_targets
+
+
+class ScriptedProvider:
+    """A provider that answers "<name>: <model>" or raises what its script says, in order."""
+
+    def __init__(self, name: str, script: list[BaseException | str] | None = None, tokens: int = 3) -> None:
+        self.name = name
+        self.script = list(script or [])
+        self.calls: list[str] = []
+        self.tokens = tokens
+
+    def _next(self) -> str:
+        step = self.script.pop(0) if self.script else "ok"
+        if isinstance(step, BaseException):
+            raise step
+        return step
+
+    def _answer(self, model: str, text: str) -> dict[str, Any]:
+        return {
+            "id": "x",
+            "object": "chat.completion",
+            "created": 0,
+            "model": model,
+            "choices": [
+                {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+            ],
+            "usage": {
+                "prompt_tokens": 10,
+                "completion_tokens": self.tokens,
+                "total_tokens": 10 + self.tokens,
+            },
+        }
+
+    async def chat(self, request: ChatRequest) -> dict[str, Any]:
+        self.calls.append(request.model)
+        step = self._next()
+        text = f"{self.name}: {request.model}" if step == "ok" else step.removeprefix("say:")
+        return self._answer(request.model, text)
+
+    async def chat_stream(self, request: ChatRequest) -> AsyncIterator[dict[str, Any]]:
+        self.calls.append(request.model)
+        step = self._next()
+        base = {"id": "x", "object": "chat.completion.chunk", "created": 0, "model": request.model}
+        yield {
+            **base,
+            "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}],
+        }
+        for i in range(self.tokens):
+            if step == "cut" and i == 1:
+                raise ProviderStreamError("connection cut", provider=self.name)
+            yield {**base, "choices": [{"index": 0, "delta": {"content": f"t{i}"}, "finish_reason": None}]}
+        yield {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+        yield {
+            **base,
+            "choices": [],
+            "usage": {"prompt_tokens": 10, "completion_tokens": self.tokens, "total_tokens": 13},
+        }
+
+    async def complete(self, request: CompletionRequest) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def complete_stream(self, request: CompletionRequest) -> AsyncIterator[dict[str, Any]]:
+        raise NotImplementedError
+
+    async def embed(self, request: EmbeddingRequest) -> dict[str, Any]:
+        raise NotImplementedError
+
+    async def list_models(self) -> list[str]:
+        return []
+
+    async def health(self) -> bool:
+        return True
+
+    async def aclose(self) -> None:
+        return None
+
+
+def refused(name: str) -> ProviderConnectionError:
+    return ProviderConnectionError("connection refused", provider=name)
+
+
+def settings_with(tmp_path: Path, route: dict[str, Any], **extra: Any) -> Settings:
+    providers = {n: {"type": "openai", "base_url": "http://127.0.0.1:9/v1"} for n in ("a", "b", "c")}
+    return load_settings(None, data_dir=tmp_path, providers=providers, routes={"smart": route}, **extra)
+
+
+def gateway(
+    settings: Settings, providers: dict[str, ScriptedProvider], usage: UsageStore | None = None
+) -> Gateway:
+    return Gateway(settings, dict(providers), is_local_model=lambda n: n == "localmodel", usage=usage)  # type: ignore[arg-type]
+
+
+def chat_req(model: str = "smart", **params: Any) -> ChatRequest:
+    return ChatRequest(model, [{"role": "user", "content": "hi"}], params)
+
+
+def targets(*names: str) -> list[dict[str, Any]]:
+    return [{"provider": n, "model": f"m-{n}"} for n in names]
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+def test_priority_route_falls_back_to_the_next_target_on_connection_error(tmp_path: Path) -> None:
+    a, b = ScriptedProvider("a", [refused("a"), refused("a")]), ScriptedProvider("b")
+    gw = gateway(
+        settings_with(tmp_path, {"targets": targets("a", "b"), "retries": 1, "backoff": 0}), {"a": a, "b": b}
+    )
+    response, target, tier = run(gw.chat(chat_req()))
+    assert response["choices"][0]["message"]["content"] == "b: m-b"
+    assert (target.settings.provider, tier) == ("b", 1)
+    assert a.calls == ["m-a", "m-a"]  # one retry, then the next target
+
+
+def test_retry_on_the_same_target_can_succeed(tmp_path: Path) -> None:
+    a = ScriptedProvider("a", [ProviderHTTPError("busy", provider="a", status=503)])
+    gw = gateway(
+        settings_with(tmp_path, {"targets": targets("a", "b"), "retries": 1, "backoff": 0}),
+        {"a": a, "b": ScriptedProvider("b")},
+    )
+    _, target, tier = run(gw.chat(chat_req()))
+    assert target.settings.provider == "a" and tier == 0
+
+
+def test_client_errors_are_not_retried_or_failed_over(tmp_path: Path) -> None:
+    a = ScriptedProvider("a", [ProviderHTTPError("bad request", provider="a", status=400)])
+    b = ScriptedProvider("b")
+    gw = gateway(settings_with(tmp_path, {"targets": targets("a", "b")}), {"a": a, "b": b})
+    with pytest.raises(ProviderHTTPError):
+        run(gw.chat(chat_req()))
+    assert b.calls == []
+
+
+def test_fallback_completes_well_within_five_seconds(tmp_path: Path) -> None:
+    a = ScriptedProvider("a", [refused("a")] * 5)
+    gw = gateway(
+        settings_with(tmp_path, {"targets": targets("a", "b"), "retries": 2}),
+        {"a": a, "b": ScriptedProvider("b")},
+    )
+    started = time.perf_counter()
+    run(gw.chat(chat_req()))
+    assert time.perf_counter() - started < 5
+
+
+def test_breaker_opens_and_skips_the_target_then_probes_and_closes(tmp_path: Path) -> None:
+    a = ScriptedProvider("a", [refused("a")] * 2)
+    b = ScriptedProvider("b")
+    route = {"targets": targets("a", "b"), "retries": 0}
+    gw = gateway(
+        settings_with(tmp_path, route, breaker={"failures": 2, "window": 60, "cooldown": 0.2}),
+        {"a": a, "b": b},
+    )
+    run(gw.chat(chat_req()))
+    run(gw.chat(chat_req()))
+    assert gw.breakers["a/m-a"].state is BreakerState.OPEN
+    run(gw.chat(chat_req()))
+    assert a.calls == ["m-a", "m-a"]  # skipped while open
+    time.sleep(0.25)
+    _, target, _ = run(gw.chat(chat_req()))  # half-open probe succeeds
+    assert target.settings.provider == "a"
+    assert gw.breakers["a/m-a"].state is BreakerState.CLOSED
+    described = gw.describe()["routes"][0]["targets"][0]
+    assert described["breaker"] == "closed"
+
+
+def test_all_breakers_open_gives_not_ready(tmp_path: Path) -> None:
+    a = ScriptedProvider("a", [refused("a")])
+    gw = gateway(
+        settings_with(tmp_path, {"targets": targets("a"), "retries": 0}, breaker={"failures": 1}), {"a": a}
+    )
+    with pytest.raises(ProviderConnectionError):
+        run(gw.chat(chat_req()))
+    with pytest.raises(NotReadyError, match="circuit open"):
+        run(gw.chat(chat_req()))
+
+
+def test_stream_failing_before_its_first_token_falls_back_transparently(tmp_path: Path) -> None:
+    a = ScriptedProvider("a", [refused("a")])
+    b = ScriptedProvider("b")
+    gw = gateway(settings_with(tmp_path, {"targets": targets("a", "b"), "retries": 0}), {"a": a, "b": b})
+
+    async def go() -> list[dict[str, Any]]:
+        it, target, _ = await gw.chat_stream(chat_req())
+        assert target.settings.provider == "b"
+        return [c async for c in it]
+
+    chunks = run(go())
+    text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
+    assert text == "t0t1t2"
+
+
+def test_stream_failing_after_its_first_token_raises_to_the_door(tmp_path: Path) -> None:
+    a = ScriptedProvider("a", ["cut"])
+    b = ScriptedProvider("b")
+    gw = gateway(settings_with(tmp_path, {"targets": targets("a", "b")}), {"a": a, "b": b})
+
+    async def go() -> list[str]:
+        it, _, _ = await gw.chat_stream(chat_req())
+        got: list[str] = []
+        with pytest.raises(ProviderStreamError):
+            async for c in it:
+                if c["choices"]:
+                    got.append(c["choices"][0]["delta"].get("content", ""))
+        return got
+
+    assert "t0" in run(go())
+    assert b.calls == []  # no answering twice
+
+
+def test_cascade_escalates_when_json_is_invalid(tmp_path: Path) -> None:
+    small = ScriptedProvider("a", ["say:not json"])
+    big = ScriptedProvider("b", ['say:{"ok": true}'])
+    route = {"targets": targets("a", "b"), "cascade": ["json"]}
+    usage = UsageStore(tmp_path / "u.db")
+    gw = gateway(settings_with(tmp_path, route), {"a": small, "b": big}, usage)
+    response, target, tier = run(gw.chat(chat_req(response_format={"type": "json_object"})))
+    assert response["choices"][0]["message"]["content"] == '{"ok": true}'
+    assert (target.settings.provider, tier) == ("b", 1)
+    usage.flush()
+    rows = usage.summary("target")
+    assert {r["target"]: r["requests"] for r in rows} == {"a/m-a": 1, "b/m-b": 1}
+    usage.close()
+
+
+def test_cascade_keeps_a_good_first_answer(tmp_path: Path) -> None:
+    small = ScriptedProvider("a", ['say:{"ok": 1}'])
+    big = ScriptedProvider("b")
+    gw = gateway(
+        settings_with(tmp_path, {"targets": targets("a", "b"), "cascade": ["json", "nonempty"]}),
+        {"a": small, "b": big},
+    )
+    _, target, _ = run(gw.chat(chat_req(response_format={"type": "json_object"})))
+    assert target.settings.provider == "a" and big.calls == []
+
+
+def test_usage_records_cost_from_the_price_table(tmp_path: Path) -> None:
+    route = {"targets": [{"provider": "a", "model": "m", "input_price": 1.0, "output_price": 2.0}]}
+    usage = UsageStore(tmp_path / "u.db")
+    gw = gateway(settings_with(tmp_path, route), {"a": ScriptedProvider("a", tokens=5)}, usage)
+    run(gw.chat(chat_req()))
+    usage.flush()
+    [row] = usage.summary("model")
+    assert row["model"] == "smart" and row["prompt_tokens"] == 10 and row["completion_tokens"] == 5
+    assert row["cost"] == pytest.approx((10 * 1.0 + 5 * 2.0) / 1e6)
+    usage.close()
+
+
+def test_cost_strategy_tries_the_cheapest_first(tmp_path: Path) -> None:
+    route = {
+        "strategy": "cost",
+        "targets": [
+            {"provider": "a", "model": "m", "input_price": 5, "output_price": 5},
+            {"provider": "b", "model": "m", "input_price": 1, "output_price": 1},
+        ],
+    }
+    gw = gateway(settings_with(tmp_path, route), {"a": ScriptedProvider("a"), "b": ScriptedProvider("b")})
+    _, target, _ = run(gw.chat(chat_req()))
+    assert target.settings.provider == "b"
+
+
+def test_round_robin_and_weighted_spread_traffic(tmp_path: Path) -> None:
+    s = settings_with(tmp_path, {"strategy": "round_robin", "targets": targets("a", "b", "c")})
+    ts = [Target("rr", i, t) for i, t in enumerate(s.routes["smart"].targets)]
+    firsts = [
+        order_targets("rr-test", "round_robin", ts, random.Random(0))[0].settings.provider for _ in range(6)
+    ]
+    assert sorted(firsts) == ["a", "a", "b", "b", "c", "c"]
+    weighted = [
+        Target("w", 0, s.routes["smart"].targets[0].model_copy(update={"weight": 9.0})),
+        Target("w", 1, s.routes["smart"].targets[1].model_copy(update={"weight": 1.0})),
+    ]
+    rng = random.Random(1)
+    picks = [order_targets("w", "weighted", weighted, rng)[0].settings.provider for _ in range(1000)]
+    assert 850 < picks.count("a") < 950
+
+
+def test_latency_strategy_prefers_the_fastest_measured_target(tmp_path: Path) -> None:
+    s = settings_with(tmp_path, {"strategy": "latency", "targets": targets("a", "b")})
+    ts = [Target("l", i, t) for i, t in enumerate(s.routes["smart"].targets)]
+    ts[0].latency.add(0.5)
+    ts[1].latency.add(0.1)
+    assert order_targets("l", "latency", ts, random.Random(0))[0].settings.provider == "b"
+
+
+def test_unknown_name_is_model_not_found_and_local_names_route_implicitly(tmp_path: Path) -> None:
+    gw = gateway(settings_with(tmp_path, {"targets": targets("a")}), {"a": ScriptedProvider("a")})
+    with pytest.raises(ModelNotFoundError):
+        gw.resolve("nope")
+    route = gw.resolve("localmodel")
+    assert not route.explicit and route.targets[0].settings.provider == "local"
+
+
+def test_implicit_local_route_passes_errors_through_unchanged(tmp_path: Path) -> None:
+    local = ScriptedProvider("local", [EngineOverloadedError("busy")])
+    s = load_settings(None, data_dir=tmp_path)
+    gw = Gateway(s, {"local": local}, is_local_model=lambda n: True)  # type: ignore[dict-item]
+    with pytest.raises(EngineOverloadedError):
+        run(gw.chat(chat_req("localmodel")))
+    local.script = [RequestError("bad", "x")]
+    with pytest.raises(RequestError):
+        run(gw.chat(chat_req("localmodel")))
+
+
+def test_route_naming_an_unknown_provider_is_a_config_error(tmp_path: Path) -> None:
+    from llmhost.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="not in \\[providers\\]"):
+        load_settings(None, data_dir=tmp_path, routes={"r": {"targets": [{"provider": "zzz", "model": "m"}]}})
