@@ -348,6 +348,41 @@ def ps(config: ConfigOpt = None) -> None:
     console.print(table, soft_wrap=True)
 
 
+@app.command()
+def usage(
+    by: Annotated[str, typer.Option(help="Group by model, provider, target, key or day.")] = "model",
+    days: Annotated[float | None, typer.Option(help="Only the last N days.")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Summarise requests, tokens and cost from the usage log."""
+    if by not in {"model", "provider", "target", "key", "day"}:
+        _fail("--by must be one of model, provider, target, key, day", 2)
+    settings = _settings(config)
+    from llmhost.router.cost import UsageStore, since_days
+
+    with _errors():
+        store = UsageStore(settings.database_path)
+        try:
+            rows = store.summary(by, since_days(days) if days is not None else None)  # type: ignore[arg-type]
+        finally:
+            store.close()
+    table = Table(box=None, pad_edge=False)
+    for col in (by.upper(), "REQUESTS", "OK", "PROMPT", "COMPLETION", "CACHED", "COST", "AVG MS"):
+        table.add_column(col, no_wrap=True)
+    for r in rows:
+        table.add_row(
+            str(r[by]),
+            str(r["requests"]),
+            str(r["ok"]),
+            str(r["prompt_tokens"]),
+            str(r["completion_tokens"]),
+            str(r["cached_tokens"]),
+            f"{r['cost']:.6f}",
+            f"{r['avg_latency_ms']:.0f}",
+        )
+    console.print(table, soft_wrap=True)
+
+
 @app.command("import")
 def import_model(
     path: Annotated[Path, typer.Argument(help="A local GGUF file.")],

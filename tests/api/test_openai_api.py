@@ -357,3 +357,22 @@ def test_json_body_without_json_content_type_is_accepted(server: LiveServer) -> 
     )
     assert r.status_code == 200, r.text
     assert r.json()["object"] == "chat.completion"
+
+
+def test_usage_is_recorded_and_summarised(server: LiveServer, tmp_path: Any) -> None:
+    body = {"model": TINY, "prompt": "hi", "max_tokens": 3, "logit_bias": {EOS: -100}}
+    for _ in range(2):
+        assert httpx.post(f"{server.base_url}/v1/completions", json=body).status_code == 200
+    rows = httpx.get(f"{server.base_url}/api/usage", params={"by": "model"}).json()["rows"]
+    [row] = [r for r in rows if r["model"] == TINY]
+    assert row["requests"] >= 2 and row["completion_tokens"] >= 6
+    by_day = httpx.get(f"{server.base_url}/api/usage", params={"by": "day"}).json()["rows"]
+    assert by_day and by_day[0]["requests"] >= 2
+    assert httpx.get(f"{server.base_url}/api/usage", params={"by": "nope"}).status_code == 400
+    described = httpx.get(f"{server.base_url}/api/providers").json()
+    assert {"name": "local", "type": "local"} in described["providers"]
+
+
+def test_responses_name_the_target_that_answered(server: LiveServer) -> None:
+    r = httpx.post(f"{server.base_url}/v1/completions", json={"model": TINY, "prompt": "hi", "max_tokens": 2})
+    assert r.headers["x-llmhost-target"] == f"local/{TINY}"

@@ -78,3 +78,23 @@ async def unload(body: ModelRef, request: Request) -> dict[str, Any]:
     service.get_model(body.model)  # 404 for unknown names
     unloaded = await asyncio.to_thread(service.models.unload, body.model, force=body.force)
     return {"status": "unloaded" if unloaded else "not loaded", "model": body.model}
+
+
+@router.get("/providers")
+async def providers(request: Request) -> dict[str, Any]:
+    """Providers, routes, and each target's breaker state and recent latency."""
+    return _service(request).gateway.describe()
+
+
+@router.get("/usage")
+async def usage(request: Request, by: str = "model", days: float | None = None) -> dict[str, Any]:
+    """Requests, tokens and cost grouped by model, provider, target, key or day."""
+    from llmhost.errors import RequestError
+    from llmhost.router.cost import since_days
+
+    if by not in {"model", "provider", "target", "key", "day"}:
+        raise RequestError("by must be one of model, provider, target, key, day", param="by")
+    service = _service(request)
+    service.usage.flush(timeout=1.0)
+    since = since_days(days) if days is not None else None
+    return {"by": by, "rows": service.usage.summary(by, since)}  # type: ignore[arg-type]
