@@ -84,6 +84,9 @@ class Faults:
     """Body bytes the server sends in all; responses are cut (connection dropped) past it."""
     status: int | None = None
     """Answer every file request (resolve, CDN, plain) with this status and an empty body."""
+    stall_after: list[int] = field(default_factory=list)
+    """Send this many body bytes, then hang (until :meth:`HubServer.release` or stop) and drop the
+    connection; one entry is used per response body. Lets a test kill a client mid-download."""
 
 
 @dataclass(frozen=True)
@@ -106,11 +109,19 @@ class HubServer:
         self.requests: list[LoggedRequest] = []
         self.bytes_served = 0
         self._lock = threading.Lock()
+        self._released = threading.Event()
+        self.stalled = threading.Event()
+        """Set when a response has stalled (see :attr:`Faults.stall_after`)."""
         handler = type("_BoundHandler", (_Handler,), {"hub": self})
         self.httpd = ThreadingHTTPServer((host, port), handler)
         self.httpd.daemon_threads = True
         self.port = int(self.httpd.server_address[1])
         self.url = f"http://{host}:{self.port}"
+        # The "CDN" answers on the same server under another host name, as the real hub's CDN is another
+        # host: clients must drop the Authorization header there, and huggingface_hub reads the file's
+        # metadata from the 302 itself instead of following it.
+        cdn_host = "localhost" if host == "127.0.0.1" else host
+        self.cdn_url = f"http://{cdn_host}:{self.port}/cdn"
         self._thread = threading.Thread(target=self.httpd.serve_forever, name="hub-server", daemon=True)
 
     # -- lifecycle ------------------------------------------------------------------------------------
@@ -119,7 +130,12 @@ class HubServer:
         self._thread.start()
         return self
 
+    def release(self) -> None:
+        """Let stalled responses go on (they drop their connection)."""
+        self._released.set()
+
     def stop(self) -> None:
+        self._released.set()
         self.httpd.shutdown()
         self.httpd.server_close()
         self._thread.join(timeout=10)
@@ -174,9 +190,12 @@ class HubServer:
             if r.method == "GET" and ("/resolve/" in r.path or r.path.startswith(("/cdn/", "/files/")))
         ]
 
-    def _take_drop(self) -> int | None:
+    def _take_drop(self) -> tuple[int | None, bool]:
+        """(bytes to send before cutting the body, whether to stall there) for the next response body."""
         with self._lock:
-            return self.faults.drop_after.pop(0) if self.faults.drop_after else None
+            if self.faults.stall_after:
+                return self.faults.stall_after.pop(0), True
+            return (self.faults.drop_after.pop(0) if self.faults.drop_after else None), False
 
     def _budget(self, want: int) -> int:
         """How many of ``want`` body bytes may still be sent under ``max_bytes_served``."""
@@ -296,7 +315,7 @@ class _Handler(BaseHTTPRequestHandler):
             for key, value in hub_headers.items():
                 self.send_header(key, value)
             self.send_header("ETag", f'"{hashlib.sha1(f.sha256.encode()).hexdigest()}"')
-            self.send_header("Location", f"{self.hub.url}/cdn/{f.sha256}?X-Signature=loopback")
+            self.send_header("Location", f"{self.hub.cdn_url}/{f.sha256}?X-Signature=loopback")
             self.send_header("Content-Length", "0")
             self.end_headers()
             return
@@ -373,7 +392,7 @@ class _Handler(BaseHTTPRequestHandler):
         if head:
             return
         allowed = length
-        drop = self.hub._take_drop()
+        drop, stall = self.hub._take_drop()
         if drop is not None:
             allowed = min(allowed, drop)
         allowed = self.hub._budget(allowed)
@@ -381,7 +400,10 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_corrupt(f, start, allowed)
         else:
             self._sendfile(f.path, start, allowed)
-        if allowed < length:  # cut the body short: the client sees the connection drop mid-file
+        if stall:
+            self.hub.stalled.set()
+            self.hub._released.wait(60)
+        if allowed < length or stall:  # cut the body short: the client sees the connection drop mid-file
             self.close_connection = True
             with contextlib.suppress(OSError):
                 self.connection.shutdown(socket.SHUT_RDWR)

@@ -438,5 +438,15 @@ def bench(
         _fail(f"no request succeeded against {url}")
 
 
+def _register_commands() -> None:
+    from llmhost.cli import doctor, model_commands
+
+    model_commands.register(app)
+    doctor.register(app)
+
+
+_register_commands()
+
+
 def main() -> None:
     app()

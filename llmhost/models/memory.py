@@ -4,26 +4,28 @@ The estimate mirrors what llama.cpp 0.3.36 (as driven by :class:`~llmhost.engine
 allocates, in three parts:
 
 ``weights_bytes``
-    The file size (tensor data plus metadata: llama.cpp maps or copies all of it) plus the tokenizer's
-    in-memory tables, ~192 bytes per vocabulary entry (measured: Gemma 3's 262,144-token vocabulary
-    takes ~41 MiB of heap). CPU "repack" copies of Q4 weights on AVX2/NEON builds are not counted:
-    they replace the mapped pages in use, and those pages are reclaimable page cache.
+    The file size (tensor data plus metadata: llama.cpp maps or copies all of it) plus ~224 bytes per
+    vocabulary entry for the tokenizer's in-memory tables (measured: loading Gemma 3 270M adds 54 MiB
+    of heap for its 262,144-token vocabulary and 13 MiB of CPU "repack" weight copies). Repacked copies
+    are not modelled further: on AVX2/NEON builds a Q4_0 model may get most of its weights repacked,
+    and the mapped originals then linger as reclaimable page cache.
 ``kv_cache_bytes``
     K and V for every attention layer and every cell:
-    ``n_layer x n_cells x (head_count_kv x key_length + head_count_kv x value_length) x kv_type_bytes``.
+    ``n_layer x n_cells x head_count_kv x (key_length + value_length) x kv_type_bytes``.
     ``n_cells`` is ``n_ctx_total`` padded as llama.cpp pads it (each sequence's share to a multiple of
     256). Sliding-window layers (Gemma 2/3, Cohere 2, gpt-oss, Llama 4 ...) keep only
     ``n_swa + n_ubatch`` cells per sequence unless ``swa_full`` (llmhost's runner sets it, so prefixes
     stay reusable).
 ``compute_bytes``
     llama.cpp's compute buffer for one micro-batch (``n_ubatch = min(n_batch, 512)`` tokens) with flash
-    attention, which llama.cpp's default ``auto`` turns on for the CPU and CUDA backends:
-    activations ``4 x n_ubatch x (2*n_ff + 2*n_embd + 2*n_head*key_length)``, KQ masks
-    ``2.25 bytes x n_ctx_per_seq x n_ubatch`` (an f16 mask plus flash-attention scratch that grows
-    with it; two with sliding-window layers), and logits
-    ``4 x n_vocab x n_outputs``; plus the context's output buffer (``4 x n_vocab x n_outputs``),
-    llmhost's per-sequence sampler arrays (~24 bytes x n_vocab each) and 5 MiB of fixed overhead
-    (graph metadata, thread pool, native code paged in by the first decode).
+    attention, which llama.cpp's default ``auto`` turns on for the CPU and CUDA backends (without it
+    the KQ scores, ``4 x n_ctx x n_ubatch x n_head`` bytes, would dominate):
+    activations ``4 x n_ubatch x (2*n_ff + 2*n_embd + 2*n_head*key_length)``; KQ masks of
+    ``2.25 x n_cells_per_seq x n_ubatch`` bytes (an f16 mask plus flash-attention scratch that grows
+    with it; a second, window-sized one with sliding-window layers); logits ``4 x n_vocab x n_outputs``;
+    plus the context's output buffer (``4 x n_vocab x n_outputs``), llmhost's per-sequence sampler
+    arrays (~24 bytes x n_vocab each) and 5 MiB of fixed overhead (graph metadata, thread pool, native
+    code paged in by the first decode).
 
 ``n_outputs`` is the most logit rows one decode step produces. llmhost's runner samples at most one token
 per sequence per step, so it defaults to ``n_seq``. llama.cpp reserves room for ``n_outputs_max`` rows,
@@ -31,8 +33,10 @@ which is ``n_batch`` unless the context sets it: with Gemma 3's 262k vocabulary 
 is 512 MiB of logits per context, real VRAM on a GPU (on a CPU the untouched pages stay virtual). Pass
 ``n_outputs=n_batch`` to budget for a context created without ``n_outputs_max``.
 
-Measured against the RSS growth of a real ``LlamaRunner`` after a 512-token prefill (2-core AVX2 CPU),
-the estimate lands within a few percent on the high side for Gemma 3 270M; see tests/models/test_memory.py.
+Validated against the VmRSS growth of a real ``LlamaRunner`` after filling a slot's context (2-core
+AVX2 CPU): Gemma 3 270M from 1x4096 to 8x2048 slots x tokens, +1% to +5%; the tiny test model
+(a few MiB, mostly fixed overhead), -1% to +16%. See tests/models/test_memory.py. The embeddings
+context that the runner creates on first use is not included.
 Recurrent (Mamba, RWKV) and MLA (DeepSeek) state is not modelled: their KV estimate is the attention
 formula above, or 0 without attention metadata.
 """
@@ -46,10 +50,10 @@ from pathlib import Path
 
 from llmhost.models.gguf_check import GGUFInfo
 
-__all__ = ["MemoryEstimate", "estimate_memory", "max_slots", "read_vocab_size"]
+__all__ = ["MemoryEstimate", "estimate_memory", "max_ctx_per_slot", "max_slots", "read_vocab_size"]
 
 MiB = 1 << 20
-VOCAB_TABLE_BYTES_PER_TOKEN = 192
+VOCAB_TABLE_BYTES_PER_TOKEN = 224
 SAMPLER_BYTES_PER_TOKEN = 24
 FIXED_OVERHEAD_BYTES = 5 * MiB
 MASK_BYTES_PER_ELEMENT = 2.25  # the f16 KQ mask, plus flash-attention scratch that grows with it
@@ -221,7 +225,8 @@ def estimate_memory(
     weights = info.size_bytes + VOCAB_TABLE_BYTES_PER_TOKEN * vocab
 
     activations = 4 * n_ubatch * (2 * n_ff + 2 * n_embd + 2 * n_head * key_length)
-    masks = math.ceil((2 if n_swa_layers else 1) * MASK_BYTES_PER_ELEMENT * n_ctx_seq * n_ubatch)
+    mask_cells = n_ctx_seq + (cells_swa // n_seq if n_swa_layers else 0)  # full mask + SWA mask
+    masks = math.ceil(MASK_BYTES_PER_ELEMENT * mask_cells * n_ubatch)
     logits = 4 * vocab * outputs
     output_buffer = 4 * vocab * outputs
     samplers = SAMPLER_BYTES_PER_TOKEN * vocab * n_seq
@@ -238,6 +243,7 @@ def max_slots(
     kv_type_bytes: float = 2.0,
     swa_full: bool = True,
     n_batch: int = 512,
+    n_outputs: int | None = None,
 ) -> int:
     """The most sequence slots (up to ``upper``) of ``n_ctx_slot`` tokens each whose estimate fits
     ``budget_bytes``; 0 when not even one does. The other arguments are :func:`estimate_memory`'s.
@@ -252,6 +258,7 @@ def max_slots(
             kv_type_bytes=kv_type_bytes,
             swa_full=swa_full,
             n_batch=n_batch,
+            n_outputs=n_outputs,
             n_vocab=vocab,
         )
         return est.total_bytes <= budget_bytes
@@ -265,3 +272,45 @@ def max_slots(
         mid = (lo + hi) // 2
         lo, hi = (mid, hi) if fits(mid) else (lo, mid)
     return lo
+
+
+def max_ctx_per_slot(
+    info: GGUFInfo,
+    *,
+    budget_bytes: int,
+    n_seq: int,
+    upper: int | None = None,
+    kv_type_bytes: float = 2.0,
+    swa_full: bool = True,
+    n_batch: int = 512,
+    n_outputs: int | None = None,
+) -> int:
+    """The longest context per slot (a multiple of 256, up to ``upper``: default the model's trained
+    context, else 131072) for ``n_seq`` slots whose estimate fits ``budget_bytes``; 0 if 256 does not.
+    """
+    vocab = _vocab_size(info)
+    limit = upper or info.context_length or 131_072
+
+    def fits(n_ctx: int) -> bool:
+        est = estimate_memory(
+            info,
+            n_ctx_total=n_ctx * n_seq,
+            n_seq=n_seq,
+            kv_type_bytes=kv_type_bytes,
+            swa_full=swa_full,
+            n_batch=n_batch,
+            n_outputs=n_outputs,
+            n_vocab=vocab,
+        )
+        return est.total_bytes <= budget_bytes
+
+    steps = max(1, limit // CTX_PAD)
+    if not fits(CTX_PAD):
+        return 0
+    if fits(steps * CTX_PAD):
+        return max(CTX_PAD, min(limit, steps * CTX_PAD))
+    lo, hi = 1, steps
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if fits(mid * CTX_PAD) else (lo, mid)
+    return lo * CTX_PAD

@@ -39,11 +39,13 @@ import ipaddress
 import json
 import logging
 import os
+import queue
 import re
 import shutil
 import socket
 import ssl
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
@@ -75,7 +77,7 @@ DEFAULT_QUANT = "Q4_K_M"
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 
-_BUFFER_SIZE = 1 << 20
+_BUFFER_SIZE = 256 * 1024
 _TIMEOUT_S = 30.0
 _MAX_REDIRECTS = 10
 _RETRIES = 3
@@ -726,6 +728,45 @@ def _hash_file(path: Path, limit: int) -> Any:
     return hasher
 
 
+class _BackgroundHasher:
+    """Feeds blocks to a sha256 in a second thread (hashlib releases the GIL), so hashing overlaps I/O.
+
+    Blocks come from a small pool of buffers: :meth:`take_buffer` waits until the hasher has finished with
+    one. Leaving the ``with`` block waits until every submitted block is hashed, so the hash always covers
+    exactly the bytes written to the file, even when the download fails half-way.
+    """
+
+    _POOL = 8
+
+    def __init__(self, hasher: Any) -> None:
+        self.hasher = hasher
+        self._free: queue.SimpleQueue[memoryview] = queue.SimpleQueue()
+        self._work: queue.SimpleQueue[tuple[memoryview, int] | None] = queue.SimpleQueue()
+        for _ in range(self._POOL):
+            self._free.put(memoryview(bytearray(_BUFFER_SIZE)))
+        self._thread = threading.Thread(target=self._run, name="pull-sha256", daemon=True)
+
+    def _run(self) -> None:
+        while (item := self._work.get()) is not None:
+            buf, n = item
+            self.hasher.update(buf[:n])
+            self._free.put(buf)
+
+    def take_buffer(self) -> memoryview:
+        return self._free.get()
+
+    def submit(self, buf: memoryview, n: int) -> None:
+        self._work.put((buf, n))
+
+    def __enter__(self) -> _BackgroundHasher:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._work.put(None)
+        self._thread.join()
+
+
 # -- the download ---------------------------------------------------------------------------------------
 
 
@@ -946,33 +987,37 @@ class _Download:
                 os.lseek(fd, self.offset, os.SEEK_SET)
             except OSError as exc:
                 raise _disk_error(exc, self.s.dir, self.t.filename) from exc
-            buf = memoryview(bytearray(_BUFFER_SIZE))
             remaining = length
             event = PullProgress("downloading", self.total, self.offset, self.digest, self.t.filename)
             self.report.throttled(event, force=True)
             resp = response.resp
-            while remaining is None or remaining > 0:
-                want = _BUFFER_SIZE if remaining is None else min(_BUFFER_SIZE, remaining)
-                try:
-                    n = resp.readinto(buf[:want])
-                except (OSError, http.client.HTTPException, ValueError) as exc:
-                    raise _Transient(f"the connection dropped ({_os_reason(exc)})") from None
-                if not n:
-                    if remaining is None:
-                        break
-                    raise _Transient("the connection dropped before the end of the file")
-                chunk = buf[:n]
-                self.hasher.update(chunk)
-                try:
-                    _write_all(fd, chunk)
-                except OSError as exc:
-                    self.s.discard()
-                    raise _disk_error(exc, self.s.dir, self.t.filename) from exc
-                self.offset += n
-                if remaining is not None:
-                    remaining -= n
-                event = PullProgress("downloading", self.total, self.offset, self.digest, self.t.filename)
-                self.report.throttled(event)
+            # With a known length, read straight from the socket's buffered reader: readinto1 returns what
+            # has arrived (one recv), so every byte received reaches the disk at once and survives a kill,
+            # where HTTPResponse.readinto waits to fill the buffer. Chunked bodies go through http.client.
+            readinto = resp.fp.readinto1 if length is not None and not resp.chunked else resp.readinto
+            with _BackgroundHasher(self.hasher) as hashing:
+                while remaining is None or remaining > 0:
+                    buf = hashing.take_buffer()
+                    want = _BUFFER_SIZE if remaining is None else min(_BUFFER_SIZE, remaining)
+                    try:
+                        n = readinto(buf[:want])
+                    except (OSError, http.client.HTTPException, ValueError) as exc:
+                        raise _Transient(f"the connection dropped ({_os_reason(exc)})") from None
+                    if not n:
+                        if remaining is None:
+                            break
+                        raise _Transient("the connection dropped before the end of the file")
+                    try:
+                        _write_all(fd, buf[:n])
+                    except OSError as exc:
+                        self.s.discard()
+                        raise _disk_error(exc, self.s.dir, self.t.filename) from exc
+                    hashing.submit(buf, n)  # hashed in the background while the next block arrives
+                    self.offset += n
+                    if remaining is not None:
+                        remaining -= n
+                    event = PullProgress("downloading", self.total, self.offset, self.digest, self.t.filename)
+                    self.report.throttled(event)
         finally:
             os.close(fd)
         self.report.throttled(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import time
 from typing import Any
 
@@ -98,3 +99,104 @@ async def usage(request: Request, by: str = "model", days: float | None = None) 
     service.usage.flush(timeout=1.0)
     since = since_days(days) if days is not None else None
     return {"by": by, "rows": service.usage.summary(by, since)}  # type: ignore[arg-type]
+
+
+class PullBody(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    model: str = Field(min_length=1, description="hf:ORG/REPO[:FILE|:QUANT] or an https URL.")
+    name: str | None = None
+    sha256: str | None = None
+    stream: bool = True
+
+
+@router.post("/pull", response_model=None)
+async def pull(body: PullBody, request: Request) -> Any:
+    """Download, verify and register a model; progress as JSON lines (like Ollama's /api/pull)."""
+    from fastapi.responses import JSONResponse, StreamingResponse
+
+    from llmhost.api.errors import status_for
+    from llmhost.errors import LLMHostError
+    from llmhost.models.pull import PullProgress, pull_model
+
+    service = _service(request)
+    loop = asyncio.get_running_loop()
+    events: asyncio.Queue[PullProgress | BaseException | None] = asyncio.Queue()
+
+    def run() -> None:
+        def progress(event: PullProgress) -> None:
+            loop.call_soon_threadsafe(events.put_nowait, event)
+
+        try:
+            pull_model(service.store, body.model, name=body.name, sha256=body.sha256, progress=progress)
+            loop.call_soon_threadsafe(events.put_nowait, None)
+        except BaseException as exc:
+            loop.call_soon_threadsafe(events.put_nowait, exc)
+
+    task = asyncio.create_task(asyncio.to_thread(run))
+
+    async def lines() -> Any:
+        while True:
+            item = await events.get()
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                message = str(item) if isinstance(item, LLMHostError) else "pull failed"
+                yield (json.dumps({"error": message}) + "\n").encode()
+                return
+            yield (item.to_json() + "\n").encode()
+
+    if body.stream:
+        return StreamingResponse(lines(), media_type="application/x-ndjson")
+    last: PullProgress | None = None
+    while True:
+        item = await events.get()
+        if item is None:
+            break
+        if isinstance(item, LLMHostError):
+            status, err, headers = status_for(item)
+            return JSONResponse(err, status_code=status, headers=headers)
+        if isinstance(item, BaseException):
+            raise item
+        last = item
+    await task
+    return {"status": "success", **({"digest": last.digest} if last and last.digest else {})}
+
+
+class CopyBody(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    source: str = Field(min_length=1)
+    destination: str = Field(min_length=1)
+
+
+@router.post("/copy")
+async def copy(body: CopyBody, request: Request) -> dict[str, Any]:
+    """Register ``destination`` as another name for ``source``'s file.
+
+    An existing ``destination`` is re-pointed: that is the hot-swap — requests already running finish on
+    the old file, new ones go to the new one.
+    """
+    import dataclasses
+
+    from llmhost.models.store import validate_model_name
+
+    service = _service(request)
+    validate_model_name(body.destination)
+    record = service.get_model(body.source)
+    copy = dataclasses.replace(record, name=body.destination, created_at=dt.datetime.now(dt.UTC))
+    service.registry.put(copy)
+    return {"status": "success", "model": copy.name, "digest": copy.digest}
+
+
+@router.delete("/delete")
+async def delete(body: ModelRef, request: Request) -> dict[str, Any]:
+    """Remove a model; refused (409) while it is loaded."""
+    from llmhost.errors import ConflictError
+
+    service = _service(request)
+    record = service.get_model(body.model)
+    if service.models.is_in_use(record):
+        raise ConflictError(f"model '{body.model}' is loaded; unload it first (POST /api/unload)")
+    removed = service.store.remove(body.model)
+    return {"status": "success", "model": removed.name}

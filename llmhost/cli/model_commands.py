@@ -1,0 +1,197 @@
+"""``llmhost pull``, ``rm`` and ``cp`` (plus the hidden aliases ``ls`` and ``remove``).
+
+``register(app)`` adds them to the main typer app. The helpers of :mod:`llmhost.cli.main` (``_fail``,
+``_settings``, ``_errors``, ``_with_service``) are imported inside the commands: ``main`` imports this
+module, so a module-level import would be circular.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+if TYPE_CHECKING:
+    from llmhost.config import Settings
+    from llmhost.models.pull import PullProgress
+    from llmhost.models.registry import ModelRecord
+
+__all__ = ["copy_model", "loaded_model_names", "register"]
+
+ConfigOpt = Annotated[
+    Path | None, typer.Option("--config", "-c", help="TOML settings file (default: $LLMHOST_CONFIG).")
+]
+
+_PS_TIMEOUT_S = 1.0
+
+
+def loaded_model_names(settings: Settings, timeout: float = _PS_TIMEOUT_S) -> set[str] | None:
+    """Names the running server reports as loaded (``GET /api/ps``); ``None`` when no server answers."""
+    import httpx
+
+    host = "127.0.0.1" if settings.host in {"0.0.0.0", "::", ""} else settings.host
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    headers = {"Authorization": f"Bearer {settings.api_key.get_secret_value()}"} if settings.api_key else {}
+    try:
+        resp = httpx.get(f"http://{host}:{settings.port}/api/ps", headers=headers, timeout=timeout)
+    except httpx.HTTPError:
+        return None
+    if resp.status_code != 200:
+        return None
+    try:
+        models = resp.json().get("models", [])
+    except (ValueError, AttributeError):
+        return None
+    names: set[str] = set()
+    for entry in models if isinstance(models, list) else []:
+        if isinstance(entry, dict):
+            names.update(str(entry[key]) for key in ("name", "model") if entry.get(key))
+    return names
+
+
+class _PullDisplay:
+    """A rich progress bar on a terminal; nothing (but the final line) when stderr is not one."""
+
+    def __init__(self) -> None:
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+
+        console = Console(stderr=True)
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            transient=True,
+            disable=not console.is_terminal,
+        )
+        self.tasks: dict[str, Any] = {}
+
+    def __enter__(self) -> _PullDisplay:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.progress.stop()
+
+    def __call__(self, event: PullProgress) -> None:
+        if event.status in ("downloading", "registering"):
+            label = (
+                f"pulling {event.detail}" if event.status == "downloading" and event.detail else event.status
+            )
+            task = self.tasks.get(event.status)
+            if task is None:
+                task = self.progress.add_task(label, total=event.total)
+                self.tasks[event.status] = task
+            self.progress.update(task, total=event.total, completed=event.completed or 0)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``pull``, ``rm``, ``cp`` (and hidden ``ls``/``remove`` aliases) to ``app``."""
+
+    @app.command()
+    def pull(
+        spec: Annotated[
+            str,
+            typer.Argument(help="hf:ORG/REPO[:FILE.gguf|:QUANT] (Q4_K_M by default), or an https:// URL."),
+        ],
+        name: Annotated[
+            str | None, typer.Option("--name", "-n", help="Name to register it under (default: derived).")
+        ] = None,
+        sha256: Annotated[
+            str | None, typer.Option("--sha256", help="Expected SHA-256 (required for a plain URL).")
+        ] = None,
+        config: ConfigOpt = None,
+    ) -> None:
+        """Download a GGUF model from Hugging Face (or a URL), verify it and register it.
+
+        Honours HF_ENDPOINT and HF_TOKEN; an interrupted download resumes on the next pull.
+        """
+        from llmhost.cli.main import _human_size, _settings, _with_service, console
+        from llmhost.models.pull import pull_model
+
+        settings = _settings(config)
+
+        def go(service: Any) -> ModelRecord:
+            with _PullDisplay() as display:
+                return pull_model(service.store, spec, name=name, sha256=sha256, progress=display)
+
+        record = _with_service(settings, go)
+        console.print(
+            f"pulled {record.name} ({_human_size(record.size_bytes)}, {record.digest})",
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )
+
+    @app.command()
+    def rm(
+        name: Annotated[str, typer.Argument(help="Model name to remove.")],
+        config: ConfigOpt = None,
+    ) -> None:
+        """Remove a model from the store (refused while the running server has it loaded)."""
+        from llmhost.cli.main import _fail, _settings, _with_service, console
+
+        settings = _settings(config)
+        loaded = loaded_model_names(settings)
+        if loaded is not None and name in loaded:
+            _fail(f"model {name} is in use by the running server; unload it first (POST /api/unload)")
+        record = _with_service(settings, lambda s: s.store.remove(name))
+        console.print(f"deleted {record.name}", highlight=False, markup=False, soft_wrap=True)
+
+    @app.command("remove", hidden=True)
+    def remove(name: Annotated[str, typer.Argument()], config: ConfigOpt = None) -> None:
+        """Alias of rm."""
+        rm(name, config)
+
+    @app.command()
+    def cp(
+        source: Annotated[str, typer.Argument(help="Existing model name.")],
+        destination: Annotated[str, typer.Argument(help="New name for the same model file.")],
+        config: ConfigOpt = None,
+    ) -> None:
+        """Register another name for an existing model (no file is copied)."""
+        from llmhost.cli.main import _settings, _with_service, console
+
+        settings = _settings(config)
+        record = _with_service(settings, lambda s: copy_model(s, source, destination))
+        console.print(f"copied {source} to {record.name}", highlight=False, markup=False, soft_wrap=True)
+
+    @app.command("ls", hidden=True)
+    def ls(config: ConfigOpt = None) -> None:
+        """Alias of list."""
+        from llmhost.cli.main import list_models
+
+        list_models(config)
+
+
+def copy_model(service: Any, source: str, destination: str) -> ModelRecord:
+    """Register ``destination`` as another name for ``source``'s blob; refuse an existing ``destination``."""
+    from llmhost.errors import ModelError
+    from llmhost.models.store import validate_model_name
+
+    validate_model_name(destination)
+    record: ModelRecord = service.registry.get(source)
+    if destination == source:
+        return record
+    if service.registry.find(destination) is not None:
+        raise ModelError(f"model {destination} already exists; remove it first (llmhost rm {destination})")
+    copy = dataclasses.replace(record, name=destination, created_at=datetime.now(UTC))
+    service.registry.put(copy)
+    if not Path(record.path).is_file():  # the source was removed meanwhile: do not leave a dangling name
+        service.registry.remove(destination)
+        raise ModelError(f"model {source} was removed while copying it")
+    return copy

@@ -1,0 +1,251 @@
+"""How providers fail: refused and hanging connects, stalls, error statuses and cut streams.
+
+Every failure is a ``ProviderError`` subclass; ``retryable`` and the moment it is raised (before any
+chunk, or after some) are what the router acts on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from llmhost.providers.anthropic import AnthropicProvider
+from llmhost.providers.base import (
+    ChatRequest,
+    ProviderConnectionError,
+    ProviderHTTPError,
+    ProviderStreamError,
+    ProviderTimeoutError,
+)
+from llmhost.providers.http import Timeouts, UpstreamHTTPError
+from llmhost.providers.ollama import OllamaProvider
+from llmhost.providers.openai_compat import OpenAICompatProvider
+from tests.providers.fault_server import Fault, FaultServer, closed_port, full_backlog
+
+pytestmark = pytest.mark.anyio
+
+REQUEST = ChatRequest("m", [{"role": "user", "content": "hi"}])
+SLACK = 0.5  # seconds a timeout may overrun on a busy 2-core machine
+
+
+def provider(base_url: str, **timeouts: float) -> OpenAICompatProvider:
+    return OpenAICompatProvider("flaky", base_url, api_key="sk-test", timeouts=Timeouts(**timeouts))
+
+
+@pytest.fixture
+async def flaky(faults: FaultServer) -> AsyncIterator[OpenAICompatProvider]:
+    p = provider(faults.base_url, connect=1, first_token=0.3, total=0.6)
+    yield p
+    await p.aclose()
+
+
+async def drain(chunks: AsyncIterator[dict[str, Any]], into: list[dict[str, Any]]) -> None:
+    async for chunk in chunks:
+        into.append(chunk)
+
+
+def contents(chunks: list[dict[str, Any]]) -> list[str]:
+    return [c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"]]
+
+
+async def test_the_fault_server_answers_correctly_by_default(flaky: OpenAICompatProvider) -> None:
+    assert (await flaky.chat(REQUEST))["choices"][0]["message"]["content"] == "ok"
+    chunks: list[dict[str, Any]] = []
+    await drain(flaky.chat_stream(REQUEST), chunks)
+    assert (
+        contents(chunks) == ["", "tok0", "tok1", "tok2", ""] and chunks[-1]["usage"]["completion_tokens"] == 3
+    )
+
+
+async def test_a_refused_connection_is_a_retryable_connection_error() -> None:
+    p = provider(f"http://127.0.0.1:{closed_port()}/v1")
+    try:
+        with pytest.raises(ProviderConnectionError) as info:
+            await p.chat(REQUEST)
+        assert info.value.retryable and info.value.provider == "flaky"
+        with pytest.raises(ProviderConnectionError):
+            await drain(p.chat_stream(REQUEST), [])
+        assert await p.health() is False
+    finally:
+        await p.aclose()
+
+
+async def test_a_connect_that_hangs_times_out_after_the_connect_timeout() -> None:
+    with full_backlog() as port:
+        p = provider(f"http://127.0.0.1:{port}/v1", connect=0.3, total=5)
+        try:
+            start = time.monotonic()
+            with pytest.raises(ProviderTimeoutError, match="connect timeout") as info:
+                await p.chat(REQUEST)
+            assert 0.3 <= time.monotonic() - start < 0.3 + SLACK
+            assert info.value.retryable
+        finally:
+            await p.aclose()
+
+
+async def test_no_headers_within_the_total_timeout_is_a_timeout(
+    faults: FaultServer, flaky: OpenAICompatProvider
+) -> None:
+    faults.fault = Fault(stall_before_headers=10)
+    start = time.monotonic()
+    with pytest.raises(ProviderTimeoutError, match="total timeout") as info:
+        await flaky.chat(REQUEST)
+    assert 0.6 <= time.monotonic() - start < 0.6 + SLACK
+    assert info.value.retryable
+
+
+async def test_a_stream_without_headers_times_out_at_the_first_token_timeout(
+    faults: FaultServer, flaky: OpenAICompatProvider
+) -> None:
+    faults.fault = Fault(stall_before_headers=10)
+    start = time.monotonic()
+    with pytest.raises(ProviderTimeoutError, match="first-token timeout"):
+        await drain(flaky.chat_stream(REQUEST), [])
+    assert 0.3 <= time.monotonic() - start < 0.3 + SLACK
+
+
+async def test_a_role_chunk_alone_does_not_count_as_the_first_token(
+    faults: FaultServer, flaky: OpenAICompatProvider
+) -> None:
+    """Headers and the role-only chunk arrive at once, then nothing: nothing is yielded, a timeout raised."""
+    faults.fault = Fault(stall_before_first_chunk=10)
+    got: list[dict[str, Any]] = []
+    start = time.monotonic()
+    with pytest.raises(ProviderTimeoutError, match="first-token timeout"):
+        await drain(flaky.chat_stream(REQUEST), got)
+    assert 0.3 <= time.monotonic() - start < 0.3 + SLACK
+    assert got == []
+
+
+async def test_a_stall_after_tokens_is_a_stream_error_at_the_total_timeout(
+    faults: FaultServer, flaky: OpenAICompatProvider
+) -> None:
+    faults.fault = Fault(stall_after=2)
+    got: list[dict[str, Any]] = []
+    start = time.monotonic()
+    with pytest.raises(ProviderStreamError, match="total timeout"):
+        await drain(flaky.chat_stream(REQUEST), got)
+    assert 0.6 <= time.monotonic() - start < 0.6 + SLACK
+    assert contents(got) == ["", "tok0", "tok1"]
+
+
+async def test_a_slow_consumer_is_not_cut_by_the_first_token_timeout(
+    faults: FaultServer, flaky: OpenAICompatProvider
+) -> None:
+    """Deadlines bound waits on the upstream, not the time the caller spends between chunks."""
+    p = provider(faults.base_url, first_token=0.2, total=5)
+    try:
+        got = []
+        async for chunk in p.chat_stream(REQUEST):
+            got.append(chunk)
+            await asyncio.sleep(0.1)
+        assert len(got) == 6
+    finally:
+        await p.aclose()
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize(
+    ("status", "retryable"), [(500, True), (503, True), (429, True), (400, False), (401, False)]
+)
+async def test_error_statuses_carry_the_upstream_message_and_their_retryability(
+    faults: FaultServer, flaky: OpenAICompatProvider, status: int, retryable: bool, stream: bool
+) -> None:
+    error = {"error": {"message": f"upstream says {status}", "type": "x", "param": None, "code": None}}
+    faults.fault = Fault(status=status, error=error)
+    with pytest.raises(ProviderHTTPError) as info:
+        if stream:
+            await drain(flaky.chat_stream(REQUEST), [])
+        else:
+            await flaky.chat(REQUEST)
+    assert info.value.status == status and info.value.retryable is retryable
+    assert f"upstream says {status}" in str(info.value)
+    assert info.value.body == error
+
+
+async def test_429_passes_on_retry_after(faults: FaultServer, flaky: OpenAICompatProvider) -> None:
+    faults.fault = Fault(status=429, error={"error": {"message": "slow down"}}, headers={"Retry-After": "7"})
+    with pytest.raises(UpstreamHTTPError) as info:
+        await flaky.chat(REQUEST)
+    assert info.value.retry_after == 7.0 and info.value.retryable
+
+
+async def test_an_error_without_an_envelope_still_says_what_happened(
+    faults: FaultServer, flaky: OpenAICompatProvider
+) -> None:
+    faults.fault = Fault(status=502, error=None)
+    with pytest.raises(ProviderHTTPError, match="HTTP 502") as info:
+        await flaky.chat(REQUEST)
+    assert info.value.retryable and info.value.body is None
+
+
+async def test_a_cut_stream_raises_a_stream_error_after_the_chunks_already_yielded(
+    faults: FaultServer, flaky: OpenAICompatProvider
+) -> None:
+    faults.fault = Fault(chunks=5, cut_after=2)
+    got: list[dict[str, Any]] = []
+    with pytest.raises(ProviderStreamError, match="stream broke after it started"):
+        await drain(flaky.chat_stream(REQUEST), got)
+    assert contents(got) == ["", "tok0", "tok1"]
+
+
+async def test_a_stream_cut_before_any_token_is_a_retryable_connection_error(
+    faults: FaultServer, flaky: OpenAICompatProvider
+) -> None:
+    faults.fault = Fault(cut_after=0)
+    got: list[dict[str, Any]] = []
+    with pytest.raises(ProviderConnectionError) as info:
+        await drain(flaky.chat_stream(REQUEST), got)
+    assert got == [] and info.value.retryable
+
+
+async def test_the_pool_survives_failures(faults: FaultServer, flaky: OpenAICompatProvider) -> None:
+    faults.fault = Fault(chunks=5, cut_after=1)
+    with pytest.raises(ProviderStreamError):
+        await drain(flaky.chat_stream(REQUEST), [])
+    faults.reset()
+    assert (await flaky.chat(REQUEST))["choices"][0]["message"]["content"] == "ok"
+
+
+async def test_an_abandoned_stream_gives_its_connection_back(faults: FaultServer) -> None:
+    p = OpenAICompatProvider("flaky", faults.base_url, timeouts=Timeouts(total=2), max_connections=1)
+    try:
+        async with contextlib.aclosing(p.chat_stream(REQUEST)) as chunks:
+            async for _ in chunks:
+                break  # the caller went away after the first chunk
+        # the only pooled connection must be free again, or this would wait for the total timeout
+        assert (await p.chat(REQUEST))["choices"][0]["message"]["content"] == "ok"
+    finally:
+        await p.aclose()
+
+
+async def test_an_answer_of_the_wrong_shape_is_a_retryable_502(faults: FaultServer) -> None:
+    ollama = OllamaProvider("ollama", faults.base_url, timeouts=Timeouts(total=2))
+    claude = AnthropicProvider("claude", faults.base_url, timeouts=Timeouts(total=2))
+    try:
+        faults.fault = Fault(answer={"message": "not an object", "done": True})
+        with pytest.raises(ProviderHTTPError, match="malformed") as info:
+            await ollama.chat(REQUEST)
+        assert info.value.status == 502 and info.value.retryable
+        faults.reset()  # an OpenAI SSE stream is not a Messages API stream
+        with pytest.raises(ProviderHTTPError) as info:
+            await drain(claude.chat_stream(REQUEST), [])
+        assert info.value.status == 502
+    finally:
+        await ollama.aclose()
+        await claude.aclose()
+
+
+async def test_ollama_fails_the_same_way() -> None:
+    p = OllamaProvider("ollama", f"http://127.0.0.1:{closed_port()}")
+    try:
+        with pytest.raises(ProviderConnectionError):
+            await p.chat(REQUEST)
+        assert await p.health() is False
+    finally:
+        await p.aclose()

@@ -1,0 +1,154 @@
+"""The shared pieces: timeouts, SSE parsing, stream decoders and how upstream errors are read."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from email.utils import formatdate
+from typing import Any
+
+import httpx
+import pytest
+
+from llmhost.errors import ConfigError
+from llmhost.providers.anthropic import anthropic_sse_chunks
+from llmhost.providers.http import (
+    Timeouts,
+    UpstreamClient,
+    UpstreamReportedError,
+    iter_sse,
+    status_for_error_type,
+)
+from llmhost.providers.ollama import ollama_chat_chunks
+from llmhost.providers.openai_compat import openai_sse_chunks
+
+pytestmark = pytest.mark.anyio
+
+
+async def lines(*items: str) -> AsyncIterator[str]:
+    for item in items:
+        yield item
+
+
+async def collect(chunks: AsyncIterator[Any]) -> list[Any]:
+    return [c async for c in chunks]
+
+
+def test_timeouts_have_the_documented_defaults_and_must_be_positive() -> None:
+    assert Timeouts() == Timeouts(connect=5, first_token=60, total=600)
+    with pytest.raises(ConfigError, match="first_token"):
+        Timeouts(first_token=0)
+
+
+async def test_sse_parsing_follows_the_event_stream_rules() -> None:
+    events = await collect(
+        iter_sse(
+            lines(
+                ": a comment",
+                "event: message_start",
+                'data: {"a":',
+                "data:1}",
+                "id: 7",
+                "",
+                "",  # a blank line with no data dispatches nothing
+                "data: plain",
+                "",
+                "data: cut off before its blank line",
+            )
+        )
+    )
+    assert events == [("message_start", '{"a":\n1}'), ("message", "plain")]
+
+
+def openai_chunk(delta: dict[str, Any], finish: str | None = None) -> str:
+    return "data: " + json.dumps(
+        {"id": "c", "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+    )
+
+
+async def test_openai_decoder_holds_the_role_chunk_until_the_first_token() -> None:
+    role = openai_chunk({"role": "assistant", "content": ""})
+    decoder = openai_sse_chunks(lines(role, "", openai_chunk({"content": "a"}), "", "data: [DONE]", ""))
+    first = await decoder.__anext__()  # the role chunk comes out only once "a" has been read
+    assert first["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert (await decoder.__anext__())["choices"][0]["delta"] == {"content": "a"}
+    assert await collect(decoder) == []
+    # a stream with nothing but the role chunk still delivers it at [DONE]
+    assert len(await collect(openai_sse_chunks(lines(role, "", "data: [DONE]", "")))) == 1
+
+
+async def test_openai_decoder_reports_in_band_errors_with_the_status_their_type_means() -> None:
+    error = 'data: {"error": {"message": "slow down", "type": "requests", "code": "rate_limit_exceeded"}}'
+    with pytest.raises(UpstreamReportedError) as info:
+        await collect(openai_sse_chunks(lines(error, "")))
+    assert info.value.status == 429 and "slow down" in info.value.message
+
+
+async def test_openai_decoder_treats_a_missing_done_as_a_broken_stream() -> None:
+    with pytest.raises(UpstreamReportedError, match="DONE"):
+        await collect(openai_sse_chunks(lines(openai_chunk({"content": "a"}), "")))
+
+
+async def test_anthropic_decoder_skips_pings_and_unknown_events() -> None:
+    stream = [
+        'event: message_start\ndata: {"type": "message_start", "message": {"id": "msg_1", "model": "c",'
+        ' "usage": {"input_tokens": 5, "cache_read_input_tokens": 2, "output_tokens": 1}}}',
+        'event: ping\ndata: {"type": "ping"}',
+        'event: something_new\ndata: {"type": "something_new", "x": 1}',
+        'event: content_block_start\ndata: {"type": "content_block_start", "index": 0,'
+        ' "content_block": {"type": "thinking", "thinking": ""}}',
+        'event: content_block_delta\ndata: {"type": "content_block_delta", "index": 0,'
+        ' "delta": {"type": "thinking_delta", "thinking": "hmm"}}',
+        'event: content_block_delta\ndata: {"type": "content_block_delta", "index": 1,'
+        ' "delta": {"type": "text_delta", "text": "Hi"}}',
+        'event: message_delta\ndata: {"type": "message_delta", "delta": {"stop_reason": "max_tokens"},'
+        ' "usage": {"output_tokens": 9}}',
+        'event: message_stop\ndata: {"type": "message_stop"}',
+    ]
+    text = "\n\n".join(stream) + "\n\n"
+    got = await collect(anthropic_sse_chunks(lines(*text.split("\n"))))
+    assert [c["choices"][0]["delta"] for c in got[:-1]] == [
+        {"role": "assistant", "content": ""},
+        {"content": "Hi"},
+        {},
+    ]
+    assert got[-2]["choices"][0]["finish_reason"] == "length"
+    assert got[-1]["usage"] == {
+        "prompt_tokens": 7,
+        "completion_tokens": 9,
+        "total_tokens": 16,
+        "prompt_tokens_details": {"cached_tokens": 2},
+    }
+
+
+async def test_anthropic_decoder_needs_message_stop() -> None:
+    start = 'data: {"type": "message_start", "message": {"id": "m", "model": "c", "usage": {}}}'
+    with pytest.raises(UpstreamReportedError, match="message_stop"):
+        await collect(anthropic_sse_chunks(lines("event: message_start", start, "")))
+
+
+async def test_ollama_decoder_needs_the_done_line() -> None:
+    line = '{"model": "m", "message": {"role": "assistant", "content": "a"}, "done": false}'
+    with pytest.raises(UpstreamReportedError, match="done"):
+        await collect(ollama_chat_chunks(lines(line)))
+
+
+def test_error_types_map_to_statuses() -> None:
+    assert status_for_error_type("overloaded_error") == 529
+    assert status_for_error_type("invalid_request_error") == 400
+    assert status_for_error_type(503) == 503
+    assert status_for_error_type("mystery") == 502
+
+
+async def test_retry_after_may_be_seconds_milliseconds_or_a_date() -> None:
+    client = UpstreamClient("p", "http://127.0.0.1:1", headers={}, timeouts=Timeouts())
+    try:
+        seconds = client.status_error(429, httpx.Headers({"retry-after": "3"}), b"")
+        assert seconds.retry_after == 3.0
+        millis = client.status_error(429, httpx.Headers({"retry-after-ms": "250"}), b"")
+        assert millis.retry_after == 0.25
+        dated = client.status_error(429, httpx.Headers({"retry-after": formatdate(usegmt=True)}), b"")
+        assert dated.retry_after is not None and dated.retry_after <= 1
+        assert client.status_error(503, httpx.Headers({}), b"").retry_after is None
+    finally:
+        await client.aclose()
