@@ -122,7 +122,9 @@ class HubServer:
         # metadata from the 302 itself instead of following it.
         cdn_host = "localhost" if host == "127.0.0.1" else host
         self.cdn_url = f"http://{cdn_host}:{self.port}/cdn"
-        self._thread = threading.Thread(target=self.httpd.serve_forever, name="hub-server", daemon=True)
+        self._thread = threading.Thread(
+            target=self.httpd.serve_forever, args=(0.05,), name="hub-server", daemon=True
+        )
 
     # -- lifecycle ------------------------------------------------------------------------------------
 

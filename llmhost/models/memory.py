@@ -23,9 +23,9 @@ allocates, in three parts:
     activations ``4 x n_ubatch x (2*n_ff + 2*n_embd + 2*n_head*key_length)``; KQ masks of
     ``2.25 x n_cells_per_seq x n_ubatch`` bytes (an f16 mask plus flash-attention scratch that grows
     with it; a second, window-sized one with sliding-window layers); logits ``4 x n_vocab x n_outputs``;
-    plus the context's output buffer (``4 x n_vocab x n_outputs``), llmhost's per-sequence sampler
-    arrays (~24 bytes x n_vocab each) and 5 MiB of fixed overhead (graph metadata, thread pool, native
-    code paged in by the first decode).
+    plus the context's output buffer (``4 x n_vocab x n_seq``, the rows llmhost requests), llmhost's
+    per-sequence sampler arrays (~24 bytes x n_vocab each) and 5 MiB of fixed overhead (graph
+    metadata, thread pool, native code paged in by the first decode).
 
 ``n_outputs`` is the most logit rows one decode step produces. llmhost's runner samples at most one token
 per sequence per step, so it defaults to ``n_seq``. llama.cpp reserves room for ``n_outputs_max`` rows,
@@ -37,6 +37,7 @@ Validated against the VmRSS growth of a real ``LlamaRunner`` after filling a slo
 AVX2 CPU): Gemma 3 270M from 1x4096 to 8x2048 slots x tokens, +1% to +5%; the tiny test model
 (a few MiB, mostly fixed overhead), -1% to +16%. See tests/models/test_memory.py. The embeddings
 context that the runner creates on first use is not included.
+
 Recurrent (Mamba, RWKV) and MLA (DeepSeek) state is not modelled: their KV estimate is the attention
 formula above, or 0 without attention metadata.
 """
@@ -228,7 +229,7 @@ def estimate_memory(
     mask_cells = n_ctx_seq + (cells_swa // n_seq if n_swa_layers else 0)  # full mask + SWA mask
     masks = math.ceil(MASK_BYTES_PER_ELEMENT * mask_cells * n_ubatch)
     logits = 4 * vocab * outputs
-    output_buffer = 4 * vocab * outputs
+    output_buffer = 4 * vocab * min(outputs, n_seq)  # grows to the rows actually requested
     samplers = SAMPLER_BYTES_PER_TOKEN * vocab * n_seq
     compute = activations + masks + logits + output_buffer + samplers + FIXED_OVERHEAD_BYTES
     return MemoryEstimate(weights_bytes=weights, kv_cache_bytes=kv, compute_bytes=compute)

@@ -767,6 +767,29 @@ class _BackgroundHasher:
         self._thread.join()
 
 
+def _socket_reader(resp: http.client.HTTPResponse) -> Callable[[memoryview], int]:
+    """``readinto`` that returns what has arrived (one ``recv``), straight from the response's socket.
+
+    Every byte received then reaches the disk at once, so a kill loses nothing already received, where
+    ``HTTPResponse.readinto`` waits to fill the whole buffer. ``BufferedReader.readinto1`` does one more
+    (blocking) ``recv`` even when bytes are already buffered, so the bytes that arrived with the headers
+    are taken first with ``read1``, which returns buffered bytes alone. For bodies with a Content-Length.
+    """
+    fp = resp.fp
+    first = True
+
+    def readinto(view: memoryview) -> int:
+        nonlocal first
+        if first:
+            first = False
+            data = fp.read1(len(view))
+            view[: len(data)] = data
+            return len(data)
+        return fp.readinto1(view)
+
+    return readinto
+
+
 # -- the download ---------------------------------------------------------------------------------------
 
 
@@ -991,10 +1014,7 @@ class _Download:
             event = PullProgress("downloading", self.total, self.offset, self.digest, self.t.filename)
             self.report.throttled(event, force=True)
             resp = response.resp
-            # With a known length, read straight from the socket's buffered reader: readinto1 returns what
-            # has arrived (one recv), so every byte received reaches the disk at once and survives a kill,
-            # where HTTPResponse.readinto waits to fill the buffer. Chunked bodies go through http.client.
-            readinto = resp.fp.readinto1 if length is not None and not resp.chunked else resp.readinto
+            readinto = _socket_reader(resp) if length is not None and not resp.chunked else resp.readinto
             with _BackgroundHasher(self.hasher) as hashing:
                 while remaining is None or remaining > 0:
                     buf = hashing.take_buffer()

@@ -3,7 +3,8 @@
 This machine has no GPU and no NVIDIA driver, so the GPU code paths run against ``FakeNVML``, a test
 double with the few pynvml functions ``detect_hardware`` calls: it reports hardware that cannot exist
 here (an H100), which is the only way to exercise those paths on this machine. Cgroup and /proc files
-are written to a temporary directory that the parsers take as their root.
+are written to a temporary directory that the parsers take as their root. ``llmhost doctor`` runs
+through typer's CliRunner on an app built with ``llmhost.cli.doctor.register``.
 """
 
 from __future__ import annotations
@@ -16,7 +17,10 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+import typer
+from typer.testing import CliRunner
 
+from llmhost.cli.doctor import CUDA_BUILD_COMMAND, doctor_report, register
 from llmhost.models.hardware import (
     CgroupLimits,
     GPUInfo,
@@ -25,6 +29,7 @@ from llmhost.models.hardware import (
     detect_hardware,
     read_cgroup_limits,
 )
+from tests.conftest import make_service, make_settings
 
 GiB = 1 << 30
 
@@ -297,3 +302,80 @@ def test_default_threads_respects_affinity_and_quota() -> None:
     assert dataclasses.replace(base, usable_cpus=4).default_threads == 4
     assert dataclasses.replace(base, usable_cpus=16, cpu_quota=2.5).default_threads == 2
     assert dataclasses.replace(base, cpu_quota=0.5).default_threads == 1
+
+
+# ----- llmhost doctor -----------------------------------------------------------------------------------
+
+
+def doctor_app() -> typer.Typer:
+    app = typer.Typer()
+
+    @app.callback()
+    def main() -> None:
+        """A stand-in for llmhost's own app (its callback keeps `doctor` a subcommand)."""
+
+    register(app)
+    return app
+
+
+def test_doctor_command_with_the_default_model_imported(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, tiny_model_path: Path
+) -> None:
+    settings = make_settings(tmp_path / "data")
+    make_service(settings, tiny_model_path).close()
+    monkeypatch.setenv("LLMHOST_DATA_DIR", str(settings.data_dir))
+    monkeypatch.setenv("LLMHOST_DEFAULT_MODEL", "tiny")
+    monkeypatch.setenv("LLMHOST_ENGINE__N_CTX", "1024")
+    result = CliRunner().invoke(doctor_app(), ["doctor"])
+    assert result.exit_code == 0, result.output
+    out = result.output
+    hw = detect_hardware()
+    assert "Hardware" in out and hw.cpu_model in out
+    assert f"{hw.physical_cores} physical, {hw.logical_cpus} logical" in out
+    assert hw.llama_system_info in out
+    assert f"threads          {hw.default_threads} (physical cores" in out
+    assert "default model    tiny (llama, F32," in out
+    assert "configured       4 slots x 1024 tokens: ~" in out and ": fits" in out
+    assert "memory budget    RAM:" in out
+    if not hw.gpus:
+        assert "GPUs             none (" in out
+
+
+def test_doctor_without_the_model_says_so_and_creates_nothing(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    data = tmp_path / "empty"
+    monkeypatch.setenv("LLMHOST_DATA_DIR", str(data))
+    result = CliRunner().invoke(doctor_app(), ["doctor"])
+    assert result.exit_code == 0, result.output
+    assert "gemma3:270m is not imported yet" in result.output
+    assert not data.exists()
+
+
+def fake_gpu_machine(offload: bool) -> HardwareInfo:
+    """This machine, as if it had an H100 (through the fake NVML) and a build that can or cannot offload."""
+    return dataclasses.replace(detect_hardware(nvml=FakeNVML([H100])), llama_gpu_offload=offload)
+
+
+def test_doctor_tells_how_to_get_a_cuda_build(tmp_path: Path, tiny_model_path: Path) -> None:
+    settings = make_settings(tmp_path / "data")
+    make_service(settings, tiny_model_path).close()
+    report = doctor_report(settings, fake_gpu_machine(offload=False))
+    assert "GPU 0            NVIDIA H100 80GB HBM3, 80.0 GiB VRAM, 79.0 GiB free (compute 9.0" in report
+    assert "GPU layers       0 (the llama.cpp build cannot offload)" in report
+    assert "memory budget    RAM:" in report
+    assert "this llama-cpp-python build is CPU-only" in report
+    assert CUDA_BUILD_COMMAND in report
+    assert CUDA_BUILD_COMMAND == (
+        'CMAKE_ARGS="-DGGML_CUDA=on" .venv/bin/pip install --force-reinstall --no-cache-dir '
+        "llama-cpp-python==0.3.36"
+    )
+
+
+def test_doctor_budgets_vram_on_a_cuda_build(tmp_path: Path, tiny_model_path: Path) -> None:
+    settings = make_settings(tmp_path / "data")
+    make_service(settings, tiny_model_path).close()
+    report = doctor_report(settings, fake_gpu_machine(offload=True))
+    assert "GPU layers       all (default)" in report
+    assert "memory budget    VRAM: 71.1 GiB (90% of 79.0 GiB free)" in report
+    assert CUDA_BUILD_COMMAND not in report

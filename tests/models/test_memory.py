@@ -3,7 +3,7 @@
 The RSS checks load the model with the real ``LlamaRunner`` in a fresh subprocess (so nothing else in the
 test process moves its RSS), prefill one slot to its full context, and compare the growth of ``VmRSS``
 with the estimate. Measured on a 2-core AVX2 machine: Gemma 3 270M at 4 slots x 4096 tokens, estimate
-638 MiB vs 626 MiB RSS growth (+1.8%); the tiny model at 4 x 2048, 19.0 vs 18.3 MiB.
+646 MiB vs 627 MiB RSS growth (+3.0%); the tiny model at 4 x 2048, 12.8 vs 12.4 MiB (+3%).
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ def measure_rss_growth(path: Path, n_ctx: int, n_slots: int) -> int:
 
 def fake_info(arch: str, size_bytes: int = 100 * MiB, **metadata: int) -> GGUFInfo:
     """A GGUFInfo with the given ``{arch}.*`` metadata and no file behind it (pass ``n_vocab``)."""
-    meta = {
+    meta: dict[str, str | int | float | bool] = {
         "general.architecture": arch,
         **{f"{arch}.{k.replace('__', '.')}": v for k, v in metadata.items()},
     }
@@ -179,8 +179,8 @@ def test_logits_reservation_grows_with_outputs() -> None:
     info = fake_info("gemma3", **GEMMA3_270M)
     per_seq = estimate_memory(info, n_ctx_total=4096, n_vocab=262144)
     whole_batch = estimate_memory(info, n_ctx_total=4096, n_vocab=262144, n_outputs=512)
-    # 511 more rows of 262144 float logits, in the graph and in the output buffer.
-    assert whole_batch.compute_bytes - per_seq.compute_bytes == 2 * 4 * 262144 * 511
+    # 511 more rows of 262144 float logits in the graph (the output buffer holds the rows llmhost asks for).
+    assert whole_batch.compute_bytes - per_seq.compute_bytes == 4 * 262144 * 511
 
 
 def test_read_vocab_size(tiny: GGUFInfo, tmp_path: Path) -> None:
@@ -239,7 +239,7 @@ def gemma(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GGUFInfo]:
 @pytest.mark.gemma
 @pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="reads VmRSS from /proc")
 def test_gemma_estimate_against_rss(gemma: GGUFInfo) -> None:
-    # Measured +1.8% here; the estimate must stay within 30% and not fall clearly below reality.
+    # Measured +3% here; the estimate must stay within 30% and not fall clearly below reality.
     _check_against_rss(gemma, 4096, 4, 0.95, 1.3)
 
 
