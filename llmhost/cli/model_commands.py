@@ -163,7 +163,7 @@ def register(app: typer.Typer) -> None:
         destination: Annotated[str, typer.Argument(help="New name for the same model file.")],
         config: ConfigOpt = None,
     ) -> None:
-        """Register another name for an existing model (no file is copied)."""
+        """Register another name for an existing model (no file is copied); re-points an existing name."""
         from llmhost.cli.main import _settings, _with_service, console
 
         settings = _settings(config)
@@ -179,19 +179,25 @@ def register(app: typer.Typer) -> None:
 
 
 def copy_model(service: Any, source: str, destination: str) -> ModelRecord:
-    """Register ``destination`` as another name for ``source``'s blob; refuse an existing ``destination``."""
-    from llmhost.errors import ModelError
+    """Register ``destination`` as another name for ``source``'s blob and return the new record.
+
+    An existing ``destination`` is re-pointed in one registry write (as ``POST /api/copy`` does: a
+    hot-swap); its previous blob is deleted when no name uses it any more. This runs under the store's
+    commit lock, the same discipline as imports and removals, so a concurrent ``rm`` of ``source`` cannot
+    leave ``destination`` pointing at a deleted blob. (``ModelStore`` has no public copy yet; this uses
+    its ``_commit_lock``/``_delete_blob_if_unused``.)
+    """
     from llmhost.models.store import validate_model_name
 
     validate_model_name(destination)
-    record: ModelRecord = service.registry.get(source)
-    if destination == source:
-        return record
-    if service.registry.find(destination) is not None:
-        raise ModelError(f"model {destination} already exists; remove it first (llmhost rm {destination})")
-    copy = dataclasses.replace(record, name=destination, created_at=datetime.now(UTC))
-    service.registry.put(copy)
-    if not Path(record.path).is_file():  # the source was removed meanwhile: do not leave a dangling name
-        service.registry.remove(destination)
-        raise ModelError(f"model {source} was removed while copying it")
+    store = service.store
+    with store._commit_lock():
+        record: ModelRecord = service.registry.get(source)
+        if destination == source:
+            return record
+        previous: ModelRecord | None = service.registry.find(destination)
+        copy = dataclasses.replace(record, name=destination, created_at=datetime.now(UTC))
+        service.registry.put(copy)
+        if previous is not None and previous.digest != copy.digest:
+            store._delete_blob_if_unused(previous.digest)
     return copy

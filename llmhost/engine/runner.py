@@ -58,7 +58,13 @@ def _init_backend() -> None:
 
 
 def default_threads() -> int:
-    """Physical cores when they can be told apart, else logical CPUs (llama.cpp gains nothing from SMT)."""
+    """Physical cores usable by this process (cgroup quota and affinity respected)."""
+    try:
+        from llmhost.models.hardware import detect_hardware
+
+        return max(1, detect_hardware().default_threads)
+    except Exception:  # detection never blocks inference: fall back to /proc/cpuinfo
+        pass
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
             lines = f.read().splitlines()
@@ -181,6 +187,9 @@ class LlamaRunner:
             cparams.n_batch = config.n_batch
             cparams.n_ubatch = min(config.n_batch, 512)
             cparams.n_seq_max = config.n_slots
+            # At most one logits row per slot per step: without this cap llama.cpp reserves logits for
+            # every batch row (~490 MiB more compute buffer for Gemma's 262k vocabulary).
+            cparams.n_outputs_max = config.n_slots
             threads = config.n_threads or default_threads()
             cparams.n_threads = cparams.n_threads_batch = threads
             # A full-size sliding-window cache keeps prefixes reusable (Gemma 3 has SWA layers).

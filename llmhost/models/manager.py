@@ -180,7 +180,9 @@ class ModelManager:
     def _load(self, name: str, record: ModelRecord, key: RuntimeKey) -> LoadedModel:
         ms = self.settings.model_settings(name)
         info = inspect_gguf(record.path)
-        estimate = estimate_memory(info, n_ctx_total=key.n_ctx * key.n_parallel, n_seq=key.n_parallel)
+        estimate = estimate_memory(
+            info, n_ctx_total=key.n_ctx * key.n_parallel, n_seq=key.n_parallel, n_batch=key.n_batch
+        )
         need = estimate.total_bytes
         gpu_layers = key.n_gpu_layers
         on_gpu = bool(self.hardware.gpus) and self.hardware.llama_gpu_offload and (gpu_layers or -1) != 0
