@@ -435,6 +435,68 @@ class _Handler(BaseHTTPRequestHandler):
                 count -= len(block)
 
 
+def bench(hub: HubServer, repo: str, name: str, runs: int, work: Path) -> None:
+    """Alternate ``curl -L -o FILE`` and ``pull_model`` of the same file ``runs`` times; print MB/s.
+
+    "download" is ``pull_model`` up to its ``verifying`` event (model info, download, sha256: the part curl
+    does); "total" adds the store import (GGUF check, copy into blobs/, fsync, register). A file that is not
+    a GGUF fails at the import: its download time is still reported.
+    """
+    import shutil
+    import statistics
+    import subprocess
+
+    from llmhost.errors import ModelError
+    from llmhost.models.pull import PullProgress, pull_model
+    from llmhost.models.registry import Registry
+    from llmhost.models.store import ModelStore
+
+    size = hub.repos[repo].files[name].size
+    url = f"{hub.url}/{repo}/resolve/main/{name}"
+    curl_s: list[float] = []
+    download_s: list[float] = []
+    total_s: list[float] = []
+    for i in range(runs):
+        out = work / "curl.out"
+        if shutil.which("curl"):
+            start = time.perf_counter()
+            subprocess.run(["curl", "-sfL", "-o", str(out), url], check=True)
+            curl_s.append(time.perf_counter() - start)
+            out.unlink()
+        data = work / f"store-{i}"
+        store = ModelStore(data / "models", Registry(data / "llmhost.db"))
+        marks: dict[str, float] = {}
+
+        def progress(event: PullProgress, marks: dict[str, float] = marks) -> None:
+            marks.setdefault(event.status, time.perf_counter())
+
+        start = time.perf_counter()
+        try:
+            pull_model(store, f"hf:{repo}:{name}", endpoint=hub.url, progress=progress)
+            total_s.append(time.perf_counter() - start)
+        except ModelError as exc:
+            if "verifying" not in marks:
+                raise
+            print(f"run {i}: import failed ({exc}); download timed only", flush=True)
+        download_s.append(marks["verifying"] - start)
+        store.registry.close()
+        shutil.rmtree(data)
+
+    def row(label: str, times: list[float]) -> str:
+        rates = " ".join(f"{size / t / 1e6:.0f}" for t in times)
+        return f"{label:<10} median {size / statistics.median(times) / 1e6:6.0f} MB/s   runs: {rates}"
+
+    print(f"file: {size} bytes, {runs} runs", flush=True)
+    for label, times in (("curl", curl_s), ("download", download_s), ("total", total_s)):
+        if times:
+            print(row(label, times), flush=True)
+    if curl_s:
+        for label, times in (("download", download_s), ("total", total_s)):
+            if times:
+                ratio = statistics.median(curl_s) / statistics.median(times)
+                print(f"{label} / curl (medians): {ratio:.2f}", flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Serve a file from a loopback hub (for speed tests).")
     parser.add_argument("--file", type=Path, required=True, help="the file to serve")
@@ -442,15 +504,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--name", default=None, help="file name inside the repo (default: the file's)")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--no-redirect", action="store_true", help="serve LFS files without the CDN 302")
+    parser.add_argument(
+        "--bench", type=int, default=0, metavar="N", help="compare curl and llmhost's pull N times, then exit"
+    )
     args = parser.parse_args(argv)
     import tempfile
 
     name = args.name or args.file.name
-    with tempfile.TemporaryDirectory() as tmp:
-        hub = HubServer(Path(tmp), port=args.port, redirect_lfs=not args.no_redirect)
+    with tempfile.TemporaryDirectory(dir=args.file.resolve().parent) as tmp:
+        hub = HubServer(Path(tmp) / "hub", port=args.port, redirect_lfs=not args.no_redirect)
         hub.add_repo(args.repo, {name: args.file.resolve()})
         plain = hub.add_plain(name, args.file.resolve())
         with hub:
+            if args.bench:
+                bench(hub, args.repo, name, args.bench, Path(tmp))
+                return
             print(f"hub endpoint: {hub.url}", flush=True)
             print(f"resolve url:  {hub.url}/{args.repo}/resolve/main/{name}", flush=True)
             print(f"plain url:    {plain}", flush=True)
