@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import threading
 import time
 from typing import Any
 
@@ -122,9 +123,12 @@ async def pull(body: PullBody, request: Request) -> Any:
     service = _service(request)
     loop = asyncio.get_running_loop()
     events: asyncio.Queue[PullProgress | BaseException | None] = asyncio.Queue()
+    client_gone = threading.Event()
 
     def run() -> None:
         def progress(event: PullProgress) -> None:
+            if client_gone.is_set():  # stop; the partial file stays for the next pull to resume
+                raise ConnectionAbortedError("the client disconnected")
             loop.call_soon_threadsafe(events.put_nowait, event)
 
         try:
@@ -136,15 +140,18 @@ async def pull(body: PullBody, request: Request) -> Any:
     task = asyncio.create_task(asyncio.to_thread(run))
 
     async def lines() -> Any:
-        while True:
-            item = await events.get()
-            if item is None:
-                return
-            if isinstance(item, BaseException):
-                message = str(item) if isinstance(item, LLMHostError) else "pull failed"
-                yield (json.dumps({"error": message}) + "\n").encode()
-                return
-            yield (item.to_json() + "\n").encode()
+        try:
+            while True:
+                item = await events.get()
+                if item is None:
+                    return
+                if isinstance(item, BaseException):
+                    message = str(item) if isinstance(item, LLMHostError) else "pull failed"
+                    yield (json.dumps({"error": message}) + "\n").encode()
+                    return
+                yield (item.to_json() + "\n").encode()
+        finally:
+            client_gone.set()  # no-op once the pull has finished
 
     if body.stream:
         return StreamingResponse(lines(), media_type="application/x-ndjson")
