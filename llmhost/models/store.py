@@ -33,7 +33,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from llmhost.errors import ModelError, RequestError
-from llmhost.models.gguf_check import inspect_gguf
+from llmhost.models.gguf_check import GGUFInfo, inspect_gguf
 from llmhost.models.registry import ModelRecord, Registry
 
 if sys.platform != "win32":
@@ -223,41 +223,81 @@ class ModelStore:
                 origin = str(sources[0]) if len(sources) == 1 else f"{len(sources)} parts ({sources[0]}, ...)"
                 raise ModelError(f"cannot import model '{name}' from {origin}: {exc}") from exc
 
-            digest = f"sha256:{hexdigest}"
-            final = self.blob_path(digest)
-            record = ModelRecord(
-                name=name,
-                digest=digest,
-                path=final.resolve(),
-                size_bytes=size,
-                architecture=info.architecture,
-                parameter_count=info.parameter_count,
-                quantization=info.quantization,
-                context_length=info.context_length,
-                chat_template=info.chat_template,
-                license=info.license if info.license else default_license,
-                source=source,
-                created_at=datetime.now(UTC),
-            )
-            with self._commit_lock():
-                previous = self.registry.find(name)
-                try:
-                    created = self._place_blob(tmp, final, size)
-                except OSError as exc:
-                    raise _disk_error(exc, name, self.blobs_dir) from exc
-                moved = created
-                try:
-                    self.registry.put(record)
-                except BaseException:
-                    if created:  # nobody can reference a blob we just created: put it back the way it was
-                        final.unlink(missing_ok=True)
-                    raise
-                if previous is not None and previous.digest != digest:
-                    self._delete_blob_if_unused(previous.digest)
+            record, moved = self._commit(tmp, info, name, hexdigest, size, source, default_license)
         finally:
             if not moved:
                 tmp.unlink(missing_ok=True)
-        logger.info("imported model %s (%s, %d bytes) from %s", name, digest, size, source)
+        logger.info("imported model %s (%s, %d bytes) from %s", name, record.digest, size, source)
+        return record
+
+    def _commit(
+        self,
+        tmp: Path,
+        info: GGUFInfo,
+        name: str,
+        hexdigest: str,
+        size: int,
+        source: str,
+        default_license: str | None,
+    ) -> tuple[ModelRecord, bool]:
+        """Move a verified file into its content address and register it; return (record, moved)."""
+        digest = f"sha256:{hexdigest}"
+        final = self.blob_path(digest)
+        record = ModelRecord(
+            name=name,
+            digest=digest,
+            path=final.resolve(),
+            size_bytes=size,
+            architecture=info.architecture,
+            parameter_count=info.parameter_count,
+            quantization=info.quantization,
+            context_length=info.context_length,
+            chat_template=info.chat_template,
+            license=info.license if info.license else default_license,
+            source=source,
+            created_at=datetime.now(UTC),
+        )
+        with self._commit_lock():
+            previous = self.registry.find(name)
+            try:
+                created = self._place_blob(tmp, final, size)
+            except OSError as exc:
+                raise _disk_error(exc, name, self.blobs_dir) from exc
+            try:
+                self.registry.put(record)
+            except BaseException:
+                if created:  # nobody can reference a blob we just created: put it back the way it was
+                    final.unlink(missing_ok=True)
+                raise
+            if previous is not None and previous.digest != digest:
+                self._delete_blob_if_unused(previous.digest)
+        return record, created
+
+    def adopt_file(
+        self, path: Path, name: str, *, sha256: str, source: str, default_license: str | None = None
+    ) -> ModelRecord:
+        """Register a file whose SHA-256 the caller has already verified, by moving it into place.
+
+        For downloads: the puller hashed every byte as it arrived, so copying and hashing 250 MB again
+        would only cost time. ``path`` must be on the store's filesystem; it is consumed either way.
+        """
+        validate_model_name(name)
+        hexdigest = _normalise_sha256(sha256)
+        try:
+            try:
+                info = inspect_gguf(path)
+            except ModelError as exc:
+                raise ModelError(f"cannot import model '{name}' from {path}: {exc}") from exc
+            try:
+                size = path.stat().st_size
+                with open(path, "rb") as f:
+                    os.fsync(f.fileno())
+            except OSError as exc:
+                raise _disk_error(exc, name, self.blobs_dir) from exc
+            record, _ = self._commit(path, info, name, hexdigest, size, source, default_license)
+        finally:
+            path.unlink(missing_ok=True)  # moved into place, or not needed (dedup / failure)
+        logger.info("adopted model %s (%s, %d bytes) from %s", name, record.digest, size, source)
         return record
 
     @staticmethod

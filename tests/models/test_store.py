@@ -427,3 +427,27 @@ def test_leftover_temporary_files_from_a_dead_import_are_cleaned_up(
     ModelStore(tmp_path / "models", registry)
     assert not stale.exists()
     assert fresh.exists()  # may belong to an import still running in another process
+
+
+def test_adopt_file_moves_a_verified_download_into_place(tmp_path: Path) -> None:
+    registry = Registry(tmp_path / "db.sqlite")
+    store = ModelStore(tmp_path / "models", registry)
+    staged = write_tiny_llama_gguf(tmp_path / "models" / "downloads" / "x.partial", seed=11)
+    digest = hashlib.sha256(staged.read_bytes()).hexdigest()
+    record = store.adopt_file(staged, "adopted", sha256=digest, source="test")
+    assert record.digest == f"sha256:{digest}"
+    assert not staged.exists() and store.blob_path(record.digest).is_file()
+    assert registry.get("adopted").digest == record.digest
+    registry.close()
+
+
+def test_adopt_file_rejects_a_non_gguf_and_registers_nothing(tmp_path: Path) -> None:
+    registry = Registry(tmp_path / "db.sqlite")
+    store = ModelStore(tmp_path / "models", registry)
+    (tmp_path / "models" / "downloads").mkdir(parents=True)
+    staged = write_not_gguf(tmp_path / "models" / "downloads" / "y.partial")
+    with pytest.raises(ModelError):
+        store.adopt_file(staged, "bad", sha256="0" * 64, source="test")
+    assert registry.find("bad") is None and not staged.exists()
+    assert list(store.blobs_dir.iterdir()) == []
+    registry.close()
