@@ -258,11 +258,11 @@ class Registry:
 
     def put(self, record: ModelRecord) -> None:
         """Insert ``record``, or replace the record already registered under its name, in one transaction."""
-        placeholders = ", ".join("?" for _ in _COLUMNS)
+        qmarks = ", ".join("?" for _ in _COLUMNS)  # one SQL parameter marker per column
         updates = ", ".join(f"{col} = excluded.{col}" for col in _COLUMNS if col != "name")
         with self._transaction() as conn:
             conn.execute(
-                f"INSERT INTO models ({', '.join(_COLUMNS)}) VALUES ({placeholders}) "
+                f"INSERT INTO models ({', '.join(_COLUMNS)}) VALUES ({qmarks}) "
                 f"ON CONFLICT (name) DO UPDATE SET {updates}",
                 _to_row(record),
             )

@@ -23,7 +23,14 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 from llmhost.providers.base import ChatRequest, CompletionRequest, EmbeddingRequest
-from llmhost.providers.http import Timeouts, UpstreamClient, UpstreamReportedError, in_band_error, iter_sse
+from llmhost.providers.http import (
+    Timeouts,
+    UpstreamClient,
+    UpstreamProvider,
+    UpstreamReportedError,
+    in_band_error,
+    iter_sse,
+)
 from llmhost.providers.shapes import (
     chat_chunk,
     chat_completion,
@@ -226,7 +233,7 @@ async def anthropic_sse_chunks(lines: AsyncIterator[str]) -> AsyncGenerator[dict
     raise UpstreamReportedError("the stream ended before message_stop")
 
 
-class AnthropicProvider:
+class AnthropicProvider(UpstreamProvider):
     """Anthropic's Messages API at ``base_url``, spoken with ``x-api-key`` and ``anthropic-version``."""
 
     def __init__(
@@ -254,17 +261,6 @@ class AnthropicProvider:
             secrets=(api_key,),
             max_connections=max_connections,
         )
-
-    def __repr__(self) -> str:
-        return f"AnthropicProvider(name={self.name!r}, base_url={self._http.scrub(self.base_url)!r})"
-
-    @property
-    def base_url(self) -> str:
-        return self._http.base_url
-
-    @property
-    def timeouts(self) -> Timeouts:
-        return self._http.timeouts
 
     def _request(self, request: ChatRequest) -> dict[str, Any]:
         return to_messages_request(self.name, request, default_max_tokens=self.default_max_tokens)
@@ -324,6 +320,3 @@ class AnthropicProvider:
 
     async def health(self) -> bool:
         return await self._http.probe("/v1/models?limit=1")
-
-    async def aclose(self) -> None:
-        await self._http.aclose()

@@ -49,6 +49,7 @@ __all__ = [
     "Timeouts",
     "UpstreamClient",
     "UpstreamHTTPError",
+    "UpstreamProvider",
     "UpstreamReportedError",
     "carries_output",
     "error_message",
@@ -532,3 +533,24 @@ class UpstreamClient:
 
     async def aclose(self) -> None:
         await self.client.aclose()
+
+
+class UpstreamProvider:
+    """What every HTTP provider shares: its pooled client, a key-free repr, and closing."""
+
+    name: str
+    _http: UpstreamClient
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, base_url={self._http.scrub(self.base_url)!r})"
+
+    @property
+    def base_url(self) -> str:
+        return self._http.base_url
+
+    @property
+    def timeouts(self) -> Timeouts:
+        return self._http.timeouts
+
+    async def aclose(self) -> None:
+        await self._http.aclose()

@@ -19,7 +19,13 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 from llmhost.providers.base import ChatRequest, CompletionRequest, EmbeddingRequest
-from llmhost.providers.http import Timeouts, UpstreamClient, UpstreamReportedError, in_band_error
+from llmhost.providers.http import (
+    Timeouts,
+    UpstreamClient,
+    UpstreamProvider,
+    UpstreamReportedError,
+    in_band_error,
+)
 from llmhost.providers.shapes import (
     chat_chunk,
     chat_chunk_to_text_chunk,
@@ -183,7 +189,7 @@ async def ollama_generate_chunks(lines: AsyncIterator[str]) -> AsyncGenerator[di
         await chunks.aclose()
 
 
-class OllamaProvider:
+class OllamaProvider(UpstreamProvider):
     """An Ollama server at ``base_url``, spoken to in its native API (no key: Ollama has none)."""
 
     def __init__(
@@ -202,17 +208,6 @@ class OllamaProvider:
             timeouts=timeouts,
             max_connections=max_connections,
         )
-
-    def __repr__(self) -> str:
-        return f"OllamaProvider(name={self.name!r}, base_url={self._http.scrub(self.base_url)!r})"
-
-    @property
-    def base_url(self) -> str:
-        return self._http.base_url
-
-    @property
-    def timeouts(self) -> Timeouts:
-        return self._http.timeouts
 
     async def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         answer = await self._http.request_json("POST", path, body)
@@ -316,6 +311,3 @@ class OllamaProvider:
 
     async def health(self) -> bool:
         return await self._http.probe("/api/version")
-
-    async def aclose(self) -> None:
-        await self._http.aclose()

@@ -17,6 +17,7 @@ from llmhost.providers.base import ChatRequest, CompletionRequest, EmbeddingRequ
 from llmhost.providers.http import (
     Timeouts,
     UpstreamClient,
+    UpstreamProvider,
     UpstreamReportedError,
     carries_output,
     in_band_error,
@@ -60,7 +61,7 @@ async def openai_sse_chunks(lines: AsyncIterator[str]) -> AsyncGenerator[dict[st
     raise UpstreamReportedError("the stream ended before data: [DONE]")
 
 
-class OpenAICompatProvider:
+class OpenAICompatProvider(UpstreamProvider):
     """An OpenAI-compatible upstream at ``base_url`` (e.g. ``http://127.0.0.1:9000/v1``).
 
     ``api_key`` is sent as ``Authorization: Bearer``; ``extra_headers`` go with every request (header
@@ -93,17 +94,6 @@ class OpenAICompatProvider:
             secrets=(api_key,),
             max_connections=max_connections,
         )
-
-    def __repr__(self) -> str:
-        return f"OpenAICompatProvider(name={self.name!r}, base_url={self._http.scrub(self.base_url)!r})"
-
-    @property
-    def base_url(self) -> str:
-        return self._http.base_url
-
-    @property
-    def timeouts(self) -> Timeouts:
-        return self._http.timeouts
 
     @staticmethod
     def _body(model: str, key: str, value: Any, params: dict[str, Any], stream: bool) -> dict[str, Any]:
@@ -152,6 +142,3 @@ class OpenAICompatProvider:
 
     async def health(self) -> bool:
         return await self._http.probe(self._health_path)
-
-    async def aclose(self) -> None:
-        await self._http.aclose()

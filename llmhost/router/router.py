@@ -36,6 +36,7 @@ from llmhost.providers.base import (
     Provider,
     ProviderError,
 )
+from llmhost.providers.http import carries_output
 from llmhost.router.breaker import CircuitBreaker
 from llmhost.router.cost import UsageRecord, UsageStore, cost_of
 from llmhost.router.strategies import Target, order_targets
@@ -65,21 +66,6 @@ def is_retryable(exc: BaseException) -> bool:
     if isinstance(exc, ContextLengthError | RequestError):
         return isinstance(exc, ModelNotFoundError)
     return isinstance(exc, LLMHostError | OSError)
-
-
-def _has_token(chunk: Chunk) -> bool:
-    """Whether a stream chunk carries generated text, a finish reason, or the final usage."""
-    if "usage" in chunk and chunk.get("usage") and not chunk.get("choices"):
-        return True
-    for choice in chunk.get("choices") or ():
-        if choice.get("finish_reason"):
-            return True
-        delta = choice.get("delta")
-        if delta is not None and (delta.get("content") or delta.get("tool_calls")):
-            return True
-        if choice.get("text"):
-            return True
-    return False
 
 
 def _answer_text(response: Chunk) -> str:
@@ -208,21 +194,14 @@ class Gateway:
             breaker = self._breaker(target) if route.explicit else None
             for attempt in range(route.retries + 1):
                 if breaker is not None and not breaker.allow():
-                    last_exc = last_exc or NotReadyError(f"target {target.key} is unavailable (circuit open)")
+                    last_exc = last_exc or _circuit_open(target)
                     break
                 started = time.perf_counter()
                 try:
                     result = await fn(provider, target.settings.model)
                 except Exception as exc:
                     last_exc = exc
-                    self._record_error(route, target, tier, exc, started, stream)
-                    if not route.explicit or not is_retryable(exc):
-                        raise
-                    if breaker is not None and not isinstance(exc, RequestError):
-                        breaker.record_failure()
-                    log.warning("route %s: %s failed (%s)", route.name, target.key, type(exc).__name__)
-                    if attempt < route.retries:
-                        await asyncio.sleep(route.backoff * 2**attempt)
+                    if await self._failed(route, target, tier, breaker, exc, started, stream, attempt):
                         continue
                     break
                 elapsed = time.perf_counter() - started
@@ -237,9 +216,31 @@ class Gateway:
                     log.info("route %s: escalating past %s (%s)", route.name, target.key, failed)
                     break
                 return result, target, tier
-        if last_exc is None:
-            raise NotReadyError(f"no target of route '{route.name}' could answer")
-        raise last_exc
+        raise last_exc or NotReadyError(f"no target of route '{route.name}' could answer")
+
+    async def _failed(
+        self,
+        route: Route,
+        target: Target,
+        tier: int,
+        breaker: CircuitBreaker | None,
+        exc: Exception,
+        started: float,
+        stream: bool,
+        attempt: int,
+    ) -> bool:
+        """Account for a failed attempt. Re-raise when nothing else may be tried; True: retry this target."""
+        self._record_error(route, target, tier, exc, started, stream)
+        if not route.explicit or not is_retryable(exc):
+            raise exc
+        if breaker is not None:
+            breaker.record_failure()
+        when = " before its first token" if stream else ""
+        log.warning("route %s: %s failed%s (%s)", route.name, target.key, when, type(exc).__name__)
+        if attempt < route.retries:
+            await asyncio.sleep(route.backoff * 2**attempt)
+            return True
+        return False
 
     async def chat(self, request: ChatRequest) -> tuple[Chunk, Target, int]:
         route = self.resolve(request.model)
@@ -279,7 +280,7 @@ class Gateway:
             breaker = self._breaker(target) if route.explicit else None
             for attempt in range(route.retries + 1):
                 if breaker is not None and not breaker.allow():
-                    last_exc = last_exc or NotReadyError(f"target {target.key} is unavailable (circuit open)")
+                    last_exc = last_exc or _circuit_open(target)
                     break
                 started = time.perf_counter()
                 iterator = fn(provider, target.settings.model)
@@ -287,21 +288,12 @@ class Gateway:
                 try:
                     async for chunk in iterator:
                         buffered.append(chunk)
-                        if _has_token(chunk):
+                        if carries_output(chunk):
                             break
                 except Exception as exc:
                     await _aclose(iterator)
                     last_exc = exc
-                    self._record_error(route, target, tier, exc, started, True)
-                    if not route.explicit or not is_retryable(exc):
-                        raise
-                    if breaker is not None:
-                        breaker.record_failure()
-                    log.warning(
-                        "route %s: stream from %s failed before its first token", route.name, target.key
-                    )
-                    if attempt < route.retries:
-                        await asyncio.sleep(route.backoff * 2**attempt)
+                    if await self._failed(route, target, tier, breaker, exc, started, True, attempt):
                         continue
                     break
                 except BaseException:
@@ -312,9 +304,7 @@ class Gateway:
                     target,
                     tier,
                 )
-        if last_exc is None:
-            raise NotReadyError(f"no target of route '{route.name}' could answer")
-        raise last_exc
+        raise last_exc or NotReadyError(f"no target of route '{route.name}' could answer")
 
     async def _committed(
         self,
@@ -458,6 +448,10 @@ class Gateway:
         for name, provider in self.providers.items():
             if name != "local":
                 await provider.aclose()
+
+
+def _circuit_open(target: Target) -> NotReadyError:
+    return NotReadyError(f"target {target.key} is unavailable (circuit open)")
 
 
 async def _aclose(iterator: AsyncIterator[Chunk]) -> None:
