@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import math
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -264,15 +265,7 @@ def max_slots(
         )
         return est.total_bytes <= budget_bytes
 
-    if not fits(1):
-        return 0
-    lo, hi = 1, upper
-    if fits(hi):
-        return hi
-    while hi - lo > 1:  # memory grows with n: binary search for the last n that fits
-        mid = (lo + hi) // 2
-        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
-    return lo
+    return _largest_fitting(fits, upper)
 
 
 def max_ctx_per_slot(
@@ -306,12 +299,17 @@ def max_ctx_per_slot(
         return est.total_bytes <= budget_bytes
 
     steps = max(1, limit // CTX_PAD)
-    if not fits(CTX_PAD):
+    return _largest_fitting(lambda k: fits(k * CTX_PAD), steps) * CTX_PAD
+
+
+def _largest_fitting(fits: Callable[[int], bool], upper: int) -> int:
+    """The largest n in 1..upper with ``fits(n)``, or 0; memory grows with n, so binary search."""
+    if not fits(1):
         return 0
-    if fits(steps * CTX_PAD):
-        return max(CTX_PAD, min(limit, steps * CTX_PAD))
-    lo, hi = 1, steps
+    if fits(upper):
+        return upper
+    lo, hi = 1, upper
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        lo, hi = (mid, hi) if fits(mid * CTX_PAD) else (lo, mid)
-    return lo * CTX_PAD
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    return lo
