@@ -124,19 +124,6 @@ class Service:
         writes_bos = bool(model.bos_text) and text.startswith(model.bos_text)
         return vocab.tokenize(text, add_special=not writes_bos, parse_special=True)
 
-    def split_stops(self, model: LoadedModel, stops: Sequence[str]) -> tuple[tuple[str, ...], frozenset[int]]:
-        """Stop strings that are single control tokens (which render as no text) become stop token ids."""
-        vocab = model.runner.vocab
-        texts: list[str] = []
-        ids: set[int] = set()
-        for stop in stops:
-            tokens = vocab.tokenize(stop, add_special=False, parse_special=True)
-            if len(tokens) == 1 and not vocab.piece(tokens[0]):
-                ids.add(tokens[0])
-            else:
-                texts.append(stop)
-        return tuple(texts), frozenset(ids)
-
     async def chat(
         self, name: str, messages: Sequence[Mapping[str, Any]], params: SamplingParams
     ) -> Generation:
@@ -144,7 +131,7 @@ class Service:
         async with self.using(name) as model:
             prompt = self.render_chat(model, messages)
             tokens = self.tokenize_prompt(model, prompt)
-            template_stops, stop_ids = self.split_stops(model, model.template.stop)
+            template_stops, stop_ids = model.template_stops
             stop = tuple(dict.fromkeys((*params.stop, *template_stops)))
             params = dataclasses.replace(params, stop=stop, stop_token_ids=params.stop_token_ids | stop_ids)
             # Once submitted, the engine's own count of live requests keeps the model resident.

@@ -13,6 +13,7 @@ is never unloaded under a running request. Idle models also unload after their `
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -73,6 +74,21 @@ class LoadedModel:
     @property
     def eos_text(self) -> str:
         return self.runner.vocab.token_text(self.runner.vocab.eos)
+
+    @functools.cached_property
+    def template_stops(self) -> tuple[tuple[str, ...], frozenset[int]]:
+        """The chat format's stop strings, with those that are single control tokens (which render as
+        no text) turned into stop token ids. Computed once per loaded model."""
+        vocab = self.runner.vocab
+        texts: list[str] = []
+        ids: set[int] = set()
+        for stop in self.template.stop:
+            tokens = vocab.tokenize(stop, add_special=False, parse_special=True)
+            if len(tokens) == 1 and not vocab.piece(tokens[0]):
+                ids.add(tokens[0])
+            else:
+                texts.append(stop)
+        return tuple(texts), frozenset(ids)
 
     @property
     def idle(self) -> bool:
