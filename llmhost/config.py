@@ -72,6 +72,15 @@ class EngineSettings(BaseModel):
         None, ge=-1, description="Layers offloaded to the GPU; default: all when llama.cpp has GPU support."
     )
     max_queue: int = Field(64, ge=0, description="Requests allowed to wait for a slot before 429.")
+    nice: int = Field(
+        -10,
+        ge=-20,
+        le=19,
+        description=(
+            "Scheduling priority (nice) of the decode threads; below 0 needs root or CAP_SYS_NICE and is "
+            "skipped without it. 0 leaves them at the process's priority."
+        ),
+    )
 
 
 _SIZE_UNITS = {
@@ -196,9 +205,14 @@ class RouteSettings(BaseModel):
     targets: list[TargetSettings] = Field(min_length=1, description="Ordered list of targets.")
     retries: int = Field(1, ge=0, le=10, description="Extra attempts per target on retryable errors.")
     backoff: float = Field(0.05, ge=0, description="First retry delay in seconds (doubles each retry).")
-    cascade: list[Literal["json", "nonempty"]] = Field(
+    cascade: list[Literal["json", "nonempty", "logprob"]] = Field(
         default_factory=list,
         description="Checks that, when they fail on a target's answer, escalate to the next target.",
+    )
+    min_logprob: float = Field(
+        -1.0,
+        le=0.0,
+        description="The `logprob` check escalates when the answer's mean token log-probability is lower.",
     )
 
 

@@ -49,6 +49,7 @@ class Generation:
     model: str
     prompt_tokens: int
     stream: OutputStream
+    logprobs: bool = False  # outputs carry each token's log-probability
 
 
 class Service:
@@ -155,7 +156,7 @@ class Service:
     def _start(self, model: LoadedModel, tokens: list[int], params: SamplingParams, kind: str) -> Generation:
         request = GenerationRequest(new_request_id(kind), tokens, params)
         stream = model.engine.stream(request)
-        return Generation(request.request_id, model.name, len(tokens), stream)
+        return Generation(request.request_id, model.name, len(tokens), stream, params.logprobs is not None)
 
     async def embed(self, name: str, inputs: Sequence[str | list[int]]) -> tuple[list[list[float]], int]:
         """Embed each input; return the vectors and the total number of input tokens."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import queue
 import threading
 import time
@@ -18,7 +19,7 @@ from dataclasses import dataclass, field
 from llmhost.engine.detokenizer import TextStream
 from llmhost.engine.runner import LlamaRunner
 from llmhost.engine.scheduler import Scheduler, Sequence
-from llmhost.engine.types import FinishReason, GenerationRequest, RequestOutput
+from llmhost.engine.types import FinishReason, GenerationRequest, RequestOutput, TokenLogprob
 from llmhost.errors import EngineError
 
 __all__ = ["Engine", "OutputStream"]
@@ -36,14 +37,18 @@ class _Live:
     text: TextStream
     sent_tokens: int = 0
     pending_ids: list[int] = field(default_factory=list)
+    pending_logprobs: list[TokenLogprob] = field(default_factory=list)
 
 
 class Engine:
     """Continuous batching over one :class:`LlamaRunner`, driven by a background thread."""
 
-    def __init__(self, runner: LlamaRunner, *, max_queue: int = 64, name: str = "model") -> None:
+    def __init__(
+        self, runner: LlamaRunner, *, max_queue: int = 64, name: str = "model", nice: int = 0
+    ) -> None:
         self.runner = runner
         self.name = name
+        self.nice = nice
         self.scheduler = Scheduler(
             n_slots=runner.n_slots,
             n_ctx_slot=runner.n_ctx_slot,
@@ -129,6 +134,7 @@ class Engine:
 
     # ----- the loop ----------------------------------------------------------------------------------
     def _run(self) -> None:
+        set_thread_nice(self.nice)
         while True:
             with self._cv:
                 while not self._stopping and not self._aborts and not self.scheduler.has_work:
@@ -176,6 +182,9 @@ class Engine:
             text = ""
             if result.new_token is not None:
                 live.pending_ids.append(result.new_token)
+                logprob = self.runner.logprobs.get(seq.request_id)
+                if logprob is not None:
+                    live.pending_logprobs.append(logprob)
                 text = live.text.feed(self.runner.vocab.piece(result.new_token))
                 if live.text.stopped and not result.finished:
                     self.scheduler.finish(seq.request_id, FinishReason.STOP)
@@ -190,6 +199,8 @@ class Engine:
     def _output(self, seq: Sequence, live: _Live, text: str, reason: FinishReason | None) -> RequestOutput:
         ids = tuple(live.pending_ids)
         live.pending_ids.clear()
+        logprobs = tuple(live.pending_logprobs)
+        live.pending_logprobs.clear()
         return RequestOutput(
             request_id=seq.request_id,
             text=text,
@@ -198,6 +209,7 @@ class Engine:
             completion_tokens=seq.num_completion_tokens,
             cached_tokens=seq.cached_tokens,
             finish_reason=reason,
+            logprobs=logprobs,
         )
 
     def _release(self, seq: Sequence) -> None:
@@ -244,6 +256,24 @@ class Engine:
                 sink(out)
             except Exception:  # a closed event loop must not kill the engine
                 log.debug("dropping output for %s", out.request_id, exc_info=True)
+
+
+def set_thread_nice(nice: int) -> bool:
+    """Give the calling thread (and the OpenMP workers it starts later, which inherit it) ``nice``.
+
+    The decode threads spin at llama.cpp's barriers: when any other runnable thread on the machine takes
+    a core from one of them mid-step, the others wait for it, so a step slows by much more than the CPU
+    time taken. A higher priority for them makes that rare. Linux only (nice is per thread there); a
+    negative value needs root or CAP_SYS_NICE, and without it the thread keeps its priority.
+    """
+    if nice == 0 or not hasattr(os, "setpriority") or not hasattr(threading, "get_native_id"):
+        return False
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+    except OSError as exc:
+        log.info("decode threads keep their priority (nice %d not allowed: %s)", nice, exc.strerror)
+        return False
+    return True
 
 
 class OutputStream:

@@ -18,8 +18,8 @@ from typing import Any
 import llama_cpp
 import numpy as np
 
-from llmhost.engine.sampling import SequenceSampler
-from llmhost.engine.types import SamplingParams, SchedulerOutput
+from llmhost.engine.sampling import SequenceSampler, token_logprobs
+from llmhost.engine.types import SamplingParams, SchedulerOutput, TokenLogprob
 from llmhost.errors import EngineError, ModelError, RequestError
 
 __all__ = ["EmbeddingRunner", "LlamaRunner", "RunnerConfig", "default_threads", "gpu_offload_supported"]
@@ -213,6 +213,9 @@ class LlamaRunner:
         self._nseq[:] = 1
         self._seq_ptrs = [self._batch.seq_id[i] for i in range(config.n_batch)]
         self._samplers: dict[int, SequenceSampler] = {}
+        self._want_logprobs: dict[int, int] = {}
+        # Log-probabilities of the tokens sampled by the last step, for the requests that asked.
+        self.logprobs: dict[str, TokenLogprob] = {}
         self._embedder: EmbeddingRunner | None = None
         self._embedder_lock = threading.Lock()
         self._closed = False
@@ -231,12 +234,15 @@ class LlamaRunner:
         """
         self.end_sequence(slot)
         self._samplers[slot] = SequenceSampler(self.vocab.vocab, self.vocab.n_vocab, self.n_ctx_slot, params)
+        if params.logprobs is not None:
+            self._want_logprobs[slot] = params.logprobs
         if keep > 0 and llama_cpp.llama_memory_seq_rm(self.memory, slot, keep, -1):
             return True
         llama_cpp.llama_memory_seq_rm(self.memory, slot, -1, -1)
         return keep == 0
 
     def end_sequence(self, slot: int) -> None:
+        self._want_logprobs.pop(slot, None)
         sampler = self._samplers.pop(slot, None)
         if sampler is not None:
             sampler.free()
@@ -268,8 +274,17 @@ class LlamaRunner:
             reason = "no room left in the KV cache" if rc == 1 else f"llama_decode returned {rc}"
             raise EngineError(f"decode failed: {reason}")
         sampled: dict[str, int] = {}
+        self.logprobs.clear()
         for request_id, slot, idx in sample_at:
-            sampled[request_id] = self._samplers[slot].sample(self.ctx, idx)
+            sampler = self._samplers[slot]
+            token = sampled[request_id] = sampler.sample(self.ctx, idx)
+            top = self._want_logprobs.get(slot)
+            if top is not None:
+                logprob, best = token_logprobs(sampler.logits(self.ctx, idx), token, top)
+                piece = self.vocab.piece
+                self.logprobs[request_id] = TokenLogprob(
+                    piece(token), logprob, tuple((piece(t), lp) for t, lp in best)
+                )
         return sampled
 
     def embedder(self) -> EmbeddingRunner:

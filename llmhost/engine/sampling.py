@@ -21,7 +21,7 @@ import numpy as np
 from llmhost.engine.types import SamplingParams
 from llmhost.errors import EngineError, RequestError
 
-__all__ = ["SequenceSampler", "build_sampler_chain"]
+__all__ = ["SequenceSampler", "build_sampler_chain", "token_logprobs"]
 
 _TOKEN_DATA = np.dtype([("id", "<i4"), ("logit", "<f4"), ("p", "<f4")])
 
@@ -54,13 +54,17 @@ class SequenceSampler:
         """Pick the next token from the logits at batch index ``idx`` and record it."""
         if self.grammar is None:
             return int(llama_cpp.llama_sampler_sample(self.chain, ctx, idx))
-        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, idx), shape=(self.n_vocab,))
+        logits = self.logits(ctx, idx)
         token = self._apply(logits, with_grammar=False)
         if not self._grammar_allows(token):
             token = self._apply(logits, with_grammar=True)
         llama_cpp.llama_sampler_accept(self.grammar, token)
         llama_cpp.llama_sampler_accept(self.chain, token)
         return token
+
+    def logits(self, ctx: Any, idx: int) -> np.ndarray[Any, Any]:
+        """The raw logits at batch index ``idx`` (a view; valid until the next decode)."""
+        return np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, idx), shape=(self.n_vocab,))
 
     def _apply(self, logits: np.ndarray[Any, Any], *, with_grammar: bool) -> int:
         self._data["id"] = self._ids
@@ -89,6 +93,25 @@ class SequenceSampler:
             if sampler:
                 llama_cpp.llama_sampler_free(sampler)
             setattr(self, attr, None)
+
+
+def token_logprobs(
+    logits: np.ndarray[Any, Any], token: int, top: int
+) -> tuple[float, list[tuple[int, float]]]:
+    """Log-probability of ``token`` under softmax(``logits``), and the ``top`` likeliest (id, logprob).
+
+    These are the model's probabilities before any sampler (temperature, top-k, grammar) reshapes them,
+    as OpenAI reports them.
+    """
+    x = logits.astype(np.float64, copy=False)
+    peak = float(x.max())
+    lse = peak + float(np.log(np.exp(x - peak).sum()))
+    best: list[tuple[int, float]] = []
+    if top > 0:
+        ids = np.argpartition(x, -top)[-top:]
+        ids = ids[np.argsort(-x[ids], kind="stable")]
+        best = [(int(i), float(x[i]) - lse) for i in ids]
+    return float(x[token]) - lse, best
 
 
 def build_sampler_chain(vocab: Any, n_vocab: int, n_ctx: int, params: SamplingParams) -> Any:

@@ -15,6 +15,7 @@ __all__ = [
     "SamplingParams",
     "ScheduledChunk",
     "SchedulerOutput",
+    "TokenLogprob",
 ]
 
 
@@ -44,6 +45,7 @@ class SamplingParams:
     stop_token_ids: frozenset[int] = frozenset()  # e.g. a chat format's end-of-turn control token
     grammar: str | None = None  # GBNF, root rule "root"
     ignore_eos: bool = False
+    logprobs: int | None = None  # None: off; N: each token's log-probability and its N likeliest rivals
 
 
 @dataclass(eq=False, slots=True)
@@ -90,6 +92,18 @@ class SchedulerOutput:
 
 
 @dataclass(frozen=True, slots=True)
+class TokenLogprob:
+    """A generated token's log-probability under the model (before sampling), and the likeliest tokens.
+
+    ``token`` is the token's bytes; ``top`` lists ``(bytes, logprob)`` pairs, likeliest first.
+    """
+
+    token: bytes
+    logprob: float
+    top: tuple[tuple[bytes, float], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class RequestOutput:
     """A delta for one request after a step: new text, and whether the request is done."""
 
@@ -101,6 +115,7 @@ class RequestOutput:
     cached_tokens: int
     finish_reason: FinishReason | None = None
     error: Exception | None = None
+    logprobs: tuple[TokenLogprob, ...] = ()  # one per token in ``token_ids`` when the request asked
 
     @property
     def finished(self) -> bool:

@@ -223,7 +223,7 @@ class ModelManager:
             ),
         )
         max_queue = ms.max_queue if ms.max_queue is not None else self.settings.engine.max_queue
-        engine = Engine(runner, max_queue=max_queue, name=name)
+        engine = Engine(runner, max_queue=max_queue, name=name, nice=self.settings.engine.nice)
         engine.start()
         template = resolve_chat_template(record.architecture, record.chat_template, ms.chat_template)
         keep_alive = ms.keep_alive if ms.keep_alive is not None else self.settings.memory.keep_alive

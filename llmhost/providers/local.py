@@ -11,7 +11,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from llmhost.engine.types import FinishReason, RequestOutput, SamplingParams
+from llmhost.engine.types import FinishReason, RequestOutput, SamplingParams, TokenLogprob
 from llmhost.errors import EngineError, LLMHostError, RequestError
 from llmhost.providers.base import ChatRequest, CompletionRequest, EmbeddingRequest
 from llmhost.service import Generation, Service
@@ -63,8 +63,6 @@ def sampling_from_params(params: dict[str, Any], defaults: dict[str, float | int
     """OpenAI request fields -> engine sampling; the model's configured defaults fill unset fields."""
     if params.get("n", 1) != 1:
         raise RequestError("only n=1 is supported", param="n")
-    if params.get("logprobs"):
-        raise RequestError("logprobs are not supported yet", param="logprobs")
     stop_raw = params.get("stop")
     stop: tuple[str, ...] = (stop_raw,) if isinstance(stop_raw, str) else tuple(stop_raw or ())
     bias: dict[int, float] = {}
@@ -88,7 +86,65 @@ def sampling_from_params(params: dict[str, Any], defaults: dict[str, float | int
         stop=stop,
         grammar=grammar_for(params.get("response_format")),
         ignore_eos=bool(params.get("ignore_eos", False)),
+        logprobs=logprobs_wanted(params),
     )
+
+
+def logprobs_wanted(params: dict[str, Any]) -> int | None:
+    """How many alternatives per token the request wants log-probabilities for, or None for none.
+
+    Chat sends ``logprobs: true`` plus ``top_logprobs: N``; the legacy completions API sends
+    ``logprobs: N``.
+    """
+    value = params.get("logprobs")
+    top = params.get("top_logprobs")
+    if isinstance(value, bool) or value is None:
+        if top is not None and not value:
+            raise RequestError("top_logprobs requires logprobs to be true", param="top_logprobs")
+        return int(top or 0) if value else None
+    if params.get("echo"):
+        raise RequestError("logprobs together with echo is not supported", param="logprobs")
+    return int(value)
+
+
+def _token_str(raw: bytes) -> str:
+    return raw.decode("utf-8", errors="replace")
+
+
+def chat_logprobs(items: list[TokenLogprob] | tuple[TokenLogprob, ...]) -> dict[str, Any]:
+    """OpenAI chat ``logprobs`` object: one entry per token with its ``top_logprobs``."""
+    return {
+        "content": [
+            {
+                "token": _token_str(item.token),
+                "logprob": item.logprob,
+                "bytes": list(item.token),
+                "top_logprobs": [
+                    {"token": _token_str(raw), "logprob": lp, "bytes": list(raw)} for raw, lp in item.top
+                ],
+            }
+            for item in items
+        ],
+        "refusal": None,
+    }
+
+
+def completion_logprobs(items: list[TokenLogprob] | tuple[TokenLogprob, ...], offset: int) -> dict[str, Any]:
+    """OpenAI legacy completions ``logprobs`` object; ``offset`` is the text offset of the first token."""
+    tokens: list[str] = []
+    offsets: list[int] = []
+    for item in items:
+        tokens.append(_token_str(item.token))
+        offsets.append(offset)
+        offset += len(tokens[-1])
+    return {
+        "tokens": tokens,
+        "token_logprobs": [item.logprob for item in items],
+        "top_logprobs": [
+            {_token_str(raw): lp for raw, lp in (*item.top, (item.token, item.logprob))} for item in items
+        ],
+        "text_offset": offsets,
+    }
 
 
 def _raise_output_error(out: RequestOutput) -> None:
@@ -133,22 +189,24 @@ class LocalProvider:
         return await self.service.complete(request.model, request.prompt, params)
 
     @staticmethod
-    async def _collect(gen: Generation) -> tuple[str, RequestOutput]:
+    async def _collect(gen: Generation) -> tuple[str, RequestOutput, list[TokenLogprob]]:
         parts: list[str] = []
+        logprobs: list[TokenLogprob] = []
         last: RequestOutput | None = None
         try:
             async for out in gen.stream:
                 _raise_output_error(out)
                 parts.append(out.text)
+                logprobs.extend(out.logprobs)
                 last = out
         finally:
             gen.stream.cancel()
         assert last is not None
-        return "".join(parts), last
+        return "".join(parts), last, logprobs
 
     async def chat(self, request: ChatRequest) -> dict[str, Any]:
         gen = await self._start_chat(request)
-        text, last = await self._collect(gen)
+        text, last, logprobs = await self._collect(gen)
         return {
             "id": gen.request_id,
             "object": "chat.completion",
@@ -159,7 +217,7 @@ class LocalProvider:
                 {
                     "index": 0,
                     "message": {"role": "assistant", "content": text, "refusal": None},
-                    "logprobs": None,
+                    "logprobs": chat_logprobs(logprobs) if gen.logprobs else None,
                     "finish_reason": finish_reason_name(last.finish_reason),
                 }
             ],
@@ -176,18 +234,21 @@ class LocalProvider:
             "system_fingerprint": None,
         }
 
-        def chunk(delta: dict[str, Any], finish: str | None) -> dict[str, Any]:
+        def chunk(
+            delta: dict[str, Any], finish: str | None, logprobs: tuple[TokenLogprob, ...] = ()
+        ) -> dict[str, Any]:
+            lp = chat_logprobs(logprobs) if logprobs else None
             return {
                 **base,
-                "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+                "choices": [{"index": 0, "delta": delta, "logprobs": lp, "finish_reason": finish}],
             }
 
         try:
             yield chunk({"role": "assistant", "content": ""}, None)
             async for out in gen.stream:
                 _raise_output_error(out)
-                if out.text:
-                    yield chunk({"content": out.text}, None)
+                if out.text or out.logprobs:
+                    yield chunk({"content": out.text}, None, out.logprobs)
                 if out.finished:
                     yield chunk({}, finish_reason_name(out.finish_reason))
                     yield {**base, "choices": [], "usage": usage_of(out)}
@@ -196,7 +257,7 @@ class LocalProvider:
 
     async def complete(self, request: CompletionRequest) -> dict[str, Any]:
         gen = await self._start_completion(request)
-        text, last = await self._collect(gen)
+        text, last, logprobs = await self._collect(gen)
         echo = request.prompt if request.params.get("echo") and isinstance(request.prompt, str) else ""
         return {
             "id": gen.request_id,
@@ -208,7 +269,7 @@ class LocalProvider:
                 {
                     "text": echo + text,
                     "index": 0,
-                    "logprobs": None,
+                    "logprobs": completion_logprobs(logprobs, len(echo)) if gen.logprobs else None,
                     "finish_reason": finish_reason_name(last.finish_reason),
                 }
             ],
@@ -225,19 +286,24 @@ class LocalProvider:
             "system_fingerprint": None,
         }
 
-        def chunk(text: str, finish: str | None) -> dict[str, Any]:
+        offset = 0
+
+        def chunk(text: str, finish: str | None, logprobs: tuple[TokenLogprob, ...] = ()) -> dict[str, Any]:
+            lp = completion_logprobs(logprobs, offset) if gen.logprobs else None
             return {
                 **base,
-                "choices": [{"text": text, "index": 0, "logprobs": None, "finish_reason": finish}],
+                "choices": [{"text": text, "index": 0, "logprobs": lp, "finish_reason": finish}],
             }
 
         try:
             if request.params.get("echo") and isinstance(request.prompt, str):
                 yield chunk(request.prompt, None)
+                offset += len(request.prompt)
             async for out in gen.stream:
                 _raise_output_error(out)
-                if out.text or out.finished:
-                    yield chunk(out.text, finish_reason_name(out.finish_reason))
+                if out.text or out.finished or out.logprobs:
+                    yield chunk(out.text, finish_reason_name(out.finish_reason), out.logprobs)
+                    offset += sum(len(_token_str(item.token)) for item in out.logprobs)
                 if out.finished:
                     yield {**base, "choices": [], "usage": usage_of(out)}
         finally:

@@ -57,6 +57,7 @@ class Route:
     backoff: float = 0.05
     cascade: list[str] = field(default_factory=list)
     explicit: bool = True
+    min_logprob: float = -1.0
 
 
 def is_retryable(exc: BaseException) -> bool:
@@ -75,12 +76,40 @@ def _answer_text(response: Chunk) -> str:
     return str(choice.get("text") or "")
 
 
-def cascade_check_fails(checks: list[str], request_params: dict[str, Any], response: Chunk) -> str | None:
+def mean_logprob(response: Chunk) -> float | None:
+    """Mean log-probability of the answer's tokens (chat or completions shape), or None without them."""
+    choice = (response.get("choices") or [{}])[0]
+    logprobs = choice.get("logprobs") or {}
+    values: list[float] = []
+    if isinstance(logprobs.get("content"), list):
+        values = [float(item["logprob"]) for item in logprobs["content"] if item.get("logprob") is not None]
+    elif isinstance(logprobs.get("token_logprobs"), list):
+        values = [float(v) for v in logprobs["token_logprobs"] if v is not None]
+    return sum(values) / len(values) if values else None
+
+
+def with_logprobs(params: dict[str, Any], chat: bool) -> dict[str, Any]:
+    """Request parameters that make a provider return token log-probabilities."""
+    if chat:
+        return {**params, "logprobs": True}
+    value = params.get("logprobs")
+    return {**params, "logprobs": value if isinstance(value, int) and not isinstance(value, bool) else 0}
+
+
+def cascade_check_fails(
+    checks: list[str], request_params: dict[str, Any], response: Chunk, min_logprob: float = -1.0
+) -> str | None:
     """Name of the first failing check, or None when the answer is acceptable."""
     text = _answer_text(response)
     for check in checks:
         if check == "nonempty" and not text.strip():
             return "empty answer"
+        if check == "logprob":
+            mean = mean_logprob(response)
+            if mean is None:
+                return "no token log-probabilities to judge the answer by"
+            if mean < min_logprob:
+                return f"mean token log-probability {mean:.3f} is below {min_logprob}"
         if check == "json" and (request_params.get("response_format") or {}).get("type") in {
             "json_object",
             "json_schema",
@@ -156,7 +185,14 @@ class Gateway:
             for t in targets:
                 self._breaker(t)
             self.routes[name] = Route(
-                name, cfg.strategy, targets, cfg.retries, cfg.backoff, list(cfg.cascade)
+                name,
+                cfg.strategy,
+                targets,
+                cfg.retries,
+                cfg.backoff,
+                list(cfg.cascade),
+                True,
+                cfg.min_logprob,
             )
         self._health_task: asyncio.Task[None] | None = None
 
@@ -209,7 +245,9 @@ class Gateway:
                 if breaker is not None:
                     breaker.record_success()
                 failed = (
-                    cascade_check_fails(route.cascade, params, result) if tier < len(ordered) - 1 else None
+                    cascade_check_fails(route.cascade, params, result, route.min_logprob)
+                    if tier < len(ordered) - 1
+                    else None
                 )
                 self._record(route, target, tier, result.get("usage") or {}, elapsed, "ok", stream)
                 if failed is not None:
@@ -244,11 +282,19 @@ class Gateway:
 
     async def chat(self, request: ChatRequest) -> tuple[Chunk, Target, int]:
         route = self.resolve(request.model)
-        return await self._call(route, request.params, lambda p, m: p.chat(replace(request, model=m)))
+        asked = request.params
+        if "logprob" in route.cascade:
+            request = replace(request, params=with_logprobs(asked, chat=True))
+        result = await self._call(route, asked, lambda p, m: p.chat(replace(request, model=m)))
+        return _drop_unasked_logprobs(result, asked)
 
     async def complete(self, request: CompletionRequest) -> tuple[Chunk, Target, int]:
         route = self.resolve(request.model)
-        return await self._call(route, request.params, lambda p, m: p.complete(replace(request, model=m)))
+        asked = request.params
+        if "logprob" in route.cascade:
+            request = replace(request, params=with_logprobs(asked, chat=False))
+        result = await self._call(route, asked, lambda p, m: p.complete(replace(request, model=m)))
+        return _drop_unasked_logprobs(result, asked)
 
     async def embed(self, request: EmbeddingRequest) -> tuple[Chunk, Target, int]:
         route = self.resolve(request.model)
@@ -463,6 +509,17 @@ async def _aclose(iterator: AsyncIterator[Chunk]) -> None:
             log.debug("error closing a stream", exc_info=True)
 
 
+def _drop_unasked_logprobs(
+    result: tuple[Chunk, Target, int], asked: dict[str, Any]
+) -> tuple[Chunk, Target, int]:
+    """Hide log-probabilities the router asked for on its own (for the cascade's check)."""
+    if asked.get("logprobs") is None or asked.get("logprobs") is False:
+        for choice in result[0].get("choices") or []:
+            if choice.get("logprobs") is not None:
+                choice["logprobs"] = None
+    return result
+
+
 async def _chunks_of(response: Chunk) -> AsyncIterator[Chunk]:
     """A full response replayed as stream chunks (cascade routes decide on whole answers)."""
     base: Chunk = {k: response[k] for k in ("id", "created", "model") if k in response}
@@ -476,10 +533,17 @@ async def _chunks_of(response: Chunk) -> AsyncIterator[Chunk]:
             "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}],
         }
         if content:
-            yield {**base, "choices": [{"index": 0, "delta": {"content": content}, "finish_reason": None}]}
+            delta = {"index": 0, "delta": {"content": content}, "logprobs": choice.get("logprobs")}
+            yield {**base, "choices": [{**delta, "finish_reason": None}]}
         yield {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]}
     else:
         base["object"] = "text_completion"
-        yield {**base, "choices": [{"index": 0, "text": choice.get("text") or "", "finish_reason": finish}]}
+        text = choice.get("text") or ""
+        yield {
+            **base,
+            "choices": [
+                {"index": 0, "text": text, "logprobs": choice.get("logprobs"), "finish_reason": finish}
+            ],
+        }
     if response.get("usage"):
         yield {**base, "choices": [], "usage": response["usage"]}

@@ -338,3 +338,52 @@ def test_route_naming_an_unknown_provider_is_a_config_error(tmp_path: Path) -> N
 
     with pytest.raises(ConfigError, match="not in \\[providers\\]"):
         load_settings(None, data_dir=tmp_path, routes={"r": {"targets": [{"provider": "zzz", "model": "m"}]}})
+
+
+class ConfidenceProvider(ScriptedProvider):
+    """Answers with token log-probabilities of a scripted mean when the request asks for them."""
+
+    def __init__(self, name: str, mean: float) -> None:
+        super().__init__(name)
+        self.mean = mean
+        self.params: list[dict[str, Any]] = []
+
+    async def chat(self, request: ChatRequest) -> dict[str, Any]:
+        self.params.append(dict(request.params))
+        response = await super().chat(request)
+        if request.params.get("logprobs"):
+            entry = {"token": "t", "logprob": self.mean, "bytes": [116], "top_logprobs": []}
+            response["choices"][0]["logprobs"] = {"content": [entry, entry], "refusal": None}
+        return response
+
+
+def test_cascade_escalates_on_a_low_mean_logprob(tmp_path: Path) -> None:
+    small, big = ConfidenceProvider("a", -2.5), ConfidenceProvider("b", -0.1)
+    route = {"targets": targets("a", "b"), "cascade": ["logprob"], "min_logprob": -1.0}
+    gw = gateway(settings_with(tmp_path, route), {"a": small, "b": big})
+    response, target, tier = run(gw.chat(chat_req()))
+    assert (target.settings.provider, tier) == ("b", 1)
+    assert small.params[0]["logprobs"] is True  # the router asked for them ...
+    assert response["choices"][0]["logprobs"] is None  # ... and hides them from a client that did not
+
+
+def test_cascade_keeps_a_confident_answer_and_returns_asked_logprobs(tmp_path: Path) -> None:
+    small, big = ConfidenceProvider("a", -0.2), ConfidenceProvider("b", -0.1)
+    route = {"targets": targets("a", "b"), "cascade": ["logprob"], "min_logprob": -1.0}
+    gw = gateway(settings_with(tmp_path, route), {"a": small, "b": big})
+    response, target, _ = run(gw.chat(chat_req(logprobs=True)))
+    assert target.settings.provider == "a" and big.calls == []
+    assert response["choices"][0]["logprobs"]["content"][0]["logprob"] == -0.2
+
+
+def test_cascade_escalates_when_a_target_gives_no_logprobs(tmp_path: Path) -> None:
+    small, big = ScriptedProvider("a"), ConfidenceProvider("b", -3.0)
+    route = {"targets": targets("a", "b"), "cascade": ["logprob"]}
+    gw = gateway(settings_with(tmp_path, route), {"a": small, "b": big})
+    _, target, tier = run(gw.chat(chat_req()))
+    assert (target.settings.provider, tier) == ("b", 1)  # the last tier answers whatever its score
+
+
+def test_min_logprob_must_not_be_positive(tmp_path: Path) -> None:
+    with pytest.raises(Exception, match="min_logprob"):
+        settings_with(tmp_path, {"targets": targets("a"), "cascade": ["logprob"], "min_logprob": 0.5})
