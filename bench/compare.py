@@ -107,6 +107,8 @@ class Report:
     rows: list[Row] = field(default_factory=list)
     checks: list[tuple[str, bool, str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    # (scenario, round, server, result) from the interleaved rounds
+    rounds: list[tuple[str, int, str, BenchResult]] = field(default_factory=list)
 
     def add(self, scenario: str, server: str, result: BenchResult, note: str = "") -> None:
         self.rows.append(Row(scenario, server, result, note))
@@ -566,6 +568,80 @@ def run_all(servers: list[str], plan: Plan, report: Report, idle_wait: float, re
         guarded(report, "llama-server (8 slots)", ls_main, idle_wait, retries)
 
 
+def interleaved(servers: list[str], plan: Plan, report: Report, rounds: int, idle_wait: float) -> None:
+    """Every server up at once; each round measures each of them back to back, in a rotating order.
+
+    The machine's speed drifts by up to ±25% over minutes (a shared VM), so servers measured minutes
+    apart are not comparable; within a round they are seconds apart, and the median of per-round ratios
+    cancels the drift.
+    """
+    from contextlib import ExitStack
+
+    model_file = model_path()
+    binary = wait_llama_server_build(start_llama_server_build()) if LLAMA_SERVER in servers else None
+    with ExitStack() as stack:
+        bases: dict[tuple[str, str], str] = {}
+        if LLMHOST in servers:
+            base = stack.enter_context(llmhost_server(model_file))
+            bases[(SINGLE, LLMHOST)] = bases[(CONCURRENT, LLMHOST)] = base
+        if LCP in servers:
+            base = stack.enter_context(lcp_server(model_file))
+            bases[(SINGLE, LCP)] = bases[(CONCURRENT, LCP)] = base
+        if LLAMA_SERVER in servers and binary is not None:
+            bases[(SINGLE, LLAMA_SERVER)] = stack.enter_context(llama_server(binary, model_file, 1))
+            bases[(CONCURRENT, LLAMA_SERVER)] = stack.enter_context(llama_server(binary, model_file, SLOTS))
+        for base in set(bases.values()):
+            warm_up(base)
+        order = [s for s in ALL_SERVERS if s in servers]
+        for rnd in range(rounds):
+            if idle_wait > 0:
+                wait_idle(report, f"round {rnd + 1}", idle_wait)
+            turn = order[rnd % len(order) :] + order[: rnd % len(order)]
+            for scenario, concurrency, n in (
+                (SINGLE, 1, plan.single_requests),
+                (CONCURRENT, SLOTS, plan.concurrent_requests),
+            ):
+                for server in turn:
+                    if (scenario, server) not in bases:
+                        continue
+                    r = load(
+                        bases[(scenario, server)],
+                        concurrency=concurrency,
+                        requests=n,
+                        prompt=fresh_prompts(n, plan.prompt_tokens),
+                        max_tokens=plan.max_tokens,
+                    )
+                    report.rounds.append((scenario, rnd, server, r))
+                    print(f"  round {rnd + 1} {scenario:<10} {server:<17} {summary(r)}", flush=True)
+
+
+def rounds_table(report: Report) -> str:
+    """Median per-round ratios (llmhost ÷ peer) of aggregate tok/s, from the interleaved rounds."""
+    from statistics import median
+
+    lines = [
+        "| scenario | peer | rounds | llmhost aggregate tok/s (median) | peer aggregate tok/s (median) "
+        "| per-round ratios llmhost/peer | median ratio |",
+        "|---|---|---:|---:|---:|---|---:|",
+    ]
+    for scenario in (SINGLE, CONCURRENT):
+        own = {rnd: r for sc, rnd, srv, r in report.rounds if sc == scenario and srv == LLMHOST}
+        for peer in (LLAMA_SERVER, LCP):
+            theirs = {rnd: r for sc, rnd, srv, r in report.rounds if sc == scenario and srv == peer}
+            common = sorted(set(own) & set(theirs))
+            ratios = [
+                own[i].aggregate_tps / theirs[i].aggregate_tps for i in common if theirs[i].aggregate_tps
+            ]
+            if not ratios:
+                continue
+            lines.append(
+                f"| {scenario} | {peer} | {len(ratios)} | {median(own[i].aggregate_tps for i in common):.1f} "
+                f"| {median(theirs[i].aggregate_tps for i in common):.1f} "
+                f"| {', '.join(f'{x:.2f}' for x in ratios)} | {median(ratios):.2f}x |"
+            )
+    return "\n".join(lines)
+
+
 # ----- output -----------------------------------------------------------------------------------------------
 def _f(v: float | None, d: int = 2) -> str:
     return "-" if v is None else f"{v:.{d}f}"
@@ -626,6 +702,17 @@ def write_markdown(path: Path, report: Report, info: dict[str, str], plan: Plan,
         table,
         "",
     ]
+    if report.rounds:
+        parts += [
+            "## Interleaved rounds",
+            "",
+            "All servers up at once; each round runs the scenario on each server back to back (rotating "
+            "order), so a drift in the machine's speed hits them alike. These ratios are the comparison "
+            "to quote; the table above measures each server in its own stretch of time.",
+            "",
+            rounds_table(report),
+            "",
+        ]
     if report.checks:
         parts += ["## Overload checks (llmhost)", ""]
         parts += [f"- {'PASS' if ok else 'FAIL'}: {label} — {detail}" for label, ok, detail in report.checks]
@@ -685,6 +772,9 @@ def main() -> int:
     ap.add_argument(
         "--servers", default=",".join(ALL_SERVERS), help="comma-separated subset of " + ", ".join(ALL_SERVERS)
     )
+    ap.add_argument(
+        "--rounds", type=int, default=3, help="interleaved rounds of the 1- and 8-stream scenarios (0: none)"
+    )
     ap.add_argument("--out", type=Path, default=RESULTS, help="results folder (default bench/results)")
     ap.add_argument(
         "--idle-wait",
@@ -710,6 +800,8 @@ def main() -> int:
     report = Report()
     t0 = time.monotonic()
     run_all(servers, plan, report, args.idle_wait, args.retries)
+    if args.rounds > 0:
+        interleaved(servers, plan, report, args.rounds, args.idle_wait)
     report.notes += CONTENTION
     args.out.mkdir(parents=True, exist_ok=True)
     stem = dt.date.today().isoformat() + ("-quick" if args.quick else "")
