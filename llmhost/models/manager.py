@@ -25,7 +25,7 @@ from llmhost.config import ModelSettings, Settings
 from llmhost.engine.async_engine import Engine
 from llmhost.engine.runner import LlamaRunner, RunnerConfig
 from llmhost.errors import ConflictError, ModelError, NotReadyError
-from llmhost.models.gguf_check import inspect_gguf
+from llmhost.models.gguf_check import inspect_gguf_cached
 from llmhost.models.hardware import HardwareInfo, detect_hardware
 from llmhost.models.memory import estimate_memory
 from llmhost.models.registry import ModelRecord, Registry
@@ -195,7 +195,7 @@ class ModelManager:
     # ----- loading -----------------------------------------------------------------------------------
     def _load(self, name: str, record: ModelRecord, key: RuntimeKey) -> LoadedModel:
         ms = self.settings.model_settings(name)
-        info = inspect_gguf(record.path)
+        info = inspect_gguf_cached(record.path, record.digest, self.settings.data_dir / "cache" / "gguf-info")
         estimate = estimate_memory(
             info, n_ctx_total=key.n_ctx * key.n_parallel, n_seq=key.n_parallel, n_batch=key.n_batch
         )
