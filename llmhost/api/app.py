@@ -1,8 +1,10 @@
 """``create_app(settings)``: the FastAPI application, its lifespan, and the request gate.
 
 The gate is plain ASGI middleware (cheap on every request): body-size limit (413) and, when an API key
-is configured, bearer-token auth (401) on ``/v1`` and ``/api``. ``/health`` and ``/ready`` stay open
-for probes.
+is configured, bearer-token auth (401) on ``/v1`` and ``/api``. ``/health``, ``/ready`` and ``/metrics``
+stay open for probes and scrapers, as vLLM's ``/metrics`` does (it names models, routes and providers,
+never a key). Outside the gate, :class:`~llmhost.metrics.HTTPMetricsMiddleware` counts every request,
+refusals included.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llmhost import __version__
@@ -25,6 +27,7 @@ from llmhost.api.errors import error_body, install_error_handlers
 from llmhost.api.openai.routes import router as openai_router
 from llmhost.api.openai.serving import OpenAIServing
 from llmhost.config import Settings
+from llmhost.metrics import CONTENT_TYPE, HTTPMetricsMiddleware, Metrics
 from llmhost.service import Service
 
 __all__ = ["create_app"]
@@ -155,6 +158,17 @@ def create_app(settings: Settings, service: Service | None = None, *, preload: b
         loaded = [m.name for m in svc.models.loaded()]
         return JSONResponse({"status": "ready", "models": loaded})
 
+    metrics = Metrics(svc)
+    app.state.metrics = metrics
+
+    @app.get("/metrics", include_in_schema=False)
+    async def prometheus_metrics() -> Response:
+        # Off the event loop: a scrape reads the usage log from SQLite.
+        return Response(await asyncio.to_thread(metrics.render), media_type=CONTENT_TYPE)
+
     api_key = settings.api_key.get_secret_value() if settings.api_key is not None else None
     app.add_middleware(GateMiddleware, max_body=settings.max_request_bytes, api_key=api_key)
+    # Added last, so it runs first: requests the gate refuses are counted too.
+    routes = [*app.router.routes, *openai_router.routes, *admin_router.routes]
+    app.add_middleware(HTTPMetricsMiddleware, stats=metrics.http, routes=routes)
     return app
