@@ -7,19 +7,19 @@ module, so a module-level import would be circular.
 
 from __future__ import annotations
 
-import dataclasses
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from llmhost.config import Settings
     from llmhost.models.pull import PullProgress
     from llmhost.models.registry import ModelRecord
 
-__all__ = ["copy_model", "loaded_model_names", "register"]
+__all__ = ["loaded_model_names", "register"]
 
 ConfigOpt = Annotated[
     Path | None, typer.Option("--config", "-c", help="TOML settings file (default: $LLMHOST_CONFIG).")
@@ -30,6 +30,14 @@ _PS_TIMEOUT_S = 1.0
 
 def loaded_model_names(settings: Settings, timeout: float = _PS_TIMEOUT_S) -> set[str] | None:
     """Names the running server reports as loaded (``GET /api/ps``); ``None`` when no server answers."""
+    entries = _loaded_models(settings, timeout)
+    if entries is None:
+        return None
+    return {str(entry[key]) for entry in entries for key in ("name", "model") if entry.get(key)}
+
+
+def _loaded_models(settings: Settings, timeout: float = _PS_TIMEOUT_S) -> list[dict[str, Any]] | None:
+    """The running server's ``GET /api/ps`` entries; ``None`` when no server answers."""
     import httpx
 
     host = "127.0.0.1" if settings.host in {"0.0.0.0", "::", ""} else settings.host
@@ -46,11 +54,21 @@ def loaded_model_names(settings: Settings, timeout: float = _PS_TIMEOUT_S) -> se
         models = resp.json().get("models", [])
     except (ValueError, AttributeError):
         return None
-    names: set[str] = set()
-    for entry in models if isinstance(models, list) else []:
-        if isinstance(entry, dict):
-            names.update(str(entry[key]) for key in ("name", "model") if entry.get(key))
-    return names
+    return [entry for entry in models if isinstance(entry, dict)] if isinstance(models, list) else []
+
+
+def _in_use_by_server(settings: Settings) -> Callable[[ModelRecord], bool] | None:
+    """Whether the running server has a record's file loaded, from its ``/api/ps``; None if none answers.
+
+    An entry with a digest is matched by digest (a name may have been re-pointed since it was loaded);
+    one without is matched by name.
+    """
+    entries = _loaded_models(settings)
+    if entries is None:
+        return None
+    digests = {str(e["digest"]) for e in entries if e.get("digest")}
+    names = {str(e[key]) for e in entries if not e.get("digest") for key in ("name", "model") if e.get(key)}
+    return lambda record: record.digest in digests or record.name in names
 
 
 class _PullDisplay:
@@ -163,11 +181,16 @@ def register(app: typer.Typer) -> None:
         destination: Annotated[str, typer.Argument(help="New name for the same model file.")],
         config: ConfigOpt = None,
     ) -> None:
-        """Register another name for an existing model (no file is copied); re-points an existing name."""
+        """Register another name for an existing model (no file is copied); re-points an existing name.
+
+        The file the re-pointed name used is deleted when no name uses it any more, unless the running
+        server has it loaded.
+        """
         from llmhost.cli.main import _settings, _with_service, console
 
         settings = _settings(config)
-        record = _with_service(settings, lambda s: copy_model(s, source, destination))
+        in_use = _in_use_by_server(settings)
+        record = _with_service(settings, lambda s: s.store.copy(source, destination, in_use=in_use))
         console.print(f"copied {source} to {record.name}", highlight=False, markup=False, soft_wrap=True)
 
     @app.command("ls", hidden=True)
@@ -176,28 +199,3 @@ def register(app: typer.Typer) -> None:
         from llmhost.cli.main import list_models
 
         list_models(config)
-
-
-def copy_model(service: Any, source: str, destination: str) -> ModelRecord:
-    """Register ``destination`` as another name for ``source``'s blob and return the new record.
-
-    An existing ``destination`` is re-pointed in one registry write (as ``POST /api/copy`` does: a
-    hot-swap); its previous blob is deleted when no name uses it any more. This runs under the store's
-    commit lock, the same discipline as imports and removals, so a concurrent ``rm`` of ``source`` cannot
-    leave ``destination`` pointing at a deleted blob. (``ModelStore`` has no public copy yet; this uses
-    its ``_commit_lock``/``_delete_blob_if_unused``.)
-    """
-    from llmhost.models.store import validate_model_name
-
-    validate_model_name(destination)
-    store = service.store
-    with store._commit_lock():
-        record: ModelRecord = service.registry.get(source)
-        if destination == source:
-            return record
-        previous: ModelRecord | None = service.registry.find(destination)
-        copy = dataclasses.replace(record, name=destination, created_at=datetime.now(UTC))
-        service.registry.put(copy)
-        if previous is not None and previous.digest != copy.digest:
-            store._delete_blob_if_unused(previous.digest)
-    return copy

@@ -19,6 +19,7 @@ Storage notes:
 from __future__ import annotations
 
 import builtins
+import dataclasses
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -75,6 +76,10 @@ _COLUMNS = (
     "created_at",
 )
 _SELECT = f"SELECT {', '.join(_COLUMNS)} FROM models"
+_UPSERT = (
+    f"INSERT INTO models ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' for _ in _COLUMNS)}) "
+    f"ON CONFLICT (name) DO UPDATE SET {', '.join(f'{c} = excluded.{c}' for c in _COLUMNS if c != 'name')}"
+)
 
 
 @dataclass(frozen=True)
@@ -258,14 +263,24 @@ class Registry:
 
     def put(self, record: ModelRecord) -> None:
         """Insert ``record``, or replace the record already registered under its name, in one transaction."""
-        qmarks = ", ".join("?" for _ in _COLUMNS)  # one SQL parameter marker per column
-        updates = ", ".join(f"{col} = excluded.{col}" for col in _COLUMNS if col != "name")
         with self._transaction() as conn:
-            conn.execute(
-                f"INSERT INTO models ({', '.join(_COLUMNS)}) VALUES ({qmarks}) "
-                f"ON CONFLICT (name) DO UPDATE SET {updates}",
-                _to_row(record),
-            )
+            conn.execute(_UPSERT, _to_row(record))
+
+    def copy(self, source: str, destination: str) -> tuple[ModelRecord, ModelRecord | None]:
+        """Register ``destination`` for ``source``'s blob, in one transaction.
+
+        Returns the new record (``source``'s, renamed, ``created_at`` now) and the record ``destination``
+        had before, or ``None``. Raises :class:`ModelNotFoundError` when ``source`` is not registered. Only
+        rows change: deleting a blob nobody uses any more is :meth:`ModelStore.copy`'s job.
+        """
+        with self._transaction() as conn:
+            row = conn.execute(f"{_SELECT} WHERE name = ?", (source,)).fetchone()
+            if row is None:
+                raise ModelNotFoundError(source)
+            old = conn.execute(f"{_SELECT} WHERE name = ?", (destination,)).fetchone()
+            record = dataclasses.replace(_from_row(row), name=destination, created_at=datetime.now(UTC))
+            conn.execute(_UPSERT, _to_row(record))
+        return record, None if old is None else _from_row(old)
 
     def remove(self, name: str) -> ModelRecord:
         """Unregister ``name`` and return its record; raise :class:`ModelNotFoundError` if there is none.

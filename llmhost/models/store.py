@@ -12,8 +12,14 @@ Importing a model (from a local file, or from the chunk files of the embedded de
 5. register the name; the blob the name pointed to before is deleted when no other name uses it.
 
 A failure anywhere removes the temporary file and leaves the registry and the existing blobs as they were.
-Steps 4-5 (and :meth:`ModelStore.remove`) run under a lock, a thread lock plus an ``flock`` on
-``<models_dir>/.lock``, so that deleting an unused blob never races with another import registering it.
+Steps 4-5 (and :meth:`ModelStore.copy` and :meth:`ModelStore.remove`) run under a lock, a thread lock plus an
+``flock`` on ``<models_dir>/.lock``, so that deleting an unused blob never races with another import or
+copy registering it.
+
+:meth:`ModelStore.copy` gives a blob another name without copying any file: the registry row of the
+destination is written (or re-pointed) in one transaction. A blob that loses its last name that way is
+deleted, unless the caller says it is loaded (``in_use``): it then stays on disk, unnamed, and a later
+``copy`` in this process deletes it once it is no longer loaded.
 """
 
 from __future__ import annotations
@@ -39,7 +45,7 @@ from llmhost.models.registry import ModelRecord, Registry
 if sys.platform != "win32":
     import fcntl
 
-__all__ = ["MODEL_NAME_RE", "ModelStore", "ProgressCallback", "validate_model_name"]
+__all__ = ["MODEL_NAME_RE", "InUse", "ModelStore", "ProgressCallback", "validate_model_name"]
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +61,10 @@ MODEL_NAME_RE: re.Pattern[str] = re.compile(
 
 ProgressCallback = Callable[[int, int], None]
 """Called as ``progress(bytes_copied, bytes_total)`` while an import copies data."""
+
+InUse = Callable[[ModelRecord], bool]
+"""Whether the blob of a record is loaded (for the server: ``ModelManager.is_in_use``); such a blob is
+never deleted, even when no name points at it any more."""
 
 _BLOCK_SIZE = 4 * 1024 * 1024
 _DIGEST_RE = re.compile(r"sha256:([0-9a-f]{64})\Z")
@@ -110,6 +120,8 @@ class ModelStore:
         self.models_dir = Path(models_dir)
         self.blobs_dir = self.models_dir / "blobs"
         self.registry = registry
+        # Blobs that lost their last name while loaded, by digest: kept until a later copy finds them unused.
+        self._kept: dict[str, ModelRecord] = {}
         try:
             self.blobs_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -188,6 +200,34 @@ class ModelStore:
         with self._commit_lock():
             record = self.registry.remove(name)
             self._delete_blob_if_unused(record.digest)
+        return record
+
+    def copy(self, source: str, destination: str, *, in_use: InUse | None = None) -> ModelRecord:
+        """Register ``destination`` as another name for ``source``'s blob (no file is copied); return it.
+
+        An existing ``destination`` is re-pointed in one registry transaction, so a reader sees either the
+        old or the new record, never none: requests that already resolved the name finish on the old file.
+        The blob ``destination`` pointed to before is deleted when no name uses it any more, unless
+        ``in_use`` says it is loaded; then it stays until a later ``copy`` finds it unused. Copying a name
+        onto itself changes nothing.
+
+        Raises :class:`RequestError` (``param="destination"``) for an invalid destination name and
+        :class:`ModelNotFoundError` when ``source`` is not registered; either way nothing changes.
+        """
+        try:
+            validate_model_name(destination)
+        except RequestError as exc:
+            raise RequestError(str(exc), param="destination") from None
+        with self._commit_lock():
+            if source == destination:
+                return self.registry.get(source)
+            record, previous = self.registry.copy(source, destination)
+            if previous is not None and previous.digest != record.digest:
+                self._release_blob(previous, in_use)
+            if in_use is not None:
+                for kept in list(self._kept.values()):
+                    self._release_blob(kept, in_use)
+        logger.info("copied model %s to %s (%s)", source, destination, record.digest)
         return record
 
     # -- the import -----------------------------------------------------------------------------------
@@ -279,10 +319,13 @@ class ModelStore:
         """Register a file whose SHA-256 the caller has already verified, by moving it into place.
 
         For downloads: the puller hashed every byte as it arrived, so copying and hashing 250 MB again
-        would only cost time. ``path`` must be on the store's filesystem; it is consumed either way.
+        would only cost time. ``path`` must be on the store's filesystem; it is consumed either way, unless
+        it is the blob of ``sha256`` itself (which is then registered under ``name`` as it is).
         """
         validate_model_name(name)
         hexdigest = _normalise_sha256(sha256)
+        # Adopting the blob itself (a pull of a file already stored) must not consume it.
+        consumed = Path(path).resolve() != self.blob_path(f"sha256:{hexdigest}").resolve()
         try:
             try:
                 info = inspect_gguf(path)
@@ -296,7 +339,8 @@ class ModelStore:
                 raise _disk_error(exc, name, self.blobs_dir) from exc
             record, _ = self._commit(path, info, name, hexdigest, size, source, default_license)
         finally:
-            path.unlink(missing_ok=True)  # moved into place, or not needed (dedup / failure)
+            if consumed:
+                path.unlink(missing_ok=True)  # moved into place, or not needed (dedup / failure)
         logger.info("adopted model %s (%s, %d bytes) from %s", name, record.digest, size, source)
         return record
 
@@ -331,6 +375,19 @@ class ModelStore:
         os.replace(tmp, final)
         _fsync_dir(self.blobs_dir)
         return True
+
+    def _release_blob(self, record: ModelRecord, in_use: InUse | None) -> None:
+        """Delete ``record``'s blob if no name uses it and it is not loaded; call with the commit lock."""
+        if self.registry.find_by_digest(record.digest):
+            self._kept.pop(record.digest, None)
+            return
+        if in_use is not None and in_use(record):
+            if record.digest not in self._kept:
+                logger.info("keeping blob %s without a name while it is loaded", record.digest)
+            self._kept[record.digest] = record
+            return
+        self._kept.pop(record.digest, None)
+        self._delete_blob_if_unused(record.digest)
 
     def _delete_blob_if_unused(self, digest: str) -> None:
         """Delete the blob of ``digest`` if no record points at it. Call with the commit lock held."""

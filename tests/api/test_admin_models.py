@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from llmhost.service import Service
 from tests.conftest import TINY, LiveServer
 from tests.tiny_gguf import write_tiny_llama_gguf
 
@@ -65,3 +66,31 @@ def test_copy_repoints_an_alias_and_delete_refuses_a_loaded_model(server: LiveSe
     r = httpx.request("DELETE", f"{base}/api/delete", json={"model": TINY})
     assert r.status_code == 409 and "unload" in r.json()["error"]["message"]
     assert httpx.post(f"{base}/api/copy", json={"source": TINY, "destination": "../x"}).status_code == 400
+
+
+def test_copy_of_an_unknown_model_is_404_and_a_bad_destination_400(server: LiveServer) -> None:
+    base = server.base_url
+    r = httpx.post(f"{base}/api/copy", json={"source": "missing", "destination": "x"})
+    assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
+    r = httpx.post(f"{base}/api/copy", json={"source": TINY, "destination": "bad name"})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "destination"
+    names = [m["id"] for m in httpx.get(f"{base}/v1/models").json()["data"]]
+    assert "x" not in names and "bad name" not in names
+
+
+def test_copy_over_an_alias_deletes_its_old_file_unless_it_is_loaded(
+    server: LiveServer, service: Service, tmp_path: Path
+) -> None:
+    base = server.base_url
+    tiny_digest = service.registry.get(TINY).digest
+    old = service.store.import_file(write_tiny_llama_gguf(tmp_path / "two.gguf", seed=5), "prod")
+    r = httpx.post(f"{base}/api/copy", json={"source": TINY, "destination": "prod"})
+    assert r.status_code == 200 and r.json()["digest"] == tiny_digest
+    assert not old.path.exists()  # "prod" was its last name and it was not loaded
+
+    loaded = service.store.import_file(write_tiny_llama_gguf(tmp_path / "three.gguf", seed=6), "canary")
+    assert httpx.post(f"{base}/api/load", json={"model": "canary"}, timeout=60).status_code == 200
+    r = httpx.post(f"{base}/api/copy", json={"source": TINY, "destination": "canary"})
+    assert r.status_code == 200
+    assert service.registry.get("canary").digest == tiny_digest
+    assert loaded.path.is_file()  # no name uses it, but it is loaded: kept

@@ -227,11 +227,33 @@ def test_cp_onto_an_existing_name_re_points_it(app: typer.Typer, env: dict[str, 
     assert len(list(blobs.iterdir())) == 1  # the Q8_0 file lost its last name: deleted
 
 
+def test_cp_keeps_the_old_file_while_the_running_server_has_it_loaded(
+    app: typer.Typer, env: dict[str, str], hub: HubServer
+) -> None:
+    assert invoke(app, env, "pull", f"hf:{REPO}").exit_code == 0
+    assert invoke(app, env, "pull", f"hf:{REPO}:Q8_0", "--name", "current").exit_code == 0
+    q8 = hub.repos[REPO].files["tiny-Q8_0.gguf"].sha256
+    blobs = Path(env["LLMHOST_DATA_DIR"]) / "models" / "blobs"
+    server = FakeServer()
+    try:
+        server.models = [{"name": "current", "model": "current", "digest": f"sha256:{q8}"}]
+        result = invoke(app, {**env, "LLMHOST_PORT": str(server.port)}, "cp", NAME, "current")
+    finally:
+        server.stop()
+    assert result.exit_code == 0, result.stderr
+    models = listed(app, env)
+    assert models["current"] == models[NAME]
+    assert (blobs / f"sha256-{q8}").is_file()  # no name uses it, but the server still runs it
+
+
 def test_cp_errors(app: typer.Typer, env: dict[str, str]) -> None:
     assert invoke(app, env, "pull", f"hf:{REPO}").exit_code == 0
     assert "invalid model name" in one_error_line(invoke(app, env, "cp", NAME, "../evil"))
     assert "not found" in one_error_line(invoke(app, env, "cp", "missing", "x"))
+    assert "not found" in one_error_line(invoke(app, env, "cp", "missing", NAME))
     assert set(listed(app, env)) == {NAME}
+    blobs = Path(env["LLMHOST_DATA_DIR"]) / "models" / "blobs"
+    assert len(list(blobs.iterdir())) == 1
 
 
 # ----- the real entry point, once llmhost.cli.main registers these commands ---------------------------

@@ -275,6 +275,10 @@ def test_already_stored_file_is_not_downloaded_again(hub: HubServer, store: Mode
     second = pull_model(store, f"hf:{REPO}", endpoint=hub.url, name="again")
     assert len(hub.file_requests()) == n
     assert second.digest == first.digest and second.name == "again"
+    # The stored file is re-verified and kept where it is: both names still have it.
+    assert first.path.read_bytes() == hub.repos[REPO].files["tiny-Q4_K_M.gguf"].path.read_bytes()
+    store.remove(first.name)
+    assert second.path.is_file()
 
 
 def test_huggingface_hubs_own_downloader_accepts_the_loopback_hub(hub: HubServer, tmp_path: Path) -> None:
@@ -574,6 +578,66 @@ def test_disk_full_during_download(
         pull_model(store, "hf:Org/Big-GGUF", endpoint=hub.url)
     assert_nothing_registered(store)
     assert downloads(store) == {}  # the partial is dropped: it was filling the disk
+
+
+# ----- flushing to disk while downloading -------------------------------------------------------------
+def test_writeback_flushes_what_has_arrived_while_the_download_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    flushed = threading.Event()
+    calls: list[int] = []
+
+    def fake_sync(fd: int) -> None:
+        calls.append(fd)
+        flushed.set()
+
+    monkeypatch.setattr(pull_mod, "_WRITEBACK_BYTES", 1000)
+    monkeypatch.setattr(pull_mod.os, "fdatasync", fake_sync, raising=False)
+    fd = os.open(tmp_path / "f", os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        with pull_mod._Writeback(fd) as writeback:
+            writeback.wrote(999)
+            assert not flushed.wait(0.2)  # less than _WRITEBACK_BYTES: no flush yet
+            writeback.wrote(1)
+            assert flushed.wait(10)
+    finally:
+        os.close(fd)
+    assert calls == [fd] and writeback.error is None
+
+
+def test_writeback_keeps_the_first_flush_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def failing_sync(fd: int) -> None:
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    monkeypatch.setattr(pull_mod, "_WRITEBACK_BYTES", 1)
+    monkeypatch.setattr(pull_mod.os, "fdatasync", failing_sync, raising=False)
+    fd = os.open(tmp_path / "f", os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        with pull_mod._Writeback(fd) as writeback:
+            writeback.wrote(1)
+            deadline = time.monotonic() + 10
+            while writeback.error is None and time.monotonic() < deadline:
+                time.sleep(0.01)
+    finally:
+        os.close(fd)
+    assert writeback.error is not None and writeback.error.errno == errno.EIO
+
+
+def test_a_failed_flush_during_the_download_discards_it(
+    hub: HubServer, store: ModelStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a failed fdatasync the kernel may have dropped the data: the partial is not kept or used."""
+
+    class FailedWriteback(pull_mod._Writeback):
+        def __exit__(self, *exc_info: object) -> None:
+            super().__exit__(*exc_info)
+            self.error = OSError(errno.EIO, os.strerror(errno.EIO))
+
+    monkeypatch.setattr(pull_mod, "_Writeback", FailedWriteback)
+    with pytest.raises(ModelError, match="cannot write the download"):
+        pull_model(store, "hf:Org/Big-GGUF", endpoint=hub.url)
+    assert_nothing_registered(store)
+    assert downloads(store) == {}
 
 
 def test_sha256_given_that_disagrees_with_the_hub(hub: HubServer, store: ModelStore) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -89,6 +90,31 @@ def test_remove_returns_the_record_and_unregisters_it(registry: Registry) -> Non
     assert registry.find("tiny") is None
     with pytest.raises(ModelNotFoundError):
         registry.remove("tiny")
+
+
+def test_copy_adds_or_re_points_a_name_and_returns_what_it_replaced(registry: Registry) -> None:
+    source = make_record("src", DIGEST_A)
+    registry.put(source)
+    record, previous = registry.copy("src", "dst")
+    assert previous is None
+    assert record == registry.get("dst")
+    assert record.created_at > source.created_at
+    assert dataclasses.replace(record, name="src", created_at=source.created_at) == source
+
+    old = make_record("other", DIGEST_B)
+    registry.put(old)
+    record, previous = registry.copy("other", "dst")
+    assert previous is not None and previous.digest == DIGEST_A
+    assert registry.get("dst").digest == DIGEST_B
+    assert registry.get("src") == source
+
+
+def test_copy_of_an_unknown_name_raises_and_writes_nothing(registry: Registry) -> None:
+    registry.put(make_record("dst", DIGEST_A))
+    before = registry.list()
+    with pytest.raises(ModelNotFoundError):
+        registry.copy("missing", "dst")
+    assert registry.list() == before
 
 
 def test_find_by_digest_lists_every_name_sharing_a_blob(registry: Registry) -> None:

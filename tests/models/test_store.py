@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -16,6 +19,8 @@ from llmhost.errors import ModelError, ModelNotFoundError, RequestError
 from llmhost.models.registry import ModelRecord, Registry
 from llmhost.models.store import MODEL_NAME_RE, ModelStore, validate_model_name
 from tests.tiny_gguf import truncate_copy, write_not_gguf, write_tiny_llama_gguf
+
+T = TypeVar("T")
 
 
 def sha256_of(path: Path) -> str:
@@ -451,3 +456,210 @@ def test_adopt_file_rejects_a_non_gguf_and_registers_nothing(tmp_path: Path) -> 
     assert registry.find("bad") is None and not staged.exists()
     assert list(store.blobs_dir.iterdir()) == []
     registry.close()
+
+
+def test_adopting_the_stored_blob_itself_keeps_it(store: ModelStore, tiny: Path) -> None:
+    """A pull of a file already in the store registers the blob as it is: it must not be consumed."""
+    record = store.import_file(tiny, "tiny")
+    again = store.adopt_file(record.path, "again", sha256=record.digest, source="test")
+    assert again.digest == record.digest
+    assert record.path.read_bytes() == tiny.read_bytes()
+
+
+# -- copy -------------------------------------------------------------------------------------------------
+
+
+def test_copy_adds_a_name_for_the_same_blob_and_rm_of_the_source_keeps_it(
+    store: ModelStore, tiny: Path
+) -> None:
+    record = store.import_file(tiny, "tiny")
+    before = blob_listing(store)
+    copy = store.copy("tiny", "org/alias:latest")
+    assert (copy.name, copy.digest, copy.path) == ("org/alias:latest", record.digest, record.path)
+    assert copy.created_at >= record.created_at
+    assert store.registry.get("org/alias:latest") == copy
+    assert blob_listing(store) == before  # no file copied or touched
+
+    store.remove("tiny")
+    assert [r.name for r in store.registry.list()] == ["org/alias:latest"]
+    assert record.path.read_bytes() == tiny.read_bytes()
+    store.remove("org/alias:latest")
+    assert list(store.blobs_dir.iterdir()) == []
+
+
+def test_copy_over_an_existing_alias_deletes_its_orphaned_blob(
+    store: ModelStore, tiny: Path, tiny2: Path
+) -> None:
+    first = store.import_file(tiny, "tiny")
+    second = store.import_file(tiny2, "prod")
+    store.copy("tiny", "prod")
+    assert store.registry.get("prod").digest == first.digest
+    assert not second.path.exists()  # "prod" was the last name of tiny2's blob
+    assert {p.name for p in store.blobs_dir.iterdir()} == {first.path.name}
+
+
+def test_copy_over_an_alias_keeps_a_blob_another_name_still_uses(
+    store: ModelStore, tiny: Path, tiny2: Path
+) -> None:
+    store.import_file(tiny, "tiny")
+    second = store.import_file(tiny2, "prod")
+    store.copy("prod", "prod-previous")
+    store.copy("tiny", "prod")
+    assert store.registry.get("prod-previous").digest == second.digest
+    assert second.path.read_bytes() == tiny2.read_bytes()
+
+
+def test_copy_keeps_a_loaded_blob_until_a_later_copy_finds_it_unloaded(
+    store: ModelStore, tiny: Path, tiny2: Path
+) -> None:
+    store.import_file(tiny, "tiny")
+    second = store.import_file(tiny2, "prod")
+    loaded = {second.digest}
+
+    def in_use(record: ModelRecord) -> bool:
+        return record.digest in loaded
+
+    store.copy("tiny", "prod", in_use=in_use)  # the hot-swap: the old file is still serving
+    assert store.registry.find_by_digest(second.digest) == []
+    assert second.path.read_bytes() == tiny2.read_bytes()
+
+    store.copy("tiny", "other", in_use=in_use)  # still loaded: still kept
+    assert second.path.exists()
+    loaded.clear()  # unloaded
+    store.copy("tiny", "another", in_use=in_use)
+    assert not second.path.exists()
+
+
+def test_copy_errors_change_nothing(store: ModelStore, tiny: Path) -> None:
+    store.import_file(tiny, "tiny")
+    before = (store.registry.list(), blob_listing(store))
+    with pytest.raises(ModelNotFoundError, match="'missing' not found"):
+        store.copy("missing", "x")
+    with pytest.raises(RequestError, match="invalid model name") as excinfo:
+        store.copy("tiny", "../evil")
+    assert excinfo.value.param == "destination"
+    assert store.copy("tiny", "tiny") == store.registry.get("tiny")  # onto itself: nothing to do
+    assert (store.registry.list(), blob_listing(store)) == before
+
+
+def _slowed(fn: Callable[..., T], seconds: float) -> Callable[..., T]:
+    def slow(*args: object, **kwargs: object) -> T:
+        time.sleep(seconds)
+        return fn(*args, **kwargs)
+
+    return slow
+
+
+def test_concurrent_copies_imports_and_removals_keep_the_store_consistent(
+    tmp_path: Path, store: ModelStore, tiny: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Copies, imports and removals from several threads, through two stores on one directory (as two
+    processes would), keep every name on an intact file and leave no file without a name.
+
+    One thread keeps importing and removing "c"; two others keep pointing "alias" (and "alias2") at
+    "c"'s file and then away from it, which deletes that file whenever no other name uses it. Registry
+    writes are slowed down to vary the interleavings. A checker takes the lock and verifies that every
+    registered name has its file, between commits. (The one interleaving known to corrupt an unlocked
+    store is forced deterministically in the next test.)
+    """
+    third = write_tiny_llama_gguf(tmp_path / "third.gguf", seed=5, name="tiny-three")
+    other_registry = Registry(tmp_path / "llmhost.db")
+    other = ModelStore(tmp_path / "models", other_registry)
+    for reg in (store.registry, other_registry):
+        for method, seconds in (("put", 0.01), ("copy", 0.001), ("find_by_digest", 0.001)):
+            monkeypatch.setattr(reg, method, _slowed(getattr(reg, method), seconds))
+    store.import_file(tiny, "a")
+    errors: list[BaseException] = []
+    rounds = 30
+    start = threading.Barrier(4)
+
+    def worker(fn: Callable[[int], object]) -> None:
+        try:
+            start.wait()
+            for i in range(rounds):
+                fn(i)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    def repoint(i: int) -> None:
+        with contextlib.suppress(ModelNotFoundError):  # "c" may be gone at that moment
+            store.copy("c", "alias")
+        time.sleep(0.005)
+        store.copy("a", "alias")
+
+    def import_and_remove(i: int) -> None:
+        record = other.import_file(third, "c")
+        assert record.path.is_file(), "an import registered a file that a copy deleted"
+        if i < rounds - 1:
+            other.remove("c")
+
+    def repoint_elsewhere(i: int) -> None:  # the same, through the other store
+        with contextlib.suppress(ModelNotFoundError):
+            other.copy("c", "alias2")
+        time.sleep(0.005)
+        other.copy("a", "alias2")
+
+    def check(i: int) -> None:
+        # Under the commit lock the store is between two commits: every name must have its file then.
+        with store._commit_lock():
+            missing = [r.name for r in store.registry.list() if not r.path.is_file()]
+        assert missing == [], f"names without a file: {missing}"
+        time.sleep(0.005)
+
+    threads = [
+        threading.Thread(target=worker, args=(fn,))
+        for fn in (repoint, import_and_remove, repoint_elsewhere, check)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    other_registry.close()
+    assert errors == []
+
+    records = store.registry.list()
+    assert {"a", "alias", "c"} <= {r.name for r in records}
+    for record in records:
+        assert sha256_of(record.path) == record.digest.removeprefix("sha256:"), record.name
+    referenced = {store.blob_path(r.digest).name for r in records}
+    assert {p.name for p in store.blobs_dir.iterdir()} == referenced  # no orphan, no temporary file
+
+
+def test_copy_waits_for_an_import_that_registers_the_file_it_would_delete(
+    tmp_path: Path, store: ModelStore, tiny: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The race the commit lock prevents: an import finds "c"'s file already stored (only "alias" uses
+    it) and is about to register it, when a copy re-points "alias" away. Without the lock the copy would
+    delete the file and "c" would name a missing file.
+    """
+    third = write_tiny_llama_gguf(tmp_path / "third.gguf", seed=5, name="tiny-three")
+    store.import_file(tiny, "a")
+    c = store.import_file(third, "c")
+    store.copy("c", "alias")
+    store.remove("c")  # "alias" is now the only name of c's file
+    other_registry = Registry(tmp_path / "llmhost.db")  # a second store on the directory, as another process
+    other = ModelStore(tmp_path / "models", other_registry)
+    in_put, release = threading.Event(), threading.Event()
+    real_put = other_registry.put
+
+    def held_put(record: ModelRecord) -> None:
+        in_put.set()
+        assert release.wait(10)
+        real_put(record)
+
+    monkeypatch.setattr(other_registry, "put", held_put)
+    importer = threading.Thread(target=other.import_file, args=(third, "c"))
+    importer.start()
+    assert in_put.wait(10)  # the import found the file in place and holds the commit lock
+    copier = threading.Thread(target=store.copy, args=("a", "alias"))
+    copier.start()
+    copier.join(0.3)
+    assert copier.is_alive(), "the copy did not wait for the commit lock"
+    release.set()
+    importer.join(10)
+    copier.join(10)
+    other_registry.close()
+
+    assert store.registry.get("alias").digest == store.registry.get("a").digest
+    assert store.registry.get("c").digest == c.digest
+    assert sha256_of(c.path) == c.digest.removeprefix("sha256:")

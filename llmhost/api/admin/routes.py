@@ -182,18 +182,14 @@ async def copy(body: CopyBody, request: Request) -> dict[str, Any]:
     """Register ``destination`` as another name for ``source``'s file.
 
     An existing ``destination`` is re-pointed: that is the hot-swap — requests already running finish on
-    the old file, new ones go to the new one.
+    the old file, new ones go to the new one. The old file is deleted once no name uses it, but never while
+    it is loaded. Unknown ``source``: 404; invalid ``destination``: 400.
     """
-    import dataclasses
-
-    from llmhost.models.store import validate_model_name
-
     service = _service(request)
-    validate_model_name(body.destination)
-    record = service.get_model(body.source)
-    copy = dataclasses.replace(record, name=body.destination, created_at=dt.datetime.now(dt.UTC))
-    service.registry.put(copy)
-    return {"status": "success", "model": copy.name, "digest": copy.digest}
+    record = await asyncio.to_thread(
+        service.store.copy, body.source, body.destination, in_use=service.models.is_in_use
+    )
+    return {"status": "success", "model": record.name, "digest": record.digest}
 
 
 @router.delete("/delete")
