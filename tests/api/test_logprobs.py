@@ -9,20 +9,10 @@ import httpx
 import openai
 import pytest
 
+from tests.api.test_openai_api import EOS, chat, client
 from tests.conftest import TINY, LiveServer
 
-EOS = "2"
-
-
-@pytest.fixture
-def client(server: LiveServer) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="unused", max_retries=0)
-
-
-def chat(client: openai.OpenAI, **kw: Any) -> Any:
-    args: dict[str, Any] = {"model": TINY, "messages": [{"role": "user", "content": "Say hello"}]}
-    args.update(kw)
-    return client.chat.completions.create(**args)
+__all__ = ["client"]  # the fixture, shared with test_openai_api
 
 
 def test_chat_logprobs_give_one_entry_per_token_with_sorted_alternatives(client: openai.OpenAI) -> None:
