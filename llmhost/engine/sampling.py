@@ -95,6 +95,9 @@ class SequenceSampler:
             self.grammar = llama_cpp.llama_sampler_init_grammar(vocab, params.grammar.encode(), b"root")
             if not self.grammar:
                 raise RequestError("the grammar could not be parsed", "response_format")
+        self.chain: Any = None
+        if self.fast is not None:
+            return  # neither llama.cpp's chain nor a grammar is needed
         try:
             self.chain = build_sampler_chain(vocab, n_vocab, n_ctx, params)
         except BaseException:
