@@ -672,11 +672,11 @@ def markdown_table(report: Report) -> str:
     return "\n".join(lines)
 
 
-def write_markdown(path: Path, report: Report, info: dict[str, str], plan: Plan, quick: bool) -> str:
-    table = markdown_table(report)
-    parts = [
-        f"# llmhost vs peers — {dt.datetime.now().strftime('%Y-%m-%d %H:%M')}"
-        + (" (quick)" if quick else ""),
+def report_head(title: str, info: dict[str, str], quick: bool) -> list[str]:
+    """A results file's title (dated), its machine section, and the heading of its set-up section."""
+    stamp = dt.datetime.now().strftime("%Y-%m-%d %H:%M")
+    return [
+        f"# {title} — {stamp}" + (" (quick)" if quick else ""),
         "",
         "## Machine",
         "",
@@ -684,6 +684,13 @@ def write_markdown(path: Path, report: Report, info: dict[str, str], plan: Plan,
         "",
         "## Set-up",
         "",
+    ]
+
+
+def write_markdown(path: Path, report: Report, info: dict[str, str], plan: Plan, quick: bool) -> str:
+    table = markdown_table(report)
+    parts = [
+        *report_head("llmhost vs peers", info, quick),
         f"- Model: `{MODEL}` (Gemma 3 270M Q4_K_M), the same GGUF file for every server.",
         f"- {THREADS} threads, {N_CTX}-token context per slot. llmhost: {SLOTS} slots. llama-cpp-python's "
         f"server: one sequence at a time (`--interrupt_requests False`). llama-server: `--parallel 1` for "

@@ -67,6 +67,7 @@ from compare import (  # noqa: E402  (bench/ is not a package)
     VENV_BIN,
     free_port,
     machine_info,
+    report_head,
     wait_idle,
 )
 
@@ -771,15 +772,7 @@ def _mark(ok: bool | None) -> str:
 def write_markdown(path: Path, report: Report, info: dict[str, str], plan: Plan, quick: bool) -> str:
     table = markdown_table(report)
     parts = [
-        f"# Gateway overhead: llmhost vs LiteLLM — {dt.datetime.now().strftime('%Y-%m-%d %H:%M')}"
-        + (" (quick)" if quick else ""),
-        "",
-        "## Machine",
-        "",
-        *[f"- {k}: {v}" for k, v in info.items()],
-        "",
-        "## Set-up",
-        "",
+        *report_head("Gateway overhead: llmhost vs LiteLLM", info, quick),
         "- Upstream: `bench/trivial_upstream.py` (raw asyncio HTTP/1.1, answers from memory); measured "
         "directly as the baseline. Proxies: llmhost (`llmhost serve`, route `bench` -> `[providers.up]` "
         "type openai) and LiteLLM's proxy (`litellm --config ... --num_workers 1`, `openai/bench` with "
