@@ -19,7 +19,7 @@ import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypeVar
 
 from llmhost.config import Settings, TargetSettings
 from llmhost.errors import (
@@ -46,6 +46,7 @@ __all__ = ["Gateway", "Route", "build_providers", "cascade_check_fails", "is_ret
 log = logging.getLogger(__name__)
 
 Chunk = dict[str, Any]
+_Req = TypeVar("_Req", ChatRequest, CompletionRequest)
 
 
 @dataclass(eq=False)
@@ -281,19 +282,21 @@ class Gateway:
         return False
 
     async def chat(self, request: ChatRequest) -> tuple[Chunk, Target, int]:
-        route = self.resolve(request.model)
-        asked = request.params
-        if "logprob" in route.cascade:
-            request = replace(request, params=with_logprobs(asked, chat=True))
-        result = await self._call(route, asked, lambda p, m: p.chat(replace(request, model=m)))
-        return _drop_unasked_logprobs(result, asked)
+        return await self._answer(request, lambda p, r: p.chat(r), chat=True)
 
     async def complete(self, request: CompletionRequest) -> tuple[Chunk, Target, int]:
+        return await self._answer(request, lambda p, r: p.complete(r), chat=False)
+
+    async def _answer(
+        self, request: _Req, call: Callable[[Provider, _Req], Awaitable[Chunk]], *, chat: bool
+    ) -> tuple[Chunk, Target, int]:
+        """A whole answer through the route; a `logprob` cascade asks targets for log-probabilities and
+        hides them again from a client that did not ask."""
         route = self.resolve(request.model)
         asked = request.params
         if "logprob" in route.cascade:
-            request = replace(request, params=with_logprobs(asked, chat=False))
-        result = await self._call(route, asked, lambda p, m: p.complete(replace(request, model=m)))
+            request = replace(request, params=with_logprobs(asked, chat))
+        result = await self._call(route, asked, lambda p, m: call(p, replace(request, model=m)))
         return _drop_unasked_logprobs(result, asked)
 
     async def embed(self, request: EmbeddingRequest) -> tuple[Chunk, Target, int]:
