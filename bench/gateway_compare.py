@@ -7,9 +7,8 @@ Three servers run at once on loopback ports:
 * **upstream**: ``bench/trivial_upstream.py``, a raw-asyncio OpenAI-compatible server that answers
   ``/v1/chat/completions`` from memory (it is also measured directly: the baseline).
 * **llmhost**: ``llmhost serve`` with a TOML config (``LLMHOST_CONFIG``) that declares
-  ``[providers.up]`` (type ``openai``) and a route ``bench`` to it, in a temporary data dir. ``serve``
-  always loads a local default model, so the data dir gets the tiny test GGUF (``tests/tiny_gguf.py``,
-  a few hundred KB, loads in milliseconds) as that default; the measured requests never touch it.
+  ``[providers.up]`` (type ``openai``) and a route ``bench`` to it, in a temporary data dir, and
+  ``default_model = ""``: a gateway-only server that loads no local model.
 * **LiteLLM**: ``litellm --config config.yaml --num_workers 1`` (uvicorn, one process) from its own venv
   in ``~/.cache/llmhost-bench/litellm-venv`` (created with ``litellm[proxy]==LITELLM_VERSION`` when
   missing), model ``bench`` -> ``openai/bench`` at the upstream's ``api_base``.
@@ -431,15 +430,10 @@ def upstream_server() -> Any:
 
 
 def llmhost_config(upstream: str) -> str:
-    """The TOML config: the upstream as an OpenAI-compatible provider and a route ``bench`` to it."""
+    """The TOML config: no local model, the upstream as an OpenAI-compatible provider, a route to it."""
     return f"""\
-default_model = "tiny"
+default_model = ""
 api_key = "{API_KEY}"
-
-[engine]  # the local default model must load, but serves nothing here: keep it small
-n_ctx = 256
-n_parallel = 1
-n_threads = 1
 
 [providers.up]
 type = "openai"
@@ -451,20 +445,7 @@ targets = [{{ provider = "up", model = "bench" }}]
 
 
 def llmhost_server(upstream: str, work: Path) -> Any:
-    from tests.tiny_gguf import write_tiny_llama_gguf
-
-    data_dir = work / "llmhost-data"
-    gguf = write_tiny_llama_gguf(work / "tiny.gguf")
-    env = _clean_env(LLMHOST_DATA_DIR=str(data_dir))
-    imported = subprocess.run(
-        [str(VENV_BIN / "llmhost"), "import", str(gguf), "--name", "tiny"],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if imported.returncode != 0:
-        raise RuntimeError(f"llmhost import failed:\n{imported.stderr[-2000:]}")
+    env = _clean_env(LLMHOST_DATA_DIR=str(work / "llmhost-data"))
     config = work / "llmhost.toml"
     config.write_text(llmhost_config(upstream))
     port = free_port()

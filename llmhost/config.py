@@ -243,9 +243,15 @@ class Settings(BaseSettings):
         description="Where llmhost keeps its database and models.",
     )
     models_dir: Path | None = Field(None, description="Model files; default: <data_dir>/models.")
-    default_model: str = Field("gemma3:270m", description="Model loaded at start and used by `make serve`.")
+    default_model: str = Field(
+        "gemma3:270m",
+        description='Model loaded at start and used by `make serve`; "" loads none (a gateway-only server).',
+    )
     max_request_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="Largest accepted request body.")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log verbosity.")
+    access_log: bool = Field(
+        True, description="One log line per HTTP request (uvicorn's access log); off saves CPU."
+    )
     engine: EngineSettings = Field(default_factory=EngineSettings)
     memory: MemorySettings = Field(default_factory=MemorySettings)
     models: dict[str, ModelSettings] = Field(default_factory=dict, description="Per-model overrides.")

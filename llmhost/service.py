@@ -74,16 +74,21 @@ class Service:
         )
 
     # ----- lifecycle ---------------------------------------------------------------------------------
-    def prepare_default_model(self) -> ModelRecord:
-        """Import the embedded default model when it is the configured default; return its record."""
+    def prepare_default_model(self) -> ModelRecord | None:
+        """Import the embedded default model when it is the configured default; return its record.
+
+        ``None`` when no default model is configured (``default_model = ""``: a gateway-only server).
+        """
         name = self.settings.default_model
+        if not name:
+            return None
         if name == DEFAULT_MODEL_NAME:
             return ensure_default_model(self.store, self.registry, name)
         return self.registry.get(name)
 
     async def startup(self, *, preload: bool = True) -> None:
         """Make the default model available (import + load) without blocking the event loop."""
-        if preload:
+        if preload and self.settings.default_model:
             await asyncio.to_thread(self.prepare_default_model)
             await asyncio.to_thread(self.models.load, self.settings.default_model)
         self.ready = True

@@ -218,7 +218,7 @@ def test_llmhost_config_routes_bench_to_the_upstream(tmp_path: Path) -> None:
     assert settings.providers["up"].type == "openai"
     assert settings.providers["up"].base_url == "http://127.0.0.1:9/v1"
     assert [(t.provider, t.model) for t in settings.routes[gc.ROUTE].targets] == [("up", "bench")]
-    assert settings.default_model == "tiny"
+    assert settings.default_model == ""
     assert settings.api_key is not None and settings.api_key.get_secret_value() == gc.API_KEY
 
 

@@ -79,6 +79,8 @@ def _model_lines(settings: Settings, hw: HardwareInfo, on_gpu: bool) -> list[str
     from llmhost.models.memory import estimate_memory, max_ctx_per_slot, max_slots
 
     name = settings.default_model
+    if not name:
+        return [_row("default model", 'none (default_model = "": the server loads no local model)')]
     missing = [
         _row("default model", f"{name} is not imported yet (`llmhost serve` imports the embedded one)")
     ]

@@ -6,7 +6,6 @@ Every failure the user can cause prints one line (``error: ...``) and exits non-
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import sys
 from collections.abc import Callable, Iterator
@@ -23,6 +22,7 @@ from llmhost.config import Settings, load_settings
 from llmhost.engine.types import SamplingParams
 from llmhost.errors import ConfigError, LLMHostError, ModelNotFoundError
 from llmhost.models.default import DEFAULT_MODEL_NAME
+from llmhost.net import is_loopback
 
 __all__ = ["app", "main"]
 
@@ -104,11 +104,21 @@ def serve(
     host: Annotated[str | None, typer.Option(help="Bind address (default 127.0.0.1).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (default 8080).")] = None,
     model: Annotated[str | None, typer.Option("--model", "-m", help="Model to load at start.")] = None,
+    no_model: Annotated[
+        bool, typer.Option("--no-model", help="Load no local model: a gateway to the configured providers.")
+    ] = False,
+    access_log: Annotated[
+        bool | None, typer.Option("--access-log/--no-access-log", help="One log line per request.")
+    ] = None,
     config: ConfigOpt = None,
 ) -> None:
     """Start the OpenAI-compatible HTTP server."""
-    settings = _settings(config, host=host, port=port, default_model=model)
-    if not _is_loopback(settings.host) and settings.api_key is None:
+    if no_model and model:
+        _fail("give either --model or --no-model, not both")
+    settings = _settings(
+        config, host=host, port=port, default_model="" if no_model else model, access_log=access_log
+    )
+    if not is_loopback(settings.host) and settings.api_key is None:
         _fail(f"refusing to bind {settings.host} without an API key: set LLMHOST_API_KEY (or bind 127.0.0.1)")
     import uvicorn
 
@@ -121,25 +131,16 @@ def serve(
         service = _service(settings)
         # Import the default model before listening, so a broken install fails here, loudly.
         service.prepare_default_model()
-        console.print(
-            f"llmhost serving [bold]{settings.default_model}[/bold] on http://{settings.host}:{settings.port}"
-        )
+        what = f"[bold]{settings.default_model}[/bold]" if settings.default_model else "no local model"
+        console.print(f"llmhost serving {what} on http://{settings.host}:{settings.port}")
         uvicorn.run(
             create_app(settings, service),
             host=settings.host,
             port=settings.port,
             log_level=settings.log_level,
+            access_log=settings.access_log,
         )
         service.close()
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _sampling(max_tokens: int | None, temperature: float, seed: int | None) -> SamplingParams:

@@ -33,13 +33,11 @@ example when an HTTP client disconnects): the partial file is kept, so the next 
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import errno
 import functools
 import hashlib
 import http.client
-import ipaddress
 import json
 import logging
 import os
@@ -47,11 +45,9 @@ import queue
 import re
 import shutil
 import socket
-import ssl
 import sys
 import threading
 import time
-import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -61,6 +57,7 @@ from urllib.parse import quote, unquote, urljoin, urlsplit
 from llmhost.errors import ModelError, RequestError
 from llmhost.models.registry import ModelRecord
 from llmhost.models.store import ModelStore, validate_model_name
+from llmhost.net import is_loopback, proxy_for, ssl_context
 
 if sys.platform != "win32":
     import fcntl
@@ -171,15 +168,6 @@ def _bad_spec(spec: str, why: str) -> RequestError:
     return RequestError(f"invalid pull spec {spec!r}: {why}; {_SPEC_HELP}", param="model")
 
 
-def _is_loopback(host: str) -> bool:
-    if host.lower() in ("localhost", "localhost.localdomain"):
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
 def parse_pull_spec(spec: str) -> PullSpec:
     """Parse ``hf:ORG/REPO[@REV][:FILE.gguf|:QUANT]`` (also ``hf.co/...``) or an ``https://`` URL.
 
@@ -226,7 +214,7 @@ def _parse_url(text: str) -> PullSpec:
         raise _bad_spec(_display_url(text), "the URL has no host")
     if parts.username is not None or parts.password is not None:
         raise RequestError("credentials in the URL are not supported", param="model")
-    if parts.scheme.lower() == "http" and not _is_loopback(parts.hostname):
+    if parts.scheme.lower() == "http" and not is_loopback(parts.hostname):
         raise _bad_spec(_display_url(text), "plain http:// is only allowed for loopback hosts; use https://")
     if not PurePosixPath(unquote(parts.path)).name:
         raise _bad_spec(_display_url(text), "the URL does not name a file")
@@ -499,37 +487,6 @@ class _Transient(Exception):
 
 
 @functools.cache
-def _ssl_context() -> ssl.SSLContext:
-    ctx = ssl.create_default_context()  # system CAs; honours SSL_CERT_FILE / SSL_CERT_DIR
-    try:
-        import certifi
-
-        ctx.load_verify_locations(certifi.where())
-    except (ImportError, OSError, ssl.SSLError):
-        pass
-    return ctx
-
-
-def _proxy_for(scheme: str, host: str) -> tuple[str, int, dict[str, str]] | None:
-    """The proxy (host, port, auth headers) ``urllib`` would use for ``scheme://host``, if any."""
-    if _is_loopback(host):
-        return None
-    proxies = urllib.request.getproxies()
-    proxy = proxies.get(scheme) or proxies.get("all")
-    if not proxy or urllib.request.proxy_bypass(host):
-        return None
-    if "://" not in proxy:
-        proxy = f"http://{proxy}"
-    parts = urlsplit(proxy)
-    if not parts.hostname:
-        return None
-    headers: dict[str, str] = {}
-    if parts.username is not None:
-        user_pass = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
-        headers["Proxy-Authorization"] = "Basic " + base64.b64encode(user_pass.encode()).decode()
-    return parts.hostname, parts.port or (443 if parts.scheme == "https" else 80), headers
-
-
 class _Response:
     """An open HTTP response and its connection, after redirects."""
 
@@ -574,7 +531,7 @@ def _request(url: str, headers: dict[str, str]) -> _Response:
             "Accept": "*/*",
             **{k: v for k, v in headers.items() if same_origin or k.lower() != "authorization"},
         }
-        proxy = _proxy_for(scheme, host)
+        proxy = proxy_for(scheme, host)
         target = parts.path or "/"
         if parts.query:
             target += f"?{parts.query}"
@@ -582,15 +539,15 @@ def _request(url: str, headers: dict[str, str]) -> _Response:
         if scheme == "https":
             if proxy is not None:
                 conn = http.client.HTTPSConnection(
-                    proxy[0], proxy[1], timeout=_TIMEOUT_S, context=_ssl_context()
+                    proxy.host, proxy.port, timeout=_TIMEOUT_S, context=ssl_context()
                 )
-                conn.set_tunnel(host, port, headers=proxy[2])
+                conn.set_tunnel(host, port, headers=proxy.headers)
             else:
-                conn = http.client.HTTPSConnection(host, port, timeout=_TIMEOUT_S, context=_ssl_context())
+                conn = http.client.HTTPSConnection(host, port, timeout=_TIMEOUT_S, context=ssl_context())
         elif proxy is not None:
-            conn = http.client.HTTPConnection(proxy[0], proxy[1], timeout=_TIMEOUT_S)
+            conn = http.client.HTTPConnection(proxy.host, proxy.port, timeout=_TIMEOUT_S)
             target = f"http://{host}:{port}{target}"
-            send.update(proxy[2])
+            send.update(proxy.headers)
         else:
             conn = http.client.HTTPConnection(host, port, timeout=_TIMEOUT_S)
         try:
@@ -615,7 +572,7 @@ def _request(url: str, headers: dict[str, str]) -> _Response:
             if (
                 scheme == "https"
                 and nxt_parts.scheme.lower() != "https"
-                and not _is_loopback(nxt_parts.hostname or "")
+                and not is_loopback(nxt_parts.hostname or "")
             ):
                 raise ModelError(f"refusing a redirect from https to {_display_url(nxt)}")
             current = nxt

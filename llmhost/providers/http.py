@@ -1,11 +1,11 @@
 """HTTP plumbing shared by the remote providers: one pooled client, timeouts, error mapping, SSE.
 
-Every remote provider owns one :class:`UpstreamClient` (one keep-alive ``httpx.AsyncClient``) and speaks
+Every remote provider owns one :class:`UpstreamClient` (a keep-alive pool, ``providers/wire.py``) and speaks
 through two calls: :meth:`UpstreamClient.request_json` for one JSON answer and
 :meth:`UpstreamClient.stream` for a streamed one, whose lines a provider-specific *decoder* turns into
 OpenAI chunk dicts. The client, not the decoders, owns the failure rules:
 
-- **Timeouts** (:class:`Timeouts`): ``connect`` is httpx's connect timeout; ``first_token`` bounds the time
+- **Timeouts** (:class:`Timeouts`): ``connect`` is the pool's connect timeout; ``first_token`` bounds the time
   from sending a streamed request to the decoder's first chunk; ``total`` bounds the whole call.
   Both are ``asyncio`` deadlines around each wait, never around a ``yield``, so a slow *consumer* is
   never cancelled by them.
@@ -33,8 +33,6 @@ from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-import httpx
-
 from llmhost.errors import ConfigError
 from llmhost.providers.base import (
     ProviderConnectionError,
@@ -42,6 +40,13 @@ from llmhost.providers.base import (
     ProviderHTTPError,
     ProviderStreamError,
     ProviderTimeoutError,
+)
+from llmhost.providers.wire import (
+    ConnectError,
+    ConnectTimeout,
+    WireClient,
+    WireError,
+    reason_phrase,
 )
 
 __all__ = [
@@ -248,7 +253,7 @@ async def iter_sse(lines: AsyncIterator[str]) -> AsyncGenerator[tuple[str, str],
             event = value
 
 
-def _retry_after(headers: httpx.Headers) -> float | None:
+def _retry_after(headers: Mapping[str, str]) -> float | None:
     millis = headers.get("retry-after-ms")
     if millis:
         try:
@@ -302,19 +307,18 @@ class UpstreamClient:
         self._secrets = tuple(
             sorted({s for s in (*secrets, *_sensitive_header_values(headers)) if s}, key=len, reverse=True)
         )
-        # Only connect is httpx's job: first-token and total deadlines are asyncio's (see module doc).
+        # Only connect is the pool's job: first-token and total deadlines are asyncio's (see module doc).
         # HTTP/1.1 keep-alive; one pooled connection per in-flight request, up to the gateway's concurrency.
-        self.client = httpx.AsyncClient(
-            base_url=self.base_url,
-            headers=dict(headers),
-            timeout=httpx.Timeout(connect=timeouts.connect, read=None, write=None, pool=None),
-            limits=httpx.Limits(
+        try:
+            self.client = WireClient(
+                self.base_url,
+                headers=headers,
+                connect_timeout=timeouts.connect,
                 max_connections=max_connections,
-                max_keepalive_connections=max_connections,
                 keepalive_expiry=30,
-            ),
-            follow_redirects=False,
-        )
+            )
+        except ValueError as exc:
+            raise ConfigError(f"{provider}: {self.scrub(str(exc))}") from None
 
     def __repr__(self) -> str:
         return f"UpstreamClient(provider={self.provider!r}, base_url={self.scrub(self.base_url)!r})"
@@ -344,24 +348,18 @@ class UpstreamClient:
         logger.debug("provider %s: %s: %s", self.provider, type(error).__name__, error)
         return error
 
-    def transport_error(self, exc: httpx.HTTPError) -> ProviderError:
+    def transport_error(self, exc: WireError) -> ProviderError:
         """A transport failure before any response: connect refused/timeout, reset, protocol error."""
         detail = self.scrub(str(exc) or type(exc).__name__)
         where = self.scrub(self.base_url)
-        if isinstance(exc, httpx.ConnectTimeout):
+        if isinstance(exc, ConnectTimeout):
             return self._fail(
                 ProviderTimeoutError(
                     f"{self.provider}: connect timeout ({self.timeouts.connect:g}s) to {where}",
                     provider=self.provider,
                 )
             )
-        if isinstance(exc, httpx.TimeoutException):
-            return self._fail(
-                ProviderTimeoutError(
-                    f"{self.provider}: timeout talking to {where}: {detail}", provider=self.provider
-                )
-            )
-        if isinstance(exc, httpx.ConnectError):
+        if isinstance(exc, ConnectError):
             return self._fail(
                 ProviderConnectionError(
                     f"{self.provider}: could not connect to {where}: {detail}", provider=self.provider
@@ -374,7 +372,7 @@ class UpstreamClient:
             )
         )
 
-    def status_error(self, status: int, headers: httpx.Headers, content: bytes) -> UpstreamHTTPError:
+    def status_error(self, status: int, headers: Mapping[str, str], content: bytes) -> UpstreamHTTPError:
         """An error status: the upstream's own message when its body is an error envelope."""
         body: dict[str, Any] | None = None
         try:
@@ -386,7 +384,7 @@ class UpstreamClient:
         detail = error_message(body)
         if detail is None:
             text = content[:300].decode("utf-8", "replace").strip()
-            detail = text or httpx.codes.get_reason_phrase(status) or "no detail"
+            detail = text or reason_phrase(status) or "no detail"
         message = self.scrub(f"{self.provider}: upstream answered HTTP {status}: {detail}")
         error = UpstreamHTTPError(
             message, provider=self.provider, status=status, body=body, retry_after=_retry_after(headers)
@@ -442,15 +440,15 @@ class UpstreamClient:
         content = None if body is None else json.dumps(body).encode()
         try:
             async with asyncio.timeout(limit):
-                response = await self.client.request(method, path, content=content, params=params)
+                response, answer = await self.client.request(method, path, content, params)
         except TimeoutError:
             raise self._timeout("total timeout", limit) from None
-        except httpx.HTTPError as exc:
+        except WireError as exc:
             raise self.transport_error(exc) from exc
         if response.status_code >= 400:
-            raise self.status_error(response.status_code, response.headers, response.content)
+            raise self.status_error(response.status_code, response.headers, answer)
         try:
-            return json.loads(response.content)
+            return json.loads(answer)
         except ValueError as exc:
             raise self.reported_error(
                 UpstreamReportedError(
@@ -471,13 +469,13 @@ class UpstreamClient:
         first_what = ("first-token timeout", self.timeouts.first_token)
         if first_at == total_at:
             first_what = ("total timeout", self.timeouts.total)
-        request = self.client.build_request("POST", path, content=json.dumps(body).encode())
+        content = json.dumps(body).encode()
         try:
             async with asyncio.timeout_at(first_at):
-                response = await self.client.send(request, stream=True)
+                response = await self.client.send("POST", path, content)
         except TimeoutError:
             raise self._timeout(*first_what) from None
-        except httpx.HTTPError as exc:
+        except WireError as exc:
             raise self.transport_error(exc) from exc
         try:
             if response.status_code >= 400:
@@ -485,7 +483,7 @@ class UpstreamClient:
                 try:
                     async with asyncio.timeout_at(first_at):
                         content = await response.aread()
-                except (TimeoutError, httpx.HTTPError):
+                except (TimeoutError, WireError):
                     pass  # the status alone still says what happened
                 raise self.status_error(response.status_code, response.headers, content)
             items = decode(response.aiter_lines())
@@ -501,7 +499,7 @@ class UpstreamClient:
                         if started:
                             raise self.stream_error(f"total timeout ({self.timeouts.total:g}s)") from None
                         raise self._timeout(*first_what) from None
-                    except httpx.HTTPError as exc:
+                    except WireError as exc:
                         if started:
                             raise self.stream_error(str(exc) or type(exc).__name__) from exc
                         raise self.transport_error(exc) from exc
@@ -523,12 +521,23 @@ class UpstreamClient:
 
     async def probe(self, path: str, timeout: float = HEALTH_TIMEOUT) -> bool:
         """Whether ``GET path`` answers 2xx within ``timeout``; never raises a provider error."""
+        client = self.client
+        try:
+            if "://" in path and not client.same_origin(path):
+                # a health URL on another host or port: its own connection, without this one's headers
+                client = WireClient(path, connect_timeout=self.timeouts.connect, max_connections=1)
+        except ValueError as exc:
+            logger.debug("provider %s: health probe URL unusable: %s", self.provider, self.scrub(str(exc)))
+            return False
         try:
             async with asyncio.timeout(min(timeout, self.timeouts.total)):
-                response = await self.client.get(path)
-        except (TimeoutError, httpx.HTTPError) as exc:
+                response, _ = await client.request("GET", path)
+        except (TimeoutError, WireError) as exc:
             logger.debug("provider %s: health probe failed: %s", self.provider, self.scrub(repr(exc)))
             return False
+        finally:
+            if client is not self.client:
+                await client.aclose()
         return response.is_success
 
     async def aclose(self) -> None:

@@ -266,6 +266,11 @@ def test_serve_refuses_a_public_bind_without_an_api_key(store: Store) -> None:
     assert "API key" in line or "LLMHOST_API_KEY" in line
 
 
+def test_serve_refuses_both_a_model_and_no_model(store: Store) -> None:
+    result = llmhost("serve", "--no-model", "--model", TINY, env=store.env, timeout=30)
+    assert "either --model or --no-model" in assert_one_line_error(result)
+
+
 # ----- usage -----------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("args", "message"),
