@@ -26,7 +26,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
 __all__ = ["CONTENT_PIECES", "UpstreamProtocol", "running_in_thread", "serve"]
 
@@ -152,8 +152,8 @@ class UpstreamProtocol(asyncio.Protocol):
         self.streaming = False  # a delayed stream is being written: later requests wait in the buffer
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports implement asyncio.Transport without subclassing it
+        self.transport = cast(asyncio.Transport, transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
