@@ -40,7 +40,8 @@ def make_settings(data_dir: Path, **overrides: Any) -> Settings:
     # when another thread wants the same core (2 threads: ~280 ms/step vs 0.2 ms with 1 on a busy box).
     engine = {"n_ctx": 512, "n_parallel": 4, "n_batch": 128, "n_threads": 1}
     engine.update(overrides.pop("engine", {}))
-    return load_settings(None, data_dir=data_dir, default_model=TINY, engine=engine, **overrides)
+    overrides.setdefault("default_model", TINY)
+    return load_settings(None, data_dir=data_dir, engine=engine, **overrides)
 
 
 @pytest.fixture

@@ -379,3 +379,9 @@ def test_doctor_budgets_vram_on_a_cuda_build(tmp_path: Path, tiny_model_path: Pa
     assert "GPU layers       all (default)" in report
     assert "memory budget    VRAM: 71.1 GiB (90% of 79.0 GiB free)" in report
     assert CUDA_BUILD_COMMAND not in report
+
+
+def test_doctor_on_a_gateway_only_config_says_no_model_is_loaded(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path / "data", default_model="")
+    report = doctor_report(settings, fake_gpu_machine(offload=False))
+    assert 'default model    none (default_model = "": the server loads no local model)' in report
