@@ -255,7 +255,10 @@ class LlamaRunner:
         """Decode every scheduled chunk in one call; return the sampled token per sequence that needs one."""
         n = 0
         sample_at: list[tuple[str, int, int]] = []
-        for chunk in output.chunks:
+        # In slot order: with a per-sequence KV cache (kv_unified off), llama.cpp packs a batch into one
+        # micro-batch only when its sequence ids come in order; out of order it splits the batch into
+        # several, each reading all the weights again (8 streams: 10.5 -> 17 tok/s each when sorted).
+        for chunk in sorted(output.chunks, key=lambda c: c.slot):
             k = len(chunk.tokens)
             self._tok[n : n + k] = chunk.tokens
             self._pos[n : n + k] = np.arange(chunk.start_pos, chunk.start_pos + k, dtype=np.int32)
