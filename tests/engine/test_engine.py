@@ -169,3 +169,22 @@ def test_stop_unloads_cleanly_with_requests_in_flight(tiny_model_path: Path) -> 
     time.sleep(0.05)
     engine.stop()
     assert outs and outs[-1].finish_reason is FinishReason.ABORT
+
+
+def test_runner_fills_a_batch_in_slot_order_whatever_order_the_scheduler_gives(tiny_model_path: Path) -> None:
+    # llama.cpp packs a batch into one micro-batch only when its sequence ids come in order (per-sequence
+    # KV cache); out of order it splits the step and reads the weights once per piece.
+    from llmhost.engine.types import ScheduledChunk, SchedulerOutput
+
+    runner = LlamaRunner(tiny_model_path, RunnerConfig(n_ctx_slot=128, n_slots=4, n_batch=64, n_threads=1))
+    try:
+        slots = [3, 1, 2, 0]
+        for slot in slots:
+            assert runner.start_sequence(slot, 0, params())
+        chunks = [ScheduledChunk(f"r{slot}", slot, prompt(slot, 4), 0, True) for slot in slots]
+        sampled = runner.step(SchedulerOutput(chunks))
+        n = runner._batch.n_tokens
+        assert [runner._seq_ptrs[i][0] for i in range(n)] == sorted(runner._seq_ptrs[i][0] for i in range(n))
+        assert set(sampled) == {"r0", "r1", "r2", "r3"}
+    finally:
+        runner.close()
