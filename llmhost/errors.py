@@ -1,8 +1,8 @@
 """The llmhost exception tree.
 
 Every error that crosses a module boundary is one of these; lower-layer errors (llama.cpp, the OS, sqlite)
-are mapped to the most specific one with ``raise ... from exc``. The HTTP layer turns them into OpenAI's
-error envelope in one place (``llmhost.api.errors``), the CLI into one line and a non-zero exit.
+are mapped to the most specific one with ``raise ... from exc``. Each door turns them into its dialect's
+own error envelope (through :func:`classify`), the CLI into one line and a non-zero exit.
 
     LLMHostError
     ├── ConfigError                 settings file / environment could not be validated
@@ -14,10 +14,22 @@ error envelope in one place (``llmhost.api.errors``), the CLI into one line and 
     │   ├── EngineOverloadedError   the wait queue is full                         (HTTP 429)
     │   └── NotReadyError           the model is still loading                     (HTTP 503)
     ├── ConflictError               the action clashes with current state           (HTTP 409)
-    └── AuthError                   missing or wrong API key                       (HTTP 401)
+    ├── NotFoundError               no such object (a stored response, ...)         (HTTP 404)
+    ├── AuthError                   missing or wrong API key                       (HTTP 401)
+    ├── RefusedError                a pipeline stage refused the request            (HTTP 403)
+    └── ProviderError               a backend failed; ``retryable`` for the router  (HTTP 502)
+        ├── ProviderConnectionError  could not connect                             (HTTP 502)
+        ├── ProviderTimeoutError     connect / first-token / total timeout          (HTTP 504)
+        ├── ProviderHTTPError        the backend answered an error status    (its 4xx, else 502)
+        └── ProviderStreamError      a stream broke after it had started
+
+Each door renders :func:`classify`'s dialect-neutral :class:`ErrorInfo` in its own envelope.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 __all__ = [
     "AuthError",
@@ -26,11 +38,20 @@ __all__ = [
     "ContextLengthError",
     "EngineError",
     "EngineOverloadedError",
+    "ErrorInfo",
     "LLMHostError",
     "ModelError",
     "ModelNotFoundError",
+    "NotFoundError",
     "NotReadyError",
+    "ProviderConnectionError",
+    "ProviderError",
+    "ProviderHTTPError",
+    "ProviderStreamError",
+    "ProviderTimeoutError",
+    "RefusedError",
     "RequestError",
+    "classify",
 ]
 
 
@@ -102,3 +123,118 @@ class ConflictError(LLMHostError):
 
 class AuthError(LLMHostError):
     """The request carries no API key, or a wrong one."""
+
+
+class NotFoundError(LLMHostError):
+    """The object asked for (a stored response, ...) does not exist."""
+
+    def __init__(self, message: str, param: str | None = None, code: str = "not_found") -> None:
+        super().__init__(message)
+        self.param = param
+        self.code = code
+
+
+class RefusedError(LLMHostError):
+    """A pipeline stage (policy, scopes, ...) refused the request."""
+
+
+class ProviderError(LLMHostError):
+    """A backend failed. Messages never contain credentials."""
+
+    retryable: bool = True
+
+    def __init__(self, message: str, *, provider: str = "", status: int | None = None) -> None:
+        super().__init__(message)
+        self.provider = provider
+        self.status = status
+
+
+class ProviderConnectionError(ProviderError):
+    """Could not connect (refused, DNS, TLS, reset before a response)."""
+
+
+class ProviderTimeoutError(ProviderError):
+    """Connect, first-token or total timeout."""
+
+
+class ProviderHTTPError(ProviderError):
+    """The backend answered with an error status; 429 and 5xx are retryable, other 4xx are not."""
+
+    def __init__(
+        self, message: str, *, provider: str = "", status: int, body: dict[str, Any] | None = None
+    ) -> None:
+        super().__init__(message, provider=provider, status=status)
+        self.body = body
+        self.retryable = status == 429 or status >= 500
+
+
+class ProviderStreamError(ProviderError):
+    """A stream broke after it had started (tokens were already sent)."""
+
+
+ErrorKind = Literal[
+    "invalid_request",
+    "authentication",
+    "permission",
+    "not_found",
+    "conflict",
+    "too_large",
+    "rate_limit",
+    "overloaded",
+    "timeout",
+    "upstream",
+    "server",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorInfo:
+    """An error as every dialect needs it: status, a kind each door maps to its own type names, the
+    message, OpenAI's ``param``/``code`` where known, and extra headers (``Retry-After``)."""
+
+    status: int
+    kind: ErrorKind
+    message: str
+    param: str | None = None
+    code: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def classify(exc: BaseException) -> ErrorInfo:
+    """The one mapping from an exception to a status; a client mistake is never a 5xx."""
+    msg = str(exc)
+    if isinstance(exc, ProviderError):
+        where = f"upstream {exc.provider}" if exc.provider else "upstream"
+        if isinstance(exc, ProviderTimeoutError):
+            return ErrorInfo(504, "timeout", f"{where} timed out: {msg}", code="upstream_timeout")
+        if isinstance(exc, ProviderHTTPError) and exc.status is not None and 400 <= exc.status < 500:
+            if exc.status == 429:
+                return ErrorInfo(429, "rate_limit", msg, code="upstream_error", headers={"Retry-After": "1"})
+            kind: ErrorKind = {401: "authentication", 403: "permission", 404: "not_found"}.get(
+                exc.status, "invalid_request"
+            )  # type: ignore[assignment]
+            return ErrorInfo(exc.status, kind, msg, code="upstream_error")
+        return ErrorInfo(502, "upstream", f"{where} failed: {msg}", code="upstream_error")
+    if isinstance(exc, ModelNotFoundError):
+        return ErrorInfo(404, "not_found", msg, "model", "model_not_found")
+    if isinstance(exc, RequestError):
+        return ErrorInfo(400, "invalid_request", msg, exc.param, exc.code)
+    if isinstance(exc, NotFoundError):
+        return ErrorInfo(404, "not_found", msg, exc.param, exc.code)
+    if isinstance(exc, ConflictError):
+        return ErrorInfo(409, "conflict", msg, "model", "conflict")
+    if isinstance(exc, AuthError):
+        return ErrorInfo(401, "authentication", msg, None, "invalid_api_key")
+    if isinstance(exc, RefusedError):
+        return ErrorInfo(403, "permission", msg, None, "refused")
+    if isinstance(exc, EngineOverloadedError):
+        return ErrorInfo(
+            429, "overloaded", msg, None, "rate_limit_exceeded", {"Retry-After": str(exc.retry_after)}
+        )
+    if isinstance(exc, NotReadyError):
+        return ErrorInfo(503, "overloaded", msg, None, "service_unavailable", {"Retry-After": "1"})
+    if isinstance(exc, ModelError):
+        return ErrorInfo(500, "server", msg, "model", "model_error")
+    if isinstance(exc, EngineError):
+        return ErrorInfo(500, "server", msg, None, "engine_error")
+    return ErrorInfo(500, "server", "internal server error")

@@ -1,6 +1,6 @@
 """What every outbound connection shares: the system's proxy settings and the TLS trust store.
 
-Model pulls (``models/pull.py``) and the gateway's upstream client (``providers/wire.py``) both go through
+Model pulls (``models/pull/``) and the gateway's upstream client (``providers/wire.py``) both go through
 these, so a proxy set in ``HTTPS_PROXY``/``NO_PROXY`` or a CA bundle in ``SSL_CERT_FILE`` applies to both
 the same way. Loopback hosts never go through a proxy.
 """

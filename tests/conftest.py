@@ -94,7 +94,7 @@ class LiveServer:
 
 
 def start_server(settings: Settings, service: Service | None = None) -> LiveServer:
-    from llmhost.api.app import create_app
+    from llmhost.doors.http.app import create_app
 
     return LiveServer(create_app(settings, service)).start()
 

@@ -8,10 +8,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -19,10 +19,13 @@ from rich.markup import escape
 from rich.table import Table
 
 from llmhost.config import Settings, load_settings
-from llmhost.engine.types import SamplingParams
+from llmhost.core.types import ChatMessage, Delta, InferenceRequest, Principal, RequestContext, Sampling
 from llmhost.errors import ConfigError, LLMHostError, ModelNotFoundError
 from llmhost.models.default import DEFAULT_MODEL_NAME
 from llmhost.net import is_loopback
+
+if TYPE_CHECKING:
+    from llmhost.service import Service
 
 __all__ = ["app", "main"]
 
@@ -122,7 +125,7 @@ def serve(
         _fail(f"refusing to bind {settings.host} without an API key: set LLMHOST_API_KEY (or bind 127.0.0.1)")
     import uvicorn
 
-    from llmhost.api.app import create_app
+    from llmhost.doors.http.app import create_app
 
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
@@ -143,28 +146,30 @@ def serve(
         service.close()
 
 
-def _sampling(max_tokens: int | None, temperature: float, seed: int | None) -> SamplingParams:
-    return SamplingParams(max_tokens=max_tokens, temperature=temperature, seed=seed)
+def _sampling(max_tokens: int | None, temperature: float | None, seed: int | None) -> Sampling:
+    return Sampling(max_tokens=max_tokens, temperature=temperature, seed=seed)
 
 
-async def _print_generation(gen: Any) -> str:
+def _cli_context() -> RequestContext:
+    return RequestContext(principal=Principal(name="cli"), door="cli")
+
+
+async def _print_answer(deltas: AsyncIterator[Delta]) -> str:
+    """Stream an answer's text to the terminal; return it whole."""
     parts: list[str] = []
-    try:
-        async for out in gen.stream:
-            if out.error is not None:
-                raise out.error
-            if out.text:
-                parts.append(out.text)
-                sys.stdout.write(out.text)
-                sys.stdout.flush()
-    finally:
-        gen.stream.cancel()
+    async for delta in deltas:
+        if delta.text:
+            parts.append(delta.text)
+            sys.stdout.write(delta.text)
+            sys.stdout.flush()
     sys.stdout.write("\n")
     sys.stdout.flush()
     return "".join(parts)
 
 
 def _ensure_model(service: Any, name: str) -> None:
+    if name in service.settings.routes:
+        return
     if name == DEFAULT_MODEL_NAME and service.registry.find(name) is None:
         err_console.print(f"importing the embedded default model {name} ...")
         from llmhost.models.default import ensure_default_model
@@ -176,30 +181,37 @@ def _ensure_model(service: Any, name: str) -> None:
 
 @app.command()
 def run(
-    model: Annotated[str, typer.Argument(help="Model name, e.g. gemma3:270m.")],
+    model: Annotated[str, typer.Argument(help="Model or route name, e.g. gemma3:270m.")],
     prompt: Annotated[str, typer.Argument(help="The prompt; its answer streams to the terminal.")],
     max_tokens: Annotated[int | None, typer.Option(min=1, help="Most tokens to generate.")] = 256,
-    temperature: Annotated[float, typer.Option(min=0.0, max=2.0, help="Sampling temperature.")] = 0.8,
+    temperature: Annotated[
+        float | None, typer.Option(min=0.0, max=2.0, help="Sampling temperature (default: the model's).")
+    ] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed for reproducible output.")] = None,
     raw: Annotated[
         bool, typer.Option("--raw", help="Send the prompt as is, without the chat template.")
     ] = False,
     config: ConfigOpt = None,
 ) -> None:
-    """Generate an answer to one prompt, streaming tokens as they come."""
+    """Generate an answer to one prompt, streaming tokens as they come (through the same pipeline as
+    the HTTP API: routes, per-model defaults and usage rows apply)."""
     settings = _settings(config)
-    params = _sampling(max_tokens, temperature, seed)
+    sampling = _sampling(max_tokens, temperature, seed)
 
-    def go(service: Any) -> None:
+    def go(service: Service) -> None:
         _ensure_model(service, model)
-        service.ready = True
 
         async def main() -> None:
+            await service.startup(preload=False)
             if raw:
-                gen = await service.complete(model, prompt, params)
+                request = InferenceRequest("completion", model, prompt=prompt, sampling=sampling)
             else:
-                gen = await service.chat(model, [{"role": "user", "content": prompt}], params)
-            await _print_generation(gen)
+                message = ChatMessage("user", prompt)
+                request = InferenceRequest("chat", model, messages=(message,), sampling=sampling)
+            try:
+                await _print_answer(await service.pipeline.stream(_cli_context(), request))
+            finally:
+                await service.gateway.aclose()
 
         asyncio.run(main())
 
@@ -208,40 +220,46 @@ def run(
 
 @app.command()
 def chat(
-    model: Annotated[str, typer.Argument(help="Model name, e.g. gemma3:270m.")],
+    model: Annotated[str, typer.Argument(help="Model or route name, e.g. gemma3:270m.")],
     system: Annotated[str | None, typer.Option(help="A system prompt.")] = None,
     max_tokens: Annotated[int | None, typer.Option(min=1, help="Most tokens per answer.")] = 512,
-    temperature: Annotated[float, typer.Option(min=0.0, max=2.0, help="Sampling temperature.")] = 0.8,
+    temperature: Annotated[
+        float | None, typer.Option(min=0.0, max=2.0, help="Sampling temperature (default: the model's).")
+    ] = None,
     config: ConfigOpt = None,
 ) -> None:
     """Chat interactively; /bye or Ctrl-D ends the session."""
     settings = _settings(config)
-    params = _sampling(max_tokens, temperature, None)
+    sampling = _sampling(max_tokens, temperature, None)
 
-    def go(service: Any) -> None:
+    def go(service: Service) -> None:
         _ensure_model(service, model)
-        service.ready = True
-        service.models.load(model)
-        history: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
-        console.print(f"[dim]chatting with {model}; /bye to quit[/dim]")
-        while True:
+        history: list[ChatMessage] = [ChatMessage("system", system)] if system else []
+
+        async def main() -> None:
+            await service.startup(preload=False)
+            if service.registry.find(model) is not None:
+                await asyncio.to_thread(service.models.load, model)
+            console.print(f"[dim]chatting with {model}; /bye to quit[/dim]")
             try:
-                line = input(">>> ")
-            except EOFError:
-                console.print()
-                return
-            if line.strip() in {"/bye", "/exit", "/quit"}:
-                return
-            if not line.strip():
-                continue
-            history.append({"role": "user", "content": line})
+                while True:
+                    try:
+                        line = await asyncio.to_thread(input, ">>> ")
+                    except EOFError:
+                        console.print()
+                        return
+                    if line.strip() in {"/bye", "/exit", "/quit"}:
+                        return
+                    if not line.strip():
+                        continue
+                    history.append(ChatMessage("user", line))
+                    request = InferenceRequest("chat", model, messages=tuple(history), sampling=sampling)
+                    answer = await _print_answer(await service.pipeline.stream(_cli_context(), request))
+                    history.append(ChatMessage("assistant", answer))
+            finally:
+                await service.gateway.aclose()
 
-            async def turn() -> str:
-                gen = await service.chat(model, history, params)
-                answer: str = await _print_generation(gen)
-                return answer
-
-            history.append({"role": "assistant", "content": asyncio.run(turn())})
+        asyncio.run(main())
 
     _with_service(settings, go)
 
@@ -351,13 +369,13 @@ def ps(config: ConfigOpt = None) -> None:
 
 @app.command()
 def usage(
-    by: Annotated[str, typer.Option(help="Group by model, provider, target, key or day.")] = "model",
+    by: Annotated[str, typer.Option(help="Group by model, provider, target, key, door or day.")] = "model",
     days: Annotated[float | None, typer.Option(help="Only the last N days.")] = None,
     config: ConfigOpt = None,
 ) -> None:
     """Summarise requests, tokens and cost from the usage log."""
-    if by not in {"model", "provider", "target", "key", "day"}:
-        _fail("--by must be one of model, provider, target, key, day", 2)
+    if by not in {"model", "provider", "target", "key", "door", "day"}:
+        _fail("--by must be one of model, provider, target, key, door, day", 2)
     settings = _settings(config)
     from llmhost.router.cost import UsageStore, since_days
 

@@ -210,6 +210,7 @@ class Engine:
             cached_tokens=seq.cached_tokens,
             finish_reason=reason,
             logprobs=logprobs,
+            stop_sequence=live.text.matched if reason is not None else None,
         )
 
     def _release(self, seq: Sequence) -> None:

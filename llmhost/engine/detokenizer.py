@@ -20,6 +20,7 @@ class TextStream:
         self._stop = tuple(s for s in stop if s)
         self._held = ""
         self.stopped = False
+        self.matched: str | None = None  # the stop string that ended the text
 
     def feed(self, data: bytes) -> str:
         """Add a token's bytes; return the text that is now safe to emit."""
@@ -34,6 +35,7 @@ class TextStream:
             idx = text.find(stop)
             if idx != -1 and (cut == -1 or idx < cut):
                 cut = idx
+                self.matched = stop
         if cut != -1:
             self.stopped = True
             self._held = ""

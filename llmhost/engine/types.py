@@ -44,6 +44,11 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     stop_token_ids: frozenset[int] = frozenset()  # e.g. a chat format's end-of-turn control token
     grammar: str | None = None  # GBNF, root rule "root"
+    # Lazy grammar (tool_choice "auto"): ``grammar`` applies only once the generated text matches one of
+    # ``grammar_triggers`` (regular expressions, searched in the text so far); it then constrains the
+    # text from the pattern's first capture group (else the whole match) on.
+    grammar_lazy: bool = False
+    grammar_triggers: tuple[str, ...] = ()
     ignore_eos: bool = False
     logprobs: int | None = None  # None: off; N: each token's log-probability and its N likeliest rivals
 
@@ -116,6 +121,7 @@ class RequestOutput:
     finish_reason: FinishReason | None = None
     error: Exception | None = None
     logprobs: tuple[TokenLogprob, ...] = ()  # one per token in ``token_ids`` when the request asked
+    stop_sequence: str | None = None  # the stop string that ended the text, if one did
 
     @property
     def finished(self) -> bool:

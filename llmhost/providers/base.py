@@ -1,26 +1,32 @@
-"""The ``Provider`` protocol: one interface for the local engine and every remote API.
+"""The ``Provider`` protocol: one interface for the local engine and every remote API, over core types.
 
-Requests and responses are OpenAI-shaped plain dicts — OpenAI's wire format is llmhost's lingua franca —
-so the router can retry, fall back and account without knowing which backend answered. A provider
-translates to and from its own wire format (Anthropic Messages, Ollama /api/chat) internally.
+A provider takes an :class:`~llmhost.core.types.InferenceRequest` whose ``model`` is the backend's own
+model name (the router has already resolved the public name) and answers a
+:class:`~llmhost.core.types.Result`, or a stream of :class:`~llmhost.core.types.Delta` objects that ends
+with one delta carrying ``usage`` (providers ask upstream for it, or count). Each provider translates to
+and from its own wire format (OpenAI's, Anthropic Messages, Ollama's /api/chat) inside itself.
 
-Streams yield ``chat.completion.chunk`` / ``text_completion`` chunk dicts and end with one chunk that
-carries ``usage`` (providers ask upstream for it, or count). Failures raise :class:`ProviderError`
-subclasses; ``retryable`` tells the router whether another attempt (or the next target) may succeed.
+Failures raise :class:`~llmhost.errors.ProviderError` subclasses (or the llmhost error that fits, such as
+``RequestError`` for a request the backend cannot take); ``retryable`` tells the router whether another
+attempt (or the next target) may succeed.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
-from llmhost.errors import LLMHostError
+from llmhost.core.types import Delta as Delta
+from llmhost.core.types import Embeddings, EmbedRequest, InferenceRequest, Result
+from llmhost.errors import (
+    ProviderConnectionError,
+    ProviderError,
+    ProviderHTTPError,
+    ProviderStreamError,
+    ProviderTimeoutError,
+)
 
 __all__ = [
-    "ChatRequest",
-    "CompletionRequest",
-    "EmbeddingRequest",
     "Provider",
     "ProviderConnectionError",
     "ProviderError",
@@ -30,98 +36,26 @@ __all__ = [
 ]
 
 
-class ProviderError(LLMHostError):
-    """A backend failed. Messages never contain credentials."""
-
-    retryable: bool = True
-
-    def __init__(self, message: str, *, provider: str = "", status: int | None = None) -> None:
-        super().__init__(message)
-        self.provider = provider
-        self.status = status
-
-
-class ProviderConnectionError(ProviderError):
-    """Could not connect (refused, DNS, TLS, reset before a response)."""
-
-
-class ProviderTimeoutError(ProviderError):
-    """Connect, first-token or total timeout."""
-
-
-class ProviderHTTPError(ProviderError):
-    """The backend answered with an error status; 429 and 5xx are retryable, other 4xx are not."""
-
-    def __init__(
-        self, message: str, *, provider: str = "", status: int, body: dict[str, Any] | None = None
-    ) -> None:
-        super().__init__(message, provider=provider, status=status)
-        self.body = body
-        self.retryable = status == 429 or status >= 500
-
-
-class ProviderStreamError(ProviderError):
-    """A stream broke after it had started (tokens were already sent)."""
-
-
-@dataclass(frozen=True, slots=True)
-class ChatRequest:
-    """An OpenAI chat request for one backend. ``model`` is the backend's own model name."""
-
-    model: str
-    messages: list[dict[str, Any]]
-    params: dict[str, Any] = field(
-        default_factory=dict
-    )  # OpenAI fields that were set: max_tokens, temperature,
-    # top_p, stop, seed, presence_penalty, frequency_penalty, logit_bias, response_format, n, user, ...
-
-    def __repr__(self) -> str:  # prompts stay out of logs
-        return (
-            f"ChatRequest(model={self.model!r}, messages={len(self.messages)}, params={sorted(self.params)})"
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class CompletionRequest:
-    model: str
-    prompt: str | list[int]
-    params: dict[str, Any] = field(default_factory=dict)
-
-    def __repr__(self) -> str:
-        return f"CompletionRequest(model={self.model!r}, params={sorted(self.params)})"
-
-
-@dataclass(frozen=True, slots=True)
-class EmbeddingRequest:
-    model: str
-    input: list[str] | list[list[int]]
-    params: dict[str, Any] = field(default_factory=dict)  # encoding_format, dimensions, user
-
-
 @runtime_checkable
 class Provider(Protocol):
-    """A backend that can answer OpenAI-shaped requests."""
+    """A backend that answers typed inference requests."""
 
     name: str  # the configured provider name, e.g. "local", "openai", "claude"
 
-    async def chat(self, request: ChatRequest) -> dict[str, Any]:
-        """A full ``chat.completion`` object."""
+    async def answer(self, request: InferenceRequest) -> Result:
+        """A whole answer (``Result.model`` is the backend's model name; the router renames it)."""
         ...
 
-    def chat_stream(self, request: ChatRequest) -> AsyncIterator[dict[str, Any]]:
-        """``chat.completion.chunk`` objects; the last one carries ``usage``."""
+    def stream(self, request: InferenceRequest) -> AsyncIterator[Delta]:
+        """Deltas; choices end with a ``finish_reason`` delta, the stream with a ``usage`` delta."""
         ...
 
-    async def complete(self, request: CompletionRequest) -> dict[str, Any]:
-        """A full ``text_completion`` object."""
+    async def embed(self, request: EmbedRequest) -> Embeddings:
+        """One float vector per input."""
         ...
 
-    def complete_stream(self, request: CompletionRequest) -> AsyncIterator[dict[str, Any]]:
-        """``text_completion`` chunks; the last one carries ``usage``."""
-        ...
-
-    async def embed(self, request: EmbeddingRequest) -> dict[str, Any]:
-        """An OpenAI embeddings ``list`` object with float vectors."""
+    async def count_tokens(self, request: InferenceRequest) -> int:
+        """Input tokens the request would use (the prompt after the chat template)."""
         ...
 
     async def list_models(self) -> list[str]:

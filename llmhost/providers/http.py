@@ -3,20 +3,23 @@
 Every remote provider owns one :class:`UpstreamClient` (a keep-alive pool, ``providers/wire.py``) and speaks
 through two calls: :meth:`UpstreamClient.request_json` for one JSON answer and
 :meth:`UpstreamClient.stream` for a streamed one, whose lines a provider-specific *decoder* turns into
-OpenAI chunk dicts. The client, not the decoders, owns the failure rules:
+:class:`~llmhost.core.types.Delta` objects. The client, not the decoders, owns the failure rules:
 
 - **Timeouts** (:class:`Timeouts`): ``connect`` is the pool's connect timeout; ``first_token`` bounds the time
-  from sending a streamed request to the decoder's first chunk; ``total`` bounds the whole call.
+  from sending a streamed request to the decoder's first delta; ``total`` bounds the whole call.
   Both are ``asyncio`` deadlines around each wait, never around a ``yield``, so a slow *consumer* is
   never cancelled by them.
-- **The first chunk is the first output.** Decoders hold back content-free preamble (a role-only
-  chunk, Anthropic's ``message_start``) until the first token, finish reason or usage arrives, so
-  "nothing yielded yet" means "nothing the client could have seen": the router may still retry or fall
-  back. Until then failures are :class:`ProviderConnectionError`, :class:`ProviderTimeoutError` or
-  :class:`ProviderHTTPError` (an in-band error event maps to the status its type implies); after it,
-  every failure, total timeout included, is :class:`ProviderStreamError`.
+- **The first delta is the first output.** Decoders yield nothing for content-free preamble (a role-only
+  chunk, Anthropic's ``message_start``, a ``ping``): only text, tool-call fragments, logprobs, a finish
+  or the usage, so "nothing yielded yet" means "nothing the client could have seen": the router may
+  still retry or fall back. Until then failures are :class:`ProviderConnectionError`,
+  :class:`ProviderTimeoutError` or :class:`ProviderHTTPError` (an in-band error event maps to the status
+  its type implies); after it, every failure, total timeout included, is :class:`ProviderStreamError`.
 - **Credentials never leave.** Each client knows its secrets and scrubs them from every message and
   error body it builds; nothing here logs headers.
+
+A request a backend cannot take (``n`` > 1 where the API has no such field, token-id prompts for a text
+API, ...) is refused with :class:`~llmhost.errors.RequestError` before any connection is made.
 """
 
 from __future__ import annotations
@@ -33,7 +36,8 @@ from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from llmhost.errors import ConfigError
+from llmhost.core.types import InferenceRequest
+from llmhost.errors import ConfigError, RequestError
 from llmhost.providers.base import (
     ProviderConnectionError,
     ProviderError,
@@ -56,7 +60,6 @@ __all__ = [
     "UpstreamHTTPError",
     "UpstreamProvider",
     "UpstreamReportedError",
-    "carries_output",
     "error_message",
     "in_band_error",
     "iter_sse",
@@ -98,7 +101,7 @@ class Timeouts:
     """Time limits for one upstream target, in seconds.
 
     ``connect``: establishing the TCP (and TLS) connection. ``first_token``: from sending a streamed
-    request to its first output chunk. ``total``: the whole call, streamed or not.
+    request to its first output delta. ``total``: the whole call, streamed or not.
     """
 
     connect: float = 5
@@ -168,7 +171,7 @@ class UpstreamHTTPError(ProviderHTTPError):
 class UpstreamReportedError(Exception):
     """Raised by a decoder when the upstream reports an error in-band, or its stream is malformed.
 
-    :meth:`UpstreamClient.stream` turns it into a :class:`ProviderHTTPError` with ``status`` if no chunk
+    :meth:`UpstreamClient.stream` turns it into a :class:`ProviderHTTPError` with ``status`` if no delta
     was yielded yet, else into a :class:`ProviderStreamError`.
     """
 
@@ -214,19 +217,6 @@ def in_band_error(body: dict[str, Any]) -> UpstreamReportedError:
         status = status_for_error_type(error.get("code"), 0) or status_for_error_type(error.get("type"), 502)
     message = error_message(body) or "unknown error"
     return UpstreamReportedError(f"upstream reported an error: {message}", status, body)
-
-
-def carries_output(chunk: dict[str, Any]) -> bool:
-    """Whether an OpenAI chunk carries output (text, tool calls, finish reason, usage), not just a role."""
-    if chunk.get("usage"):
-        return True
-    for choice in chunk.get("choices") or ():
-        if choice.get("finish_reason") is not None or choice.get("text"):
-            return True
-        delta = choice.get("delta")
-        if delta and any(value for key, value in delta.items() if key != "role"):
-            return True
-    return False
 
 
 async def iter_sse(lines: AsyncIterator[str]) -> AsyncGenerator[tuple[str, str], None]:
@@ -545,7 +535,8 @@ class UpstreamClient:
 
 
 class UpstreamProvider:
-    """What every HTTP provider shares: its pooled client, a key-free repr, and closing."""
+    """What every HTTP provider shares: its pooled client, a key-free repr, token counting refused (an
+    upstream API with a counting endpoint overrides it), and closing."""
 
     name: str
     _http: UpstreamClient
@@ -563,3 +554,9 @@ class UpstreamProvider:
 
     async def aclose(self) -> None:
         await self._http.aclose()
+
+    async def count_tokens(self, request: InferenceRequest) -> int:
+        raise RequestError(
+            f"provider '{self.name}' does not count tokens: its API has no token counting endpoint",
+            param="model",
+        )

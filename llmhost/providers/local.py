@@ -1,150 +1,101 @@
 """The local provider: llmhost's own engine behind the :class:`Provider` protocol.
 
-It turns OpenAI-shaped requests into engine requests (chat template, sampling parameters, grammar for
-``response_format``) and engine outputs back into OpenAI objects and chunks.
+It turns typed requests into engine requests (chat template, sampling parameters with the model's
+configured defaults, a grammar for ``response_format``, ``n`` parallel sequences) and engine outputs
+into :class:`Delta` objects.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
-import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-from llmhost.engine.types import FinishReason, RequestOutput, SamplingParams, TokenLogprob
+from llmhost.core.stream import ResultBuilder
+from llmhost.core.types import (
+    Delta,
+    Embeddings,
+    EmbedRequest,
+    FinishReason,
+    InferenceRequest,
+    ResponseFormat,
+    Result,
+    Sampling,
+    Usage,
+)
+from llmhost.engine.types import FinishReason as EngineFinish
+from llmhost.engine.types import RequestOutput, SamplingParams
 from llmhost.errors import EngineError, LLMHostError, RequestError
-from llmhost.providers.base import ChatRequest, CompletionRequest, EmbeddingRequest
-from llmhost.service import Generation, Service
+from llmhost.local.backend import ChatPlan, Generation, LocalBackend
+from llmhost.models.manager import LoadedModel
+from llmhost.toolcalls import (
+    ToolCallParser,
+    ToolSyntax,
+    detect_syntax,
+    permitted_tools,
+    to_template_messages,
+    to_template_tools,
+    tool_grammar,
+    validate_tools,
+)
 
-__all__ = ["LocalProvider", "sampling_from_params"]
-
-
-def finish_reason_name(reason: FinishReason | None) -> str | None:
-    if reason is None:
-        return None
-    return "length" if reason is FinishReason.LENGTH else "stop"
-
-
-def usage_of(out: RequestOutput) -> dict[str, Any]:
-    return {
-        "prompt_tokens": out.prompt_tokens,
-        "completion_tokens": out.completion_tokens,
-        "total_tokens": out.prompt_tokens + out.completion_tokens,
-        "prompt_tokens_details": {"cached_tokens": out.cached_tokens},
-    }
+__all__ = ["LocalProvider", "engine_sampling", "grammar_for"]
 
 
-def grammar_for(response_format: dict[str, Any] | None) -> str | None:
-    """GBNF for OpenAI's ``response_format`` (json_object / json_schema), or None for text."""
-    if not response_format or response_format.get("type", "text") == "text":
+def grammar_for(response_format: ResponseFormat) -> str | None:
+    """GBNF for a JSON ``response_format``, or None for text."""
+    if response_format.type == "text":
         return None
     from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
 
-    if response_format["type"] == "json_object":
+    if response_format.type == "json":
         return str(JSON_GBNF)
-    spec = response_format.get("json_schema") or {}
-    schema = spec.get("schema")
-    if not isinstance(schema, dict):
+    if not isinstance(response_format.schema, dict):
         raise RequestError("response_format.json_schema.schema is required", param="response_format")
     try:
-        return str(json_schema_to_gbnf(json.dumps(schema)))
+        return str(json_schema_to_gbnf(json.dumps(response_format.schema)))
     except Exception as exc:
         raise RequestError(f"unsupported JSON schema: {exc}", param="response_format") from exc
 
 
-def _pick(params: dict[str, Any], defaults: dict[str, float | int], key: str, fallback: float) -> float:
-    value = params.get(key)
-    if value is None:
-        value = defaults.get(key, fallback)
-    return float(value)
+def _pick(value: float | None, defaults: dict[str, float | int], key: str, fallback: float) -> float:
+    return float(value if value is not None else defaults.get(key, fallback))
 
 
-def sampling_from_params(params: dict[str, Any], defaults: dict[str, float | int]) -> SamplingParams:
-    """OpenAI request fields -> engine sampling; the model's configured defaults fill unset fields."""
-    if params.get("n", 1) != 1:
-        raise RequestError("only n=1 is supported", param="n")
-    stop_raw = params.get("stop")
-    stop: tuple[str, ...] = (stop_raw,) if isinstance(stop_raw, str) else tuple(stop_raw or ())
-    bias: dict[int, float] = {}
-    for key, value in (params.get("logit_bias") or {}).items():
-        try:
-            bias[int(key)] = float(value)
-        except ValueError:
-            raise RequestError(f"logit_bias key {key!r} is not a token id", param="logit_bias") from None
-    max_tokens = params.get("max_completion_tokens") or params.get("max_tokens")
+def engine_sampling(
+    s: Sampling,
+    defaults: dict[str, float | int],
+    *,
+    grammar: str | None = None,
+    seed_offset: int = 0,
+    lazy_triggers: tuple[str, ...] | None = None,
+) -> SamplingParams:
+    """Request sampling -> engine sampling; the model's configured defaults fill unset fields."""
     return SamplingParams(
-        max_tokens=max_tokens,
-        temperature=_pick(params, defaults, "temperature", 1.0),
-        top_p=_pick(params, defaults, "top_p", 1.0),
-        top_k=int(_pick(params, defaults, "top_k", 0)),
-        min_p=_pick(params, defaults, "min_p", 0.0),
-        seed=params.get("seed"),
-        presence_penalty=float(params.get("presence_penalty") or 0.0),
-        frequency_penalty=float(params.get("frequency_penalty") or 0.0),
-        repeat_penalty=_pick(params, defaults, "repeat_penalty", 1.0),
-        logit_bias=bias,
-        stop=stop,
-        grammar=grammar_for(params.get("response_format")),
-        ignore_eos=bool(params.get("ignore_eos", False)),
-        logprobs=logprobs_wanted(params),
+        max_tokens=s.max_tokens,
+        temperature=_pick(s.temperature, defaults, "temperature", 1.0),
+        top_p=_pick(s.top_p, defaults, "top_p", 1.0),
+        top_k=int(_pick(s.top_k, defaults, "top_k", 0)),
+        min_p=_pick(s.min_p, defaults, "min_p", 0.0),
+        seed=None if s.seed is None else s.seed + seed_offset,
+        presence_penalty=s.presence_penalty,
+        frequency_penalty=s.frequency_penalty,
+        repeat_penalty=_pick(s.repeat_penalty, defaults, "repeat_penalty", 1.0),
+        logit_bias=dict(s.logit_bias),
+        stop=s.stop,
+        grammar=grammar,
+        grammar_lazy=lazy_triggers is not None,
+        grammar_triggers=lazy_triggers or (),
+        ignore_eos=s.ignore_eos,
+        logprobs=s.logprobs,
     )
 
 
-def logprobs_wanted(params: dict[str, Any]) -> int | None:
-    """How many alternatives per token the request wants log-probabilities for, or None for none.
-
-    Chat sends ``logprobs: true`` plus ``top_logprobs: N``; the legacy completions API sends
-    ``logprobs: N``.
-    """
-    value = params.get("logprobs")
-    top = params.get("top_logprobs")
-    if isinstance(value, bool) or value is None:
-        if top is not None and not value:
-            raise RequestError("top_logprobs requires logprobs to be true", param="top_logprobs")
-        return int(top or 0) if value else None
-    if params.get("echo"):
-        raise RequestError("logprobs together with echo is not supported", param="logprobs")
-    return int(value)
-
-
-def _token_str(raw: bytes) -> str:
-    return raw.decode("utf-8", errors="replace")
-
-
-def chat_logprobs(items: list[TokenLogprob] | tuple[TokenLogprob, ...]) -> dict[str, Any]:
-    """OpenAI chat ``logprobs`` object: one entry per token with its ``top_logprobs``."""
-    return {
-        "content": [
-            {
-                "token": _token_str(item.token),
-                "logprob": item.logprob,
-                "bytes": list(item.token),
-                "top_logprobs": [
-                    {"token": _token_str(raw), "logprob": lp, "bytes": list(raw)} for raw, lp in item.top
-                ],
-            }
-            for item in items
-        ],
-        "refusal": None,
-    }
-
-
-def completion_logprobs(items: list[TokenLogprob] | tuple[TokenLogprob, ...], offset: int) -> dict[str, Any]:
-    """OpenAI legacy completions ``logprobs`` object; ``offset`` is the text offset of the first token."""
-    tokens: list[str] = []
-    offsets: list[int] = []
-    for item in items:
-        tokens.append(_token_str(item.token))
-        offsets.append(offset)
-        offset += len(tokens[-1])
-    return {
-        "tokens": tokens,
-        "token_logprobs": [item.logprob for item in items],
-        "top_logprobs": [
-            {_token_str(raw): lp for raw, lp in (*item.top, (item.token, item.logprob))} for item in items
-        ],
-        "text_offset": offsets,
-    }
+def _finish(out: RequestOutput) -> FinishReason | None:
+    if out.finish_reason is None:
+        return None
+    return "length" if out.finish_reason is EngineFinish.LENGTH else "stop"
 
 
 def _raise_output_error(out: RequestOutput) -> None:
@@ -152,178 +103,208 @@ def _raise_output_error(out: RequestOutput) -> None:
         raise out.error if isinstance(out.error, LLMHostError) else EngineError(str(out.error))
 
 
-def message_text(message: dict[str, Any]) -> str:
-    """A message's content as one string: text parts joined; other parts are refused."""
-    content = message.get("content")
-    if content is None or isinstance(content, str):
-        return content or ""
-    parts: list[str] = []
-    for part in content:
-        if part.get("type") != "text" or not isinstance(part.get("text"), str):
-            raise RequestError(
-                f"content part type '{part.get('type')}' is not supported: this model reads text only",
-                param="messages",
-            )
-        parts.append(part["text"])
-    return "".join(parts)
+def _uses_tools(request: InferenceRequest) -> bool:
+    return bool(request.tools) and request.tool_choice.mode != "none"
+
+
+def _plan(request: InferenceRequest, defaults: dict[str, float | int], syntax: ToolSyntax | None) -> ChatPlan:
+    """Template input and sampling for ``request`` on ``model``: a tool grammar (forced for
+    ``required`` / a named tool, lazy for ``auto``) unless the request asked for a JSON format."""
+    defaults_grammar = grammar_for(request.response_format)
+    tools = to_template_tools(request.tools) if _uses_tools(request) else None
+    grammar, triggers = defaults_grammar, None
+    if syntax is not None and _uses_tools(request):
+        tg = tool_grammar(request.tools, request.tool_choice, request.parallel_tool_calls, syntax)
+        forced = request.tool_choice.mode in ("required", "tool")
+        if tg is not None and (forced or defaults_grammar is None):
+            grammar, triggers = tg.grammar, (tg.triggers if tg.lazy else None)
+    params = [
+        engine_sampling(request.sampling, defaults, grammar=grammar, seed_offset=i, lazy_triggers=triggers)
+        for i in range(request.sampling.n)
+    ]
+    return ChatPlan(to_template_messages(request.messages, syntax=syntax), tools, params)
+
+
+class _Choice:
+    """One choice's tool-call parser (when the request has tools) and whether it already ended."""
+
+    def __init__(self, parser: ToolCallParser | None) -> None:
+        self.parser = parser
+        self.called = False
+        self.ended = False
+
+    def text(self, i: int, text: str, logprobs: tuple[Any, ...]) -> list[Delta]:
+        if self.parser is None:
+            return [Delta(i, text, logprobs=logprobs)] if text or logprobs else []
+        return self._events(i, self.parser.feed(text), logprobs)
+
+    def finish(self, i: int) -> list[Delta]:
+        return self._events(i, self.parser.finish(), ()) if self.parser is not None else []
+
+    def _events(self, i: int, events: list[str | Any], logprobs: tuple[Any, ...]) -> list[Delta]:
+        deltas: list[Delta] = []
+        for event in events:
+            if isinstance(event, str):
+                deltas.append(Delta(i, event))
+            else:
+                self.called = True
+                deltas.append(Delta(i, tool_calls=(event,)))
+        if logprobs:
+            deltas.append(Delta(i, logprobs=logprobs))
+        return deltas
 
 
 class LocalProvider:
     """The in-process engine as a provider."""
 
-    def __init__(self, service: Service, name: str = "local") -> None:
-        self.service = service
+    def __init__(self, backend: LocalBackend, name: str = "local") -> None:
+        self.backend = backend
         self.name = name
 
-    async def _start_chat(self, request: ChatRequest) -> Generation:
-        params = sampling_from_params(request.params, self.service.sampling_defaults(request.model))
-        messages = [{"role": m["role"], "content": message_text(m)} for m in request.messages]
-        return await self.service.chat(request.model, messages, params)
+    async def _start(self, request: InferenceRequest) -> tuple[list[Generation], ToolSyntax | None]:
+        """Accept the request on the engine: one generation per choice (``n``)."""
+        defaults = self.backend.sampling_defaults(request.model)
+        if request.kind == "completion":
+            grammar = grammar_for(request.response_format)
+            n = request.sampling.n
+            params = [
+                engine_sampling(request.sampling, defaults, grammar=grammar, seed_offset=i) for i in range(n)
+            ]
+            prompt = request.prompt if isinstance(request.prompt, str) else list(request.prompt)
+            return await self.backend.complete(request.model, prompt, params), None
+        if request.tools:
+            validate_tools(request.tools, request.tool_choice)
+        syntax: ToolSyntax | None = None
 
-    async def _start_completion(self, request: CompletionRequest) -> Generation:
-        if request.params.get("suffix"):
-            raise RequestError("suffix is not supported", param="suffix")
-        if request.params.get("best_of") not in (None, 1):
-            raise RequestError("only best_of=1 is supported", param="best_of")
-        params = sampling_from_params(request.params, self.service.sampling_defaults(request.model))
-        return await self.service.complete(request.model, request.prompt, params)
+        def plan(model: LoadedModel) -> ChatPlan:
+            nonlocal syntax
+            if _uses_tools(request):
+                syntax = detect_syntax(model.template.source, model.record.architecture, model.name)
+            return _plan(request, defaults, syntax)
 
-    @staticmethod
-    async def _collect(gen: Generation) -> tuple[str, RequestOutput, list[TokenLogprob]]:
-        parts: list[str] = []
-        logprobs: list[TokenLogprob] = []
-        last: RequestOutput | None = None
+        return await self.backend.chat(request.model, plan), syntax
+
+    async def answer(self, request: InferenceRequest) -> Result:
+        gens, syntax = await self._start(request)
+        built = ResultBuilder(
+            gens[0].request_id, request.model, logprobs=request.sampling.logprobs is not None
+        )
+        async for delta in self._deltas(request, gens, syntax):
+            built.add(delta)
+        return built.result()
+
+    async def stream(self, request: InferenceRequest) -> AsyncIterator[Delta]:
+        gens, syntax = await self._start(request)
+        async for delta in self._deltas(request, gens, syntax):
+            yield delta
+
+    async def _deltas(
+        self, request: InferenceRequest, gens: list[Generation], syntax: ToolSyntax | None
+    ) -> AsyncIterator[Delta]:
+        echo = request.prompt if request.echo and isinstance(request.prompt, str) else ""
+        client_stops = set(request.sampling.stop)
+        allowed = permitted_tools(request.tools, request.tool_choice) if syntax is not None else []
+        choices = [
+            _Choice(ToolCallParser(syntax, allowed, parallel=request.parallel_tool_calls) if syntax else None)
+            for _ in gens
+        ]
         try:
-            async for out in gen.stream:
+            if len(gens) == 1:
+                outputs: AsyncIterator[tuple[int, RequestOutput]] = _indexed(gens[0])
+            else:
+                outputs = _merged(gens)
+            usage = [Usage() for _ in gens]
+            if echo:
+                for i in range(len(gens)):
+                    yield Delta(i, echo)
+            async for i, out in outputs:
                 _raise_output_error(out)
-                parts.append(out.text)
-                logprobs.extend(out.logprobs)
-                last = out
+                choice = choices[i]
+                if choice.ended:
+                    continue
+                for delta in choice.text(i, out.text, out.logprobs):
+                    yield delta
+                finish = _finish(out)
+                parser_done = choice.parser is not None and choice.parser.done
+                if finish is None and not parser_done:
+                    continue
+                if parser_done:
+                    gens[i].stream.cancel()  # one call read, parallel calls off: nothing more can change it
+                for delta in choice.finish(i):
+                    yield delta
+                choice.ended = True
+                stop = out.stop_sequence if out.stop_sequence in client_stops else None
+                # A call cut off by max_tokens still says "length", as OpenAI's does.
+                reason: FinishReason = finish or "stop"
+                if choice.called and finish != "length":
+                    reason = "tool_calls"
+                yield Delta(i, finish_reason=reason, stop_sequence=None if choice.called else stop)
+                usage[i] = Usage(out.prompt_tokens, out.completion_tokens, out.cached_tokens)
+                if all(c.ended for c in choices):
+                    break
+            total = Usage(
+                usage[0].prompt_tokens, sum(u.completion_tokens for u in usage), usage[0].cached_tokens
+            )
+            yield Delta(-1, usage=total)
         finally:
-            gen.stream.cancel()
-        assert last is not None
-        return "".join(parts), last, logprobs
+            for gen in gens:
+                gen.stream.cancel()  # the consumer left early (client gone): free the slots
 
-    async def chat(self, request: ChatRequest) -> dict[str, Any]:
-        gen = await self._start_chat(request)
-        text, last, logprobs = await self._collect(gen)
-        return {
-            "id": gen.request_id,
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": gen.model,
-            "system_fingerprint": None,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": text, "refusal": None},
-                    "logprobs": chat_logprobs(logprobs) if gen.logprobs else None,
-                    "finish_reason": finish_reason_name(last.finish_reason),
-                }
-            ],
-            "usage": usage_of(last),
-        }
+    async def embed(self, request: EmbedRequest) -> Embeddings:
+        inputs: list[str | list[int]] = [x if isinstance(x, str) else list(x) for x in request.inputs]
+        vectors, n_tokens = await self.backend.embed(request.model, inputs)
+        return Embeddings(vectors, Usage(prompt_tokens=n_tokens), model=request.model)
 
-    async def chat_stream(self, request: ChatRequest) -> AsyncIterator[dict[str, Any]]:
-        gen = await self._start_chat(request)
-        base = {
-            "id": gen.request_id,
-            "object": "chat.completion.chunk",
-            "created": int(time.time()),
-            "model": gen.model,
-            "system_fingerprint": None,
-        }
+    async def count_tokens(self, request: InferenceRequest) -> int:
+        if request.kind == "chat":
+            defaults = self.backend.sampling_defaults(request.model)
 
-        def chunk(
-            delta: dict[str, Any], finish: str | None, logprobs: tuple[TokenLogprob, ...] = ()
-        ) -> dict[str, Any]:
-            lp = chat_logprobs(logprobs) if logprobs else None
-            return {
-                **base,
-                "choices": [{"index": 0, "delta": delta, "logprobs": lp, "finish_reason": finish}],
-            }
+            def plan(model: LoadedModel) -> ChatPlan:
+                syntax = None
+                if _uses_tools(request):
+                    syntax = detect_syntax(model.template.source, model.record.architecture, model.name)
+                return _plan(request, defaults, syntax)
 
-        try:
-            yield chunk({"role": "assistant", "content": ""}, None)
-            async for out in gen.stream:
-                _raise_output_error(out)
-                if out.text or out.logprobs:
-                    yield chunk({"content": out.text}, None, out.logprobs)
-                if out.finished:
-                    yield chunk({}, finish_reason_name(out.finish_reason))
-                    yield {**base, "choices": [], "usage": usage_of(out)}
-        finally:
-            gen.stream.cancel()  # the consumer left early (client gone): free the slot
-
-    async def complete(self, request: CompletionRequest) -> dict[str, Any]:
-        gen = await self._start_completion(request)
-        text, last, logprobs = await self._collect(gen)
-        echo = request.prompt if request.params.get("echo") and isinstance(request.prompt, str) else ""
-        return {
-            "id": gen.request_id,
-            "object": "text_completion",
-            "created": int(time.time()),
-            "model": gen.model,
-            "system_fingerprint": None,
-            "choices": [
-                {
-                    "text": echo + text,
-                    "index": 0,
-                    "logprobs": completion_logprobs(logprobs, len(echo)) if gen.logprobs else None,
-                    "finish_reason": finish_reason_name(last.finish_reason),
-                }
-            ],
-            "usage": usage_of(last),
-        }
-
-    async def complete_stream(self, request: CompletionRequest) -> AsyncIterator[dict[str, Any]]:
-        gen = await self._start_completion(request)
-        base = {
-            "id": gen.request_id,
-            "object": "text_completion",
-            "created": int(time.time()),
-            "model": gen.model,
-            "system_fingerprint": None,
-        }
-
-        offset = 0
-
-        def chunk(text: str, finish: str | None, logprobs: tuple[TokenLogprob, ...] = ()) -> dict[str, Any]:
-            lp = completion_logprobs(logprobs, offset) if gen.logprobs else None
-            return {
-                **base,
-                "choices": [{"text": text, "index": 0, "logprobs": lp, "finish_reason": finish}],
-            }
-
-        try:
-            if request.params.get("echo") and isinstance(request.prompt, str):
-                yield chunk(request.prompt, None)
-                offset += len(request.prompt)
-            async for out in gen.stream:
-                _raise_output_error(out)
-                if out.text or out.finished or out.logprobs:
-                    yield chunk(out.text, finish_reason_name(out.finish_reason), out.logprobs)
-                    offset += sum(len(_token_str(item.token)) for item in out.logprobs)
-                if out.finished:
-                    yield {**base, "choices": [], "usage": usage_of(out)}
-        finally:
-            gen.stream.cancel()
-
-    async def embed(self, request: EmbeddingRequest) -> dict[str, Any]:
-        inputs: list[str | list[int]] = list(request.input)
-        vectors, n_tokens = await self.service.embed(request.model, inputs)
-        return {
-            "object": "list",
-            "data": [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)],
-            "model": request.model,
-            "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens},
-        }
+            return await self.backend.count_chat_tokens(request.model, plan)
+        if isinstance(request.prompt, str):
+            return await self.backend.count_text_tokens(request.model, request.prompt)
+        return len(request.prompt)
 
     async def list_models(self) -> list[str]:
-        return [r.name for r in self.service.list_models()]
+        return [r.name for r in self.backend.list_models()]
 
     async def health(self) -> bool:
-        return self.service.ready
+        return self.backend.ready
 
     async def aclose(self) -> None:
         return None
+
+
+async def _indexed(gen: Generation) -> AsyncIterator[tuple[int, RequestOutput]]:
+    async for out in gen.stream:
+        yield 0, out
+
+
+async def _merged(gens: Sequence[Generation]) -> AsyncIterator[tuple[int, RequestOutput]]:
+    """Outputs of several generations as they arrive (``n`` > 1 decodes the choices side by side)."""
+    queue: asyncio.Queue[tuple[int, RequestOutput | None]] = asyncio.Queue()
+
+    async def pump(i: int, gen: Generation) -> None:
+        try:
+            async for out in gen.stream:
+                queue.put_nowait((i, out))
+        finally:
+            queue.put_nowait((i, None))
+
+    tasks = [asyncio.create_task(pump(i, g)) for i, g in enumerate(gens)]
+    try:
+        live = len(tasks)
+        while live:
+            i, out = await queue.get()
+            if out is None:
+                live -= 1
+                continue
+            yield i, out
+    finally:
+        for task in tasks:
+            task.cancel()

@@ -1,24 +1,48 @@
 """A provider for Ollama's native API: ``/api/chat``, ``/api/generate``, ``/api/embed``, ``/api/tags``.
 
-Request: OpenAI sampling fields go into ``options`` (``temperature``, ``top_p``, ``top_k``, ``seed``,
-``stop``, the penalties, llama.cpp's ``min_p``/``repeat_penalty``; ``max_tokens`` -> ``num_predict``);
-``response_format`` ``json_object`` -> ``format: "json"``, ``json_schema`` -> ``format: <schema>``; text
-parts are joined and base64 ``data:`` images go to ``images``. Completions use ``/api/generate`` with
-``raw: true`` (OpenAI's completions continue the prompt as given, without a chat template).
+Request: sampling fields go into ``options`` (``temperature``, ``top_p``, ``top_k``, ``min_p``, ``seed``,
+``stop``, the penalties, ``repeat_penalty``; ``max_tokens`` -> ``num_predict``); ``logprobs`` ->
+``logprobs: true`` + ``top_logprobs``; ``response_format`` ``json`` -> ``format: "json"``,
+``json_schema`` -> ``format: <schema>``; inline images go to the message's ``images`` (base64; Ollama
+takes no image URLs). Tools are sent as ``tools`` (function tools); an assistant's calls as
+``tool_calls`` with the arguments as an object, and ``role: tool`` answers with ``tool_name`` (looked up
+from the call they answer when the door did not say) and ``tool_call_id``. Ollama has no
+``tool_choice``: ``none`` leaves the tools out, ``required`` and a named tool are refused, like ``n`` > 1,
+since Ollama cannot force them. Completions use ``/api/generate`` with ``raw: true`` (they continue
+the prompt as given, without a chat template); ``logit_bias`` and ``ignore_eos`` have no Ollama option
+and are dropped. Ollama has no token counting API.
 
-Answer: ``done_reason`` ``length`` -> ``length``, anything else -> ``stop``; ``prompt_eval_count`` and
-``eval_count`` -> usage. Streams are NDJSON: each line's ``message.content`` (or ``response``) becomes a
-chunk; the ``done: true`` line becomes a finish chunk and a usage chunk; an ``{"error": ...}`` line, or
-an end without ``done``, is an error (see ``http``'s module doc).
+Answer: ``done_reason`` ``length`` -> ``length``, a message with tool calls -> ``tool_calls``, anything
+else -> ``stop``; ``prompt_eval_count`` and ``eval_count`` -> usage. Streams are NDJSON: each line's
+``message.content`` (or ``response``) becomes a text delta, its ``tool_calls`` (Ollama sends each call
+whole) one tool-call delta each, its ``logprobs`` logprob deltas; the ``done: true`` line becomes the
+finish and usage deltas; an ``{"error": ...}`` line, or an end without ``done``, is an error (see
+``http``'s module doc).
 """
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
-from llmhost.providers.base import ChatRequest, CompletionRequest, EmbeddingRequest
+from llmhost.core.types import (
+    ChatMessage,
+    Choice,
+    Delta,
+    Embeddings,
+    EmbedRequest,
+    FinishReason,
+    InferenceRequest,
+    Result,
+    TokenLogprob,
+    ToolCall,
+    ToolCallDelta,
+    Usage,
+    new_id,
+)
+from llmhost.errors import RequestError
 from llmhost.providers.http import (
     Timeouts,
     UpstreamClient,
@@ -26,124 +50,174 @@ from llmhost.providers.http import (
     UpstreamReportedError,
     in_band_error,
 )
-from llmhost.providers.shapes import (
-    chat_chunk,
-    chat_chunk_to_text_chunk,
-    chat_completion,
-    chat_to_text_completion,
-    new_id,
-    now,
-    unsupported,
-    usage,
-    usage_chunk,
-)
 
-__all__ = [
-    "OllamaProvider",
-    "ollama_chat_chunks",
-    "ollama_generate_chunks",
-    "to_ollama_chat",
-    "to_ollama_options",
-]
+__all__ = ["OllamaProvider", "ollama_deltas", "to_ollama_chat", "to_ollama_generate", "to_ollama_options"]
 
 _OPTION_NAMES = (
     "temperature",
     "top_p",
     "top_k",
-    "seed",
-    "presence_penalty",
-    "frequency_penalty",
     "min_p",
+    "seed",
     "repeat_penalty",
 )
-_REFUSED_PARAMS = ("tools", "tool_choice", "functions", "function_call", "logprobs", "top_logprobs")
 
 
-def _finish_reason(done_reason: object) -> str:
-    return "length" if done_reason == "length" else "stop"
+def _finish(done_reason: object, called: bool) -> FinishReason:
+    if done_reason == "length":
+        return "length"
+    return "tool_calls" if called else "stop"
 
 
-def _usage(answer: dict[str, Any]) -> dict[str, Any]:
-    return usage(int(answer.get("prompt_eval_count") or 0), int(answer.get("eval_count") or 0))
+def _usage(answer: dict[str, Any]) -> Usage:
+    return Usage(int(answer.get("prompt_eval_count") or 0), int(answer.get("eval_count") or 0))
 
 
-def to_ollama_options(provider: str, params: dict[str, Any]) -> dict[str, Any]:
-    """Ollama's ``options`` for OpenAI sampling fields; refuses what Ollama's native API cannot do."""
-    for key in _REFUSED_PARAMS:
-        if params.get(key):
-            raise unsupported(provider, f"{key!r} is not supported by the Ollama provider")
-    if params.get("n", 1) not in (1, None):
-        raise unsupported(provider, "n > 1 is not supported by Ollama")
-    options = {key: params[key] for key in _OPTION_NAMES if params.get(key) is not None}
-    max_tokens = params.get("max_completion_tokens") or params.get("max_tokens")
-    if max_tokens is not None:
-        options["num_predict"] = max_tokens
-    stop = params.get("stop")
-    if stop:
-        options["stop"] = [stop] if isinstance(stop, str) else list(stop)
+def _token_bytes(entry: dict[str, Any]) -> bytes:
+    raw = entry.get("bytes")
+    return bytes(raw) if isinstance(raw, list) else str(entry.get("token", "")).encode()
+
+
+def _logprobs(raw: object) -> list[TokenLogprob]:
+    """A response's ``logprobs``: ``[{token, logprob, bytes, top_logprobs: [...]}]``."""
+    return [
+        TokenLogprob(
+            _token_bytes(e),
+            float(e["logprob"]),
+            tuple((_token_bytes(t), float(t["logprob"])) for t in e.get("top_logprobs") or ()),
+        )
+        for e in (raw if isinstance(raw, list) else ())
+    ]
+
+
+def _calls(message: object) -> list[ToolCall]:
+    raw = message.get("tool_calls") if isinstance(message, dict) else None
+    calls = []
+    for c in raw or ():
+        fn = c["function"]
+        arguments = fn.get("arguments")
+        text = arguments if isinstance(arguments, str) else json.dumps(arguments or {})
+        calls.append(ToolCall(str(c.get("id") or new_id("call")), str(fn["name"]), text))
+    return calls
+
+
+# ----- requests --------------------------------------------------------------------------------------
+def to_ollama_options(request: InferenceRequest) -> dict[str, Any]:
+    """Ollama's ``options`` for the request's sampling; refuses what Ollama's native API cannot do."""
+    s = request.sampling
+    if s.n != 1:
+        raise RequestError("n > 1 is not supported by Ollama", param="n")
+    options: dict[str, Any] = {key: getattr(s, key) for key in _OPTION_NAMES if getattr(s, key) is not None}
+    if s.presence_penalty:
+        options["presence_penalty"] = s.presence_penalty
+    if s.frequency_penalty:
+        options["frequency_penalty"] = s.frequency_penalty
+    if s.max_tokens is not None:
+        options["num_predict"] = s.max_tokens
+    if s.stop:
+        options["stop"] = list(s.stop)
     return options
 
 
-def _format(params: dict[str, Any]) -> Any:
-    response_format = params.get("response_format")
-    if not isinstance(response_format, dict):
-        return None
-    kind = response_format.get("type")
-    if kind == "json_object":
-        return "json"
-    if kind == "json_schema":
-        return (response_format.get("json_schema") or {}).get("schema") or "json"
-    return None
-
-
-def _message(provider: str, message: dict[str, Any]) -> dict[str, Any]:
-    role = message.get("role")
-    if role not in ("system", "user", "assistant"):
-        raise unsupported(provider, f"messages with role {role!r} are not supported by the Ollama provider")
-    if message.get("tool_calls") or message.get("function_call"):
-        raise unsupported(provider, "tool calls are not supported by the Ollama provider")
-    content = message.get("content")
-    if content is None or isinstance(content, str):
-        return {"role": role, "content": content or ""}
-    texts: list[str] = []
-    images: list[str] = []
-    for part in content:
-        kind = part.get("type") if isinstance(part, dict) else None
-        if kind == "text":
-            texts.append(part["text"])
-        elif kind == "image_url":
-            image = part.get("image_url")
-            url = image.get("url") if isinstance(image, dict) else image
-            if not (isinstance(url, str) and url.startswith("data:") and ";base64," in url):
-                raise unsupported(provider, "Ollama takes images as base64 data: URLs only")
-            images.append(url.partition(",")[2])
-        else:
-            raise unsupported(provider, f"content part type {kind!r} is not supported by the Ollama provider")
-    result: dict[str, Any] = {"role": role, "content": "".join(texts)}
-    if images:
-        result["images"] = images
-    return result
-
-
-def to_ollama_chat(provider: str, request: ChatRequest, *, stream: bool) -> dict[str, Any]:
-    """The ``/api/chat`` body for an OpenAI chat request."""
-    body: dict[str, Any] = {
-        "model": request.model,
-        "messages": [_message(provider, m) for m in request.messages],
-        "stream": stream,
-    }
-    options = to_ollama_options(provider, request.params)
+def _shared(request: InferenceRequest, body: dict[str, Any]) -> None:
+    """Options, format and logprobs, which /api/chat and /api/generate share."""
+    options = to_ollama_options(request)
     if options:
         body["options"] = options
-    fmt = _format(request.params)
-    if fmt is not None:
-        body["format"] = fmt
+    rf = request.response_format
+    if rf.type == "json":
+        body["format"] = "json"
+    elif rf.type == "json_schema":
+        body["format"] = rf.schema or "json"
+    if request.sampling.logprobs is not None:
+        body["logprobs"] = True
+        if request.sampling.logprobs:
+            body["top_logprobs"] = request.sampling.logprobs
+
+
+def _message(m: ChatMessage, i: int, tool_names: dict[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {"role": m.role, "content": m.content}
+    if m.parts:
+        if any(not p.data for p in m.parts):
+            raise RequestError(
+                f"messages[{i}]: Ollama takes inline (base64) images only, not image URLs", param="messages"
+            )
+        out["images"] = [base64.b64encode(p.data).decode() for p in m.parts]
+    if m.tool_calls:
+        calls = []
+        for j, c in enumerate(m.tool_calls):
+            try:
+                arguments = json.loads(c.arguments) if c.arguments.strip() else {}
+            except ValueError:
+                raise RequestError(
+                    f"messages[{i}]: tool call arguments are not valid JSON", param="messages"
+                ) from None
+            calls.append({"id": c.id, "function": {"index": j, "name": c.name, "arguments": arguments}})
+            tool_names[c.id] = c.name
+        out["tool_calls"] = calls
+    if m.role == "tool":
+        name = m.name or tool_names.get(m.tool_call_id or "")
+        if name:
+            out["tool_name"] = name
+        if m.tool_call_id:
+            out["tool_call_id"] = m.tool_call_id
+    return out
+
+
+def to_ollama_chat(request: InferenceRequest, *, stream: bool) -> dict[str, Any]:
+    """The ``/api/chat`` body for a chat request."""
+    tool_names: dict[str, str] = {}
+    body: dict[str, Any] = {
+        "model": request.model,
+        "messages": [_message(m, i, tool_names) for i, m in enumerate(request.messages)],
+        "stream": stream,
+    }
+    choice = request.tool_choice
+    if choice.mode in ("required", "tool"):
+        raise RequestError(
+            f"tool_choice {choice.mode!r} is not supported by Ollama (it cannot force a tool call)",
+            param="tool_choice",
+        )
+    if request.tools and choice.mode != "none":
+        body["tools"] = [
+            {
+                "type": "function",
+                "function": {"name": t.name, "description": t.description, "parameters": t.parameters},
+            }
+            for t in request.tools
+        ]
+    _shared(request, body)
     return body
 
 
-async def _ndjson_chunks(lines: AsyncIterator[str], field: str) -> AsyncGenerator[dict[str, Any], None]:
-    id_, created, model = new_id("chatcmpl"), now(), ""
-    role_sent = False
+def to_ollama_generate(request: InferenceRequest, *, stream: bool) -> dict[str, Any]:
+    """The ``/api/generate`` body (raw: no template) for a completion request."""
+    if not isinstance(request.prompt, str):
+        raise RequestError("the Ollama provider takes a text prompt, not token ids", param="prompt")
+    if request.tools:
+        raise RequestError("tools need a chat request, not a completion", param="tools")
+    body: dict[str, Any] = {"model": request.model, "prompt": request.prompt, "stream": stream, "raw": True}
+    _shared(request, body)
+    return body
+
+
+# ----- answers ---------------------------------------------------------------------------------------
+def _result(answer: dict[str, Any], request: InferenceRequest, echo: str) -> Result:
+    if request.kind == "chat":
+        message = answer.get("message") or {}
+        text = str(message.get("content") or "")
+        calls = _calls(message)
+    else:
+        text, calls = str(answer.get("response") or ""), []
+    choice = Choice(0, echo + text, calls, finish_reason=_finish(answer.get("done_reason"), bool(calls)))
+    if request.sampling.logprobs is not None:
+        choice.logprobs = _logprobs(answer.get("logprobs"))
+    return Result(new_id("ollama"), str(answer.get("model") or request.model), [choice], _usage(answer))
+
+
+async def ollama_deltas(lines: AsyncIterator[str], *, chat: bool = True) -> AsyncGenerator[Delta, None]:
+    """Decode an ``/api/chat`` (or, ``chat=False``, ``/api/generate``) NDJSON stream into deltas."""
+    n_calls = 0
     async for line in lines:
         if not line:
             continue
@@ -155,38 +229,24 @@ async def _ndjson_chunks(lines: AsyncIterator[str], field: str) -> AsyncGenerato
             raise UpstreamReportedError("upstream sent a line that is not a JSON object")
         if "error" in answer:
             raise in_band_error(answer)
-        model = str(answer.get("model", model))
-        if field == "message":
-            text = (answer.get("message") or {}).get("content") or ""
+        if chat:
+            message = answer.get("message") or {}
+            text = message.get("content") or ""
+            calls = _calls(message)
         else:
-            text = answer.get("response") or ""
-        if (text or answer.get("done")) and not role_sent:
-            role_sent = True
-            yield chat_chunk(id_, created, model, {"role": "assistant", "content": ""})
-        if text:
-            yield chat_chunk(id_, created, model, {"content": text})
+            text, calls = answer.get("response") or "", []
+        logprobs = _logprobs(answer.get("logprobs"))
+        if text or calls or logprobs:
+            fragments = tuple(
+                ToolCallDelta(n_calls + k, c.id, c.name, c.arguments) for k, c in enumerate(calls)
+            )
+            n_calls += len(calls)
+            yield Delta(0, text, fragments, tuple(logprobs))
         if answer.get("done"):
-            yield chat_chunk(id_, created, model, {}, _finish_reason(answer.get("done_reason")))
-            yield usage_chunk(id_, created, model, _usage(answer), "chat.completion.chunk")
+            yield Delta(0, finish_reason=_finish(answer.get("done_reason"), n_calls > 0))
+            yield Delta(-1, usage=_usage(answer))
             return
     raise UpstreamReportedError("the stream ended before its done line")
-
-
-def ollama_chat_chunks(lines: AsyncIterator[str]) -> AsyncGenerator[dict[str, Any], None]:
-    """Decode an ``/api/chat`` NDJSON stream into OpenAI chat chunks (role chunk held to the first text)."""
-    return _ndjson_chunks(lines, "message")
-
-
-async def ollama_generate_chunks(lines: AsyncIterator[str]) -> AsyncGenerator[dict[str, Any], None]:
-    """Decode an ``/api/generate`` NDJSON stream into ``text_completion`` chunks."""
-    chunks = _ndjson_chunks(lines, "response")
-    try:
-        async for chunk in chunks:
-            text_chunk = chat_chunk_to_text_chunk(chunk)
-            if text_chunk is not None:
-                yield text_chunk
-    finally:
-        await chunks.aclose()
 
 
 class OllamaProvider(UpstreamProvider):
@@ -217,76 +277,46 @@ class OllamaProvider(UpstreamProvider):
             raise self._http.reported_error(in_band_error(answer))
         return answer
 
-    async def chat(self, request: ChatRequest) -> dict[str, Any]:
-        answer = await self._post("/api/chat", to_ollama_chat(self.name, request, stream=False))
-        with self._http.translating("/api/chat answer"):
-            return chat_completion(
-                new_id("chatcmpl"),
-                now(),
-                str(answer.get("model", request.model)),
-                str((answer.get("message") or {}).get("content") or ""),
-                _finish_reason(answer.get("done_reason")),
-                _usage(answer),
-            )
+    @staticmethod
+    def _request(request: InferenceRequest, *, stream: bool) -> tuple[str, dict[str, Any]]:
+        if request.kind == "chat":
+            return "/api/chat", to_ollama_chat(request, stream=stream)
+        return "/api/generate", to_ollama_generate(request, stream=stream)
 
-    async def chat_stream(self, request: ChatRequest) -> AsyncGenerator[dict[str, Any], None]:
-        chunks = self._http.stream(
-            "/api/chat", to_ollama_chat(self.name, request, stream=True), ollama_chat_chunks
-        )
+    @staticmethod
+    def _echo(request: InferenceRequest) -> str:
+        return request.prompt if request.echo and isinstance(request.prompt, str) else ""
+
+    async def answer(self, request: InferenceRequest) -> Result:
+        path, body = self._request(request, stream=False)
+        answer = await self._post(path, body)
+        with self._http.translating(f"{path} answer"):
+            return _result(answer, request, self._echo(request))
+
+    async def stream(self, request: InferenceRequest) -> AsyncGenerator[Delta, None]:
+        path, body = self._request(request, stream=True)  # refusals raise here, before any request
+        chat, echo = request.kind == "chat", self._echo(request)
+
+        def decode(lines: AsyncIterator[str]) -> AsyncGenerator[Delta, None]:
+            return ollama_deltas(lines, chat=chat)
+
+        deltas = self._http.stream(path, body, decode)
         try:
-            async for chunk in chunks:
-                yield chunk
+            async for delta in deltas:
+                if echo:
+                    yield Delta(0, echo)
+                    echo = ""
+                yield delta
         finally:
-            await chunks.aclose()
+            await deltas.aclose()
 
-    def _generate_body(self, request: CompletionRequest, *, stream: bool) -> dict[str, Any]:
-        if not isinstance(request.prompt, str):
-            raise unsupported(self.name, "the Ollama provider takes a text prompt, not token ids")
-        body: dict[str, Any] = {
-            "model": request.model,
-            "prompt": request.prompt,
-            "stream": stream,
-            "raw": True,
-        }
-        options = to_ollama_options(self.name, request.params)
-        if options:
-            body["options"] = options
-        if request.params.get("suffix"):
-            body["suffix"] = request.params["suffix"]
-        fmt = _format(request.params)
-        if fmt is not None:
-            body["format"] = fmt
-        return body
-
-    async def complete(self, request: CompletionRequest) -> dict[str, Any]:
-        answer = await self._post("/api/generate", self._generate_body(request, stream=False))
-        with self._http.translating("/api/generate answer"):
-            completion = chat_completion(
-                new_id("chatcmpl"),
-                now(),
-                str(answer.get("model", request.model)),
-                str(answer.get("response") or ""),
-                _finish_reason(answer.get("done_reason")),
-                _usage(answer),
-            )
-            return chat_to_text_completion(completion)
-
-    async def complete_stream(self, request: CompletionRequest) -> AsyncGenerator[dict[str, Any], None]:
-        body = self._generate_body(request, stream=True)
-        chunks = self._http.stream("/api/generate", body, ollama_generate_chunks)
-        try:
-            async for chunk in chunks:
-                yield chunk
-        finally:
-            await chunks.aclose()
-
-    async def embed(self, request: EmbeddingRequest) -> dict[str, Any]:
-        inputs = request.input
+    async def embed(self, request: EmbedRequest) -> Embeddings:
+        inputs = request.inputs
         if not all(isinstance(item, str) for item in inputs):
-            raise unsupported(self.name, "the Ollama provider embeds text, not token ids")
+            raise RequestError("the Ollama provider embeds text, not token ids", param="input")
         body: dict[str, Any] = {"model": request.model, "input": list(inputs)}
-        if request.params.get("dimensions"):
-            body["dimensions"] = request.params["dimensions"]
+        if request.dimensions:
+            body["dimensions"] = request.dimensions
         answer = await self._post("/api/embed", body)
         vectors = answer.get("embeddings")
         if not isinstance(vectors, list) or len(vectors) != len(inputs):
@@ -294,13 +324,9 @@ class OllamaProvider(UpstreamProvider):
                 UpstreamReportedError("/api/embed answered without one embedding per input")
             )
         with self._http.translating("/api/embed answer"):
-            prompt_tokens = int(answer.get("prompt_eval_count") or 0)
-        return {
-            "object": "list",
-            "data": [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)],
-            "model": str(answer.get("model", request.model)),
-            "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
-        }
+            floats = [[float(x) for x in v] for v in vectors]
+            usage = Usage(prompt_tokens=int(answer.get("prompt_eval_count") or 0))
+        return Embeddings(floats, usage, model=str(answer.get("model") or request.model))
 
     async def list_models(self) -> list[str]:
         answer = await self._http.request_json("GET", "/api/tags", timeout=min(self.timeouts.total, 30.0))

@@ -15,11 +15,14 @@ from dataclasses import astuple, dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
 
-__all__ = ["UsageRecord", "UsageStore", "cost_of"]
+from llmhost.core.stage import Answer, StageBase
+from llmhost.core.types import RequestContext
+
+__all__ = ["UsageRecord", "UsageStage", "UsageStore", "cost_of", "since_days"]
 
 log = logging.getLogger(__name__)
 
-GroupBy = Literal["model", "provider", "day", "key", "target"]
+GroupBy = Literal["model", "provider", "day", "key", "target", "door"]
 
 
 def cost_of(prompt_tokens: int, completion_tokens: int, input_price: float, output_price: float) -> float:
@@ -44,6 +47,8 @@ class UsageRecord:
     status: str  # "ok" or an error class name
     api_key: str | None = None  # key id (never the secret)
     stream: bool = False
+    door: str = ""  # the dialect the request came in through: openai, anthropic, ollama, responses, cli
+    principal: str = ""  # who asked (the principal's name)
 
 
 _COLUMNS = [f.name for f in fields(UsageRecord)]
@@ -62,7 +67,9 @@ CREATE TABLE IF NOT EXISTS usage (
     cost REAL NOT NULL,
     status TEXT NOT NULL,
     api_key TEXT,
-    stream INTEGER NOT NULL
+    stream INTEGER NOT NULL,
+    door TEXT NOT NULL DEFAULT '',
+    principal TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS usage_ts ON usage (ts);
 """
@@ -72,6 +79,12 @@ _GROUP_EXPR = {
     "target": "provider || '/' || target_model",
     "key": "COALESCE(api_key, '-')",
     "day": "date(ts, 'unixepoch')",
+    "door": "door",
+}
+# Columns added after the first release, for databases created before them.
+_ADDED_COLUMNS = {
+    "door": "ALTER TABLE usage ADD COLUMN door TEXT NOT NULL DEFAULT ''",
+    "principal": "ALTER TABLE usage ADD COLUMN principal TEXT NOT NULL DEFAULT ''",
 }
 
 
@@ -83,6 +96,10 @@ class UsageStore:
         db_path.parent.mkdir(parents=True, exist_ok=True)
         with self._connect() as conn:
             conn.executescript(_SCHEMA)
+            have = {row[1] for row in conn.execute("PRAGMA table_info(usage)")}
+            for column, ddl in _ADDED_COLUMNS.items():
+                if column not in have:
+                    conn.execute(ddl)
         self._queue: queue.SimpleQueue[UsageRecord | None] = queue.SimpleQueue()
         self._pending = 0
         self._idle = threading.Condition()
@@ -165,3 +182,43 @@ class UsageStore:
 
 def since_days(days: float) -> float:
     return (dt.datetime.now(dt.UTC) - dt.timedelta(days=days)).timestamp()
+
+
+class UsageStage(StageBase):
+    """The pipeline's "usage" stage: one usage row per call to a target, with who asked and how."""
+
+    name = "usage"
+
+    def __init__(self, store: UsageStore) -> None:
+        self.store = store
+
+    async def after(self, ctx: RequestContext, answer: Answer) -> Answer:
+        self._write(ctx)
+        return answer
+
+    async def on_error(self, ctx: RequestContext, exc: BaseException) -> None:
+        self._write(ctx)
+
+    def _write(self, ctx: RequestContext) -> None:
+        now = time.time()
+        for a in ctx.attempts:
+            self.store.record(
+                UsageRecord(
+                    ts=now,
+                    model=a.route,
+                    provider=a.provider,
+                    target_model=a.model,
+                    tier=a.tier,
+                    prompt_tokens=a.usage.prompt_tokens,
+                    completion_tokens=a.usage.completion_tokens,
+                    cached_tokens=a.usage.cached_tokens,
+                    latency_ms=a.latency_s * 1000,
+                    cost=a.cost,
+                    status=a.status,
+                    api_key=ctx.principal.key_id,
+                    stream=ctx.stream,
+                    door=ctx.door,
+                    principal=ctx.principal.name,
+                )
+            )
+        ctx.attempts.clear()

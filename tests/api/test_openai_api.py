@@ -231,9 +231,30 @@ def test_missing_messages_and_wrong_types_are_400(server: LiveServer) -> None:
     assert r.status_code == 400 and r.json()["error"]["param"] == "temperature"
 
 
-def test_n_greater_than_one_is_rejected(client: openai.OpenAI) -> None:
+def test_n_returns_that_many_choices_decoded_side_by_side(client: openai.OpenAI) -> None:
+    resp = chat(client, n=3, max_tokens=6, logit_bias={EOS: -100}, seed=1)
+    assert [c.index for c in resp.choices] == [0, 1, 2]
+    assert all(c.finish_reason == "length" and c.message.content for c in resp.choices)
+    assert resp.usage is not None and resp.usage.completion_tokens == 18
+    done = client.completions.create(model=TINY, prompt="a", n=2, max_tokens=4, logit_bias={EOS: -100})
+    assert [c.index for c in done.choices] == [0, 1]
+    assert done.usage is not None and done.usage.completion_tokens == 8
+
+
+def test_n_streams_every_choice_with_its_own_index(client: openai.OpenAI) -> None:
+    chunks = list(chat(client, n=2, max_tokens=5, logit_bias={EOS: -100}, stream=True))
+    finished = {c.choices[0].index: c.choices[0].finish_reason for c in chunks if c.choices[0].finish_reason}
+    assert finished == {0: "length", 1: "length"}
+    text = {
+        i: "".join(c.choices[0].delta.content or "" for c in chunks if c.choices[0].index == i)
+        for i in (0, 1)
+    }
+    assert all(text.values())
+
+
+def test_n_above_the_slot_count_is_400(client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as exc:
-        chat(client, n=2)
+        chat(client, n=5)  # the test model has 4 slots
     assert isinstance(exc.value.body, dict) and exc.value.body["param"] == "n"
 
 
@@ -265,7 +286,7 @@ def test_image_content_is_rejected_clearly(client: openai.OpenAI) -> None:
                 {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "http://x/y.png"}}]}
             ],
         )
-    assert "image_url" in exc.value.message
+    assert "image" in exc.value.message
 
 
 def test_text_content_parts_are_joined(client: openai.OpenAI) -> None:
@@ -324,7 +345,7 @@ class SlowStartService(Service):
 
 
 def test_not_ready_until_the_default_model_is_loaded(tmp_path: Any, tiny_model_path: Any) -> None:
-    from llmhost.api.app import create_app
+    from llmhost.doors.http.app import create_app
 
     settings = make_settings(tmp_path / "data")
     service = SlowStartService(settings)

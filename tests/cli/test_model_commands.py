@@ -22,7 +22,7 @@ import pytest
 import typer
 from typer.testing import CliRunner, Result
 
-import llmhost.models.pull as pull_mod
+import llmhost.models.pull.download as pull_mod
 from llmhost.cli.model_commands import register
 from tests.hub_server import HubServer
 from tests.tiny_gguf import write_tiny_llama_gguf

@@ -28,7 +28,7 @@ from typing import Any
 
 import pytest
 
-import llmhost.models.pull as pull_mod
+import llmhost.models.pull.download as pull_mod
 from llmhost.errors import ModelError, RequestError
 from llmhost.models.pull import PullProgress, default_model_name, parse_pull_spec, pull_model
 from llmhost.models.registry import Registry

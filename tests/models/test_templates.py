@@ -335,3 +335,198 @@ def test_compiled_templates_are_cached() -> None:
     info = templates._compile.cache_info()
     assert info.misses == 1
     assert info.hits == 2
+
+
+# --- tools --------------------------------------------------------------------------------------------------
+
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Weather now",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+    },
+}
+TOOL_SECTION = (
+    "# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
+    "You are provided with function signatures within <tools></tools> XML tags:\n<tools>\n"
+    '{"type": "function", "function": {"name": "get_weather", "description": "Weather now", '
+    '"parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}\n</tools>\n\n'
+    "For each function call, return a json object with function name and arguments within "
+    "<tool_call></tool_call> XML tags:\n<tool_call>\n"
+    '{"name": <function-name>, "arguments": <args-json-object>}\n</tool_call>'
+)
+CALL_BLOCK = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
+
+
+def _call(city: str = "Paris", call_id: str = "call_1") -> dict[str, Any]:
+    return {
+        "id": call_id,
+        "type": "function",
+        "function": {"name": "get_weather", "arguments": {"city": city}},
+    }
+
+
+def _tool_round() -> list[dict[str, Any]]:
+    return [
+        {"role": "user", "content": "Weather?"},
+        {"role": "assistant", "content": "", "tool_calls": [_call(), _call("Oslo", "call_2")]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
+        {"role": "tool", "tool_call_id": "call_2", "content": "rain"},
+    ]
+
+
+def test_gemma_lists_tools_in_the_first_user_turn() -> None:
+    out = GEMMA.render(
+        _msgs(("system", "Be brief."), ("user", "Hi")), tools=[WEATHER_TOOL], bos_token="<bos>"
+    )
+    assert out == (
+        f"<bos><start_of_turn>user\nBe brief.\n\n{TOOL_SECTION}\n\nHi<end_of_turn>\n<start_of_turn>model\n"
+    )
+    no_system = GEMMA.render(_msgs(("user", "Hi")), tools=[WEATHER_TOOL])
+    assert no_system == f"<start_of_turn>user\n{TOOL_SECTION}\n\nHi<end_of_turn>\n<start_of_turn>model\n"
+
+
+def test_gemma_writes_calls_in_the_model_turn_and_folds_results_into_one_user_turn() -> None:
+    out = GEMMA.render(_tool_round())
+    oslo = CALL_BLOCK.replace("Paris", "Oslo")
+    assert out == (
+        "<start_of_turn>user\nWeather?<end_of_turn>\n"
+        f"<start_of_turn>model\n{CALL_BLOCK}\n{oslo}<end_of_turn>\n"
+        "<start_of_turn>user\n<tool_response>\nsunny\n</tool_response>\n<tool_response>\nrain\n</tool_response>"
+        "<end_of_turn>\n<start_of_turn>model\n"
+    )
+
+
+def test_gemma_keeps_an_assistants_text_before_its_calls() -> None:
+    messages = [
+        {"role": "user", "content": "Q"},
+        {"role": "assistant", "content": "Checking.", "tool_calls": [_call()]},
+    ]
+    out = GEMMA.render(messages, add_generation_prompt=False)
+    assert out.endswith(f"<start_of_turn>model\nChecking.\n{CALL_BLOCK}<end_of_turn>\n")
+
+
+def test_gemma_folds_a_user_message_after_tool_results_into_their_turn() -> None:
+    messages = [*_tool_round(), {"role": "user", "content": "And tomorrow?"}]
+    out = GEMMA.render(messages)
+    assert out.endswith("rain\n</tool_response>\n\nAnd tomorrow?<end_of_turn>\n<start_of_turn>model\n")
+    then = [
+        *_tool_round(),
+        {"role": "assistant", "content": "Sunny in Paris."},
+        {"role": "user", "content": "Thanks"},
+    ]
+    assert GEMMA.render(then).endswith(
+        "<start_of_turn>model\nSunny in Paris.<end_of_turn>\n<start_of_turn>user\nThanks<end_of_turn>\n"
+        "<start_of_turn>model\n"
+    )
+
+
+@pytest.mark.parametrize(
+    "messages",
+    [
+        [{"role": "tool", "content": "r"}],
+        [{"role": "user", "content": "q"}, {"role": "tool", "content": "r"}],
+    ],
+)
+def test_gemma_tool_results_must_follow_a_model_turn(messages: list[dict[str, Any]]) -> None:
+    with pytest.raises(RequestError, match="must alternate"):
+        GEMMA.render(messages)
+
+
+def test_chatml_writes_tools_like_qwen() -> None:
+    out = CHATML.render([{"role": "system", "content": "S"}, *_tool_round()], tools=[WEATHER_TOOL])
+    oslo = CALL_BLOCK.replace("Paris", "Oslo")
+    assert out == (
+        f"<|im_start|>system\nS\n\n{TOOL_SECTION}<|im_end|>\n"
+        "<|im_start|>user\nWeather?<|im_end|>\n"
+        f"<|im_start|>assistant\n{CALL_BLOCK}\n{oslo}<|im_end|>\n"
+        "<|im_start|>user\n<tool_response>\nsunny\n</tool_response>\n<tool_response>\nrain\n</tool_response>"
+        "<|im_end|>\n<|im_start|>assistant\n"
+    )
+    without_system = CHATML.render(_msgs(("user", "Q")), tools=[WEATHER_TOOL])
+    assert without_system.startswith(f"<|im_start|>system\n{TOOL_SECTION}<|im_end|>\n<|im_start|>user\nQ")
+
+
+def test_chatml_keeps_an_assistants_text_before_its_calls() -> None:
+    messages = [
+        {"role": "user", "content": "Q"},
+        {"role": "assistant", "content": "Checking.", "tool_calls": [_call()]},
+    ]
+    assert CHATML.render(messages, add_generation_prompt=False).endswith(
+        f"<|im_start|>assistant\nChecking.\n{CALL_BLOCK}<|im_end|>\n"
+    )
+
+
+def test_an_empty_tool_list_is_no_tools() -> None:
+    assert CHATML.render(_msgs(("user", "Q")), tools=[]) == CHATML.render(_msgs(("user", "Q")))
+    assert _template("{{ tools is none }}").render([], tools=[]) == "True"
+
+
+def test_builtin_templates_handle_every_tool_feature_themselves() -> None:
+    for template in (GEMMA, CHATML):
+        caps = template.caps
+        assert caps.tools and caps.tool_calls and caps.tool_results and caps.system
+
+
+# A user/assistant-only template with no idea of tools: the fallbacks spell tool use out in its messages.
+STRICT_CHATML = (
+    "{% for m in messages %}{% if m.role not in ['system', 'user', 'assistant'] %}"
+    "{{ raise_exception('unsupported role ' + m.role) }}{% endif %}"
+    "{{ '<|im_start|>' + m.role + '\\n' + m.content + '<|im_end|>\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
+def test_probing_finds_what_a_template_cannot_do() -> None:
+    caps = _template(STRICT_CHATML).caps
+    assert (caps.tools, caps.tool_calls, caps.tool_results, caps.system) == (False, False, False, True)
+    no_system = _template(
+        "{% for m in messages %}{% if m.role == 'user' %}{{ m.content }}{% endif %}{% endfor %}"
+    )
+    assert not no_system.caps.system
+
+
+def test_fallbacks_render_tool_use_the_way_the_builtin_chatml_does() -> None:
+    messages = [{"role": "system", "content": "S"}, *_tool_round()]
+    fallback = _template(STRICT_CHATML).render(messages, tools=[WEATHER_TOOL])
+    assert fallback == CHATML.render(messages, tools=[WEATHER_TOOL])
+
+
+def test_fallback_folds_results_and_a_following_user_message_into_one_user_message() -> None:
+    messages = [*_tool_round(), {"role": "user", "content": "More?"}]
+    out = _template(STRICT_CHATML).render(messages)
+    assert out.endswith(
+        "<|im_start|>user\n<tool_response>\nsunny\n</tool_response>\n<tool_response>\nrain\n</tool_response>"
+        "\n\nMore?<|im_end|>\n<|im_start|>assistant\n"
+    )
+
+
+def test_fallback_puts_tools_in_the_first_user_message_when_there_is_no_system_role() -> None:
+    source = (
+        "{% for m in messages %}{% if m.role == 'system' %}{{ raise_exception('no system') }}{% endif %}"
+        "[{{ m.role }}]{{ m.content }}{% endfor %}"
+    )
+    out = _template(source).render(_msgs(("user", "Hi")), tools=[WEATHER_TOOL])
+    assert out == f"[user]{TOOL_SECTION}\n\nHi"
+
+
+def test_a_template_with_native_tool_support_is_left_alone() -> None:
+    source = (
+        "{% if tools %}TOOLS:{{ tools | map(attribute='function') | map(attribute='name') | join(',') }};"
+        "{% endif %}"
+        "{% for m in messages %}{% if m.tool_calls %}CALLS:{{ m.tool_calls[0].function.name }}"
+        "{{ m.tool_calls[0].function.arguments | tojson }};"
+        "{% elif m.role == 'tool' %}RESULT({{ m.tool_call_id }}):{{ m.content }};"
+        "{% else %}{{ m.role }}:{{ m.content }};{% endif %}{% endfor %}"
+    )
+    out = _template(source).render(_tool_round()[:3], tools=[WEATHER_TOOL])
+    assert out == 'TOOLS:get_weather;user:Weather?;CALLS:get_weather{"city": "Paris"};RESULT(call_1):sunny;'
+
+
+def test_tool_rendering_does_not_mutate_the_callers_messages() -> None:
+    messages = _tool_round()
+    before = [dict(m) for m in messages]
+    _template(STRICT_CHATML).render(messages, tools=[WEATHER_TOOL])
+    GEMMA.render(messages, tools=[WEATHER_TOOL])
+    assert messages == before

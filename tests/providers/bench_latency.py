@@ -1,9 +1,9 @@
-"""Added latency of OpenAICompatProvider over a direct httpx call to the same loopback upstream.
+"""Added latency of OpenAICompatProvider over a direct call to the same loopback upstream.
 
     .venv/bin/python -m tests.providers.bench_latency [N]
 
 Both sides use the provider's own pooled client, interleaved request by request, so the difference is
-only the provider's work (JSON in and out, deadlines, error checks, stream decoding).
+only the provider's work (core types to JSON and back, deadlines, error checks, stream decoding).
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ import statistics
 import sys
 import time
 
-from llmhost.providers.base import ChatRequest
 from llmhost.providers.openai_compat import OpenAICompatProvider
 from tests.conftest import LiveServer
+from tests.providers.conftest import chat, user
 from tests.providers.wire_servers import openai_app
 
 MESSAGES = [{"role": "user", "content": "hello there general kenobi"}]
@@ -30,27 +30,31 @@ def pct(values: list[float], q: float) -> float:
 async def measure(base_url: str, n: int) -> None:
     provider = OpenAICompatProvider("bench", f"{base_url}/v1")
     client = provider._http.client
-    request = ChatRequest("echo-1", MESSAGES, {"max_tokens": 8})
+    request = chat("echo-1", user(MESSAGES[0]["content"]), max_tokens=8)
     body = {"model": "echo-1", "messages": MESSAGES, "max_tokens": 8}
-    stream_body = {**body, "stream": True, "stream_options": {"include_usage": True}}
+    plain = json.dumps(body).encode()
+    streamed = json.dumps({**body, "stream": True, "stream_options": {"include_usage": True}}).encode()
 
     async def direct() -> None:
-        (await client.post("/chat/completions", json=body)).json()
+        json.loads((await client.request("POST", "/chat/completions", plain))[1])
 
     async def via_provider() -> None:
-        await provider.chat(request)
+        await provider.answer(request)
 
     async def direct_stream() -> None:
-        async with client.stream("POST", "/chat/completions", json=stream_body) as response:
+        response = await client.send("POST", "/chat/completions", streamed)
+        try:
             async for line in response.aiter_lines():
                 if line.startswith("data: ") and line != "data: [DONE]":
                     json.loads(line[6:])
+        finally:
+            await response.aclose()
 
     async def provider_stream() -> None:
-        async for _ in provider.chat_stream(request):
+        async for _ in provider.stream(request):
             pass
 
-    for name, a, b in (("chat", direct, via_provider), ("chat_stream", direct_stream, provider_stream)):
+    for name, a, b in (("answer", direct, via_provider), ("stream", direct_stream, provider_stream)):
         for _ in range(50):  # warm up the pool and both code paths
             await a()
             await b()

@@ -1,17 +1,81 @@
-"""Loopback upstreams for the provider tests: one per wire format, started once per module."""
+"""Loopback upstreams for the provider tests (one per wire format, started once per module), and the
+helpers that read a provider's deltas."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import dataclasses
+from collections.abc import AsyncIterator, Iterator
+from typing import Any, Literal
 
 import pytest
 
+from llmhost.core.stream import ResultBuilder
+from llmhost.core.types import ChatMessage, Delta, InferenceRequest, Result, Sampling
 from tests.conftest import LiveServer
 from tests.providers.fault_server import FaultServer
 from tests.providers.wire_servers import anthropic_app, ollama_app, openai_app
 
 ANTHROPIC_KEY = "sk-ant-test-0123456789abcdef"
 OPENAI_KEY = "sk-openai-test-fedcba9876543210"
+
+
+_SAMPLING = {f.name for f in dataclasses.fields(Sampling)}
+
+
+def _request(
+    kind: Literal["chat", "completion"], model: str, fields: dict[str, Any], **given: Any
+) -> InferenceRequest:
+    sampling = Sampling(**{k: v for k, v in fields.items() if k in _SAMPLING})
+    rest = {k: v for k, v in fields.items() if k not in _SAMPLING}
+    return InferenceRequest(kind, model, sampling=sampling, **given, **rest)
+
+
+def chat(model: str, *messages: ChatMessage, **fields: Any) -> InferenceRequest:
+    """A chat request; ``fields`` are :class:`Sampling` or :class:`InferenceRequest` fields."""
+    return _request("chat", model, fields, messages=messages)
+
+
+def completion(model: str, prompt: str | tuple[int, ...], **fields: Any) -> InferenceRequest:
+    """A completion request; ``fields`` as for :func:`chat`."""
+    return _request("completion", model, fields, prompt=prompt)
+
+
+def user(text: str) -> ChatMessage:
+    return ChatMessage("user", text)
+
+
+def system(text: str) -> ChatMessage:
+    return ChatMessage("system", text)
+
+
+async def collect(deltas: AsyncIterator[Delta]) -> list[Delta]:
+    return [d async for d in deltas]
+
+
+def text_of(deltas: list[Delta], index: int = 0) -> str:
+    return "".join(d.text for d in deltas if d.index == index)
+
+
+def assembled(deltas: list[Delta]) -> Result:
+    """The whole answer a stream amounts to."""
+    builder = ResultBuilder("stream", "m", logprobs=any(d.logprobs for d in deltas))
+    for delta in deltas:
+        builder.add(delta)
+    return builder.result()
+
+
+def check_stream_shape(deltas: list[Delta], choices: int = 1) -> None:
+    """The contract every provider stream keeps: each delta carries output; every choice finishes once;
+    the stream ends with exactly one usage delta, index -1."""
+    assert deltas[-1].index == -1 and deltas[-1].usage is not None
+    assert all(d.usage is None for d in deltas[:-1])
+    for d in deltas[:-1]:
+        assert d.text or d.tool_calls or d.logprobs or d.finish_reason, d
+    finishes = [d.index for d in deltas if d.finish_reason is not None]
+    assert sorted(finishes) == list(range(choices))
+    for index in range(choices):
+        last = max(k for k, d in enumerate(deltas) if d.index == index)
+        assert deltas[last].finish_reason is not None  # nothing follows a choice's finish
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""AnthropicProvider: OpenAI chat <-> Messages API round trips against a loopback Messages API server."""
+"""AnthropicProvider: core requests <-> Messages API round trips against a loopback Messages API server."""
 
 from __future__ import annotations
 
@@ -7,26 +7,26 @@ from typing import Any
 
 import pytest
 
+from llmhost.core.types import ChatMessage, ContentPart, EmbedRequest, ResponseFormat
+from llmhost.errors import RequestError
 from llmhost.providers.anthropic import AnthropicProvider, to_messages_request
-from llmhost.providers.base import (
-    ChatRequest,
-    CompletionRequest,
-    EmbeddingRequest,
-    Provider,
-    ProviderHTTPError,
-    ProviderStreamError,
-)
+from llmhost.providers.base import Provider, ProviderHTTPError, ProviderStreamError
 from tests.conftest import LiveServer
-from tests.providers.conftest import ANTHROPIC_KEY
+from tests.providers.conftest import (
+    ANTHROPIC_KEY,
+    chat,
+    check_stream_shape,
+    collect,
+    completion,
+    system,
+    text_of,
+    user,
+)
 from tests.providers.wire_servers import recorded
 
 pytestmark = pytest.mark.anyio
 
 MODEL = "claude-echo-1"
-
-
-def text_of(chunks: list[dict[str, Any]]) -> str:
-    return "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
 
 
 @pytest.fixture
@@ -36,104 +36,130 @@ async def claude(anthropic_upstream: LiveServer) -> AsyncIterator[AnthropicProvi
     await p.aclose()
 
 
+def sent(upstream: LiveServer) -> dict[str, Any]:
+    body: dict[str, Any] = recorded(upstream)[-1]["body"]
+    return body
+
+
 async def test_it_implements_the_provider_protocol(claude: AnthropicProvider) -> None:
     assert isinstance(claude, Provider)
 
 
-async def test_chat_round_trip_sends_the_documented_headers_and_translates_the_answer(
+async def test_a_round_trip_sends_the_documented_headers_and_translates_the_answer(
     claude: AnthropicProvider, anthropic_upstream: LiveServer
 ) -> None:
-    resp = await claude.chat(ChatRequest(MODEL, [{"role": "user", "content": "hi there"}]))
-    sent = recorded(anthropic_upstream)[-1]
-    assert sent["headers"]["x-api-key"] == ANTHROPIC_KEY
-    assert sent["headers"]["anthropic-version"] == "2023-06-01"
-    assert "authorization" not in sent["headers"]
-    assert sent["body"]["max_tokens"] == 4096  # Anthropic requires it; OpenAI callers may leave it out
-    assert resp["object"] == "chat.completion" and resp["id"].startswith("msg_") and resp["model"] == MODEL
-    assert resp["choices"][0]["message"] == {"role": "assistant", "content": "echo: hi there"}
-    assert resp["choices"][0]["finish_reason"] == "stop"  # end_turn
-    assert resp["usage"] == {"prompt_tokens": 2, "completion_tokens": 3, "total_tokens": 5}
+    result = await claude.answer(chat(MODEL, user("hi there")))
+    headers = recorded(anthropic_upstream)[-1]["headers"]
+    assert headers["x-api-key"] == ANTHROPIC_KEY and headers["anthropic-version"] == "2023-06-01"
+    assert "authorization" not in headers
+    assert sent(anthropic_upstream) == {
+        "model": MODEL,
+        "max_tokens": 4096,  # Anthropic requires it; callers may leave it unset
+        "messages": [{"role": "user", "content": "hi there"}],
+    }
+    assert result.id.startswith("msg_") and result.model == MODEL
+    assert result.text == "echo: hi there"
+    assert (result.choices[0].finish_reason, result.choices[0].stop_sequence) == ("stop", None)  # end_turn
+    assert (result.usage.prompt_tokens, result.usage.completion_tokens, result.usage.cached_tokens) == (
+        2,
+        3,
+        0,
+    )
 
 
 async def test_system_messages_move_to_the_top_level_system_field(
     claude: AnthropicProvider, anthropic_upstream: LiveServer
 ) -> None:
-    messages: list[dict[str, Any]] = [
-        {"role": "system", "content": "You are terse."},
-        {"role": "user", "content": "first"},
-        {"role": "developer", "content": [{"type": "text", "text": "Answer in English."}]},
-        {"role": "user", "content": "second"},
-    ]
-    resp = await claude.chat(ChatRequest(MODEL, messages))
-    body = recorded(anthropic_upstream)[-1]["body"]
+    request = chat(
+        MODEL, system("You are terse."), user("first"), system("Answer in English."), user("second")
+    )
+    result = await claude.answer(request)
+    body = sent(anthropic_upstream)
     assert body["system"] == "You are terse.\n\nAnswer in English."
-    assert all(m["role"] != "system" for m in body["messages"])
     # the two user turns, now adjacent, are merged into one (the API wants roles to alternate)
     assert body["messages"] == [
         {"role": "user", "content": [{"type": "text", "text": "first"}, {"type": "text", "text": "second"}]}
     ]
-    assert resp["choices"][0]["message"]["content"] == "echo: first second"
+    assert result.text == "echo: first second"
+    # the server reports the system prompt as read from its cache: prompt tokens include it
+    assert (result.usage.prompt_tokens, result.usage.cached_tokens) == (8, 6)
 
 
-async def test_sampling_fields_map_and_stop_becomes_stop_sequences(
+async def test_sampling_fields_map_and_a_stop_sequence_is_reported_by_name(
     claude: AnthropicProvider, anthropic_upstream: LiveServer
 ) -> None:
-    params = {"max_tokens": 50, "temperature": 0.3, "top_p": 0.9, "top_k": 5, "stop": "there", "seed": 1}
-    resp = await claude.chat(ChatRequest(MODEL, [{"role": "user", "content": "hi there"}], params))
-    body = recorded(anthropic_upstream)[-1]["body"]
-    assert body["stop_sequences"] == ["there"]
-    assert (body["max_tokens"], body["temperature"], body["top_p"], body["top_k"]) == (50, 0.3, 0.9, 5)
-    assert "seed" not in body and "stop" not in body
-    assert resp["choices"][0]["message"]["content"] == "echo: hi"  # cut before the stop sequence
-    assert resp["choices"][0]["finish_reason"] == "stop"  # stop_sequence
+    request = chat(
+        MODEL,
+        user("hi there"),
+        max_tokens=50,
+        temperature=0.3,
+        top_p=0.9,
+        top_k=5,
+        stop=("there",),
+        seed=1,
+        presence_penalty=0.5,
+        logit_bias={1: 2.0},
+        user="u-42",
+    )
+    result = await claude.answer(request)
+    assert sent(anthropic_upstream) == {
+        "model": MODEL,
+        "max_tokens": 50,
+        "messages": [{"role": "user", "content": "hi there"}],
+        "temperature": 0.3,
+        "top_p": 0.9,
+        "top_k": 5,
+        "stop_sequences": ["there"],
+        "metadata": {"user_id": "u-42"},
+    }  # seed, penalties and logit_bias have no Messages API field: dropped
+    assert result.text == "echo: hi"  # cut before the stop sequence
+    assert (result.choices[0].finish_reason, result.choices[0].stop_sequence) == ("stop", "there")
 
 
 async def test_max_tokens_stop_reason_becomes_length(claude: AnthropicProvider) -> None:
-    resp = await claude.chat(ChatRequest(MODEL, [{"role": "user", "content": "a b c d"}], {"max_tokens": 2}))
-    assert resp["choices"][0]["message"]["content"] == "echo: a"
-    assert resp["choices"][0]["finish_reason"] == "length"
-    assert resp["usage"]["completion_tokens"] == 2
+    result = await claude.answer(chat(MODEL, user("a b c d"), max_tokens=2))
+    assert result.text == "echo: a" and result.choices[0].finish_reason == "length"
+    assert result.usage.completion_tokens == 2
 
 
-async def test_stream_translates_the_event_sequence_into_openai_chunks(claude: AnthropicProvider) -> None:
-    request = ChatRequest(MODEL, [{"role": "system", "content": "s"}, {"role": "user", "content": "one two"}])
-    chunks = [c async for c in claude.chat_stream(request)]
-    assert chunks[0]["object"] == "chat.completion.chunk"
-    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
-    assert text_of(chunks) == "echo: one two"
-    assert len({c["id"] for c in chunks}) == 1 and chunks[0]["id"].startswith("msg_")
-    assert chunks[-2]["choices"][0]["finish_reason"] == "stop"
-    assert chunks[-1]["choices"] == []
-    assert chunks[-1]["usage"] == {"prompt_tokens": 3, "completion_tokens": 3, "total_tokens": 6}
+async def test_a_stream_becomes_text_deltas_a_finish_and_the_usage(claude: AnthropicProvider) -> None:
+    deltas = await collect(claude.stream(chat(MODEL, system("s"), user("one two"))))
+    check_stream_shape(deltas)  # message_start, ping and content_block_stop yield nothing
+    assert text_of(deltas) == "echo: one two"
+    assert deltas[-2].finish_reason == "stop"
+    assert deltas[-1].usage is not None
+    assert (deltas[-1].usage.prompt_tokens, deltas[-1].usage.completion_tokens) == (3, 3)
 
 
-async def test_streamed_length_finish_and_usage(claude: AnthropicProvider) -> None:
-    request = ChatRequest(MODEL, [{"role": "user", "content": "a b c d"}], {"max_tokens": 3})
-    chunks = [c async for c in claude.chat_stream(request)]
-    assert text_of(chunks) == "echo: a b"
-    assert chunks[-2]["choices"][0]["finish_reason"] == "length"
-    assert chunks[-1]["usage"]["completion_tokens"] == 3
+async def test_a_streamed_stop_sequence_and_length_finish(claude: AnthropicProvider) -> None:
+    deltas = await collect(claude.stream(chat(MODEL, user("a b c d"), stop=("d",))))
+    assert (text_of(deltas), deltas[-2].finish_reason, deltas[-2].stop_sequence) == (
+        "echo: a b c",
+        "stop",
+        "d",
+    )
+    deltas = await collect(claude.stream(chat(MODEL, user("a b c d"), max_tokens=3)))
+    assert (text_of(deltas), deltas[-2].finish_reason, deltas[-2].stop_sequence) == (
+        "echo: a b",
+        "length",
+        None,
+    )
+    assert deltas[-1].usage is not None and deltas[-1].usage.completion_tokens == 3
 
 
 async def test_an_error_event_mid_stream_is_a_stream_error_after_the_text_so_far(
-    anthropic_upstream: LiveServer,
+    claude: AnthropicProvider,
 ) -> None:
-    p = AnthropicProvider("claude", anthropic_upstream.base_url, api_key=ANTHROPIC_KEY)
-    got: list[dict[str, Any]] = []
-    try:
-        with pytest.raises(ProviderStreamError, match="Overloaded"):
-            async for chunk in p.chat_stream(
-                ChatRequest("claude-error-midstream", [{"role": "user", "content": "a b"}])
-            ):
-                got.append(chunk)
-    finally:
-        await p.aclose()
+    got = []
+    with pytest.raises(ProviderStreamError, match="Overloaded"):
+        async for delta in claude.stream(chat("claude-error-midstream", user("a b"))):
+            got.append(delta)
     assert text_of(got) == "echo: a"
 
 
 async def test_overloaded_529_is_retryable(claude: AnthropicProvider) -> None:
     with pytest.raises(ProviderHTTPError) as info:
-        await claude.chat(ChatRequest("claude-overloaded", [{"role": "user", "content": "x"}]))
+        await claude.answer(chat("claude-overloaded", user("x")))
     assert info.value.status == 529 and info.value.retryable
     assert "Overloaded" in str(info.value)
     assert info.value.body is not None and info.value.body["error"]["type"] == "overloaded_error"
@@ -143,7 +169,7 @@ async def test_a_wrong_key_is_a_non_retryable_401(anthropic_upstream: LiveServer
     p = AnthropicProvider("claude", anthropic_upstream.base_url, api_key="sk-ant-wrong-000000")
     try:
         with pytest.raises(ProviderHTTPError) as info:
-            await p.chat(ChatRequest(MODEL, [{"role": "user", "content": "x"}]))
+            await p.answer(chat(MODEL, user("x")))
         assert info.value.status == 401 and not info.value.retryable
         assert "invalid x-api-key" in str(info.value)
         assert await p.health() is False
@@ -152,43 +178,75 @@ async def test_a_wrong_key_is_a_non_retryable_401(anthropic_upstream: LiveServer
 
 
 @pytest.mark.parametrize(
-    "params",
+    ("fields", "param"),
     [
-        {"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]},
-        {"n": 2},
-        {"response_format": {"type": "json_object"}},
+        ({"n": 2}, "n"),
+        ({"logprobs": 1}, "logprobs"),
+        ({"response_format": ResponseFormat("json")}, "response_format"),
     ],
 )
 async def test_what_the_messages_api_cannot_do_is_refused_before_any_request(
-    claude: AnthropicProvider, anthropic_upstream: LiveServer, params: dict[str, Any]
+    claude: AnthropicProvider, anthropic_upstream: LiveServer, fields: dict[str, Any], param: str
 ) -> None:
     before = len(recorded(anthropic_upstream))
-    with pytest.raises(ProviderHTTPError) as info:
-        await claude.chat(ChatRequest(MODEL, [{"role": "user", "content": "x"}], params))
-    assert info.value.status == 400 and not info.value.retryable
-    with pytest.raises(ProviderHTTPError):
-        async for _ in claude.chat_stream(ChatRequest(MODEL, [{"role": "user", "content": "x"}], params)):
-            pass
+    request = chat(MODEL, user("x"), **fields)
+    with pytest.raises(RequestError) as info:
+        await claude.answer(request)
+    assert info.value.param == param
+    with pytest.raises(RequestError):
+        await collect(claude.stream(request))
     assert len(recorded(anthropic_upstream)) == before
 
 
-async def test_embeddings_are_refused_as_unsupported(claude: AnthropicProvider) -> None:
-    with pytest.raises(ProviderHTTPError, match="no embeddings API") as info:
-        await claude.embed(EmbeddingRequest(MODEL, ["x"]))
-    assert info.value.status == 400 and not info.value.retryable
+async def test_a_json_schema_response_format_becomes_output_config(
+    claude: AnthropicProvider, anthropic_upstream: LiveServer
+) -> None:
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}, "additionalProperties": False}
+    await claude.answer(chat(MODEL, user("x"), response_format=ResponseFormat("json_schema", schema)))
+    assert sent(anthropic_upstream)["output_config"] == {"format": {"type": "json_schema", "schema": schema}}
+
+
+async def test_embeddings_are_refused(claude: AnthropicProvider) -> None:
+    with pytest.raises(RequestError, match="no embeddings API"):
+        await claude.embed(EmbedRequest(MODEL, ("x",)))
+
+
+async def test_count_tokens_asks_the_count_tokens_endpoint_with_the_countable_fields(
+    claude: AnthropicProvider, anthropic_upstream: LiveServer
+) -> None:
+    count = await claude.count_tokens(chat(MODEL, system("be brief"), user("hello there"), max_tokens=9))
+    assert recorded(anthropic_upstream)[-1]["path"] == "/v1/messages/count_tokens"
+    assert sent(anthropic_upstream) == {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "hello there"}],
+        "system": "be brief",
+    }  # no max_tokens: the endpoint refuses fields it does not count
+    assert count == 4
 
 
 async def test_completions_become_a_single_user_message(
     claude: AnthropicProvider, anthropic_upstream: LiveServer
 ) -> None:
-    resp = await claude.complete(CompletionRequest(MODEL, "tell me", {"max_tokens": 10}))
-    assert recorded(anthropic_upstream)[-1]["body"]["messages"] == [{"role": "user", "content": "tell me"}]
-    assert resp["object"] == "text_completion"
-    assert resp["choices"][0]["text"] == "echo: tell me" and resp["choices"][0]["finish_reason"] == "stop"
-    chunks = [c async for c in claude.complete_stream(CompletionRequest(MODEL, "tell me"))]
-    assert all(c["object"] == "text_completion" for c in chunks)
-    assert "".join(c["choices"][0]["text"] for c in chunks if c["choices"]) == "echo: tell me"
-    assert chunks[-1]["usage"]["completion_tokens"] == 3
+    result = await claude.answer(completion(MODEL, "tell me", max_tokens=10))
+    assert sent(anthropic_upstream)["messages"] == [{"role": "user", "content": "tell me"}]
+    assert result.text == "echo: tell me" and result.choices[0].finish_reason == "stop"
+    deltas = await collect(claude.stream(completion(MODEL, "tell me")))
+    check_stream_shape(deltas)
+    assert text_of(deltas) == "echo: tell me"
+    assert deltas[-1].usage is not None and deltas[-1].usage.completion_tokens == 3
+
+
+async def test_an_echoed_completion_starts_with_its_prompt(claude: AnthropicProvider) -> None:
+    result = await claude.answer(completion(MODEL, "tell me", echo=True))
+    assert result.text == "tell meecho: tell me"
+    deltas = await collect(claude.stream(completion(MODEL, "tell me", echo=True)))
+    assert deltas[0].text == "tell me" and text_of(deltas) == "tell meecho: tell me"
+
+
+async def test_token_id_prompts_are_refused(claude: AnthropicProvider) -> None:
+    with pytest.raises(RequestError, match="token ids") as info:
+        await claude.answer(completion(MODEL, (1, 2, 3)))
+    assert info.value.param == "prompt"
 
 
 async def test_list_models_follows_pages_and_health_is_true(claude: AnthropicProvider) -> None:
@@ -196,27 +254,38 @@ async def test_list_models_follows_pages_and_health_is_true(claude: AnthropicPro
     assert await claude.health() is True
 
 
-def test_images_become_image_blocks_and_single_texts_stay_strings() -> None:
-    request = ChatRequest(
-        MODEL,
-        [
-            {"role": "user", "content": "plain"},
-            {"role": "assistant", "content": "ok"},
-            {
-                "role": "user",
-                "content": [
-                    {"type": "text", "text": "what is this?"},
-                    {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}},
-                    {"type": "image_url", "image_url": {"url": "https://example.com/cat.jpg"}},
-                ],
-            },
-        ],
-        {"user": "u-42"},
+async def test_images_reach_the_upstream_as_image_blocks(
+    claude: AnthropicProvider, anthropic_upstream: LiveServer
+) -> None:
+    parts = (
+        ContentPart("image", "image/png", data=b"\x89PNG"),
+        ContentPart("image", url="https://x.test/c.jpg"),
     )
-    body = to_messages_request("claude", request)
-    assert body["messages"][0] == {"role": "user", "content": "plain"}
-    assert body["messages"][2]["content"][1:] == [
-        {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}},
-        {"type": "image", "source": {"type": "url", "url": "https://example.com/cat.jpg"}},
+    request = chat(
+        MODEL, user("plain"), ChatMessage("assistant", "ok"), ChatMessage("user", "what is this?", parts)
+    )
+    result = await claude.answer(request)
+    assert sent(anthropic_upstream)["messages"] == [
+        {"role": "user", "content": "plain"},  # a single text stays a plain string
+        {"role": "assistant", "content": "ok"},
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "what is this?"},
+                {
+                    "type": "image",
+                    "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw=="},
+                },
+                {"type": "image", "source": {"type": "url", "url": "https://x.test/c.jpg"}},
+            ],
+        },
     ]
-    assert body["metadata"] == {"user_id": "u-42"}
+    assert result.text == "echo: what is this?"
+
+
+def test_images_in_a_system_message_are_refused() -> None:
+    request = chat(
+        MODEL, ChatMessage("system", "s", (ContentPart("image", url="https://x.test/a.png"),)), user("x")
+    )
+    with pytest.raises(RequestError, match="system messages take text only"):
+        to_messages_request(request)

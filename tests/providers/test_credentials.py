@@ -13,15 +13,16 @@ import pytest
 
 from llmhost.errors import ConfigError
 from llmhost.providers.anthropic import AnthropicProvider
-from llmhost.providers.base import ChatRequest, ProviderError, ProviderHTTPError
+from llmhost.providers.base import ProviderError, ProviderHTTPError
 from llmhost.providers.http import Timeouts, resolve_secret
 from llmhost.providers.openai_compat import OpenAICompatProvider
+from tests.providers.conftest import chat, user
 from tests.providers.fault_server import Fault, FaultServer, closed_port
 
 pytestmark = pytest.mark.anyio
 
 KEY = "sk-live-SECRET-credential-4f9a2c"
-REQUEST = ChatRequest("m", [{"role": "user", "content": "hi"}])
+REQUEST = chat("m", user("hi"))
 TIMEOUTS = Timeouts(connect=1, first_token=0.3, total=0.5)
 
 
@@ -37,7 +38,7 @@ def leaks(error: BaseException) -> list[str]:
 
 
 async def stream(p: Any) -> None:
-    async for _ in p.chat_stream(REQUEST):
+    async for _ in p.stream(REQUEST):
         pass
 
 
@@ -47,19 +48,19 @@ SCENARIOS: dict[str, Scenario] = {
         Fault(
             status=401, error={"error": {"message": f"Incorrect API key provided: {KEY}.", "type": "auth"}}
         ),
-        lambda p: p.chat(REQUEST),
+        lambda p: p.answer(REQUEST),
     ),
     "500 with the key in a plain-text body": (
         Fault(status=500, raw_error=f"boom: bad credential {KEY}".encode()),
-        lambda p: p.chat(REQUEST),
+        lambda p: p.answer(REQUEST),
     ),
     "429 streaming, key in the message": (
         Fault(status=429, error={"error": {"message": f"key {KEY} is rate limited"}}),
         stream,
     ),
-    "stall": (Fault(stall_before_headers=5), lambda p: p.chat(REQUEST)),
+    "stall": (Fault(stall_before_headers=5), lambda p: p.answer(REQUEST)),
     "cut stream": (Fault(chunks=4, cut_after=2), stream),
-    "refused": (None, lambda p: p.chat(REQUEST)),
+    "refused": (None, lambda p: p.answer(REQUEST)),
 }
 
 
@@ -105,7 +106,7 @@ async def test_a_key_echoed_in_an_error_body_is_redacted_but_the_message_kept(
 ) -> None:
     faults.fault = SCENARIOS["401 echoing the key"][0] or Fault()
     with pytest.raises(ProviderHTTPError) as info:
-        await keyed(faults.base_url).chat(REQUEST)
+        await keyed(faults.base_url).answer(REQUEST)
     assert info.value.body is not None
     assert "Incorrect API key provided: ***." in str(info.value)
     assert info.value.body["error"]["message"] == "Incorrect API key provided: ***."

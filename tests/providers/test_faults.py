@@ -10,13 +10,12 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
-from typing import Any
 
 import pytest
 
+from llmhost.core.types import Delta
 from llmhost.providers.anthropic import AnthropicProvider
 from llmhost.providers.base import (
-    ChatRequest,
     ProviderConnectionError,
     ProviderHTTPError,
     ProviderStreamError,
@@ -25,11 +24,12 @@ from llmhost.providers.base import (
 from llmhost.providers.http import Timeouts, UpstreamHTTPError
 from llmhost.providers.ollama import OllamaProvider
 from llmhost.providers.openai_compat import OpenAICompatProvider
+from tests.providers.conftest import chat, user
 from tests.providers.fault_server import Fault, FaultServer, closed_port, full_backlog
 
 pytestmark = pytest.mark.anyio
 
-REQUEST = ChatRequest("m", [{"role": "user", "content": "hi"}])
+REQUEST = chat("m", user("hi"))
 SLACK = 0.5  # seconds a timeout may overrun on a busy 2-core machine
 
 
@@ -44,32 +44,32 @@ async def flaky(faults: FaultServer) -> AsyncIterator[OpenAICompatProvider]:
     await p.aclose()
 
 
-async def drain(chunks: AsyncIterator[dict[str, Any]], into: list[dict[str, Any]]) -> None:
-    async for chunk in chunks:
-        into.append(chunk)
+async def drain(deltas: AsyncIterator[Delta], into: list[Delta]) -> None:
+    async for delta in deltas:
+        into.append(delta)
 
 
-def contents(chunks: list[dict[str, Any]]) -> list[str]:
-    return [c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"]]
+def contents(deltas: list[Delta]) -> list[str]:
+    return [d.text for d in deltas if d.text]
 
 
 async def test_the_fault_server_answers_correctly_by_default(flaky: OpenAICompatProvider) -> None:
-    assert (await flaky.chat(REQUEST))["choices"][0]["message"]["content"] == "ok"
-    chunks: list[dict[str, Any]] = []
-    await drain(flaky.chat_stream(REQUEST), chunks)
-    assert (
-        contents(chunks) == ["", "tok0", "tok1", "tok2", ""] and chunks[-1]["usage"]["completion_tokens"] == 3
-    )
+    assert (await flaky.answer(REQUEST)).text == "ok"
+    chunks: list[Delta] = []
+    await drain(flaky.stream(REQUEST), chunks)
+    assert contents(chunks) == ["tok0", "tok1", "tok2"]
+    assert chunks[-2].finish_reason == "stop"
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 3
 
 
 async def test_a_refused_connection_is_a_retryable_connection_error() -> None:
     p = provider(f"http://127.0.0.1:{closed_port()}/v1")
     try:
         with pytest.raises(ProviderConnectionError) as info:
-            await p.chat(REQUEST)
+            await p.answer(REQUEST)
         assert info.value.retryable and info.value.provider == "flaky"
         with pytest.raises(ProviderConnectionError):
-            await drain(p.chat_stream(REQUEST), [])
+            await drain(p.stream(REQUEST), [])
         assert await p.health() is False
     finally:
         await p.aclose()
@@ -81,7 +81,7 @@ async def test_a_connect_that_hangs_times_out_after_the_connect_timeout() -> Non
         try:
             start = time.monotonic()
             with pytest.raises(ProviderTimeoutError, match="connect timeout") as info:
-                await p.chat(REQUEST)
+                await p.answer(REQUEST)
             assert 0.3 <= time.monotonic() - start < 0.3 + SLACK
             assert info.value.retryable
         finally:
@@ -94,7 +94,7 @@ async def test_no_headers_within_the_total_timeout_is_a_timeout(
     faults.fault = Fault(stall_before_headers=10)
     start = time.monotonic()
     with pytest.raises(ProviderTimeoutError, match="total timeout") as info:
-        await flaky.chat(REQUEST)
+        await flaky.answer(REQUEST)
     assert 0.6 <= time.monotonic() - start < 0.6 + SLACK
     assert info.value.retryable
 
@@ -105,7 +105,7 @@ async def test_a_stream_without_headers_times_out_at_the_first_token_timeout(
     faults.fault = Fault(stall_before_headers=10)
     start = time.monotonic()
     with pytest.raises(ProviderTimeoutError, match="first-token timeout"):
-        await drain(flaky.chat_stream(REQUEST), [])
+        await drain(flaky.stream(REQUEST), [])
     assert 0.3 <= time.monotonic() - start < 0.3 + SLACK
 
 
@@ -114,10 +114,10 @@ async def test_a_role_chunk_alone_does_not_count_as_the_first_token(
 ) -> None:
     """Headers and the role-only chunk arrive at once, then nothing: nothing is yielded, a timeout raised."""
     faults.fault = Fault(stall_before_first_chunk=10)
-    got: list[dict[str, Any]] = []
+    got: list[Delta] = []
     start = time.monotonic()
     with pytest.raises(ProviderTimeoutError, match="first-token timeout"):
-        await drain(flaky.chat_stream(REQUEST), got)
+        await drain(flaky.stream(REQUEST), got)
     assert 0.3 <= time.monotonic() - start < 0.3 + SLACK
     assert got == []
 
@@ -126,12 +126,12 @@ async def test_a_stall_after_tokens_is_a_stream_error_at_the_total_timeout(
     faults: FaultServer, flaky: OpenAICompatProvider
 ) -> None:
     faults.fault = Fault(stall_after=2)
-    got: list[dict[str, Any]] = []
+    got: list[Delta] = []
     start = time.monotonic()
     with pytest.raises(ProviderStreamError, match="total timeout"):
-        await drain(flaky.chat_stream(REQUEST), got)
+        await drain(flaky.stream(REQUEST), got)
     assert 0.6 <= time.monotonic() - start < 0.6 + SLACK
-    assert contents(got) == ["", "tok0", "tok1"]
+    assert contents(got) == ["tok0", "tok1"]
 
 
 async def test_a_slow_consumer_is_not_cut_by_the_first_token_timeout(
@@ -140,11 +140,11 @@ async def test_a_slow_consumer_is_not_cut_by_the_first_token_timeout(
     """Deadlines bound waits on the upstream, not the time the caller spends between chunks."""
     p = provider(faults.base_url, first_token=0.2, total=5)
     try:
-        got = []
-        async for chunk in p.chat_stream(REQUEST):
+        got: list[Delta] = []
+        async for chunk in p.stream(REQUEST):
             got.append(chunk)
             await asyncio.sleep(0.1)
-        assert len(got) == 6
+        assert len(got) == 5  # three tokens, the finish, the usage
     finally:
         await p.aclose()
 
@@ -160,9 +160,9 @@ async def test_error_statuses_carry_the_upstream_message_and_their_retryability(
     faults.fault = Fault(status=status, error=error)
     with pytest.raises(ProviderHTTPError) as info:
         if stream:
-            await drain(flaky.chat_stream(REQUEST), [])
+            await drain(flaky.stream(REQUEST), [])
         else:
-            await flaky.chat(REQUEST)
+            await flaky.answer(REQUEST)
     assert info.value.status == status and info.value.retryable is retryable
     assert f"upstream says {status}" in str(info.value)
     assert info.value.body == error
@@ -171,7 +171,7 @@ async def test_error_statuses_carry_the_upstream_message_and_their_retryability(
 async def test_429_passes_on_retry_after(faults: FaultServer, flaky: OpenAICompatProvider) -> None:
     faults.fault = Fault(status=429, error={"error": {"message": "slow down"}}, headers={"Retry-After": "7"})
     with pytest.raises(UpstreamHTTPError) as info:
-        await flaky.chat(REQUEST)
+        await flaky.answer(REQUEST)
     assert info.value.retry_after == 7.0 and info.value.retryable
 
 
@@ -180,7 +180,7 @@ async def test_an_error_without_an_envelope_still_says_what_happened(
 ) -> None:
     faults.fault = Fault(status=502, error=None)
     with pytest.raises(ProviderHTTPError, match="HTTP 502") as info:
-        await flaky.chat(REQUEST)
+        await flaky.answer(REQUEST)
     assert info.value.retryable and info.value.body is None
 
 
@@ -188,38 +188,38 @@ async def test_a_cut_stream_raises_a_stream_error_after_the_chunks_already_yield
     faults: FaultServer, flaky: OpenAICompatProvider
 ) -> None:
     faults.fault = Fault(chunks=5, cut_after=2)
-    got: list[dict[str, Any]] = []
+    got: list[Delta] = []
     with pytest.raises(ProviderStreamError, match="stream broke after it started"):
-        await drain(flaky.chat_stream(REQUEST), got)
-    assert contents(got) == ["", "tok0", "tok1"]
+        await drain(flaky.stream(REQUEST), got)
+    assert contents(got) == ["tok0", "tok1"]
 
 
 async def test_a_stream_cut_before_any_token_is_a_retryable_connection_error(
     faults: FaultServer, flaky: OpenAICompatProvider
 ) -> None:
     faults.fault = Fault(cut_after=0)
-    got: list[dict[str, Any]] = []
+    got: list[Delta] = []
     with pytest.raises(ProviderConnectionError) as info:
-        await drain(flaky.chat_stream(REQUEST), got)
+        await drain(flaky.stream(REQUEST), got)
     assert got == [] and info.value.retryable
 
 
 async def test_the_pool_survives_failures(faults: FaultServer, flaky: OpenAICompatProvider) -> None:
     faults.fault = Fault(chunks=5, cut_after=1)
     with pytest.raises(ProviderStreamError):
-        await drain(flaky.chat_stream(REQUEST), [])
+        await drain(flaky.stream(REQUEST), [])
     faults.reset()
-    assert (await flaky.chat(REQUEST))["choices"][0]["message"]["content"] == "ok"
+    assert (await flaky.answer(REQUEST)).text == "ok"
 
 
 async def test_an_abandoned_stream_gives_its_connection_back(faults: FaultServer) -> None:
     p = OpenAICompatProvider("flaky", faults.base_url, timeouts=Timeouts(total=2), max_connections=1)
     try:
-        async with contextlib.aclosing(p.chat_stream(REQUEST)) as chunks:
+        async with contextlib.aclosing(p.stream(REQUEST)) as chunks:
             async for _ in chunks:
                 break  # the caller went away after the first chunk
         # the only pooled connection must be free again, or this would wait for the total timeout
-        assert (await p.chat(REQUEST))["choices"][0]["message"]["content"] == "ok"
+        assert (await p.answer(REQUEST)).text == "ok"
     finally:
         await p.aclose()
 
@@ -230,11 +230,11 @@ async def test_an_answer_of_the_wrong_shape_is_a_retryable_502(faults: FaultServ
     try:
         faults.fault = Fault(answer={"message": "not an object", "done": True})
         with pytest.raises(ProviderHTTPError, match="malformed") as info:
-            await ollama.chat(REQUEST)
+            await ollama.answer(REQUEST)
         assert info.value.status == 502 and info.value.retryable
         faults.reset()  # an OpenAI SSE stream is not a Messages API stream
         with pytest.raises(ProviderHTTPError) as info:
-            await drain(claude.chat_stream(REQUEST), [])
+            await drain(claude.stream(REQUEST), [])
         assert info.value.status == 502
     finally:
         await ollama.aclose()
@@ -245,7 +245,7 @@ async def test_ollama_fails_the_same_way() -> None:
     p = OllamaProvider("ollama", f"http://127.0.0.1:{closed_port()}")
     try:
         with pytest.raises(ProviderConnectionError):
-            await p.chat(REQUEST)
+            await p.answer(REQUEST)
         assert await p.health() is False
     finally:
         await p.aclose()

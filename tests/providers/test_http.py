@@ -1,4 +1,4 @@
-"""The shared pieces: timeouts, SSE parsing, stream decoders and how upstream errors are read."""
+"""The shared pieces: timeouts, SSE parsing, the stream decoders' deltas and how upstream errors are read."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ from typing import Any
 import httpx
 import pytest
 
+from llmhost.core.types import Delta, Usage
 from llmhost.errors import ConfigError
-from llmhost.providers.anthropic import anthropic_sse_chunks
+from llmhost.providers.anthropic import anthropic_sse_deltas
 from llmhost.providers.http import (
     Timeouts,
     UpstreamClient,
@@ -19,8 +20,8 @@ from llmhost.providers.http import (
     iter_sse,
     status_for_error_type,
 )
-from llmhost.providers.ollama import ollama_chat_chunks
-from llmhost.providers.openai_compat import openai_sse_chunks
+from llmhost.providers.ollama import ollama_deltas
+from llmhost.providers.openai_compat import openai_sse_deltas
 
 pytestmark = pytest.mark.anyio
 
@@ -66,30 +67,42 @@ def openai_chunk(delta: dict[str, Any], finish: str | None = None) -> str:
     )
 
 
-async def test_openai_decoder_holds_the_role_chunk_until_the_first_token() -> None:
+async def test_openai_decoder_yields_nothing_for_the_role_chunk() -> None:
     role = openai_chunk({"role": "assistant", "content": ""})
-    decoder = openai_sse_chunks(lines(role, "", openai_chunk({"content": "a"}), "", "data: [DONE]", ""))
-    first = await decoder.__anext__()  # the role chunk comes out only once "a" has been read
-    assert first["choices"][0]["delta"] == {"role": "assistant", "content": ""}
-    assert (await decoder.__anext__())["choices"][0]["delta"] == {"content": "a"}
-    assert await collect(decoder) == []
-    # a stream with nothing but the role chunk still delivers it at [DONE]
-    assert len(await collect(openai_sse_chunks(lines(role, "", "data: [DONE]", "")))) == 1
+    decoder = openai_sse_deltas(lines(role, "", openai_chunk({"content": "a"}), "", "data: [DONE]", ""))
+    assert await decoder.__anext__() == Delta(0, "a")  # the first delta is the first token
+    assert await collect(decoder) == [Delta(-1, usage=Usage())]  # no usage chunk: zeros
+    # a stream with nothing but the role chunk has only its (empty) usage to give
+    assert await collect(openai_sse_deltas(lines(role, "", "data: [DONE]", ""))) == [Delta(-1, usage=Usage())]
 
 
 async def test_openai_decoder_reports_in_band_errors_with_the_status_their_type_means() -> None:
     error = 'data: {"error": {"message": "slow down", "type": "requests", "code": "rate_limit_exceeded"}}'
     with pytest.raises(UpstreamReportedError) as info:
-        await collect(openai_sse_chunks(lines(error, "")))
+        await collect(openai_sse_deltas(lines(error, "")))
     assert info.value.status == 429 and "slow down" in info.value.message
 
 
 async def test_openai_decoder_treats_a_missing_done_as_a_broken_stream() -> None:
     with pytest.raises(UpstreamReportedError, match="DONE"):
-        await collect(openai_sse_chunks(lines(openai_chunk({"content": "a"}), "")))
+        await collect(openai_sse_deltas(lines(openai_chunk({"content": "a"}), "")))
 
 
-async def test_anthropic_decoder_skips_pings_and_unknown_events() -> None:
+async def test_openai_decoder_maps_finish_reasons_and_reads_cached_tokens() -> None:
+    usage = {"prompt_tokens": 9, "completion_tokens": 2, "prompt_tokens_details": {"cached_tokens": 4}}
+    stream = [
+        openai_chunk({"content": "a"}, "content_filter"),
+        "",
+        'data: {"choices": [], "usage": ' + json.dumps(usage) + "}",
+        "",
+        "data: [DONE]",
+        "",
+    ]
+    got = await collect(openai_sse_deltas(lines(*stream)))
+    assert got == [Delta(0, "a"), Delta(0, finish_reason="stop"), Delta(-1, usage=Usage(9, 2, 4))]
+
+
+async def test_anthropic_decoder_skips_pings_thinking_and_unknown_events() -> None:
     stream = [
         'event: message_start\ndata: {"type": "message_start", "message": {"id": "msg_1", "model": "c",'
         ' "usage": {"input_tokens": 5, "cache_read_input_tokens": 2, "output_tokens": 1}}}',
@@ -106,31 +119,24 @@ async def test_anthropic_decoder_skips_pings_and_unknown_events() -> None:
         'event: message_stop\ndata: {"type": "message_stop"}',
     ]
     text = "\n\n".join(stream) + "\n\n"
-    got = await collect(anthropic_sse_chunks(lines(*text.split("\n"))))
-    assert [c["choices"][0]["delta"] for c in got[:-1]] == [
-        {"role": "assistant", "content": ""},
-        {"content": "Hi"},
-        {},
+    got = await collect(anthropic_sse_deltas(lines(*text.split("\n"))))
+    assert got == [
+        Delta(0, "Hi"),
+        Delta(0, finish_reason="length"),
+        Delta(-1, usage=Usage(prompt_tokens=7, completion_tokens=9, cached_tokens=2)),
     ]
-    assert got[-2]["choices"][0]["finish_reason"] == "length"
-    assert got[-1]["usage"] == {
-        "prompt_tokens": 7,
-        "completion_tokens": 9,
-        "total_tokens": 16,
-        "prompt_tokens_details": {"cached_tokens": 2},
-    }
 
 
 async def test_anthropic_decoder_needs_message_stop() -> None:
     start = 'data: {"type": "message_start", "message": {"id": "m", "model": "c", "usage": {}}}'
     with pytest.raises(UpstreamReportedError, match="message_stop"):
-        await collect(anthropic_sse_chunks(lines("event: message_start", start, "")))
+        await collect(anthropic_sse_deltas(lines("event: message_start", start, "")))
 
 
 async def test_ollama_decoder_needs_the_done_line() -> None:
     line = '{"model": "m", "message": {"role": "assistant", "content": "a"}, "done": false}'
     with pytest.raises(UpstreamReportedError, match="done"):
-        await collect(ollama_chat_chunks(lines(line)))
+        await collect(ollama_deltas(lines(line)))
 
 
 def test_error_types_map_to_statuses() -> None:

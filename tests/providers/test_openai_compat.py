@@ -5,29 +5,30 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import AsyncIterator
-from typing import Any
 
 import pytest
 
-from llmhost.providers.base import (
-    ChatRequest,
-    CompletionRequest,
-    EmbeddingRequest,
-    Provider,
-    ProviderHTTPError,
-)
+from llmhost.core.types import ChatMessage, ContentPart, EmbedRequest, ResponseFormat, TokenLogprob
+from llmhost.errors import RequestError
+from llmhost.providers.base import Provider, ProviderHTTPError
 from llmhost.providers.openai_compat import OpenAICompatProvider
 from tests.conftest import TINY, LiveServer
-from tests.providers.conftest import OPENAI_KEY
+from tests.providers.conftest import (
+    OPENAI_KEY,
+    chat,
+    check_stream_shape,
+    collect,
+    completion,
+    system,
+    text_of,
+    user,
+)
 from tests.providers.wire_servers import recorded
 
 pytestmark = pytest.mark.anyio
 
-HELLO = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello there"}]
-
-
-async def collect(chunks: AsyncIterator[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [chunk async for chunk in chunks]
+HELLO = (system("be brief"), user("hello there"))
+WIRE_HELLO = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello there"}]
 
 
 @pytest.fixture
@@ -37,67 +38,216 @@ async def provider(openai_upstream: LiveServer) -> AsyncIterator[OpenAICompatPro
     await p.aclose()
 
 
+def sent(upstream: LiveServer) -> dict[str, object]:
+    body: dict[str, object] = recorded(upstream)[-1]["body"]
+    return body
+
+
 async def test_it_implements_the_provider_protocol(provider: OpenAICompatProvider) -> None:
     assert isinstance(provider, Provider)
     assert provider.name == "remote"
 
 
-async def test_chat_forwards_the_request_and_returns_the_upstream_answer(
+async def test_answer_sends_only_the_fields_that_are_set_and_translates_the_reply(
     provider: OpenAICompatProvider, openai_upstream: LiveServer
 ) -> None:
-    resp = await provider.chat(ChatRequest("echo-1", HELLO, {"temperature": 0.2, "stop": ["zzz"], "seed": 7}))
-    assert resp["object"] == "chat.completion"
-    assert resp["choices"][0]["message"] == {"role": "assistant", "content": "echo: hello there"}
-    assert resp["choices"][0]["finish_reason"] == "stop"
-    assert resp["usage"] == {"prompt_tokens": 4, "completion_tokens": 3, "total_tokens": 7}
-    sent = recorded(openai_upstream)[-1]
-    assert sent["headers"]["authorization"] == f"Bearer {OPENAI_KEY}"
-    assert sent["body"] == {
+    result = await provider.answer(chat("echo-1", *HELLO, temperature=0.2, stop=("zzz",), seed=7))
+    assert recorded(openai_upstream)[-1]["headers"]["authorization"] == f"Bearer {OPENAI_KEY}"
+    assert sent(openai_upstream) == {
         "model": "echo-1",
-        "messages": HELLO,
+        "messages": WIRE_HELLO,
         "temperature": 0.2,
         "stop": ["zzz"],
         "seed": 7,
     }
+    assert result.model == "echo-1" and result.id == "chatcmpl-test"
+    assert result.text == "echo: hello there"
+    (choice,) = result.choices
+    assert (choice.finish_reason, choice.stop_sequence, choice.tool_calls) == ("stop", None, [])
+    assert choice.logprobs is None  # not asked for
+    assert (result.usage.prompt_tokens, result.usage.completion_tokens) == (4, 3)
+    assert result.usage.cached_tokens == 2  # prompt_tokens_details.cached_tokens: "be brief"
 
 
-async def test_chat_drops_stream_fields_from_a_plain_call(
+async def test_every_sampling_field_that_is_set_reaches_the_upstream(
     provider: OpenAICompatProvider, openai_upstream: LiveServer
 ) -> None:
-    await provider.chat(
-        ChatRequest("echo-1", HELLO, {"stream": True, "stream_options": {"include_usage": True}})
+    request = chat(
+        "echo-1",
+        *HELLO,
+        max_tokens=9,
+        temperature=0.5,
+        top_p=0.9,
+        top_k=40,
+        min_p=0.05,
+        repeat_penalty=1.1,
+        seed=3,
+        presence_penalty=0.5,
+        frequency_penalty=-0.5,
+        logit_bias={15: -100.0},
+        ignore_eos=True,
+        user="u-42",
+        response_format=ResponseFormat("json"),
     )
-    assert "stream" not in recorded(openai_upstream)[-1]["body"]
+    await provider.answer(request)
+    body = sent(openai_upstream)
+    assert {k: v for k, v in body.items() if k not in ("model", "messages")} == {
+        "max_tokens": 9,
+        "temperature": 0.5,
+        "top_p": 0.9,
+        "top_k": 40,
+        "min_p": 0.05,
+        "repeat_penalty": 1.1,
+        "seed": 3,
+        "presence_penalty": 0.5,
+        "frequency_penalty": -0.5,
+        "logit_bias": {"15": -100.0},
+        "ignore_eos": True,
+        "user": "u-42",
+        "response_format": {"type": "json_object"},
+    }
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
+    await provider.answer(
+        chat("echo-1", *HELLO, response_format=ResponseFormat("json_schema", schema, "thing"))
+    )
+    assert sent(openai_upstream)["response_format"] == {
+        "type": "json_schema",
+        "json_schema": {"name": "thing", "schema": schema},
+    }
 
 
-async def test_chat_stream_asks_for_usage_and_yields_chunks_ending_with_it(
+async def test_the_chat_limit_field_can_be_max_completion_tokens(openai_upstream: LiveServer) -> None:
+    p = OpenAICompatProvider(
+        "o", f"{openai_upstream.base_url}/v1", api_key=OPENAI_KEY, max_tokens_field="max_completion_tokens"
+    )
+    try:
+        result = await p.answer(chat("echo-1", *HELLO, max_tokens=2))
+        assert sent(openai_upstream)["max_completion_tokens"] == 2 and "max_tokens" not in sent(
+            openai_upstream
+        )
+        assert result.choices[0].finish_reason == "length"
+    finally:
+        await p.aclose()
+
+
+async def test_a_stream_asks_for_usage_and_yields_text_then_finish_then_usage(
     provider: OpenAICompatProvider, openai_upstream: LiveServer
 ) -> None:
-    chunks = await collect(provider.chat_stream(ChatRequest("echo-1", HELLO, {"max_tokens": 2})))
-    body = recorded(openai_upstream)[-1]["body"]
+    deltas = await collect(provider.stream(chat("echo-1", *HELLO, max_tokens=2)))
+    body = sent(openai_upstream)
     assert body["stream"] is True and body["stream_options"] == {"include_usage": True}
-    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
-    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
-    assert text == "echo: hello"
-    assert chunks[-2]["choices"][0]["finish_reason"] == "length"
-    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == 2
+    check_stream_shape(deltas)  # the role-only chunk yields nothing
+    assert text_of(deltas) == "echo: hello"
+    assert deltas[-2].finish_reason == "length"
+    assert deltas[-1].usage is not None and deltas[-1].usage.completion_tokens == 2
 
 
-async def test_completions_plain_and_streamed(provider: OpenAICompatProvider) -> None:
-    resp = await provider.complete(CompletionRequest("echo-1", "once upon", {"max_tokens": 16}))
-    assert resp["choices"][0]["text"] == "echo: once upon"
-    chunks = await collect(provider.complete_stream(CompletionRequest("echo-1", "once upon", {})))
-    assert "".join(c["choices"][0]["text"] for c in chunks if c["choices"]) == "echo: once upon"
-    assert chunks[-1]["usage"]["total_tokens"] == 5
+async def test_the_matched_stop_string_is_reported_when_the_server_names_it(
+    provider: OpenAICompatProvider,
+) -> None:
+    """vLLM's ``stop_reason``; OpenAI itself does not say which stop string ended a choice."""
+    request = chat("echo-1", user("one two three"), stop=("three", "nine"))
+    result = await provider.answer(request)
+    assert result.text == "echo: one two" and result.choices[0].stop_sequence == "three"
+    deltas = await collect(provider.stream(request))
+    assert deltas[-2].finish_reason == "stop" and deltas[-2].stop_sequence == "three"
 
 
-async def test_embeddings_always_ask_for_float_vectors(
+async def test_n_choices_are_answered_and_streamed_side_by_side(
     provider: OpenAICompatProvider, openai_upstream: LiveServer
 ) -> None:
-    resp = await provider.embed(EmbeddingRequest("echo-1", ["a b", "c"], {"encoding_format": "base64"}))
-    assert recorded(openai_upstream)[-1]["body"]["encoding_format"] == "float"
-    assert [d["index"] for d in resp["data"]] == [0, 1]
-    assert all(isinstance(x, float) for x in resp["data"][0]["embedding"])
+    result = await provider.answer(chat("echo-1", user("a b"), n=2))
+    assert sent(openai_upstream)["n"] == 2
+    assert [c.index for c in result.choices] == [0, 1]
+    assert {c.text for c in result.choices} == {"echo: a b"}
+    deltas = await collect(provider.stream(chat("echo-1", user("a b"), n=2)))
+    check_stream_shape(deltas, choices=2)
+    assert text_of(deltas, 0) == text_of(deltas, 1) == "echo: a b"
+    assert deltas[-1].usage is not None and deltas[-1].usage.completion_tokens == 6
+
+
+async def test_chat_logprobs_ask_for_top_logprobs_and_come_back_per_token(
+    provider: OpenAICompatProvider, openai_upstream: LiveServer
+) -> None:
+    result = await provider.answer(chat("echo-1", user("hi"), logprobs=2))
+    body = sent(openai_upstream)
+    assert (body["logprobs"], body["top_logprobs"]) == (True, 2)
+    logprobs = result.choices[0].logprobs
+    assert logprobs is not None and len(logprobs) == 2
+    assert logprobs[1] == TokenLogprob(b" hi", -0.5, ((b" hi", -0.5), (b" x", -2.0)))
+    deltas = await collect(provider.stream(chat("echo-1", user("hi"), logprobs=0)))
+    streamed = [lp for d in deltas for lp in d.logprobs]
+    assert [lp.token for lp in streamed] == [b"echo:", b" hi"] and all(lp.top == () for lp in streamed)
+
+
+async def test_completions_plain_streamed_with_echo_and_logprobs(
+    provider: OpenAICompatProvider, openai_upstream: LiveServer
+) -> None:
+    result = await provider.answer(completion("echo-1", "once upon", max_tokens=16))
+    assert recorded(openai_upstream)[-1]["path"] == "/v1/completions"
+    assert sent(openai_upstream) == {"model": "echo-1", "prompt": "once upon", "max_tokens": 16}
+    assert result.text == "echo: once upon" and result.choices[0].finish_reason == "stop"
+    deltas = await collect(provider.stream(completion("echo-1", "once upon")))
+    check_stream_shape(deltas)
+    assert text_of(deltas) == "echo: once upon"
+    assert deltas[-1].usage is not None and deltas[-1].usage.total_tokens == 5
+
+    result = await provider.answer(completion("echo-1", "once", echo=True, logprobs=1))
+    assert (sent(openai_upstream)["echo"], sent(openai_upstream)["logprobs"]) == (True, 1)
+    assert result.text == "onceecho: once"
+    assert result.choices[0].logprobs == [
+        TokenLogprob(b"echo:", -0.5, ((b"echo:", -0.5),)),
+        TokenLogprob(b" once", -0.5, ((b" once", -0.5),)),
+    ]
+
+
+async def test_token_id_prompts_are_sent_as_a_list(
+    provider: OpenAICompatProvider, openai_upstream: LiveServer
+) -> None:
+    await provider.answer(completion("echo-1", (1, 2, 3)))
+    assert sent(openai_upstream)["prompt"] == [1, 2, 3]
+
+
+async def test_images_become_image_url_parts(
+    provider: OpenAICompatProvider, openai_upstream: LiveServer
+) -> None:
+    parts = (
+        ContentPart("image", "image/png", data=b"\x89PNG"),
+        ContentPart("image", url="https://x.test/c.jpg"),
+    )
+    await provider.answer(chat("echo-1", ChatMessage("user", "what is this?", parts)))
+    assert sent(openai_upstream)["messages"] == [
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "what is this?"},
+                {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw=="}},
+                {"type": "image_url", "image_url": {"url": "https://x.test/c.jpg"}},
+            ],
+        }
+    ]
+
+
+async def test_embeddings_ask_for_floats_and_come_back_in_input_order(
+    provider: OpenAICompatProvider, openai_upstream: LiveServer
+) -> None:
+    result = await provider.embed(EmbedRequest("echo-1", ("a b", "c", (5, 6)), dimensions=4, user="u"))
+    assert sent(openai_upstream) == {
+        "model": "echo-1",
+        "input": ["a b", "c", [5, 6]],
+        "encoding_format": "float",
+        "dimensions": 4,
+        "user": "u",
+    }
+    assert len(result.vectors) == 3 and result.vectors[0] != result.vectors[1]  # sorted by "index"
+    assert result.vectors[0][2] > 0  # "a b" has a space; the upstream answered it last
+    assert result.usage.prompt_tokens == 5 and result.model == "echo-1"
+
+
+async def test_it_does_not_count_tokens(provider: OpenAICompatProvider) -> None:
+    with pytest.raises(RequestError, match="does not count tokens") as info:
+        await provider.count_tokens(chat("echo-1", *HELLO))
+    assert info.value.param == "model"
 
 
 async def test_list_models_and_health(provider: OpenAICompatProvider) -> None:
@@ -111,7 +261,7 @@ async def test_a_wrong_key_is_a_non_retryable_401_with_the_upstream_message(
     p = OpenAICompatProvider("remote", f"{openai_upstream.base_url}/v1", api_key="sk-wrong-key-000000")
     try:
         with pytest.raises(ProviderHTTPError) as info:
-            await p.chat(ChatRequest("echo-1", HELLO))
+            await p.answer(chat("echo-1", *HELLO))
         assert info.value.status == 401 and info.value.retryable is False
         assert "Incorrect API key provided" in str(info.value)
         assert await p.health() is False
@@ -124,25 +274,24 @@ async def test_extra_headers_reach_the_upstream(openai_upstream: LiveServer) -> 
         "remote", f"{openai_upstream.base_url}/v1", api_key=OPENAI_KEY, extra_headers={"x-tenant": "blue"}
     )
     try:
-        await p.chat(ChatRequest("echo-1", HELLO))
+        await p.answer(chat("echo-1", *HELLO))
         assert recorded(openai_upstream)[-1]["headers"]["x-tenant"] == "blue"
     finally:
         await p.aclose()
 
 
-async def test_added_latency_over_a_direct_call_is_small(
-    provider: OpenAICompatProvider, openai_upstream: LiveServer
-) -> None:
-    """Interleaved pairs on one pooled client; the median pairwise difference is the provider's cost."""
-    request = ChatRequest("echo-1", HELLO, {"max_tokens": 4})
+async def test_added_latency_over_a_direct_call_is_small(provider: OpenAICompatProvider) -> None:
+    """Interleaved pairs on one pooled client; the median pairwise difference is the provider's cost
+    (building the body from core types, and the answer back into them)."""
+    request = chat("echo-1", *HELLO, max_tokens=4)
     client = provider._http.client  # the same pool, so only the provider's work differs
-    body = json.dumps({"model": "echo-1", "messages": HELLO, "max_tokens": 4}).encode()
+    body = json.dumps({"model": "echo-1", "messages": WIRE_HELLO, "max_tokens": 4}).encode()
     diffs = []
     for _ in range(150):
         t0 = time.perf_counter()
         json.loads((await client.request("POST", "/chat/completions", body))[1])
         t1 = time.perf_counter()
-        await provider.chat(request)
+        await provider.answer(request)
         diffs.append(time.perf_counter() - t1 - (t1 - t0))
     diffs.sort()
     assert diffs[len(diffs) // 2] < 0.002
@@ -154,16 +303,15 @@ async def test_added_latency_over_a_direct_call_is_small(
 async def test_another_llmhost_serves_chat_and_streams_through_the_provider(server: LiveServer) -> None:
     p = OpenAICompatProvider("peer", f"{server.base_url}/v1", health_path=f"{server.base_url}/health")
     try:
-        request = ChatRequest(
-            TINY, [{"role": "user", "content": "Say hello"}], {"max_tokens": 6, "temperature": 0}
-        )
-        resp = await p.chat(request)
-        assert resp["object"] == "chat.completion" and resp["model"] == TINY
-        assert resp["usage"]["completion_tokens"] <= 6
-        chunks = await collect(p.chat_stream(request))
-        assert chunks[-1]["usage"]["completion_tokens"] == resp["usage"]["completion_tokens"]
-        streamed = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
-        assert streamed == resp["choices"][0]["message"]["content"]
+        request = chat(TINY, user("Say hello"), max_tokens=6, temperature=0.0, seed=1)
+        result = await p.answer(request)
+        assert result.model == TINY and result.choices[0].finish_reason in ("stop", "length")
+        assert 0 < result.usage.completion_tokens <= 6
+        deltas = await collect(p.stream(request))
+        check_stream_shape(deltas)
+        assert deltas[-1].usage is not None
+        assert deltas[-1].usage.completion_tokens == result.usage.completion_tokens
+        assert text_of(deltas) == result.text
         assert TINY in await p.list_models()
         assert await p.health() is True
     finally:

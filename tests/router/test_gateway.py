@@ -16,18 +16,27 @@ from typing import Any
 import pytest
 
 from llmhost.config import Settings, load_settings
-from llmhost.errors import EngineOverloadedError, ModelNotFoundError, NotReadyError, RequestError
-from llmhost.providers.base import (
-    ChatRequest,
-    CompletionRequest,
-    EmbeddingRequest,
-    ProviderConnectionError,
-    ProviderHTTPError,
-    ProviderStreamError,
+from llmhost.core.pipeline import Pipeline
+from llmhost.core.types import (
+    ChatMessage,
+    Choice,
+    Delta,
+    Embeddings,
+    EmbedRequest,
+    InferenceRequest,
+    RequestContext,
+    ResponseFormat,
+    Result,
+    Sampling,
+    TokenLogprob,
+    Usage,
 )
+from llmhost.errors import EngineOverloadedError, ModelNotFoundError, NotReadyError, RequestError
+from llmhost.providers.base import ProviderConnectionError, ProviderHTTPError, ProviderStreamError
 from llmhost.router.breaker import BreakerState
-from llmhost.router.cost import UsageStore
-from llmhost.router.router import Gateway
+from llmhost.router.cost import UsageStage, UsageStore
+from llmhost.router.gateway import Gateway
+from llmhost.router.stage import RouteStage
 from llmhost.router.strategies import Target, order_targets
 
 
@@ -38,63 +47,38 @@ class ScriptedProvider:
         self.name = name
         self.script = list(script or [])
         self.calls: list[str] = []
+        self.requests: list[InferenceRequest] = []
         self.tokens = tokens
 
-    def _next(self) -> str:
+    def _next(self, request: InferenceRequest) -> str:
+        self.calls.append(request.model)
+        self.requests.append(request)
         step = self.script.pop(0) if self.script else "ok"
         if isinstance(step, BaseException):
             raise step
         return step
 
-    def _answer(self, model: str, text: str) -> dict[str, Any]:
-        return {
-            "id": "x",
-            "object": "chat.completion",
-            "created": 0,
-            "model": model,
-            "choices": [
-                {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
-            ],
-            "usage": {
-                "prompt_tokens": 10,
-                "completion_tokens": self.tokens,
-                "total_tokens": 10 + self.tokens,
-            },
-        }
-
-    async def chat(self, request: ChatRequest) -> dict[str, Any]:
-        self.calls.append(request.model)
-        step = self._next()
+    async def answer(self, request: InferenceRequest) -> Result:
+        step = self._next(request)
         text = f"{self.name}: {request.model}" if step == "ok" else step.removeprefix("say:")
-        return self._answer(request.model, text)
+        choice = Choice(0, text, finish_reason="stop")
+        return Result("x", request.model, [choice], Usage(10, self.tokens))
 
-    async def chat_stream(self, request: ChatRequest) -> AsyncIterator[dict[str, Any]]:
-        self.calls.append(request.model)
-        step = self._next()
-        base = {"id": "x", "object": "chat.completion.chunk", "created": 0, "model": request.model}
-        yield {
-            **base,
-            "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}],
-        }
+    async def stream(self, request: InferenceRequest) -> AsyncIterator[Delta]:
+        step = self._next(request)
         for i in range(self.tokens):
             if step == "cut" and i == 1:
                 raise ProviderStreamError("connection cut", provider=self.name)
-            yield {**base, "choices": [{"index": 0, "delta": {"content": f"t{i}"}, "finish_reason": None}]}
-        yield {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
-        yield {
-            **base,
-            "choices": [],
-            "usage": {"prompt_tokens": 10, "completion_tokens": self.tokens, "total_tokens": 13},
-        }
+            yield Delta(0, f"t{i}")
+        yield Delta(0, finish_reason="stop")
+        yield Delta(-1, usage=Usage(10, self.tokens))
 
-    async def complete(self, request: CompletionRequest) -> dict[str, Any]:
-        raise NotImplementedError
+    async def embed(self, request: EmbedRequest) -> Embeddings:
+        self._next(request)  # type: ignore[arg-type]
+        return Embeddings([[1.0]], Usage(1))
 
-    def complete_stream(self, request: CompletionRequest) -> AsyncIterator[dict[str, Any]]:
-        raise NotImplementedError
-
-    async def embed(self, request: EmbeddingRequest) -> dict[str, Any]:
-        raise NotImplementedError
+    async def count_tokens(self, request: InferenceRequest) -> int:
+        return 7
 
     async def list_models(self) -> list[str]:
         return []
@@ -115,14 +99,54 @@ def settings_with(tmp_path: Path, route: dict[str, Any], **extra: Any) -> Settin
     return load_settings(None, data_dir=tmp_path, providers=providers, routes={"smart": route}, **extra)
 
 
+class Routed:
+    """A gateway inside a pipeline with the route and usage stages, as the service builds it."""
+
+    def __init__(self, gw: Gateway, usage: UsageStore | None) -> None:
+        self.gw = gw
+        self.breakers = gw.breakers
+        stages: list[Any] = [RouteStage(gw)]
+        if usage is not None:
+            stages.append(UsageStage(usage))
+        self.pipeline = Pipeline(gw, stages)
+
+    def resolve(self, name: str) -> Any:
+        return self.gw.resolve(name)
+
+    def describe(self) -> dict[str, Any]:
+        return self.gw.describe()
+
+    async def chat(self, request: InferenceRequest) -> tuple[Result, Target, int]:
+        ctx = RequestContext()
+        result = await self.pipeline.run(ctx, request)
+        return result, self._target(ctx), ctx.tier
+
+    async def chat_stream(self, request: InferenceRequest) -> tuple[AsyncIterator[Delta], Target, int]:
+        ctx = RequestContext()
+        deltas = await self.pipeline.stream(ctx, request)
+        return deltas, self._target(ctx), ctx.tier
+
+    def _target(self, ctx: RequestContext) -> Target:
+        return next(t for t in ctx.route.targets if t.key == ctx.target)
+
+
 def gateway(
     settings: Settings, providers: dict[str, ScriptedProvider], usage: UsageStore | None = None
-) -> Gateway:
-    return Gateway(settings, dict(providers), is_local_model=lambda n: n == "localmodel", usage=usage)  # type: ignore[arg-type]
+) -> Routed:
+    gw = Gateway(settings, dict(providers), is_local_model=lambda n: n == "localmodel")  # type: ignore[arg-type]
+    return Routed(gw, usage)
 
 
-def chat_req(model: str = "smart", **params: Any) -> ChatRequest:
-    return ChatRequest(model, [{"role": "user", "content": "hi"}], params)
+def chat_req(
+    model: str = "smart", *, response_format: ResponseFormat | None = None, logprobs: int | None = None
+) -> InferenceRequest:
+    return InferenceRequest(
+        "chat",
+        model,
+        messages=(ChatMessage("user", "hi"),),
+        sampling=Sampling(logprobs=logprobs),
+        response_format=response_format or ResponseFormat(),
+    )
 
 
 def targets(*names: str) -> list[dict[str, Any]]:
@@ -139,7 +163,7 @@ def test_priority_route_falls_back_to_the_next_target_on_connection_error(tmp_pa
         settings_with(tmp_path, {"targets": targets("a", "b"), "retries": 1, "backoff": 0}), {"a": a, "b": b}
     )
     response, target, tier = run(gw.chat(chat_req()))
-    assert response["choices"][0]["message"]["content"] == "b: m-b"
+    assert response.text == "b: m-b"
     assert (target.settings.provider, tier) == ("b", 1)
     assert a.calls == ["m-a", "m-a"]  # one retry, then the next target
 
@@ -211,14 +235,12 @@ def test_stream_failing_before_its_first_token_falls_back_transparently(tmp_path
     b = ScriptedProvider("b")
     gw = gateway(settings_with(tmp_path, {"targets": targets("a", "b"), "retries": 0}), {"a": a, "b": b})
 
-    async def go() -> list[dict[str, Any]]:
+    async def go() -> list[Delta]:
         it, target, _ = await gw.chat_stream(chat_req())
         assert target.settings.provider == "b"
         return [c async for c in it]
 
-    chunks = run(go())
-    text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
-    assert text == "t0t1t2"
+    assert "".join(d.text for d in run(go())) == "t0t1t2"
 
 
 def test_stream_failing_after_its_first_token_raises_to_the_door(tmp_path: Path) -> None:
@@ -230,9 +252,8 @@ def test_stream_failing_after_its_first_token_raises_to_the_door(tmp_path: Path)
         it, _, _ = await gw.chat_stream(chat_req())
         got: list[str] = []
         with pytest.raises(ProviderStreamError):
-            async for c in it:
-                if c["choices"]:
-                    got.append(c["choices"][0]["delta"].get("content", ""))
+            async for d in it:
+                got.append(d.text)
         return got
 
     assert "t0" in run(go())
@@ -245,8 +266,8 @@ def test_cascade_escalates_when_json_is_invalid(tmp_path: Path) -> None:
     route = {"targets": targets("a", "b"), "cascade": ["json"]}
     usage = UsageStore(tmp_path / "u.db")
     gw = gateway(settings_with(tmp_path, route), {"a": small, "b": big}, usage)
-    response, target, tier = run(gw.chat(chat_req(response_format={"type": "json_object"})))
-    assert response["choices"][0]["message"]["content"] == '{"ok": true}'
+    response, target, tier = run(gw.chat(chat_req(response_format=ResponseFormat("json"))))
+    assert response.text == '{"ok": true}'
     assert (target.settings.provider, tier) == ("b", 1)
     usage.flush()
     rows = usage.summary("target")
@@ -261,7 +282,7 @@ def test_cascade_keeps_a_good_first_answer(tmp_path: Path) -> None:
         settings_with(tmp_path, {"targets": targets("a", "b"), "cascade": ["json", "nonempty"]}),
         {"a": small, "b": big},
     )
-    _, target, _ = run(gw.chat(chat_req(response_format={"type": "json_object"})))
+    _, target, _ = run(gw.chat(chat_req(response_format=ResponseFormat("json"))))
     assert target.settings.provider == "a" and big.calls == []
 
 
@@ -325,7 +346,7 @@ def test_unknown_name_is_model_not_found_and_local_names_route_implicitly(tmp_pa
 def test_implicit_local_route_passes_errors_through_unchanged(tmp_path: Path) -> None:
     local = ScriptedProvider("local", [EngineOverloadedError("busy")])
     s = load_settings(None, data_dir=tmp_path)
-    gw = Gateway(s, {"local": local}, is_local_model=lambda n: True)  # type: ignore[dict-item]
+    gw = Routed(Gateway(s, {"local": local}, is_local_model=lambda n: True), None)  # type: ignore[dict-item]
     with pytest.raises(EngineOverloadedError):
         run(gw.chat(chat_req("localmodel")))
     local.script = [RequestError("bad", "x")]
@@ -346,15 +367,13 @@ class ConfidenceProvider(ScriptedProvider):
     def __init__(self, name: str, mean: float) -> None:
         super().__init__(name)
         self.mean = mean
-        self.params: list[dict[str, Any]] = []
 
-    async def chat(self, request: ChatRequest) -> dict[str, Any]:
-        self.params.append(dict(request.params))
-        response = await super().chat(request)
-        if request.params.get("logprobs"):
-            entry = {"token": "t", "logprob": self.mean, "bytes": [116], "top_logprobs": []}
-            response["choices"][0]["logprobs"] = {"content": [entry, entry], "refusal": None}
-        return response
+    async def answer(self, request: InferenceRequest) -> Result:
+        result = await super().answer(request)
+        if request.sampling.logprobs is not None:
+            entry = TokenLogprob(b"t", self.mean)
+            result.choices[0].logprobs = [entry, entry]
+        return result
 
 
 def test_cascade_escalates_on_a_low_mean_logprob(tmp_path: Path) -> None:
@@ -363,17 +382,17 @@ def test_cascade_escalates_on_a_low_mean_logprob(tmp_path: Path) -> None:
     gw = gateway(settings_with(tmp_path, route), {"a": small, "b": big})
     response, target, tier = run(gw.chat(chat_req()))
     assert (target.settings.provider, tier) == ("b", 1)
-    assert small.params[0]["logprobs"] is True  # the router asked for them ...
-    assert response["choices"][0]["logprobs"] is None  # ... and hides them from a client that did not
+    assert small.requests[0].sampling.logprobs == 0  # the router asked for them ...
+    assert response.choices[0].logprobs is None  # ... and hides them from a client that did not
 
 
 def test_cascade_keeps_a_confident_answer_and_returns_asked_logprobs(tmp_path: Path) -> None:
     small, big = ConfidenceProvider("a", -0.2), ConfidenceProvider("b", -0.1)
     route = {"targets": targets("a", "b"), "cascade": ["logprob"], "min_logprob": -1.0}
     gw = gateway(settings_with(tmp_path, route), {"a": small, "b": big})
-    response, target, _ = run(gw.chat(chat_req(logprobs=True)))
+    response, target, _ = run(gw.chat(chat_req(logprobs=0)))
     assert target.settings.provider == "a" and big.calls == []
-    assert response["choices"][0]["logprobs"]["content"][0]["logprob"] == -0.2
+    assert response.choices[0].logprobs is not None and response.choices[0].logprobs[0].logprob == -0.2
 
 
 def test_cascade_escalates_when_a_target_gives_no_logprobs(tmp_path: Path) -> None:

@@ -1,1 +1,0 @@
-"""The HTTP doors: an OpenAI-compatible API served by FastAPI + uvicorn."""

@@ -1,1 +1,0 @@
-"""Admin routes (``/api/...``): what is loaded, load/unload, and model management."""

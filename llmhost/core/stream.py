@@ -1,0 +1,78 @@
+"""Between whole answers and streams: assemble deltas into a :class:`Result`, replay a result as deltas."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from llmhost.core.types import Choice, Delta, Result, ToolCall, ToolCallDelta, Usage
+
+__all__ = ["ResultBuilder", "deltas_of"]
+
+
+class ResultBuilder:
+    """Accumulates a stream's deltas into the whole answer it amounts to."""
+
+    def __init__(self, id_: str, model: str, *, logprobs: bool = False) -> None:
+        self.id = id_
+        self.model = model
+        self.logprobs = logprobs
+        self.usage = Usage()
+        self._choices: dict[int, Choice] = {}
+        self._text: dict[int, list[str]] = {}
+        self._calls: dict[int, dict[int, list[str]]] = {}  # choice -> call index -> [id, name, args...]
+
+    def add(self, delta: Delta) -> None:
+        if delta.usage is not None:
+            self.usage = delta.usage
+        if delta.index < 0:
+            return
+        choice = self._choices.get(delta.index)
+        if choice is None:
+            choice = self._choices[delta.index] = Choice(delta.index, logprobs=[] if self.logprobs else None)
+            self._text[delta.index] = []
+        if delta.text:
+            self._text[delta.index].append(delta.text)
+        if delta.logprobs and choice.logprobs is not None:
+            choice.logprobs.extend(delta.logprobs)
+        for call in delta.tool_calls:
+            self._add_call(delta.index, call)
+        if delta.finish_reason is not None:
+            choice.finish_reason = delta.finish_reason
+            choice.stop_sequence = delta.stop_sequence
+
+    def _add_call(self, index: int, call: ToolCallDelta) -> None:
+        calls = self._calls.setdefault(index, {})
+        parts = calls.get(call.index)
+        if parts is None:
+            parts = calls[call.index] = [call.id or "", call.name or ""]
+        else:
+            parts[0] = parts[0] or call.id or ""
+            parts[1] = parts[1] or call.name or ""
+        parts.append(call.arguments)
+
+    def result(self) -> Result:
+        choices = []
+        for index in sorted(self._choices):
+            choice = self._choices[index]
+            choice.text = "".join(self._text[index])
+            calls = self._calls.get(index, {})
+            choice.tool_calls = [
+                ToolCall(parts[0], parts[1], "".join(parts[2:])) for _, parts in sorted(calls.items())
+            ]
+            choices.append(choice)
+        return Result(self.id, self.model, choices or [Choice(0)], self.usage)
+
+
+async def deltas_of(result: Result) -> AsyncIterator[Delta]:
+    """A whole answer replayed as a stream (cascade routes decide on whole answers)."""
+    for choice in result.choices:
+        if choice.text or choice.logprobs:
+            yield Delta(choice.index, choice.text, logprobs=tuple(choice.logprobs or ()))
+        if choice.tool_calls:
+            calls = tuple(
+                ToolCallDelta(i, call.id, call.name, call.arguments)
+                for i, call in enumerate(choice.tool_calls)
+            )
+            yield Delta(choice.index, tool_calls=calls)
+        yield Delta(choice.index, finish_reason=choice.finish_reason, stop_sequence=choice.stop_sequence)
+    yield Delta(-1, usage=result.usage)

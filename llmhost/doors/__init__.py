@@ -1,0 +1,1 @@
+"""Doors: one package per dialect, each translating its wire format to core types at the edge."""

@@ -1,0 +1,16 @@
+"""llmhost's own management routes under ``/api``: ``/api/load``, ``/api/unload``, ``/api/providers``,
+``/api/usage``. They answer errors in OpenAI's envelope, as they always have; the routes Ollama's API
+shares (``/api/ps``, ``/api/pull``, ``/api/copy``, ``/api/delete`` ...) live in :mod:`llmhost.doors.ollama`.
+"""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from llmhost.doors.admin.routes import router
+
+__all__ = ["attach", "router"]
+
+
+def attach(app: FastAPI) -> None:
+    app.include_router(router)

@@ -1,0 +1,160 @@
+"""Request models for Ollama's native API, field by field after Ollama's ``api/types.go``.
+
+Unknown fields are accepted and ignored, as Ollama does, so newer clients keep working. ``options`` stays
+a plain mapping: Ollama ignores options it does not know, and :mod:`.translate` checks the types of
+those it uses. Responses are built as plain dicts in :mod:`.translate`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+__all__ = [
+    "ChatRequest",
+    "CopyRequest",
+    "DeleteRequest",
+    "EmbedRequest",
+    "EmbeddingsRequest",
+    "GenerateRequest",
+    "KeepAlive",
+    "Message",
+    "PullRequest",
+    "ShowRequest",
+    "ToolCall",
+    "ToolCallFunction",
+    "ToolDef",
+    "ToolFunction",
+]
+
+KeepAlive = float | str | None
+"""Seconds (negative: forever) or a Go duration string such as ``"5m"`` or ``"1h30m"``."""
+
+Think = bool | str | None
+"""``true``/``false`` or a level (``"high"``, ``"medium"``, ``"low"``, ``"max"``): accepted, not used."""
+
+_THINK_LEVELS = frozenset({"high", "medium", "low", "max"})
+
+
+class _Lenient(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+def _check_think(value: Think) -> Think:
+    if isinstance(value, str) and value not in _THINK_LEVELS:
+        raise ValueError(
+            f'invalid think value {value!r} (must be "high", "medium", "low", "max", true or false)'
+        )
+    return value
+
+
+class ToolCallFunction(_Lenient):
+    index: int | None = None
+    name: str = Field(min_length=1)
+    arguments: dict[str, Any] | str = Field(default_factory=dict)
+
+
+class ToolCall(_Lenient):
+    id: str | None = None
+    function: ToolCallFunction
+
+
+class Message(_Lenient):
+    role: str
+    content: str | None = ""
+    images: list[str] | None = None
+    tool_calls: list[ToolCall] | None = None
+    tool_name: str | None = None
+    tool_call_id: str | None = None
+    thinking: str | None = None  # a reasoning model's earlier thinking: not sent back to the model
+
+    @field_validator("role")
+    @classmethod
+    def _lower_role(cls, value: str) -> str:
+        return value.lower()  # Ollama lower-cases roles
+
+
+class ToolFunction(_Lenient):
+    name: str = Field(min_length=1)
+    description: str | None = ""
+    parameters: dict[str, Any] | None = None
+
+
+class ToolDef(_Lenient):
+    type: str = "function"
+    function: ToolFunction
+
+
+class _Generating(_Lenient):
+    """What ``/api/chat`` and ``/api/generate`` share."""
+
+    model: str = ""
+    stream: bool | None = None  # true unless false
+    format: str | dict[str, Any] | None = None
+    keep_alive: KeepAlive = None
+    options: dict[str, Any] | None = None
+    think: Think = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
+    truncate: bool | None = None
+    shift: bool | None = None
+
+    _think = field_validator("think")(_check_think)
+
+
+class ChatRequest(_Generating):
+    messages: list[Message] | None = None
+    tools: list[ToolDef] | None = None
+
+
+class GenerateRequest(_Generating):
+    prompt: str | None = ""
+    suffix: str | None = ""
+    system: str | None = ""
+    template: str | None = ""
+    context: list[int] | None = None
+    raw: bool | None = False
+    images: list[str] | None = None
+
+
+class EmbedRequest(_Lenient):
+    model: str = ""
+    input: Any = None  # a string or a list of strings; checked in translate (Ollama: "invalid input type")
+    truncate: bool | None = None
+    dimensions: int | None = None
+    keep_alive: KeepAlive = None
+    options: dict[str, Any] | None = None
+
+
+class EmbeddingsRequest(_Lenient):
+    model: str = ""
+    prompt: str | None = ""
+    keep_alive: KeepAlive = None
+    options: dict[str, Any] | None = None
+
+
+class ShowRequest(_Lenient):
+    model: str = ""
+    name: str = ""  # Ollama's older spelling of ``model``
+    verbose: bool = False
+
+
+class DeleteRequest(_Lenient):
+    model: str = ""
+    name: str = ""
+
+
+class CopyRequest(_Lenient):
+    source: str = Field(min_length=1)
+    destination: str = Field(min_length=1)
+
+
+class PullRequest(_Lenient):
+    model: str = Field(min_length=1, description="hf:ORG/REPO[:FILE|:QUANT] or an https URL.")
+    name: str | None = Field(default=None, description="The name to register the model under (llmhost).")
+    sha256: str | None = Field(
+        default=None, description="The expected sha256 of a plain URL's file (llmhost)."
+    )
+    insecure: bool = False  # deprecated in Ollama and ignored; http:// is allowed for loopback hosts only
+    stream: bool | None = None  # true unless false

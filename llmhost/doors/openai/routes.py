@@ -1,0 +1,103 @@
+"""The OpenAI-compatible routes: parse, translate to core types, run the pipeline, answer JSON or SSE."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from llmhost.core.types import new_id
+from llmhost.doors.http.common import context_for, door_route, pipeline_of
+from llmhost.doors.openai import protocol as wire
+from llmhost.doors.openai import translate
+from llmhost.errors import ModelNotFoundError, RequestError
+from llmhost.service import Service
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/v1", route_class=door_route(translate.render_error))
+
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+def target_header(target: str) -> dict[str, str]:
+    return {"X-LLMHost-Target": target}
+
+
+def model_cards(service: Service) -> list[dict[str, Any]]:
+    """Local models and the gateway's route names: the same list ``/api/tags`` shows."""
+    cards = [
+        {"id": r.name, "object": "model", "created": int(r.created_at.timestamp()), "owned_by": "llmhost"}
+        for r in service.list_models()
+    ]
+    started = int(service.started_at)
+    cards += [
+        {"id": n, "object": "model", "created": started, "owned_by": "llmhost-route"}
+        for n in service.gateway.public_models()
+    ]
+    return cards
+
+
+@router.get("/models")
+async def list_models(request: Request) -> dict[str, Any]:
+    return {"object": "list", "data": model_cards(request.app.state.service)}
+
+
+@router.get("/models/{model:path}")
+async def get_model(model: str, request: Request) -> dict[str, Any]:
+    for card in model_cards(request.app.state.service):
+        if card["id"] == model:
+            return card
+    raise ModelNotFoundError(model)
+
+
+@router.post("/chat/completions", response_model=None)
+async def chat_completions(
+    body: wire.ChatCompletionRequest, request: Request
+) -> JSONResponse | StreamingResponse:
+    req = translate.chat_request(body)
+    pipeline, ctx = pipeline_of(request), context_for(request, "openai")
+    if not body.stream:
+        result = await pipeline.run(ctx, req)
+        return JSONResponse(translate.chat_response(result), headers=target_header(result.target))
+    # The stream has its first output (or failed over, or failed) before the 200 goes out.
+    deltas = await pipeline.stream(ctx, req)
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    events = translate.sse_chat(deltas, new_id("chatcmpl"), body.model, _now(), include_usage)
+    headers = {**SSE_HEADERS, **target_header(ctx.target or "")}
+    return StreamingResponse(events, media_type="text/event-stream", headers=headers)
+
+
+@router.post("/completions", response_model=None)
+async def completions(body: wire.CompletionRequest, request: Request) -> JSONResponse | StreamingResponse:
+    req = translate.completion_request(body)
+    pipeline, ctx = pipeline_of(request), context_for(request, "openai")
+    if not body.stream:
+        result = await pipeline.run(ctx, req)
+        return JSONResponse(translate.completion_response(result), headers=target_header(result.target))
+    deltas = await pipeline.stream(ctx, req)
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    logprobs = body.logprobs is not None
+    events = translate.sse_completion(deltas, new_id("cmpl"), body.model, _now(), include_usage, logprobs)
+    headers = {**SSE_HEADERS, **target_header(ctx.target or "")}
+    return StreamingResponse(events, media_type="text/event-stream", headers=headers)
+
+
+@router.post("/embeddings", response_model=None)
+async def embeddings(body: wire.EmbeddingRequest, request: Request) -> JSONResponse:
+    req = translate.embed_request(body)
+    result = await pipeline_of(request).embed(context_for(request, "openai"), req)
+    width = len(result.vectors[0]) if result.vectors else 0
+    if body.dimensions is not None and body.dimensions != width:
+        raise RequestError(
+            f"this model's embeddings have {width} dimensions; dimensions={body.dimensions} is not supported",
+            param="dimensions",
+        )
+    response = translate.embeddings_response(result, body.encoding_format)
+    return JSONResponse(response, headers=target_header(result.target))
+
+
+def _now() -> int:
+    return int(time.time())

@@ -1,0 +1,466 @@
+"""OpenAI's wire format <-> core types: requests in, ``chat.completion`` / ``text_completion`` objects
+and their SSE chunks out, and OpenAI's error envelope. The only place that builds OpenAI answers."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import struct
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+from fastapi.responses import JSONResponse
+
+from llmhost.core.types import (
+    ChatMessage,
+    Choice,
+    ContentPart,
+    Delta,
+    Embeddings,
+    EmbedRequest,
+    InferenceRequest,
+    ResponseFormat,
+    Result,
+    Sampling,
+    TokenLogprob,
+    Tool,
+    ToolCall,
+    ToolChoice,
+    Usage,
+)
+from llmhost.doors.openai import protocol as wire
+from llmhost.errors import ErrorInfo, LLMHostError, RequestError, classify
+
+__all__ = [
+    "chat_request",
+    "chat_response",
+    "completion_request",
+    "completion_response",
+    "embed_request",
+    "embeddings_response",
+    "error_body",
+    "render_error",
+    "sse_chat",
+    "sse_completion",
+]
+
+log = logging.getLogger(__name__)
+
+_DONE = b"data: [DONE]\n\n"
+
+_TYPES = {
+    "authentication": "authentication_error",
+    "permission": "permission_error",
+    "not_found": "invalid_request_error",
+    "rate_limit": "rate_limit_error",
+    "overloaded": "rate_limit_error",
+    "timeout": "server_error",
+    "upstream": "server_error",
+    "server": "server_error",
+}
+
+
+# ----- errors ----------------------------------------------------------------------------------------
+def error_body(message: str, type_: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+def info_body(info: ErrorInfo) -> dict[str, Any]:
+    type_ = _TYPES.get(info.kind, "invalid_request_error")
+    if info.kind == "overloaded" and info.status == 503:
+        type_ = "server_error"
+    return error_body(info.message, type_, info.param, info.code)
+
+
+def render_error(info: ErrorInfo) -> JSONResponse:
+    """OpenAI's envelope, ``{"error": {"message", "type", "param", "code"}}``."""
+    return JSONResponse(info_body(info), status_code=info.status, headers=info.headers or None)
+
+
+# ----- requests --------------------------------------------------------------------------------------
+def _image(url: str) -> ContentPart:
+    if url.startswith("data:"):
+        head, _, data = url.partition(",")
+        media_type = head[5:].split(";")[0]
+        try:
+            raw = base64.b64decode(data, validate=True)
+        except (binascii.Error, ValueError):
+            raise RequestError("image_url data URL is not valid base64", param="messages") from None
+        return ContentPart("image", media_type=media_type, data=raw)
+    return ContentPart("image", url=url)
+
+
+def _message(m: wire.ChatMessage, i: int) -> ChatMessage:
+    role = "system" if m.role == "developer" else m.role
+    texts: list[str] = []
+    parts: list[ContentPart] = []
+    if isinstance(m.content, str):
+        texts.append(m.content)
+    elif m.content is not None:
+        for part in m.content:
+            if isinstance(part, wire.TextPart):
+                texts.append(part.text)
+            elif isinstance(part, wire.ImagePart):
+                parts.append(_image(part.image_url.url))
+            else:
+                raise RequestError(
+                    f"messages[{i}]: content part type '{part.type}' is not supported", param="messages"
+                )
+    calls = tuple(
+        ToolCall(c.id or f"call_{i}_{j}", c.function.name, c.function.arguments)
+        for j, c in enumerate(m.tool_calls or ())
+    )
+    if calls and role != "assistant":
+        raise RequestError(f"messages[{i}]: only assistant messages carry tool_calls", param="messages")
+    if role == "tool" and not m.tool_call_id:
+        raise RequestError(f"messages[{i}]: a tool message needs tool_call_id", param="messages")
+    return ChatMessage(role, "".join(texts), tuple(parts), calls, m.tool_call_id, m.name)
+
+
+def _response_format(rf: wire.ResponseFormat | None) -> ResponseFormat:
+    if rf is None or rf.type == "text":
+        return ResponseFormat()
+    if rf.type == "json_object":
+        return ResponseFormat("json")
+    spec = rf.json_schema
+    if spec is None or not isinstance(spec.schema_, dict):
+        raise RequestError("response_format.json_schema.schema is required", param="response_format")
+    return ResponseFormat("json_schema", spec.schema_, spec.name)
+
+
+def _sampling(req: wire.ChatCompletionRequest | wire.CompletionRequest, logprobs: int | None) -> Sampling:
+    stop = (req.stop,) if isinstance(req.stop, str) else tuple(req.stop or ())
+    bias: dict[int, float] = {}
+    for key, value in (req.logit_bias or {}).items():
+        try:
+            bias[int(key)] = float(value)
+        except ValueError:
+            raise RequestError(f"logit_bias key {key!r} is not a token id", param="logit_bias") from None
+    max_tokens = getattr(req, "max_completion_tokens", None) or req.max_tokens
+    return Sampling(
+        max_tokens=max_tokens,
+        temperature=req.temperature,
+        top_p=req.top_p,
+        top_k=req.top_k,
+        min_p=req.min_p,
+        repeat_penalty=req.repeat_penalty,
+        seed=req.seed,
+        presence_penalty=req.presence_penalty,
+        frequency_penalty=req.frequency_penalty,
+        logit_bias=bias,
+        stop=stop,
+        ignore_eos=req.ignore_eos,
+        logprobs=logprobs,
+        n=req.n,
+    )
+
+
+def _tool_choice(choice: wire.ToolChoiceField | None, has_tools: bool) -> ToolChoice:
+    if choice is None:
+        return ToolChoice("auto" if has_tools else "none")
+    if isinstance(choice, wire.NamedToolChoice):
+        return ToolChoice("tool", choice.function.name)
+    return ToolChoice(choice)
+
+
+def chat_request(req: wire.ChatCompletionRequest) -> InferenceRequest:
+    if req.top_logprobs is not None and not req.logprobs:
+        raise RequestError("top_logprobs requires logprobs to be true", param="top_logprobs")
+    logprobs = (req.top_logprobs or 0) if req.logprobs else None
+    tools = tuple(
+        Tool(
+            t.function.name,
+            t.function.description or "",
+            t.function.parameters
+            if t.function.parameters is not None
+            else {"type": "object", "properties": {}},
+        )
+        for t in req.tools or ()
+    )
+    return InferenceRequest(
+        "chat",
+        req.model,
+        messages=tuple(_message(m, i) for i, m in enumerate(req.messages)),
+        sampling=_sampling(req, logprobs),
+        response_format=_response_format(req.response_format),
+        tools=tools,
+        tool_choice=_tool_choice(req.tool_choice, bool(tools)),
+        parallel_tool_calls=req.parallel_tool_calls is not False,
+        user=req.user,
+    )
+
+
+def completion_request(req: wire.CompletionRequest) -> InferenceRequest:
+    p = req.prompt
+    prompt: str | tuple[int, ...]
+    if isinstance(p, str):
+        prompt = p
+    elif p and all(isinstance(x, int) for x in p):
+        prompt = tuple(int(x) for x in p)  # type: ignore[arg-type]
+    elif len(p) == 1:
+        one = p[0]
+        prompt = one if isinstance(one, str) else tuple(int(x) for x in one)  # type: ignore[union-attr]
+    else:
+        raise RequestError("exactly one prompt per request is supported", param="prompt")
+    if req.suffix:
+        raise RequestError("suffix is not supported", param="suffix")
+    if req.best_of not in (None, 1):
+        raise RequestError("only best_of=1 is supported", param="best_of")
+    return InferenceRequest(
+        "completion",
+        req.model,
+        prompt=prompt,
+        sampling=_sampling(req, req.logprobs),
+        response_format=_response_format(req.response_format),
+        echo=req.echo,
+        user=req.user,
+    )
+
+
+def embed_request(req: wire.EmbeddingRequest) -> EmbedRequest:
+    raw = req.input
+    inputs: list[str | tuple[int, ...]]
+    if isinstance(raw, str):
+        inputs = [raw]
+    elif raw and all(isinstance(x, int) for x in raw):
+        inputs = [tuple(int(x) for x in raw)]  # type: ignore[arg-type]
+    else:
+        inputs = [x if isinstance(x, str) else tuple(x) for x in raw]  # type: ignore[arg-type]
+    return EmbedRequest(req.model, tuple(inputs), req.dimensions, req.user)
+
+
+# ----- answers ---------------------------------------------------------------------------------------
+def _usage(u: Usage) -> dict[str, Any]:
+    return {
+        "prompt_tokens": u.prompt_tokens,
+        "completion_tokens": u.completion_tokens,
+        "total_tokens": u.total_tokens,
+        "prompt_tokens_details": {"cached_tokens": u.cached_tokens},
+    }
+
+
+def _token_str(raw: bytes) -> str:
+    return raw.decode("utf-8", errors="replace")
+
+
+def chat_logprobs(items: Sequence[TokenLogprob]) -> dict[str, Any]:
+    """OpenAI chat ``logprobs`` object: one entry per token with its ``top_logprobs``."""
+    return {
+        "content": [
+            {
+                "token": _token_str(item.token),
+                "logprob": item.logprob,
+                "bytes": list(item.token),
+                "top_logprobs": [
+                    {"token": _token_str(raw), "logprob": lp, "bytes": list(raw)} for raw, lp in item.top
+                ],
+            }
+            for item in items
+        ],
+        "refusal": None,
+    }
+
+
+def completion_logprobs(items: Sequence[TokenLogprob], offset: int) -> dict[str, Any]:
+    """OpenAI legacy completions ``logprobs`` object; ``offset`` is the text offset of the first token."""
+    tokens: list[str] = []
+    offsets: list[int] = []
+    for item in items:
+        tokens.append(_token_str(item.token))
+        offsets.append(offset)
+        offset += len(tokens[-1])
+    return {
+        "tokens": tokens,
+        "token_logprobs": [item.logprob for item in items],
+        "top_logprobs": [
+            {_token_str(raw): lp for raw, lp in (*item.top, (item.token, item.logprob))} for item in items
+        ],
+        "text_offset": offsets,
+    }
+
+
+def _tool_calls(calls: Sequence[ToolCall]) -> list[dict[str, Any]]:
+    return [
+        {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+        for c in calls
+    ]
+
+
+def _chat_choice(choice: Choice) -> dict[str, Any]:
+    message: dict[str, Any] = {
+        "role": "assistant",
+        "content": choice.text if choice.text or not choice.tool_calls else None,
+        "refusal": None,
+    }
+    if choice.tool_calls:
+        message["tool_calls"] = _tool_calls(choice.tool_calls)
+    return {
+        "index": choice.index,
+        "message": message,
+        "logprobs": chat_logprobs(choice.logprobs) if choice.logprobs is not None else None,
+        "finish_reason": choice.finish_reason,
+    }
+
+
+def chat_response(result: Result) -> dict[str, Any]:
+    return {
+        "id": result.id,
+        "object": "chat.completion",
+        "created": result.created,
+        "model": result.model,
+        "system_fingerprint": None,
+        "choices": [_chat_choice(c) for c in result.choices],
+        "usage": _usage(result.usage),
+    }
+
+
+def completion_response(result: Result) -> dict[str, Any]:
+    return {
+        "id": result.id,
+        "object": "text_completion",
+        "created": result.created,
+        "model": result.model,
+        "system_fingerprint": None,
+        "choices": [
+            {
+                "text": c.text,
+                "index": c.index,
+                "logprobs": completion_logprobs(c.logprobs, 0) if c.logprobs is not None else None,
+                "finish_reason": c.finish_reason,
+            }
+            for c in result.choices
+        ],
+        "usage": _usage(result.usage),
+    }
+
+
+def embeddings_response(result: Embeddings, encoding_format: str) -> dict[str, Any]:
+    data: list[dict[str, Any]] = []
+    for i, vec in enumerate(result.vectors):
+        embedding: Any = vec
+        if encoding_format == "base64":
+            embedding = base64.b64encode(struct.pack(f"<{len(vec)}f", *vec)).decode()
+        data.append({"object": "embedding", "index": i, "embedding": embedding})
+    return {
+        "object": "list",
+        "data": data,
+        "model": result.model,
+        "usage": {"prompt_tokens": result.usage.prompt_tokens, "total_tokens": result.usage.prompt_tokens},
+    }
+
+
+# ----- streams ---------------------------------------------------------------------------------------
+def _sse(payload: dict[str, Any]) -> bytes:
+    return b"data: " + json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode() + b"\n\n"
+
+
+def _error_event(exc: BaseException) -> bytes:
+    if not isinstance(exc, LLMHostError):
+        log.warning("stream ended with an unexpected error", exc_info=exc)
+    info = classify(exc)
+    log.warning("stream ended with an error: %s", info.message)
+    return _sse(info_body(info))
+
+
+async def sse_chat(
+    deltas: AsyncIterator[Delta], id_: str, model: str, created: int, include_usage: bool
+) -> AsyncIterator[bytes]:
+    """``chat.completion.chunk`` events, ``[DONE]`` last; a failure mid-stream as one error event."""
+    head = (
+        f'{{"id":"{id_}","object":"chat.completion.chunk","created":{created},'
+        f'"model":{json.dumps(model)},"system_fingerprint":null,'
+    ).encode()
+    tail = b',"usage":null}\n\n' if include_usage else b"}\n\n"
+    started: set[int] = set()
+
+    def chunk(index: int, delta: dict[str, Any], finish: str | None = None, logprobs: Any = None) -> bytes:
+        choice = {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
+        return (
+            b"data: " + head + b'"choices":[' + json.dumps(choice, ensure_ascii=False).encode() + b"]" + tail
+        )
+
+    try:
+        async for d in deltas:
+            if d.index < 0:
+                if include_usage and d.usage is not None:
+                    payload = {
+                        "id": id_,
+                        "object": "chat.completion.chunk",
+                        "created": created,
+                        "model": model,
+                        "system_fingerprint": None,
+                        "choices": [],
+                        "usage": _usage(d.usage),
+                    }
+                    yield _sse(payload)
+                continue
+            if d.index not in started:
+                started.add(d.index)
+                yield chunk(d.index, {"role": "assistant", "content": ""})
+            if d.text or d.logprobs:
+                yield chunk(
+                    d.index, {"content": d.text}, None, chat_logprobs(d.logprobs) if d.logprobs else None
+                )
+            if d.tool_calls:
+                calls = []
+                for c in d.tool_calls:
+                    call: dict[str, Any] = {"index": c.index}
+                    if c.id is not None:
+                        call["id"] = c.id
+                        call["type"] = "function"
+                    function: dict[str, Any] = {"arguments": c.arguments}
+                    if c.name is not None:
+                        function["name"] = c.name
+                    call["function"] = function
+                    calls.append(call)
+                yield chunk(d.index, {"tool_calls": calls})
+            if d.finish_reason is not None:
+                yield chunk(d.index, {}, d.finish_reason)
+    except Exception as exc:
+        yield _error_event(exc)
+    finally:
+        await _aclose(deltas)
+    yield _DONE
+
+
+async def sse_completion(
+    deltas: AsyncIterator[Delta], id_: str, model: str, created: int, include_usage: bool, logprobs: bool
+) -> AsyncIterator[bytes]:
+    """``text_completion`` chunks, ``[DONE]`` last."""
+    base = {
+        "id": id_,
+        "object": "text_completion",
+        "created": created,
+        "model": model,
+        "system_fingerprint": None,
+    }
+    offsets: dict[int, int] = {}
+    try:
+        async for d in deltas:
+            if d.index < 0:
+                if include_usage and d.usage is not None:
+                    yield _sse({**base, "choices": [], "usage": _usage(d.usage)})
+                continue
+            if not (d.text or d.logprobs or d.finish_reason):
+                continue
+            offset = offsets.get(d.index, 0)
+            lp = completion_logprobs(d.logprobs, offset) if logprobs else None
+            offsets[d.index] = offset + len(d.text)
+            choice = {"text": d.text, "index": d.index, "logprobs": lp, "finish_reason": d.finish_reason}
+            payload: dict[str, Any] = {**base, "choices": [choice]}
+            if include_usage:
+                payload["usage"] = None
+            yield _sse(payload)
+    except Exception as exc:
+        yield _error_event(exc)
+    finally:
+        await _aclose(deltas)
+    yield _DONE
+
+
+async def _aclose(deltas: AsyncIterator[Delta]) -> None:
+    aclose = getattr(deltas, "aclose", None)
+    if aclose is not None:
+        await aclose()  # the client went away, or we are done: free the slot

@@ -1,0 +1,1 @@
+"""The local backend: chat, completions and embeddings on the resident models."""

@@ -1,0 +1,404 @@
+"""The gateway: public model name -> route -> ordered targets -> breaker-guarded calls with fallback.
+
+A name with a ``[routes.NAME]`` entry uses that route: its strategy orders the targets, each target is
+tried (with retries and backoff on retryable errors) unless its circuit breaker is open, and the next
+target takes over on failure. Streams fall back transparently until their first output; after that a
+failure ends the stream with an error the door reports. A cascade route escalates to the next target
+when a check on the answer fails (invalid JSON for a JSON request, an empty answer, low log-probability).
+
+Any other name that is a local model is an implicit single-target route to the engine: no breaker, no
+retries, errors unchanged (a 429 stays a 429). Every call to a target is noted in ``ctx.attempts``;
+the pipeline's usage stage writes them down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field, replace
+from typing import Any, TypeVar
+
+from llmhost.config import Settings, TargetSettings
+from llmhost.core.stream import deltas_of
+from llmhost.core.types import (
+    Attempt,
+    Delta,
+    Embeddings,
+    EmbedRequest,
+    InferenceRequest,
+    RequestContext,
+    Result,
+    Usage,
+)
+from llmhost.errors import LLMHostError, ModelNotFoundError, NotReadyError, ProviderError, RequestError
+from llmhost.providers.base import Provider
+from llmhost.router.breaker import CircuitBreaker
+from llmhost.router.cascade import cascade_check_fails
+from llmhost.router.cost import cost_of
+from llmhost.router.strategies import Target, order_targets
+
+__all__ = ["Gateway", "Route", "is_retryable"]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+@dataclass(eq=False)
+class Route:
+    name: str
+    strategy: str
+    targets: list[Target]
+    retries: int = 0
+    backoff: float = 0.05
+    cascade: list[str] = field(default_factory=list)
+    explicit: bool = True
+    min_logprob: float = -1.0
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """May another attempt, or another target, succeed where this one failed? Never for a client
+    mistake (a 4xx), so those neither fall back nor count against a breaker."""
+    if isinstance(exc, ProviderError):
+        return exc.retryable
+    if isinstance(exc, RequestError):
+        return isinstance(exc, ModelNotFoundError)
+    return isinstance(exc, LLMHostError | OSError)
+
+
+def carries_output(delta: Delta) -> bool:
+    """Has the stream produced something for the client (so falling back is no longer possible)?"""
+    return bool(delta.text or delta.tool_calls or delta.logprobs or delta.finish_reason)
+
+
+class Gateway:
+    """The pipeline's "generate" step: routes, breakers, fallback and cascade over the providers."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        providers: dict[str, Provider],
+        *,
+        is_local_model: Callable[[str], bool],
+        rng: random.Random | None = None,
+    ) -> None:
+        self.settings = settings
+        self.providers = providers
+        self.is_local_model = is_local_model
+        self.rng = rng or random.Random()
+        self.breakers: dict[str, CircuitBreaker] = {}
+        self.routes: dict[str, Route] = {}
+        for name, cfg in settings.routes.items():
+            targets = [Target(name, i, t) for i, t in enumerate(cfg.targets)]
+            for t in targets:
+                self.breaker(t)
+            self.routes[name] = Route(
+                name,
+                cfg.strategy,
+                targets,
+                cfg.retries,
+                cfg.backoff,
+                list(cfg.cascade),
+                True,
+                cfg.min_logprob,
+            )
+        self._health_task: asyncio.Task[None] | None = None
+
+    def breaker(self, target: Target) -> CircuitBreaker:
+        b = self.breakers.get(target.key)
+        if b is None:
+            cfg = self.settings.breaker
+            b = self.breakers[target.key] = CircuitBreaker(cfg.failures, cfg.window, cfg.cooldown)
+        return b
+
+    def resolve(self, model: str) -> Route:
+        route = self.routes.get(model)
+        if route is not None:
+            return route
+        if self.is_local_model(model):
+            target = Target(model, 0, TargetSettings(provider="local", model=model))
+            return Route(model, "priority", [target], explicit=False)
+        raise ModelNotFoundError(model)
+
+    def public_models(self) -> list[str]:
+        return sorted(self.routes)
+
+    # ----- the four calls ----------------------------------------------------------------------------
+    async def answer(self, ctx: RequestContext, request: InferenceRequest) -> Result:
+        """A whole answer. A `logprob` cascade asks targets for log-probabilities and hides them again
+        from a client that did not ask."""
+        route = ctx.route or self.resolve(request.model)
+        asked = request.sampling.logprobs
+        if "logprob" in route.cascade and asked is None:
+            request = replace(request, sampling=replace(request.sampling, logprobs=0))
+        last = len(route.targets) - 1
+
+        async def call(provider: Provider, target: Target) -> Result:
+            return await provider.answer(replace(request, model=target.settings.model))
+
+        def accept(target: Target, tier: int, result: Result, elapsed: float) -> bool:
+            self._note(ctx, route, target, tier, result.usage, elapsed, "ok")
+            failed = (
+                cascade_check_fails(route.cascade, request, result, route.min_logprob)
+                if tier < last
+                else None
+            )
+            if failed is not None:
+                log.info("route %s: escalating past %s (%s)", route.name, target.key, failed)
+            return failed is None
+
+        result, target = await self._fallback(ctx, route, call, accept, stream=False)
+        if asked is None:
+            for choice in result.choices:
+                choice.logprobs = None
+        result.model = route.name
+        result.target = target.key
+        return result
+
+    async def open_stream(self, ctx: RequestContext, request: InferenceRequest) -> AsyncIterator[Delta]:
+        """Open a stream; it has produced its first output (or failed over) when this returns."""
+        route = ctx.route or self.resolve(request.model)
+        if route.cascade:  # cascades decide on whole answers
+            return deltas_of(await self.answer(ctx, request))
+
+        async def call(provider: Provider, target: Target) -> tuple[AsyncIterator[Delta], list[Delta], float]:
+            started = time.perf_counter()
+            iterator = provider.stream(replace(request, model=target.settings.model))
+            buffered: list[Delta] = []
+            try:
+                async for delta in iterator:
+                    buffered.append(delta)
+                    if carries_output(delta):
+                        break
+            except BaseException:
+                await _aclose(iterator)
+                raise
+            return iterator, buffered, started
+
+        (iterator, buffered, started), target = await self._fallback(
+            ctx, route, call, lambda *_: True, stream=True
+        )
+        return self._committed(ctx, route, target, ctx.tier, iterator, buffered, started)
+
+    async def embed(self, ctx: RequestContext, request: EmbedRequest) -> Embeddings:
+        route = ctx.route or self.resolve(request.model)
+
+        async def call(provider: Provider, target: Target) -> Embeddings:
+            return await provider.embed(replace(request, model=target.settings.model))
+
+        def accept(target: Target, tier: int, result: Embeddings, elapsed: float) -> bool:
+            self._note(ctx, route, target, tier, result.usage, elapsed, "ok")
+            return True
+
+        result, target = await self._fallback(ctx, route, call, accept, stream=False)
+        result.model = route.name
+        result.target = target.key
+        return result
+
+    async def count_tokens(self, ctx: RequestContext, request: InferenceRequest) -> int:
+        route = ctx.route or self.resolve(request.model)
+
+        async def call(provider: Provider, target: Target) -> int:
+            return await provider.count_tokens(replace(request, model=target.settings.model))
+
+        count, _ = await self._fallback(ctx, route, call, lambda *_: True, stream=False, note=False)
+        return count
+
+    # ----- the one fallback loop ---------------------------------------------------------------------
+    async def _fallback(
+        self,
+        ctx: RequestContext,
+        route: Route,
+        call: Callable[[Provider, Target], Awaitable[T]],
+        accept: Callable[[Target, int, T, float], bool],
+        *,
+        stream: bool,
+        note: bool = True,
+    ) -> tuple[T, Target]:
+        """Try the route's targets in strategy order (retries with backoff, breakers, fallback on
+        retryable errors) until ``accept`` takes an answer. The last accepted-or-not answer wins when
+        every target was tried."""
+        last_exc: BaseException | None = None
+        ordered = order_targets(route.name, route.strategy, route.targets, self.rng)
+        fallback_result: tuple[T, Target] | None = None
+        for tier, target in enumerate(ordered):
+            provider = self.providers[target.settings.provider]
+            breaker = self.breaker(target) if route.explicit else None
+            for attempt in range(route.retries + 1):
+                if breaker is not None and not breaker.allow():
+                    last_exc = last_exc or _circuit_open(target)
+                    break
+                started = time.perf_counter()
+                try:
+                    result = await call(provider, target)
+                except Exception as exc:
+                    last_exc = exc
+                    if note:
+                        self._note(ctx, route, target, tier, Usage(), time.perf_counter() - started, exc)
+                    if not route.explicit or not is_retryable(exc):
+                        raise
+                    if breaker is not None:
+                        breaker.record_failure()
+                    when = " before its first output" if stream else ""
+                    log.warning(
+                        "route %s: %s failed%s (%s)", route.name, target.key, when, type(exc).__name__
+                    )
+                    if attempt < route.retries:
+                        await asyncio.sleep(route.backoff * 2**attempt)
+                        continue
+                    break
+                elapsed = time.perf_counter() - started
+                if not stream:
+                    target.latency.add(elapsed)
+                    if breaker is not None:
+                        breaker.record_success()
+                ctx.target, ctx.tier = target.key, tier
+                if accept(target, tier, result, elapsed) or tier == len(ordered) - 1:
+                    return result, target
+                fallback_result = (result, target)
+                break
+        if fallback_result is not None:
+            return fallback_result
+        raise last_exc or NotReadyError(f"no target of route '{route.name}' could answer")
+
+    async def _committed(
+        self,
+        ctx: RequestContext,
+        route: Route,
+        target: Target,
+        tier: int,
+        iterator: AsyncIterator[Delta],
+        buffered: list[Delta],
+        started: float,
+    ) -> AsyncIterator[Delta]:
+        breaker = self.breaker(target) if route.explicit else None
+        usage = Usage()
+        status: str | BaseException = "ok"
+        try:
+            for delta in buffered:
+                usage = delta.usage or usage
+                yield delta
+            try:
+                async for delta in iterator:
+                    usage = delta.usage or usage
+                    yield delta
+            except Exception as exc:  # after the first output there is no taking it back: the door reports it
+                status = exc
+                if breaker is not None and is_retryable(exc):
+                    breaker.record_failure()
+                raise
+            if breaker is not None:
+                breaker.record_success()
+        finally:
+            await _aclose(iterator)
+            elapsed = time.perf_counter() - started
+            if status == "ok":
+                target.latency.add(elapsed)
+            self._note(ctx, route, target, tier, usage, elapsed, status)
+
+    def _note(
+        self,
+        ctx: RequestContext,
+        route: Route,
+        target: Target,
+        tier: int,
+        usage: Usage,
+        elapsed: float,
+        status: str | BaseException,
+    ) -> None:
+        s = target.settings
+        ctx.attempts.append(
+            Attempt(
+                route=route.name,
+                provider=s.provider,
+                model=s.model,
+                tier=tier,
+                usage=usage,
+                latency_s=elapsed,
+                status=status if isinstance(status, str) else type(status).__name__,
+                cost=cost_of(usage.prompt_tokens, usage.completion_tokens, s.input_price, s.output_price),
+            )
+        )
+
+    # ----- health ------------------------------------------------------------------------------------
+    def start_health_probes(self) -> None:
+        if self._health_task is None and any(
+            cfg.health_interval > 0 and cfg.type != "local" for cfg in self.settings.providers.values()
+        ):
+            self._health_task = asyncio.create_task(self._probe_forever())
+
+    async def _probe_forever(self) -> None:
+        intervals = {
+            n: c.health_interval for n, c in self.settings.providers.items() if c.health_interval > 0
+        }
+        next_due = dict.fromkeys(intervals, 0.0)
+        while True:
+            now = time.monotonic()
+            for name, due in next_due.items():
+                if now < due:
+                    continue
+                next_due[name] = now + intervals[name]
+                try:
+                    healthy = await self.providers[name].health()
+                except Exception:
+                    healthy = False
+                if not healthy:
+                    for route in self.routes.values():
+                        for t in route.targets:
+                            if t.settings.provider == name:
+                                self.breaker(t).trip()
+            await asyncio.sleep(max(0.05, min(next_due.values()) - time.monotonic()))
+
+    def describe(self) -> dict[str, Any]:
+        """Providers, routes, targets and breaker states for ``GET /api/providers``."""
+        routes = []
+        for route in self.routes.values():
+            targets = []
+            for t in route.targets:
+                b = self.breaker(t)
+                p50 = t.latency.p50()
+                targets.append(
+                    {
+                        "provider": t.settings.provider,
+                        "model": t.settings.model,
+                        "breaker": b.state.value,
+                        "retry_in": b.seconds_until_probe(),
+                        "p50_latency_ms": None if p50 is None else round(p50 * 1000, 1),
+                        "input_price": t.settings.input_price,
+                        "output_price": t.settings.output_price,
+                        "weight": t.settings.weight,
+                    }
+                )
+            routes.append(
+                {"name": route.name, "strategy": route.strategy, "cascade": route.cascade, "targets": targets}
+            )
+        providers = [
+            {
+                "name": name,
+                "type": (self.settings.providers[name].type if name in self.settings.providers else "local"),
+            }
+            for name in self.providers
+        ]
+        return {"providers": providers, "routes": routes}
+
+    async def aclose(self) -> None:
+        if self._health_task is not None:
+            self._health_task.cancel()
+        for name, provider in self.providers.items():
+            if name != "local":
+                await provider.aclose()
+
+
+def _circuit_open(target: Target) -> NotReadyError:
+    return NotReadyError(f"target {target.key} is unavailable (circuit open)")
+
+
+async def _aclose(iterator: AsyncIterator[Any]) -> None:
+    aclose = getattr(iterator, "aclose", None)
+    if aclose is not None:
+        with contextlib.suppress(Exception):
+            await aclose()

@@ -1,0 +1,99 @@
+"""Model management over HTTP: /api/pull (plain URL + sha256), /api/copy (hot-swap), /api/delete, with
+/api/load. Pull, copy and delete are Ollama's routes (errors as ``{"error": "..."}``); load and unload are
+llmhost's own (errors in OpenAI's envelope, as they always were)."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import http.server
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from llmhost.service import Service
+from tests.conftest import TINY, LiveServer
+from tests.tiny_gguf import write_tiny_llama_gguf
+
+
+@pytest.fixture
+def file_server(tmp_path: Path) -> Iterator[tuple[str, str]]:
+    model = write_tiny_llama_gguf(tmp_path / "served" / "m.gguf", seed=3)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(model.parent))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    digest = hashlib.sha256(model.read_bytes()).hexdigest()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}/m.gguf", digest
+    httpd.shutdown()
+
+
+def test_pull_streams_progress_then_registers(server: LiveServer, file_server: tuple[str, str]) -> None:
+    url, digest = file_server
+    with httpx.stream(
+        "POST",
+        f"{server.base_url}/api/pull",
+        json={"model": url, "name": "pulled", "sha256": digest},
+        timeout=60,
+    ) as r:
+        assert r.status_code == 200
+        events = [json.loads(line) for line in r.iter_lines() if line]
+    assert events[-1]["status"] == "success", events
+    assert "pulled" in [m["id"] for m in httpx.get(f"{server.base_url}/v1/models").json()["data"]]
+
+
+def test_pull_with_a_wrong_checksum_registers_nothing(
+    server: LiveServer, file_server: tuple[str, str]
+) -> None:
+    url, _ = file_server
+    r = httpx.post(
+        f"{server.base_url}/api/pull",
+        json={"model": url, "name": "bad", "sha256": "0" * 64, "stream": False},
+        timeout=60,
+    )
+    assert r.status_code >= 400 and "error" in r.json()
+    assert "bad" not in [m["id"] for m in httpx.get(f"{server.base_url}/v1/models").json()["data"]]
+
+
+def test_copy_repoints_an_alias_and_delete_refuses_a_loaded_model(server: LiveServer) -> None:
+    base = server.base_url
+    r = httpx.post(f"{base}/api/copy", json={"source": TINY, "destination": "prod"})
+    assert r.status_code == 200 and r.content == b""  # Ollama answers an empty 200
+    assert "prod" in [m["id"] for m in httpx.get(f"{base}/v1/models").json()["data"]]
+    body = {"model": "prod", "prompt": "hi", "max_tokens": 2}
+    assert httpx.post(f"{base}/v1/completions", json=body, timeout=30).status_code == 200
+    r = httpx.request("DELETE", f"{base}/api/delete", json={"model": TINY})
+    assert r.status_code == 409 and "unload" in r.json()["error"]  # Ollama's envelope: {"error": "..."}
+    assert httpx.post(f"{base}/api/copy", json={"source": TINY, "destination": "../x"}).status_code == 400
+
+
+def test_copy_of_an_unknown_model_is_404_and_a_bad_destination_400(server: LiveServer) -> None:
+    base = server.base_url
+    r = httpx.post(f"{base}/api/copy", json={"source": "missing", "destination": "x"})
+    assert r.status_code == 404 and "not found" in r.json()["error"]
+    r = httpx.post(f"{base}/api/copy", json={"source": TINY, "destination": "bad name"})
+    assert r.status_code == 400 and "name" in r.json()["error"]
+    names = [m["id"] for m in httpx.get(f"{base}/v1/models").json()["data"]]
+    assert "x" not in names and "bad name" not in names
+
+
+def test_copy_over_an_alias_deletes_its_old_file_unless_it_is_loaded(
+    server: LiveServer, service: Service, tmp_path: Path
+) -> None:
+    base = server.base_url
+    tiny_digest = service.registry.get(TINY).digest
+    old = service.store.import_file(write_tiny_llama_gguf(tmp_path / "two.gguf", seed=5), "prod")
+    r = httpx.post(f"{base}/api/copy", json={"source": TINY, "destination": "prod"})
+    assert r.status_code == 200 and service.registry.get("prod").digest == tiny_digest
+    assert not old.path.exists()  # "prod" was its last name and it was not loaded
+
+    loaded = service.store.import_file(write_tiny_llama_gguf(tmp_path / "three.gguf", seed=6), "canary")
+    assert httpx.post(f"{base}/api/load", json={"model": "canary"}, timeout=60).status_code == 200
+    r = httpx.post(f"{base}/api/copy", json={"source": TINY, "destination": "canary"})
+    assert r.status_code == 200
+    assert service.registry.get("canary").digest == tiny_digest
+    assert loaded.path.is_file()  # no name uses it, but it is loaded: kept

@@ -1,0 +1,61 @@
+"""``/api/pull`` driven by the official ``ollama`` client, from a loopback stand-in for the Hugging Face
+Hub: progress lines Ollama's client parses, ``success`` last, and the model listed afterwards."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import ollama
+import pytest
+
+from tests.conftest import LiveServer
+from tests.hub_server import HubServer
+from tests.tiny_gguf import write_tiny_llama_gguf
+
+REPO = "Org/Tiny-GGUF"
+PULLED = "tiny-gguf:q4_k_m"  # the default name: <repo>:<quant>
+
+
+@pytest.fixture
+def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[HubServer]:
+    import huggingface_hub.constants
+
+    for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_HUB_OFFLINE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
+    server = HubServer(tmp_path / "hub")
+    server.add_repo(REPO, {"tiny-Q4_K_M.gguf": write_tiny_llama_gguf(tmp_path / "q4.gguf", seed=11)})
+    with server:
+        monkeypatch.setenv("HF_ENDPOINT", server.url)  # the server runs in this process
+        yield server
+
+
+@pytest.fixture
+def client(server: LiveServer) -> ollama.Client:
+    return ollama.Client(host=server.base_url, timeout=60)
+
+
+def test_a_streamed_pull_reports_progress_then_success(hub: HubServer, client: ollama.Client) -> None:
+    events = list(client.pull(f"hf:{REPO}", stream=True))
+    statuses = [e.status for e in events]
+    assert statuses[0] == "resolving" and statuses[-1] == "success"
+    downloading = [e for e in events if e.status == "downloading"]
+    assert downloading and downloading[-1].completed == downloading[-1].total
+    assert downloading[-1].digest and downloading[-1].digest.startswith("sha256:")
+    assert PULLED in {m.model for m in client.list().models}
+    assert client.generate(model=PULLED, prompt="hi", options={"num_predict": 1}).done
+
+
+def test_a_whole_pull_answers_its_last_status(hub: HubServer, client: ollama.Client) -> None:
+    assert client.pull(f"hf:{REPO}").status == "success"
+    assert client.pull(f"hf:{REPO}").status == "success"  # already there: verified, not downloaded again
+
+
+def test_a_pull_of_an_unknown_repo_fails_with_an_error(hub: HubServer, client: ollama.Client) -> None:
+    with pytest.raises(ollama.ResponseError) as err:
+        list(client.pull("hf:Org/Missing-GGUF", stream=True))
+    assert "Org/Missing-GGUF" in err.value.error and "not found" in err.value.error
+    with pytest.raises(ollama.ResponseError) as err:
+        client.pull("hf:Org/Missing-GGUF")
+    assert "not found" in err.value.error
