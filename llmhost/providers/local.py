@@ -126,10 +126,16 @@ def _plan(request: InferenceRequest, defaults: dict[str, float | int], syntax: T
 
 
 class _Choice:
-    """One choice's tool-call parser (when the request has tools) and whether it already ended."""
+    """One choice's tool-call parser (when the request has tools) and whether it already ended.
 
-    def __init__(self, parser: ToolCallParser | None) -> None:
+    ``forced``: the grammar makes every byte of the output call syntax (``required`` / a named tool), so
+    any text the parser gives back is the markup of a call cut off before its name was complete
+    (``max_tokens``), never content for the client.
+    """
+
+    def __init__(self, parser: ToolCallParser | None, forced: bool = False) -> None:
         self.parser = parser
+        self.forced = forced
         self.called = False
         self.ended = False
 
@@ -145,7 +151,8 @@ class _Choice:
         deltas: list[Delta] = []
         for event in events:
             if isinstance(event, str):
-                deltas.append(Delta(i, event))
+                if not self.forced:
+                    deltas.append(Delta(i, event))
             else:
                 self.called = True
                 deltas.append(Delta(i, tool_calls=(event,)))
@@ -204,8 +211,11 @@ class LocalProvider:
         echo = request.prompt if request.echo and isinstance(request.prompt, str) else ""
         client_stops = set(request.sampling.stop)
         allowed = permitted_tools(request.tools, request.tool_choice) if syntax is not None else []
+        forced = request.tool_choice.mode in ("required", "tool")
         choices = [
-            _Choice(ToolCallParser(syntax, allowed, parallel=request.parallel_tool_calls) if syntax else None)
+            _Choice(ToolCallParser(syntax, allowed, parallel=request.parallel_tool_calls), forced)
+            if syntax is not None
+            else _Choice(None)
             for _ in gens
         ]
         try:
@@ -258,6 +268,8 @@ class LocalProvider:
     async def count_tokens(self, request: InferenceRequest) -> int:
         if request.kind == "chat":
             defaults = self.backend.sampling_defaults(request.model)
+            if request.tools:
+                validate_tools(request.tools, request.tool_choice)
 
             def plan(model: LoadedModel) -> ChatPlan:
                 syntax = None

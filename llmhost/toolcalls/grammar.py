@@ -59,6 +59,10 @@ class ToolGrammar:
 
 
 _Converter: Any = SchemaConverter  # untyped upstream
+_ANNOTATIONS = frozenset(
+    {"description", "title", "default", "examples", "$comment", "deprecated", "readOnly", "writeOnly"}
+)
+_ANY_TYPES = ("string", "number", "boolean", "object", "array", "null")
 
 
 class _ToolSchemaConverter(_Converter):  # type: ignore[misc]
@@ -80,6 +84,13 @@ class _ToolSchemaConverter(_Converter):  # type: ignore[misc]
             ref_name = self.visit(self._refs[ref], ref_name)
             self._refs_being_resolved.remove(ref)
         return ref_name
+
+    def visit(self, schema: Any, name: str) -> str:
+        # A schema with nothing but annotations ({"description": ...}, or {}) allows any JSON value;
+        # the stock converter refuses the first and reads the second as "any object".
+        if isinstance(schema, dict) and set(schema) <= _ANNOTATIONS:
+            schema = {**schema, "type": list(_ANY_TYPES)}
+        return str(super().visit(schema, name))
 
     def _add_primitive(self, name: str, rule: BuiltinRule) -> str:
         return str(super()._add_primitive(name, _STRICT_CHAR if name == "char" else rule))

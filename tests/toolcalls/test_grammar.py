@@ -23,7 +23,9 @@ from llmhost.toolcalls import (
     grammar_parses,
     lazy_call_grammar,
     tool_grammar,
+    validate_tools,
 )
+from llmhost.toolcalls.grammar import arguments_grammar
 from tests.toolcalls.validator import schema_errors
 
 WEATHER = Tool(
@@ -287,3 +289,13 @@ def test_forced_output_of_a_random_model_always_parses_and_validates(
         schemas = {tool.name: tool.parameters for tool in tools}
         for tool_call in calls:
             assert schema_errors(schemas[tool_call.name], json.loads(tool_call.arguments)) == []
+
+
+def test_a_property_with_only_annotations_takes_any_json_value(runner: LlamaRunner) -> None:
+    # Claude Code's tools have properties like {"description": "..."} with no type: any value.
+    schema = {"type": "object", "properties": {"args": {"description": "anything"}}, "required": ["args"]}
+    grammar = arguments_grammar(schema)
+    for value in ('"text"', "3", "true", "null", '{"a": [1]}', "[1, 2]"):
+        assert accepts(runner, grammar, '{"args": ' + value + "}"), value
+    assert not accepts(runner, grammar, '{"other": 1}')
+    validate_tools([Tool("run", "", schema)], ToolChoice("required"))

@@ -8,9 +8,13 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from llmhost.doors.admin.routes import router
+from llmhost.doors.common import serve_errors
+from llmhost.doors.openai.translate import render_error
 
 __all__ = ["attach", "router"]
 
 
 def attach(app: FastAPI) -> None:
     app.include_router(router)
+    for path in ("/api/load", "/api/unload", "/api/providers", "/api/usage"):
+        serve_errors(app, path, render_error)  # llmhost's own routes keep OpenAI's envelope

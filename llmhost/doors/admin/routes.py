@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from llmhost.doors.http.common import door_route
+from llmhost.doors.common import door_route
 from llmhost.doors.ollama.catalog import describe_loaded
 from llmhost.doors.openai.translate import render_error
 from llmhost.errors import RequestError

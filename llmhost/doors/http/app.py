@@ -23,9 +23,10 @@ from starlette.routing import BaseRoute
 
 from llmhost import __version__
 from llmhost.config import Settings
-from llmhost.doors import admin, ollama, openai, responses
-from llmhost.doors.http.common import validation_info
-from llmhost.doors.http.gate import GateMiddleware, envelope_for_path
+from llmhost.doors import admin, anthropic, ollama, openai, responses
+from llmhost.doors.common import renderer_for, validation_info
+from llmhost.doors.http.gate import GateMiddleware
+from llmhost.doors.openai.translate import render_error as openai_render_error
 from llmhost.errors import ErrorInfo, LLMHostError, classify
 from llmhost.metrics import CONTENT_TYPE, HTTPMetricsMiddleware, Metrics
 from llmhost.service import Service
@@ -35,9 +36,8 @@ __all__ = ["create_app"]
 log = logging.getLogger(__name__)
 
 
-def _render(request: Request, info: ErrorInfo) -> JSONResponse:
-    body = envelope_for_path(request.url.path, info)
-    return JSONResponse(body, status_code=info.status, headers=info.headers or None)
+def _render(request: Request, info: ErrorInfo) -> Response:
+    return renderer_for(request.app.state.error_renderers, request.url.path)(info)
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -45,18 +45,18 @@ def install_error_handlers(app: FastAPI) -> None:
     dialect the path belongs to."""
 
     @app.exception_handler(LLMHostError)
-    async def _llmhost_error(request: Request, exc: LLMHostError) -> JSONResponse:
+    async def _llmhost_error(request: Request, exc: LLMHostError) -> Response:
         info = classify(exc)
         if info.status >= 500:
             log.error("request failed: %s", exc)
         return _render(request, info)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
         return _render(request, validation_info(exc))
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
         message = str(exc.detail)
         if exc.status_code == 404:
@@ -67,7 +67,7 @@ def install_error_handlers(app: FastAPI) -> None:
         return _render(request, info)
 
     @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    async def _unexpected(request: Request, exc: Exception) -> Response:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return _render(request, ErrorInfo(500, "server", "internal server error"))
 
@@ -94,9 +94,12 @@ def create_app(settings: Settings, service: Service | None = None, *, preload: b
     app = FastAPI(title="llmhost", version=__version__, lifespan=lifespan)
     app.state.service = svc
     app.state.pipeline = svc.pipeline
+    # Errors outside any door's routes: OpenAI's envelope unless a door claims the path.
+    app.state.error_renderers = {"": openai_render_error}
     install_error_handlers(app)
     openai.attach(app)
     responses.attach(app)
+    anthropic.attach(app)
     ollama.attach(app)
     admin.attach(app)
 
@@ -105,14 +108,15 @@ def create_app(settings: Settings, service: Service | None = None, *, preload: b
         return {"status": "ok"}
 
     @app.get("/ready", response_model=None)
-    async def ready(request: Request) -> JSONResponse:
+    async def ready(request: Request) -> Response:
         task: asyncio.Task[None] | None = getattr(request.app.state, "startup_task", None)
         if task is not None and task.done() and task.exception() is not None:
             info = ErrorInfo(503, "server", f"startup failed: {task.exception()}", code="startup_failed")
             return _render(request, info)
         if not svc.ready:
-            info = ErrorInfo(503, "server", "loading the default model", None, "service_unavailable")
-            return JSONResponse(envelope_for_path("/", info), status_code=503, headers={"Retry-After": "1"})
+            retry = {"Retry-After": "1"}
+            info = ErrorInfo(503, "server", "loading the default model", None, "service_unavailable", retry)
+            return _render(request, info)
         loaded = [m.name for m in svc.models.loaded()]
         return JSONResponse({"status": "ready", "models": loaded})
 
@@ -125,7 +129,12 @@ def create_app(settings: Settings, service: Service | None = None, *, preload: b
         return Response(await asyncio.to_thread(metrics.render), media_type=CONTENT_TYPE)
 
     api_key = settings.api_key.get_secret_value() if settings.api_key is not None else None
-    app.add_middleware(GateMiddleware, max_body=settings.max_request_bytes, api_key=api_key)
+    app.add_middleware(
+        GateMiddleware,
+        max_body=settings.max_request_bytes,
+        api_key=api_key,
+        renderers=app.state.error_renderers,
+    )
     # Added last, so it runs first: requests the gate refuses are counted too.
     app.add_middleware(HTTPMetricsMiddleware, stats=metrics.http, routes=_all_routes(app.router.routes))
     return app

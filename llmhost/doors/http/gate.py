@@ -3,50 +3,23 @@
 The key is accepted as ``Authorization: Bearer <key>`` (OpenAI, Ollama clients) or ``x-api-key: <key>``
 (Anthropic clients) on ``/v1`` and ``/api``; the authenticated principal is left in the ASGI scope for
 the doors to put into each request's context. Refusals come out in the envelope of the dialect the path
-belongs to.
+belongs to (each door registers its renderer with ``serve_errors``).
 """
 
 from __future__ import annotations
 
-import json
 import secrets
-from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llmhost.core.types import Principal
+from llmhost.doors.common import ErrorRenderer, renderer_for
 from llmhost.errors import ErrorInfo
 
-__all__ = ["GateMiddleware", "envelope_for_path"]
+__all__ = ["PRINCIPAL_KEY", "GateMiddleware"]
 
 PRINCIPAL_KEY = "llmhost.principal"
 _KEY_PRINCIPAL = Principal(name="api-key", key_id="default")
-
-
-def envelope_for_path(path: str, info: ErrorInfo) -> dict[str, Any]:
-    """The error body a client of ``path``'s dialect parses."""
-    if path.startswith("/v1/messages"):
-        kind = {
-            400: "invalid_request_error",
-            401: "authentication_error",
-            403: "permission_error",
-            404: "not_found_error",
-            413: "request_too_large",
-            429: "rate_limit_error",
-            503: "overloaded_error",
-            529: "overloaded_error",
-        }.get(info.status, "api_error" if info.status >= 500 else "invalid_request_error")
-        return {"type": "error", "error": {"type": kind, "message": info.message}}
-    if path.startswith("/api/") and not path.startswith(_ADMIN_PATHS):
-        return {"error": info.message}
-    type_ = "invalid_request_error" if info.status < 500 else "server_error"
-    if info.status == 401:
-        type_ = "invalid_request_error"
-    return {"error": {"message": info.message, "type": type_, "param": info.param, "code": info.code}}
-
-
-# llmhost's own management routes under /api answer in OpenAI's envelope, as they always have.
-_ADMIN_PATHS = ("/api/load", "/api/unload", "/api/providers", "/api/usage")
 
 
 class _BodyTooLarge(Exception):
@@ -56,8 +29,11 @@ class _BodyTooLarge(Exception):
 class GateMiddleware:
     """Body-size limit and API-key auth, before any route runs."""
 
-    def __init__(self, app: ASGIApp, *, max_body: int, api_key: str | None) -> None:
+    def __init__(
+        self, app: ASGIApp, *, max_body: int, api_key: str | None, renderers: dict[str, ErrorRenderer]
+    ) -> None:
         self.app = app
+        self.renderers = renderers
         self.max_body = max_body
         self.api_key = api_key.encode() if api_key else None
 
@@ -66,7 +42,7 @@ class GateMiddleware:
             await self.app(scope, receive, send)
             return
         headers = dict(scope.get("headers") or [])
-        if scope["method"] == "POST" and scope["path"].startswith(("/v1", "/api")):
+        if scope["method"] in ("POST", "DELETE") and scope["path"].startswith(("/v1", "/api")):
             # Bodies are JSON whatever the client declares: `curl -d '{...}'` sends a form content type.
             ctype = headers.get(b"content-type", b"")
             if not ctype.startswith(b"application/json"):
@@ -80,12 +56,12 @@ class GateMiddleware:
             if not token or not secrets.compare_digest(token, self.api_key):
                 message = "Incorrect API key provided." if token else "You didn't provide an API key."
                 info = ErrorInfo(401, "authentication", message, None, "invalid_api_key")
-                await _send_json(send, 401, envelope_for_path(scope["path"], info))
+                await self._refuse(scope, receive, send, info)
                 return
             scope[PRINCIPAL_KEY] = _KEY_PRINCIPAL
         length = headers.get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_body:
-            await _send_json(send, 413, _too_large(scope["path"], self.max_body))
+            await self._refuse(scope, receive, send, _too_large(self.max_body))
             return
         received = 0
         response_started = False
@@ -108,21 +84,13 @@ class GateMiddleware:
             await self.app(scope, limited_receive, tracking_send)
         except _BodyTooLarge:
             if not response_started:
-                await _send_json(send, 413, _too_large(scope["path"], self.max_body))
+                await self._refuse(scope, receive, send, _too_large(self.max_body))
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send, info: ErrorInfo) -> None:
+        response = renderer_for(self.renderers, scope["path"])(info)
+        await response(scope, receive, send)
 
 
-def _too_large(path: str, limit: int) -> dict[str, Any]:
+def _too_large(limit: int) -> ErrorInfo:
     message = f"request body is larger than the {limit} bytes this server accepts"
-    return envelope_for_path(path, ErrorInfo(413, "too_large", message, None, "request_too_large"))
-
-
-async def _send_json(send: Send, status: int, body: dict[str, Any]) -> None:
-    data = json.dumps(body).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())],
-        }
-    )
-    await send({"type": "http.response.body", "body": data})
+    return ErrorInfo(413, "too_large", message, None, "request_too_large")

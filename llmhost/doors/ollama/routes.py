@@ -27,7 +27,7 @@ from pydantic import ValidationError
 
 from llmhost import __version__
 from llmhost.core.types import EmbedRequest, InferenceRequest, RequestContext
-from llmhost.doors.http.common import context_for, door_route, pipeline_of
+from llmhost.doors.common import context_for, door_route, pipeline_of
 from llmhost.doors.ollama import catalog, translate
 from llmhost.doors.ollama import protocol as wire
 from llmhost.doors.ollama.gotime import parse_keep_alive, rfc3339

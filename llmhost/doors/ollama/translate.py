@@ -48,6 +48,7 @@ from llmhost.core.types import (
     ToolCallDelta,
     Usage,
 )
+from llmhost.doors.common import stream_json
 from llmhost.doors.ollama import protocol as wire
 from llmhost.doors.ollama.gotime import rfc3339
 from llmhost.doors.ollama.template import render_go_template
@@ -100,7 +101,7 @@ def error_line(exc: BaseException) -> bytes:
 
 
 def _line(payload: dict[str, Any]) -> bytes:
-    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+    return stream_json(payload) + b"\n"
 
 
 # ----- small values ----------------------------------------------------------------------------------

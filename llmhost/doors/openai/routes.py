@@ -9,7 +9,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from llmhost.core.types import new_id
-from llmhost.doors.http.common import context_for, door_route, pipeline_of
+from llmhost.doors.common import context_for, door_route, pipeline_of
 from llmhost.doors.openai import protocol as wire
 from llmhost.doors.openai import translate
 from llmhost.errors import ModelNotFoundError, RequestError

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import logging
 import struct
 from collections.abc import AsyncIterator, Sequence
@@ -30,6 +29,7 @@ from llmhost.core.types import (
     ToolChoice,
     Usage,
 )
+from llmhost.doors.common import stream_json
 from llmhost.doors.openai import protocol as wire
 from llmhost.errors import ErrorInfo, LLMHostError, RequestError, classify
 
@@ -353,7 +353,7 @@ def embeddings_response(result: Embeddings, encoding_format: str) -> dict[str, A
 
 # ----- streams ---------------------------------------------------------------------------------------
 def _sse(payload: dict[str, Any]) -> bytes:
-    return b"data: " + json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode() + b"\n\n"
+    return b"data: " + stream_json(payload) + b"\n\n"
 
 
 def _error_event(exc: BaseException) -> bytes:
@@ -370,16 +370,14 @@ async def sse_chat(
     """``chat.completion.chunk`` events, ``[DONE]`` last; a failure mid-stream as one error event."""
     head = (
         f'{{"id":"{id_}","object":"chat.completion.chunk","created":{created},'
-        f'"model":{json.dumps(model)},"system_fingerprint":null,'
+        f'"model":{stream_json(model).decode()},"system_fingerprint":null,'
     ).encode()
     tail = b',"usage":null}\n\n' if include_usage else b"}\n\n"
     started: set[int] = set()
 
     def chunk(index: int, delta: dict[str, Any], finish: str | None = None, logprobs: Any = None) -> bytes:
         choice = {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
-        return (
-            b"data: " + head + b'"choices":[' + json.dumps(choice, ensure_ascii=False).encode() + b"]" + tail
-        )
+        return b"data: " + head + b'"choices":[' + stream_json(choice) + b"]" + tail
 
     try:
         async for d in deltas:

@@ -7,13 +7,13 @@ so a streamed response and a whole one look alike.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from llmhost.core.types import Delta, FinishReason, Usage
+from llmhost.doors.common import stream_json
 from llmhost.doors.responses.translate import (
     Item,
     failed,
@@ -78,7 +78,7 @@ class ResponseStream:
     def _event(self, type_: str, **fields: Any) -> bytes:
         payload = {"type": type_, **fields, "sequence_number": self._seq}
         self._seq += 1
-        data = json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
+        data = stream_json(payload).decode()
         return f"event: {type_}\ndata: {data}\n\n".encode()
 
     async def events(self, deltas: AsyncIterator[Delta]) -> AsyncIterator[bytes]:

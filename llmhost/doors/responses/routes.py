@@ -20,7 +20,7 @@ from typing import Any, Literal
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from llmhost.doors.http.common import context_for, door_route, pipeline_of
+from llmhost.doors.common import context_for, door_route, pipeline_of
 from llmhost.doors.responses import protocol as wire
 from llmhost.doors.responses import translate
 from llmhost.doors.responses.events import ResponseStream

@@ -3,11 +3,12 @@ request context, and the service objects on ``app.state``."""
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from fastapi import Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from fastapi.routing import APIRoute
@@ -16,7 +17,16 @@ from llmhost.core.pipeline import Pipeline
 from llmhost.core.types import Principal, RequestContext
 from llmhost.errors import ErrorInfo, LLMHostError, classify
 
-__all__ = ["ErrorRenderer", "context_for", "door_route", "pipeline_of", "validation_info"]
+__all__ = [
+    "ErrorRenderer",
+    "context_for",
+    "door_route",
+    "pipeline_of",
+    "renderer_for",
+    "serve_errors",
+    "stream_json",
+    "validation_info",
+]
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +40,8 @@ def _param_from_loc(loc: tuple[Any, ...]) -> str | None:
         p
         for p in parts
         if not (
-            p.startswith(("list[", "function-", "tagged-union[", "dict[")) or p in {"str", "int", "float"}
+            p.startswith(("list[", "function-", "tagged-union[", "dict[", "literal["))
+            or p in {"str", "int", "float"}
         )
     ]
     return ".".join(parts) or None
@@ -79,6 +90,31 @@ def door_route(render: ErrorRenderer) -> type[APIRoute]:
             return guarded
 
     return DoorRoute
+
+
+# Characters Python's str.splitlines() (and clients that read streams with it, httpx's iter_lines
+# among them) take for line ends; JSON allows them raw, so a stream escapes them.
+_LINE_BREAKERS = str.maketrans({"\u2028": "\\u2028", "\u2029": "\\u2029", "\x85": "\\u0085"})
+
+
+def stream_json(payload: Any) -> bytes:
+    """Compact JSON for one SSE ``data:`` field or one NDJSON line: non-ASCII text kept as is, except
+    the characters some line readers split on."""
+    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).translate(_LINE_BREAKERS).encode()
+
+
+def serve_errors(app: FastAPI, prefix: str, render: ErrorRenderer) -> None:
+    """Errors under ``prefix`` that no route of the door handles (unknown paths, the gate's 401 and
+    413) come out in ``render``'s envelope; the longest matching prefix wins."""
+    renderers: dict[str, ErrorRenderer] | None = getattr(app.state, "error_renderers", None)
+    if renderers is None:
+        renderers = app.state.error_renderers = {}
+    renderers[prefix] = render
+
+
+def renderer_for(renderers: dict[str, ErrorRenderer], path: str) -> ErrorRenderer:
+    best = max((p for p in renderers if path.startswith(p)), key=len, default="")
+    return renderers[best]
 
 
 def pipeline_of(request: Request) -> Pipeline:

@@ -1,0 +1,555 @@
+"""Anthropic's Messages wire format <-> core types: requests in, ``message`` objects and their SSE events
+out, and Anthropic's error envelope. The only place that builds Anthropic answers.
+
+Requests: ``system`` (a string or text blocks) becomes a system message; in a user turn, text and image
+blocks become a user message and each ``tool_result`` a ``tool`` message (``tool_call_id`` = its
+``tool_use_id``, the content its text); an assistant turn's ``tool_use`` blocks become its tool calls
+(``arguments`` = the JSON text of ``input``). Text blocks of one turn are joined with a blank line.
+Thinking blocks are dropped, as is the ``x-anthropic-billing-header`` Claude Code puts in front of its
+system prompt (billing metadata for Anthropic, whose per-request stamp would defeat prefix caching).
+``tool_choice`` ``auto`` / ``any`` / ``tool`` / ``none`` becomes ``auto`` / ``required`` / a named
+tool / ``none``, and ``disable_parallel_tool_use`` ``parallel_tool_calls=False``. System turns inside
+``messages`` join the system prompt when they lead, else the nearest user turn (most chat templates
+take a system message only at the start). A conversation that ends with an assistant turn (prefill) is
+refused: the answer could not continue that text. A tool_result must answer an earlier tool_use.
+
+Answers: ``stop_reason`` is ``tool_use`` for tool calls, ``max_tokens`` at the token limit (or
+``model_context_window_exceeded`` when ``max_tokens`` was cut to the context window's room),
+``stop_sequence`` (with the string) when one of ``stop_sequences`` ended it, else ``end_turn``. Ids are
+``msg_...`` and ``toolu_...``. ``usage.input_tokens`` counts the prompt tokens that were not read from
+the prefix cache; ``cache_read_input_tokens`` those that were.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import os
+import re
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from dataclasses import replace
+from typing import Any
+
+from fastapi.responses import JSONResponse
+
+from llmhost.core.types import (
+    ChatMessage,
+    ContentPart,
+    Delta,
+    FinishReason,
+    InferenceRequest,
+    ResponseFormat,
+    Result,
+    Sampling,
+    Tool,
+    ToolCall,
+    ToolChoice,
+    Usage,
+)
+from llmhost.doors.anthropic import protocol as wire
+from llmhost.doors.common import stream_json
+from llmhost.errors import ErrorInfo, LLMHostError, RequestError, classify
+
+__all__ = [
+    "MessageStream",
+    "count_request",
+    "error_body",
+    "error_event",
+    "error_type",
+    "message_body",
+    "message_id",
+    "messages_request",
+    "render_error",
+    "stop_reason",
+    "tool_use_id",
+    "usage_body",
+]
+
+log = logging.getLogger(__name__)
+
+_ERROR_TYPES = {
+    "invalid_request": "invalid_request_error",
+    "authentication": "authentication_error",
+    "permission": "permission_error",
+    "not_found": "not_found_error",
+    "conflict": "invalid_request_error",
+    "too_large": "request_too_large",
+    "rate_limit": "rate_limit_error",
+    "overloaded": "overloaded_error",
+    "timeout": "timeout_error",
+    "upstream": "api_error",
+    "server": "api_error",
+}
+_BILLING_HEADER = re.compile(r"x-anthropic-billing-header:\s*(?:[\w.-]+=[^;\n]*;\s*)*")
+_JOIN = "\n\n"
+
+
+# ----- errors ------------------------------------------------------------------------------------------
+def error_type(info: ErrorInfo) -> str:
+    """Anthropic's name for an error: ``invalid_request_error``, ``not_found_error``, ``api_error``..."""
+    return _ERROR_TYPES.get(info.kind, "api_error" if info.status >= 500 else "invalid_request_error")
+
+
+def error_body(info: ErrorInfo) -> dict[str, Any]:
+    return {"type": "error", "error": {"type": error_type(info), "message": info.message}}
+
+
+def render_error(info: ErrorInfo) -> JSONResponse:
+    """Anthropic's envelope, ``{"type": "error", "error": {"type", "message"}}``."""
+    return JSONResponse(error_body(info), status_code=info.status, headers=info.headers or None)
+
+
+# ----- ids ---------------------------------------------------------------------------------------------
+def message_id() -> str:
+    return f"msg_{os.urandom(12).hex()}"
+
+
+def tool_use_id(call_id: str) -> str:
+    """A call's id as Anthropic clients expect it (``toolu_...``); it comes back as is in the history,
+    where any id string works."""
+    if call_id.startswith("toolu_"):
+        return call_id
+    return f"toolu_{call_id or os.urandom(12).hex()}"
+
+
+# ----- requests ----------------------------------------------------------------------------------------
+def _system_text(text: str) -> str:
+    match = _BILLING_HEADER.match(text)
+    return text[match.end() :] if match else text
+
+
+def _image(block: wire.ImageBlock, where: str) -> ContentPart:
+    source = block.source
+    if isinstance(source, wire.Base64Source):
+        try:
+            raw = base64.b64decode(source.data, validate=True)
+        except (binascii.Error, ValueError):
+            raise RequestError(f"{where}: image data is not valid base64", param=where) from None
+        return ContentPart("image", media_type=source.media_type, data=raw)
+    if isinstance(source, wire.URLSource):
+        return ContentPart("image", url=source.url)
+    raise RequestError(f"{where}: file sources are not supported; send the image as base64", param=where)
+
+
+def _document_text(block: wire.DocumentBlock, where: str) -> tuple[str, list[ContentPart]]:
+    source = block.source
+    parts: list[ContentPart] = []
+    if isinstance(source, wire.PlainTextSource):
+        text = source.data
+    elif isinstance(source, wire.ContentSource):
+        texts = []
+        for j, inner in enumerate(source.content):
+            if isinstance(inner, wire.TextBlock):
+                texts.append(inner.text)
+            else:
+                parts.append(_image(inner, f"{where}.source.content.{j}"))
+        text = _JOIN.join(texts)
+    else:
+        raise RequestError(
+            f"{where}: only plain-text documents are supported, not '{source.type}' sources (PDFs)",
+            param=where,
+        )
+    heading = "\n".join(x for x in (block.title, block.context) if x)
+    return (f"{heading}\n\n{text}" if heading else text), parts
+
+
+def _tool_result(block: wire.ToolResultBlock, where: str, names: dict[str, str]) -> ChatMessage:
+    if block.tool_use_id not in names:
+        raise RequestError(
+            f"{where}: tool_result refers to tool_use_id {block.tool_use_id!r}, which no earlier "
+            "assistant turn's tool_use block has",
+            param=where,
+        )
+    texts: list[str] = []
+    parts: list[ContentPart] = []
+    for j, item in enumerate(block.content):
+        if isinstance(item, wire.TextBlock):
+            texts.append(item.text)
+        elif isinstance(item, wire.ImageBlock):
+            parts.append(_image(item, f"{where}.content.{j}"))
+        else:
+            text, more = _document_text(item, f"{where}.content.{j}")
+            texts.append(text)
+            parts.extend(more)
+    return ChatMessage(
+        "tool",
+        _JOIN.join(texts),
+        tuple(parts),
+        tool_call_id=block.tool_use_id,
+        name=names[block.tool_use_id],
+    )
+
+
+def _user_turn(m: wire.Message, i: int, names: dict[str, str]) -> Iterator[ChatMessage]:
+    texts: list[str] = []
+    parts: list[ContentPart] = []
+
+    def pending() -> Iterator[ChatMessage]:
+        if texts or parts:
+            yield ChatMessage("user", _JOIN.join(texts), tuple(parts))
+            texts.clear()
+            parts.clear()
+
+    for j, block in enumerate(m.content):
+        where = f"messages.{i}.content.{j}"
+        if isinstance(block, wire.TextBlock):
+            texts.append(block.text)
+        elif isinstance(block, wire.ImageBlock):
+            parts.append(_image(block, where))
+        elif isinstance(block, wire.DocumentBlock):
+            text, more = _document_text(block, where)
+            texts.append(text)
+            parts.extend(more)
+        elif isinstance(block, wire.ToolResultBlock):
+            yield from pending()
+            yield _tool_result(block, where, names)
+        elif isinstance(block, wire.ToolUseBlock):
+            raise RequestError(f"{where}: tool_use blocks belong in assistant turns", param=where)
+        # thinking blocks: nothing for the prompt
+    if not m.content:
+        yield ChatMessage("user", "")
+    yield from pending()
+
+
+def _assistant_turn(m: wire.Message, i: int, names: dict[str, str]) -> Iterator[ChatMessage]:
+    texts: list[str] = []
+    calls: list[ToolCall] = []
+    for j, block in enumerate(m.content):
+        where = f"messages.{i}.content.{j}"
+        if isinstance(block, wire.TextBlock):
+            texts.append(block.text)
+        elif isinstance(block, wire.ToolUseBlock):
+            calls.append(ToolCall(block.id, block.name, json.dumps(block.input, ensure_ascii=False)))
+            names[block.id] = block.name
+        elif isinstance(block, wire.ThinkingBlock | wire.RedactedThinkingBlock):
+            continue
+        else:
+            raise RequestError(f"{where}: '{block.type}' blocks belong in user turns", param=where)
+    if texts or calls:
+        yield ChatMessage("assistant", _JOIN.join(texts), tool_calls=tuple(calls))
+
+
+def _system_turn(m: wire.Message, i: int) -> Iterator[ChatMessage]:
+    texts: list[str] = []
+    for j, block in enumerate(m.content):
+        if not isinstance(block, wire.TextBlock):
+            where = f"messages.{i}.content.{j}"
+            raise RequestError(f"{where}: system turns hold text blocks only", param=where)
+        texts.append(_system_text(block.text))
+    yield ChatMessage("system", _joined(*texts))
+
+
+def _joined(*texts: str) -> str:
+    return _JOIN.join(t for t in texts if t)
+
+
+def _fold_system_turns(messages: list[ChatMessage]) -> list[ChatMessage]:
+    """One leading system message; a system turn after the conversation began (Claude Code sends one
+    at the end, its mid-conversation system beta) joins the user turn before it, else the next one,
+    because most chat templates take a system message only at the start."""
+    out: list[ChatMessage] = []
+    held: list[str] = []  # late system text waiting for a user turn
+    for m in messages:
+        if m.role == "system":
+            if not out or (len(out) == 1 and out[0].role == "system"):
+                out[:] = [ChatMessage("system", _joined(*(x.content for x in out), m.content))]
+            elif out[-1].role == "user":
+                out[-1] = replace(out[-1], content=_joined(out[-1].content, m.content))
+            else:
+                held.append(m.content)
+            continue
+        if m.role == "user" and held:
+            m = replace(m, content=_joined(*held, m.content))
+            held.clear()
+        out.append(m)
+    if held:
+        out.append(ChatMessage("user", _joined(*held)))
+    return out
+
+
+def _messages(body: wire.CountTokensRequest) -> tuple[ChatMessage, ...]:
+    out: list[ChatMessage] = []
+    system = _joined(*(_system_text(b.text) for b in body.system or ()))
+    if system:
+        out.append(ChatMessage("system", system))
+    names: dict[str, str] = {}  # tool_use id -> tool name, for the tool messages that answer them
+    for i, m in enumerate(body.messages):
+        if m.role == "user":
+            out.extend(_user_turn(m, i, names))
+        elif m.role == "assistant":
+            out.extend(_assistant_turn(m, i, names))
+        else:
+            out.extend(_system_turn(m, i))
+    out = _fold_system_turns(out)
+    if out and out[-1].role == "assistant":
+        raise RequestError(
+            "the conversation must end with a user turn: continuing an assistant turn (prefill) is "
+            "not supported",
+            param="messages",
+        )
+    return tuple(out)
+
+
+def _tools(body: wire.CountTokensRequest) -> tuple[Tool, ...]:
+    tools: list[Tool] = []
+    for i, t in enumerate(body.tools or ()):
+        if t.type not in (None, "custom"):
+            raise RequestError(
+                f"tools.{i}: server tool '{t.type}' is not supported here; only client tools "
+                "(name, description, input_schema) are",
+                param=f"tools.{i}.type",
+            )
+        if t.input_schema is None:
+            raise RequestError(f"tools.{i}: input_schema is required", param=f"tools.{i}.input_schema")
+        tools.append(Tool(t.name, t.description, t.input_schema))
+    return tuple(tools)
+
+
+def _tool_choice(choice: wire.ToolChoice | None, has_tools: bool) -> tuple[ToolChoice, bool]:
+    """The core tool choice and ``parallel_tool_calls``."""
+    if choice is None:
+        return ToolChoice("auto"), True
+    if isinstance(choice, wire.ToolChoiceNone):
+        return ToolChoice("none"), True
+    if not has_tools and not isinstance(choice, wire.ToolChoiceAuto):
+        raise RequestError(f"tool_choice '{choice.type}' needs at least one tool in 'tools'", "tool_choice")
+    parallel = not choice.disable_parallel_tool_use
+    if isinstance(choice, wire.ToolChoiceAny):
+        return ToolChoice("required"), parallel
+    if isinstance(choice, wire.ToolChoiceTool):
+        return ToolChoice("tool", choice.name), parallel
+    return ToolChoice("auto"), parallel
+
+
+def _response_format(config: wire.OutputConfig | None) -> ResponseFormat:
+    if config is None or config.format is None:
+        return ResponseFormat()
+    return ResponseFormat("json_schema", config.format.schema_, "output")
+
+
+def _request(body: wire.CountTokensRequest, sampling: Sampling, user: str | None) -> InferenceRequest:
+    tools = _tools(body)
+    choice, parallel = _tool_choice(body.tool_choice, bool(tools))
+    return InferenceRequest(
+        "chat",
+        body.model,
+        messages=_messages(body),
+        sampling=sampling,
+        response_format=_response_format(body.output_config),
+        tools=tools,
+        tool_choice=choice,
+        parallel_tool_calls=parallel,
+        user=user,
+    )
+
+
+def messages_request(body: wire.MessagesRequest) -> InferenceRequest:
+    """The core request for a ``POST /v1/messages`` body."""
+    sampling = Sampling(
+        max_tokens=body.max_tokens,
+        temperature=body.temperature,
+        top_p=body.top_p,
+        top_k=body.top_k,
+        stop=tuple(body.stop_sequences or ()),
+    )
+    return _request(body, sampling, body.metadata.user_id if body.metadata else None)
+
+
+def count_request(body: wire.CountTokensRequest) -> InferenceRequest:
+    """The core request whose input tokens ``/v1/messages/count_tokens`` counts."""
+    return _request(body, Sampling(), None)
+
+
+# ----- answers -----------------------------------------------------------------------------------------
+def stop_reason(finish: FinishReason | None, stop_sequence: str | None, *, context_full: bool = False) -> str:
+    """Anthropic's ``stop_reason``; ``context_full``: ``max_tokens`` was cut to the room the context
+    window left, so reaching it is ``model_context_window_exceeded``."""
+    if finish == "tool_calls":
+        return "tool_use"
+    if finish == "length":
+        return "model_context_window_exceeded" if context_full else "max_tokens"
+    if finish == "stop" and stop_sequence:
+        return "stop_sequence"
+    return "end_turn"
+
+
+def usage_body(usage: Usage) -> dict[str, Any]:
+    """Anthropic's usage; its input total is ``input_tokens`` plus the two cache counts."""
+    cached = min(usage.cached_tokens, usage.prompt_tokens)
+    return {
+        "input_tokens": usage.prompt_tokens - cached,
+        "output_tokens": usage.completion_tokens,
+        "cache_creation_input_tokens": 0,
+        "cache_read_input_tokens": cached,
+        "cache_creation": {"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 0},
+    }
+
+
+def _tool_input(arguments: str) -> dict[str, Any]:
+    try:
+        value = json.loads(arguments) if arguments.strip() else {}
+    except json.JSONDecodeError:
+        value = None
+    if isinstance(value, dict):
+        return value
+    # Only a call cut off by max_tokens gets here: Anthropic's input is always an object.
+    log.warning("tool call arguments are not a JSON object (%d chars); sending {}", len(arguments))
+    return {}
+
+
+def _tool_use_block(call: ToolCall) -> dict[str, Any]:
+    return {
+        "type": "tool_use",
+        "id": tool_use_id(call.id),
+        "name": call.name,
+        "input": _tool_input(call.arguments),
+    }
+
+
+def message_body(result: Result, id_: str, *, context_full: bool = False) -> dict[str, Any]:
+    """A whole answer as Anthropic's ``message`` object: its text block, then its tool_use blocks."""
+    choice = result.choices[0]
+    content: list[dict[str, Any]] = []
+    if choice.text or not choice.tool_calls:
+        content.append({"type": "text", "text": choice.text})
+    content.extend(_tool_use_block(call) for call in choice.tool_calls)
+    reason = stop_reason(choice.finish_reason, choice.stop_sequence, context_full=context_full)
+    return {
+        "id": id_,
+        "type": "message",
+        "role": "assistant",
+        "model": result.model,
+        "content": content,
+        "stop_reason": reason,
+        "stop_sequence": choice.stop_sequence if reason == "stop_sequence" else None,
+        "usage": usage_body(result.usage),
+    }
+
+
+# ----- streams -----------------------------------------------------------------------------------------
+def _event(type_: str, payload: dict[str, Any]) -> bytes:
+    data = stream_json({"type": type_, **payload}).decode()
+    return f"event: {type_}\ndata: {data}\n\n".encode()
+
+
+class MessageStream:
+    """Deltas -> the Messages API's SSE events, in the order Anthropic sends them:
+
+    ``message_start`` (the message with no content; its usage is zero, as input tokens are only known
+    at the end), then per content block ``content_block_start``, ``content_block_delta``...
+    (``text_delta`` for text, ``input_json_delta`` with pieces of a tool call's arguments),
+    ``content_block_stop``; then ``message_delta`` with ``stop_reason``, ``stop_sequence`` and the
+    whole usage (the SDK's accumulator takes its input and output counts over message_start's), and
+    ``message_stop``. One block is open at a time: text after a call opens a new text block. A
+    failure after the stream began is one ``error`` event, in the same envelope as an error status.
+    """
+
+    def __init__(self, id_: str, model: str, *, context_full: bool = False) -> None:
+        self.id = id_
+        self.model = model
+        self.context_full = context_full
+        self.blocks = 0  # content blocks started so far
+        self._open: int | None = None  # index of the open block
+        self._open_is_text = False
+        self._calls: dict[int, int] = {}  # core call index -> its block's index
+        self._finish: FinishReason | None = None
+        self._stop_sequence: str | None = None
+        self._usage = Usage()
+
+    def start(self) -> bytes:
+        message: dict[str, Any] = {
+            "id": self.id,
+            "type": "message",
+            "role": "assistant",
+            "model": self.model,
+            "content": [],
+            "stop_reason": None,
+            "stop_sequence": None,
+            "usage": {"input_tokens": 0, "output_tokens": 0},
+        }
+        return _event("message_start", {"message": message})
+
+    def _begin(self, block: dict[str, Any], is_text: bool) -> list[bytes]:
+        events = self._close()
+        self._open, self._open_is_text = self.blocks, is_text
+        self.blocks += 1
+        events.append(_event("content_block_start", {"index": self._open, "content_block": block}))
+        return events
+
+    def _close(self) -> list[bytes]:
+        if self._open is None:
+            return []
+        index, self._open = self._open, None
+        return [_event("content_block_stop", {"index": index})]
+
+    def feed(self, delta: Delta) -> list[bytes]:
+        """The events one delta adds (Anthropic has one choice: deltas of others are not expected)."""
+        if delta.index < 0:
+            if delta.usage is not None:
+                self._usage = delta.usage
+            return []
+        events: list[bytes] = []
+        if delta.text:
+            if self._open is None or not self._open_is_text:
+                events += self._begin({"type": "text", "text": ""}, is_text=True)
+            text = {"type": "text_delta", "text": delta.text}
+            events.append(_event("content_block_delta", {"index": self._open, "delta": text}))
+        for call in delta.tool_calls:
+            index = self._calls.get(call.index)
+            if index is None:
+                block = {
+                    "type": "tool_use",
+                    "id": tool_use_id(call.id or ""),
+                    "name": call.name or "",
+                    "input": {},
+                }
+                events += self._begin(block, is_text=False)
+                index = self._calls[call.index] = self.blocks - 1
+            if call.arguments:
+                piece = {"type": "input_json_delta", "partial_json": call.arguments}
+                events.append(_event("content_block_delta", {"index": index, "delta": piece}))
+        if delta.finish_reason is not None:
+            self._finish, self._stop_sequence = delta.finish_reason, delta.stop_sequence
+        return events
+
+    def end(self) -> list[bytes]:
+        events = self._close()
+        if self.blocks == 0:  # an empty answer is still one (empty) text block, as a whole answer is
+            events += self._begin({"type": "text", "text": ""}, is_text=True)
+            events += self._close()
+        reason = stop_reason(self._finish, self._stop_sequence, context_full=self.context_full)
+        stop = {
+            "stop_reason": reason,
+            "stop_sequence": self._stop_sequence if reason == "stop_sequence" else None,
+        }
+        events.append(_event("message_delta", {"delta": stop, "usage": usage_body(self._usage)}))
+        events.append(_event("message_stop", {}))
+        return events
+
+    async def events(self, deltas: AsyncIterator[Delta]) -> AsyncGenerator[bytes, None]:
+        """The whole SSE body for ``deltas``; closes them however the stream ends."""
+        yield self.start()
+        try:
+            async for delta in deltas:
+                for event in self.feed(delta):
+                    yield event
+        except Exception as exc:
+            yield error_event(exc)
+            return
+        finally:
+            aclose = getattr(deltas, "aclose", None)
+            if aclose is not None:
+                await aclose()  # the client went away, or we are done: free the slot
+        for event in self.end():
+            yield event
+
+
+def error_event(exc: BaseException) -> bytes:
+    """A failure after the stream began, as an ``error`` event."""
+    if not isinstance(exc, LLMHostError):
+        log.warning("stream ended with an unexpected error", exc_info=exc)
+    info = classify(exc)
+    log.warning("stream ended with an error: %s", info.message)
+    return _event("error", {"error": error_body(info)["error"]})
