@@ -119,6 +119,23 @@ def _message(m: wire.ChatMessage, i: int) -> ChatMessage:
     return ChatMessage(role, "".join(texts), tuple(parts), calls, m.tool_call_id, m.name)
 
 
+def _messages(wire_messages: Sequence[wire.ChatMessage]) -> tuple[ChatMessage, ...]:
+    """The history, checked as OpenAI checks it: each tool message answers an earlier assistant call."""
+    messages: list[ChatMessage] = []
+    calls: set[str] = set()
+    for i, m in enumerate(wire_messages):
+        message = _message(m, i)
+        calls.update(c.id for c in message.tool_calls)
+        if message.role == "tool" and message.tool_call_id not in calls:
+            raise RequestError(
+                f"messages[{i}]: a message with role 'tool' must answer a preceding assistant message's "
+                f"tool_calls (no call has id {message.tool_call_id!r})",
+                param="messages",
+            )
+        messages.append(message)
+    return tuple(messages)
+
+
 def _response_format(rf: wire.ResponseFormat | None) -> ResponseFormat:
     if rf is None or rf.type == "text":
         return ResponseFormat()
@@ -182,7 +199,7 @@ def chat_request(req: wire.ChatCompletionRequest) -> InferenceRequest:
     return InferenceRequest(
         "chat",
         req.model,
-        messages=tuple(_message(m, i) for i, m in enumerate(req.messages)),
+        messages=_messages(req.messages),
         sampling=_sampling(req, logprobs),
         response_format=_response_format(req.response_format),
         tools=tools,

@@ -457,6 +457,12 @@ def test_a_tool_message_without_tool_call_id_is_a_400(server: LiveServer) -> Non
     assert error["param"] == "messages" and "tool_call_id" in error["message"]
 
 
+def test_a_tool_message_answering_no_earlier_call_is_a_400(server: LiveServer) -> None:
+    messages = [*QUESTION, {"role": "tool", "tool_call_id": "call_nobody_made", "content": "Sunny."}]
+    error = error_of(post(server, messages=messages, tools=TOOLS))
+    assert error["param"] == "messages" and "call_nobody_made" in error["message"]
+
+
 def test_tool_calls_on_a_user_message_are_a_400(server: LiveServer) -> None:
     call = {"id": "c1", "type": "function", "function": {"name": "get_time", "arguments": "{}"}}
     error = error_of(post(server, messages=[{"role": "user", "content": "hi", "tool_calls": [call]}]))
