@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from llmhost.config import Settings
+from llmhost.providers.anthropic import AnthropicProvider
 from llmhost.providers.base import Provider
 from llmhost.providers.http import Timeouts, resolve_secret
+from llmhost.providers.ollama import OllamaProvider
+from llmhost.providers.openai_compat import OpenAICompatProvider
 
 __all__ = ["build_providers"]
 
@@ -22,21 +25,15 @@ def build_providers(settings: Settings, local: Provider) -> dict[str, Provider]:
         secret = cfg.api_key.get_secret_value() if cfg.api_key else None
         key = resolve_secret(secret, cfg.api_key_env, cfg.api_key_file)
         if cfg.type == "openai":
-            from llmhost.providers.openai_compat import OpenAICompatProvider
-
             assert cfg.base_url is not None
             providers[name] = OpenAICompatProvider(
                 name, cfg.base_url, api_key=key, timeouts=timeouts, extra_headers=cfg.headers or None
             )
         elif cfg.type == "anthropic":
-            from llmhost.providers.anthropic import AnthropicProvider
-
             providers[name] = AnthropicProvider(
                 name, base_url=cfg.base_url or "https://api.anthropic.com", api_key=key, timeouts=timeouts
             )
         elif cfg.type == "ollama":
-            from llmhost.providers.ollama import OllamaProvider
-
             providers[name] = OllamaProvider(
                 name, base_url=cfg.base_url or "http://127.0.0.1:11434", timeouts=timeouts
             )
