@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -14,7 +14,7 @@ from fastapi.responses import Response
 from fastapi.routing import APIRoute
 
 from llmhost.core.pipeline import Pipeline
-from llmhost.core.types import Principal, RequestContext
+from llmhost.core.types import Principal, RequestContext, TokenLogprob
 from llmhost.errors import ErrorInfo, LLMHostError, classify
 
 __all__ = [
@@ -25,6 +25,7 @@ __all__ = [
     "renderer_for",
     "serve_errors",
     "stream_json",
+    "token_logprobs",
     "validation_info",
 ]
 
@@ -101,6 +102,18 @@ def stream_json(payload: Any) -> bytes:
     """Compact JSON for one SSE ``data:`` field or one NDJSON line: non-ASCII text kept as is, except
     the characters some line readers split on."""
     return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).translate(_LINE_BREAKERS).encode()
+
+
+def token_logprobs(items: Sequence[TokenLogprob]) -> list[dict[str, Any]]:
+    """Per-token log-probabilities as OpenAI's chat, the Responses API and Ollama all write them:
+    ``[{token, logprob, bytes, top_logprobs: [{token, logprob, bytes}]}]``."""
+
+    def entry(raw: bytes, logprob: float) -> dict[str, Any]:
+        return {"token": raw.decode("utf-8", errors="replace"), "logprob": logprob, "bytes": list(raw)}
+
+    return [
+        {**entry(t.token, t.logprob), "top_logprobs": [entry(raw, lp) for raw, lp in t.top]} for t in items
+    ]
 
 
 def serve_errors(app: FastAPI, prefix: str, render: ErrorRenderer) -> None:

@@ -48,7 +48,7 @@ from llmhost.core.types import (
     ToolCallDelta,
     Usage,
 )
-from llmhost.doors.common import stream_json
+from llmhost.doors.common import stream_json, token_logprobs
 from llmhost.doors.ollama import protocol as wire
 from llmhost.doors.ollama.gotime import rfc3339
 from llmhost.doors.ollama.template import render_go_template
@@ -372,23 +372,9 @@ def done_reason(finish: FinishReason | None) -> str:
     return "length" if finish == "length" else "stop"
 
 
-def _token_text(raw: bytes) -> str:
-    return raw.decode("utf-8", errors="replace")
-
-
 def logprobs_wire(items: Sequence[TokenLogprob]) -> list[dict[str, Any]]:
     """``[{token, logprob, bytes, top_logprobs: [{token, logprob, bytes}]}]``."""
-    return [
-        {
-            "token": _token_text(lp.token),
-            "logprob": lp.logprob,
-            "bytes": list(lp.token),
-            "top_logprobs": [
-                {"token": _token_text(tok), "logprob": val, "bytes": list(tok)} for tok, val in lp.top
-            ],
-        }
-        for lp in items
-    ]
+    return token_logprobs(items)
 
 
 def _arguments_object(text: str) -> dict[str, Any]:

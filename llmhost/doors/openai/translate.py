@@ -29,7 +29,7 @@ from llmhost.core.types import (
     ToolChoice,
     Usage,
 )
-from llmhost.doors.common import stream_json
+from llmhost.doors.common import stream_json, token_logprobs
 from llmhost.doors.openai import protocol as wire
 from llmhost.errors import ErrorInfo, LLMHostError, RequestError, classify
 
@@ -264,20 +264,7 @@ def _token_str(raw: bytes) -> str:
 
 def chat_logprobs(items: Sequence[TokenLogprob]) -> dict[str, Any]:
     """OpenAI chat ``logprobs`` object: one entry per token with its ``top_logprobs``."""
-    return {
-        "content": [
-            {
-                "token": _token_str(item.token),
-                "logprob": item.logprob,
-                "bytes": list(item.token),
-                "top_logprobs": [
-                    {"token": _token_str(raw), "logprob": lp, "bytes": list(raw)} for raw, lp in item.top
-                ],
-            }
-            for item in items
-        ],
-        "refusal": None,
-    }
+    return {"content": token_logprobs(items), "refusal": None}
 
 
 def completion_logprobs(items: Sequence[TokenLogprob], offset: int) -> dict[str, Any]:

@@ -32,6 +32,7 @@ from llmhost.core.types import (
     ToolChoice,
     Usage,
 )
+from llmhost.doors.common import token_logprobs
 from llmhost.doors.openai.translate import render_error
 from llmhost.doors.responses import protocol as wire
 from llmhost.errors import LLMHostError, RequestError, classify
@@ -332,12 +333,7 @@ def usage_body(u: Usage) -> dict[str, Any]:
 
 
 def logprobs_body(items: Sequence[TokenLogprob]) -> list[dict[str, Any]]:
-    def entry(raw: bytes, logprob: float) -> dict[str, Any]:
-        return {"token": raw.decode("utf-8", errors="replace"), "bytes": list(raw), "logprob": logprob}
-
-    return [
-        {**entry(t.token, t.logprob), "top_logprobs": [entry(raw, lp) for raw, lp in t.top]} for t in items
-    ]
+    return token_logprobs(items)
 
 
 def message_item(id_: str, text: str, status: str, logprobs: list[dict[str, Any]] | None = None) -> Item:
