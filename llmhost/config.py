@@ -21,6 +21,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    field_validator,
     model_validator,
 )
 from pydantic_settings import (
@@ -31,6 +32,7 @@ from pydantic_settings import (
 )
 
 from llmhost.errors import ConfigError
+from llmhost.net import parse_allow_entry
 
 __all__ = [
     "BreakerSettings",
@@ -226,6 +228,76 @@ class BreakerSettings(BaseModel):
     cooldown: float = Field(15.0, gt=0, description="Seconds open before one half-open probe.")
 
 
+DEFAULT_ORIGINS = (
+    "http://localhost",
+    "https://localhost",
+    "http://localhost:*",
+    "https://localhost:*",
+    "http://127.0.0.1",
+    "https://127.0.0.1",
+    "http://127.0.0.1:*",
+    "https://127.0.0.1:*",
+    "http://[::1]",
+    "http://[::1]:*",
+    "app://*",
+    "file://*",
+    "tauri://*",
+    "vscode-webview://*",
+    "vscode-file://*",
+)
+
+
+class SecuritySettings(BaseModel):
+    """``[security]``: browser safety. Keys, scopes and limits are made with ``llmhost keys``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    allowed_origins: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_ORIGINS),
+        description=(
+            "Web origins (globs, `*` matches anything) that may call the API from a browser: CORS is "
+            "answered for them, and a state-changing request with any other `Origin` is refused (403). "
+            "The default is this machine's own pages, as Ollama's OLLAMA_ORIGINS default."
+        ),
+    )
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Extra names the `Host` header may carry (globs). Always allowed: localhost, *.localhost, "
+            "loopback addresses, this machine's hostname, the bind address and, on a wildcard bind, any "
+            "IP address. Any other Host is refused (403), which defeats DNS rebinding."
+        ),
+    )
+
+
+class LimitSettings(BaseModel):
+    """``[limits]``: where per-key rate-limit windows live. The limits themselves belong to each key."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    redis_url: str | None = Field(
+        None,
+        description=(
+            "redis://host:port/db to share rate-limit windows between instances; unset: in this process."
+        ),
+    )
+
+
+class AuditSettings(BaseModel):
+    """``[audit]``: the hash-chained record of every request (``<data_dir>/audit.db``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(True, description="One record per request, on every door.")
+    store_content: bool = Field(
+        False, description="Keep the prompt and answer text in each record (else only their SHA-256)."
+    )
+    synchronous: Literal["normal", "full"] = Field(
+        "normal",
+        description='SQLite sync: "normal" survives a process crash; "full" also a power cut (slower).',
+    )
+
+
 class Settings(BaseSettings):
     """Everything llmhost can be configured with."""
 
@@ -236,8 +308,15 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="Address the HTTP server binds to.")
     port: int = Field(8080, ge=1, le=65535, description="Port the HTTP server listens on.")
     api_key: SecretStr | None = Field(
-        None, description="When set, every /v1 request must send `Authorization: Bearer <key>`."
+        None,
+        description=(
+            "A single all-scopes key (a one-key set-up): requests send `Authorization: Bearer <key>` or "
+            "`x-api-key`. More keys, with scopes and limits: `llmhost keys create`. Empty means unset."
+        ),
     )
+    security: SecuritySettings = Field(default_factory=SecuritySettings)
+    limits: LimitSettings = Field(default_factory=LimitSettings)
+    audit: AuditSettings = Field(default_factory=AuditSettings)
     data_dir: Path = Field(
         default_factory=lambda: Path(platformdirs.user_data_dir("llmhost")),
         description="Where llmhost keeps its database and models.",
@@ -258,6 +337,41 @@ class Settings(BaseSettings):
     providers: dict[str, ProviderSettings] = Field(default_factory=dict, description="Remote backends.")
     routes: dict[str, RouteSettings] = Field(default_factory=dict, description="Public model names.")
     breaker: BreakerSettings = Field(default_factory=BreakerSettings)
+    pull_allow_hosts: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Hosts and networks that pulls over the HTTP API (/api/pull) may reach besides public "
+            "addresses: host names (`mirror.lan`, allowed whatever they resolve to) or IP addresses and "
+            "CIDR networks (`10.0.0.0/8`, `fd00::/8`). Everything else that resolves to a loopback, "
+            "private, link-local (cloud metadata), unique-local, multicast or unspecified address is "
+            "refused, for the URL, every redirect and the hub endpoint (HF_ENDPOINT), so an API client "
+            "cannot make the server fetch from its own networks. `llmhost pull` on the command line "
+            "runs as the machine's owner and is not restricted. Through a proxy the names are checked "
+            "here but resolved again by the proxy."
+        ),
+    )
+    max_concurrent_pulls: int = Field(
+        2,
+        ge=1,
+        le=64,
+        description=(
+            "Pulls the HTTP API runs at once, each on a thread of a pool of its own (never the one "
+            "generations use); one more is refused with 429 and Retry-After."
+        ),
+    )
+
+    @field_validator("pull_allow_hosts")
+    @classmethod
+    def _allow_entries_parse(cls, entries: list[str]) -> list[str]:
+        for entry in entries:
+            parse_allow_entry(entry)  # its ValueError names the entry
+        return entries
+
+    @field_validator("api_key", mode="after")
+    @classmethod
+    def _empty_key_is_no_key(cls, value: SecretStr | None) -> SecretStr | None:
+        # `LLMHOST_API_KEY=` must not read as "a key is set" and leave a public bind open.
+        return value if value is not None and value.get_secret_value().strip() else None
 
     @model_validator(mode="after")
     def _routes_name_known_providers(self) -> Settings:
@@ -283,6 +397,10 @@ class Settings(BaseSettings):
     @property
     def database_path(self) -> Path:
         return self.data_dir / "llmhost.db"
+
+    @property
+    def audit_path(self) -> Path:
+        return self.data_dir / "audit.db"
 
     @classmethod
     def settings_customise_sources(

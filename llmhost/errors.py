@@ -7,7 +7,8 @@ own error envelope (through :func:`classify`), the CLI into one line and a non-z
     LLMHostError
     ├── ConfigError                 settings file / environment could not be validated
     ├── ModelError                  a model file is missing, unreadable or not a valid GGUF
-    │   └── ModelNotFoundError      no model registered under that name            (HTTP 404)
+    │   ├── ModelNotFoundError      no model registered under that name            (HTTP 404)
+    │   └── InvalidModelFileError   not a GGUF llama.cpp can load; also a RequestError (HTTP 400)
     ├── RequestError                the request itself is invalid                  (HTTP 400)
     │   └── ContextLengthError      prompt (+ max_tokens) exceeds the context      (HTTP 400)
     ├── EngineError                 inference failed inside llama.cpp              (HTTP 500)
@@ -17,6 +18,7 @@ own error envelope (through :func:`classify`), the CLI into one line and a non-z
     ├── NotFoundError               no such object (a stored response, ...)         (HTTP 404)
     ├── AuthError                   missing or wrong API key                       (HTTP 401)
     ├── RefusedError                a pipeline stage refused the request            (HTTP 403)
+    ├── RateLimitError              a key's rate limit or budget is used up         (HTTP 429)
     └── ProviderError               a backend failed; ``retryable`` for the router  (HTTP 502)
         ├── ProviderConnectionError  could not connect                             (HTTP 502)
         ├── ProviderTimeoutError     connect / first-token / total timeout          (HTTP 504)
@@ -39,6 +41,7 @@ __all__ = [
     "EngineError",
     "EngineOverloadedError",
     "ErrorInfo",
+    "InvalidModelFileError",
     "LLMHostError",
     "ModelError",
     "ModelNotFoundError",
@@ -49,6 +52,7 @@ __all__ = [
     "ProviderHTTPError",
     "ProviderStreamError",
     "ProviderTimeoutError",
+    "RateLimitError",
     "RefusedError",
     "RequestError",
     "classify",
@@ -82,6 +86,18 @@ class RequestError(LLMHostError):
         super().__init__(message)
         self.param = param
         self.code = code
+
+
+class InvalidModelFileError(ModelError, RequestError):
+    """The file is not a GGUF model llama.cpp can load (not GGUF, truncated, inconsistent header ...).
+
+    A :class:`ModelError` like every model-file problem, and a :class:`RequestError` because the file is
+    what the client brought (an import, a pull, a load of what was imported): a 400 that neither falls
+    back nor counts against a circuit breaker.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, param="model", code="invalid_model_file")
 
 
 class ContextLengthError(RequestError):
@@ -136,6 +152,22 @@ class NotFoundError(LLMHostError):
 
 class RefusedError(LLMHostError):
     """A pipeline stage (policy, scopes, ...) refused the request."""
+
+    def __init__(self, message: str, code: str = "refused") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class RateLimitError(LLMHostError):
+    """A key's requests or tokens per minute, or its budget, are used up (429, with ``headers`` such as
+    ``Retry-After`` and OpenAI's ``x-ratelimit-*``)."""
+
+    def __init__(
+        self, message: str, *, code: str = "rate_limit_exceeded", headers: dict[str, str] | None = None
+    ):
+        super().__init__(message)
+        self.code = code
+        self.headers = dict(headers or {})
 
 
 class ProviderError(LLMHostError):
@@ -226,7 +258,9 @@ def classify(exc: BaseException) -> ErrorInfo:
     if isinstance(exc, AuthError):
         return ErrorInfo(401, "authentication", msg, None, "invalid_api_key")
     if isinstance(exc, RefusedError):
-        return ErrorInfo(403, "permission", msg, None, "refused")
+        return ErrorInfo(403, "permission", msg, None, exc.code)
+    if isinstance(exc, RateLimitError):
+        return ErrorInfo(429, "rate_limit", msg, None, exc.code, exc.headers)
     if isinstance(exc, EngineOverloadedError):
         return ErrorInfo(
             429, "overloaded", msg, None, "rate_limit_exceeded", {"Retry-After": str(exc.retry_after)}

@@ -25,6 +25,11 @@ from llmhost.router.cost import UsageStage, UsageStore
 from llmhost.router.factory import build_providers
 from llmhost.router.gateway import Gateway
 from llmhost.router.stage import RouteStage
+from llmhost.security.audit import AuditLog, AuditStage
+from llmhost.security.auth import Authenticator, AuthStage
+from llmhost.security.budgets import BudgetStage, Ledger
+from llmhost.security.keys import KeyStore
+from llmhost.security.limits import LimitStage, MemoryWindows, RedisWindows, Windows
 
 __all__ = ["Service"]
 
@@ -41,6 +46,13 @@ class Service:
         self.store = ModelStore(settings.resolved_models_dir, self.registry)
         self.models = ModelManager(settings, self.registry)
         self.usage = UsageStore(settings.database_path)
+        self.keys = KeyStore(settings.database_path)
+        config_key = settings.api_key.get_secret_value() if settings.api_key is not None else None
+        self.auth = Authenticator(self.keys, config_key)
+        redis_url = settings.limits.redis_url
+        self.windows: Windows = RedisWindows(redis_url) if redis_url else MemoryWindows()
+        self.ledger = Ledger(self.usage.spent)
+        self.audit = AuditLog(settings.audit_path, synchronous=settings.audit.synchronous)
         self.local = LocalBackend(settings, self.registry, self.models)
         self.started_at = time.time()
         self.gateway = Gateway(
@@ -49,10 +61,15 @@ class Service:
             is_local_model=lambda name: self.registry.find(name) is not None,
         )
         # The stages, in order: the one place that says what every request goes through.
+        audit = (AuditStage(self.audit, store_content=settings.audit.store_content),)
         stages: tuple[Stage, ...] = (
+            *(audit if settings.audit.enabled else ()),  # first, so it sees every outcome last
+            AuthStage(),
             ValidateStage(),
-            *extra_stages,  # issue "trust": auth, limits, policy slot in here
+            *extra_stages,  # issue "trust": governance policy slots in here
             RouteStage(self.gateway),
+            LimitStage(self.windows),
+            BudgetStage(self.ledger),
             UsageStage(self.usage),
         )
         self.pipeline = Pipeline(self.gateway, stages)
@@ -84,6 +101,8 @@ class Service:
     def close(self) -> None:
         self.models.close()
         self.usage.close()
+        self.keys.close()
+        self.audit.close()
         self.registry.close()
 
     # ----- models ------------------------------------------------------------------------------------

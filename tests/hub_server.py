@@ -22,6 +22,10 @@ a resumed download asked for a ``Range``.
 
 Bodies go out with ``os.sendfile`` straight from the file, so the server is not the bottleneck when a
 download is timed. ``python -m tests.hub_server --file X`` serves one file for speed comparisons.
+
+Pulls over the HTTP API may only reach public addresses unless ``pull_allow_hosts`` says otherwise:
+servers under test that pull from this hub need :data:`LOOPBACK_ALLOW_HOSTS` there (the hub's address and
+its CDN's name), or :attr:`HubServer.allow_hosts` for a hub on another address.
 """
 
 from __future__ import annotations
@@ -41,7 +45,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-__all__ = ["Faults", "HubFile", "HubRepo", "HubServer", "LoggedRequest"]
+__all__ = ["LOOPBACK_ALLOW_HOSTS", "Faults", "HubFile", "HubRepo", "HubServer", "LoggedRequest"]
+
+LOOPBACK_ALLOW_HOSTS = ["127.0.0.1", "localhost"]
+"""``pull_allow_hosts`` for a :class:`HubServer` on 127.0.0.1: the hub itself and its "CDN" name."""
 
 _RANGE_RE = re.compile(r"bytes=(\d+)-(\d*)\Z")
 
@@ -99,7 +106,15 @@ class LoggedRequest:
 class HubServer:
     """The loopback hub; use as a context manager or call :meth:`start`/:meth:`stop`."""
 
-    def __init__(self, root: Path, *, host: str = "127.0.0.1", port: int = 0, redirect_lfs: bool = True):
+    def __init__(
+        self,
+        root: Path,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        redirect_lfs: bool = True,
+        cdn_host: str | None = None,
+    ):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.repos: dict[str, HubRepo] = {}
@@ -120,11 +135,19 @@ class HubServer:
         # The "CDN" answers on the same server under another host name, as the real hub's CDN is another
         # host: clients must drop the Authorization header there, and huggingface_hub reads the file's
         # metadata from the 302 itself instead of following it.
-        cdn_host = "localhost" if host == "127.0.0.1" else host
+        # ``cdn_host`` names another host for it (one this server may not even listen on).
+        if cdn_host is None:
+            cdn_host = "localhost" if host == "127.0.0.1" else host
         self.cdn_url = f"http://{cdn_host}:{self.port}/cdn"
         self._thread = threading.Thread(
             target=self.httpd.serve_forever, args=(0.05,), name="hub-server", daemon=True
         )
+
+    @property
+    def allow_hosts(self) -> list[str]:
+        """``pull_allow_hosts`` that lets a guarded pull reach this hub and its CDN."""
+        hosts = [urlsplit(self.url).hostname or "", urlsplit(self.cdn_url).hostname or ""]
+        return sorted(set(hosts))
 
     # -- lifecycle ------------------------------------------------------------------------------------
 

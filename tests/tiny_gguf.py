@@ -6,17 +6,28 @@ the real native code path without a real model. Its vocabulary is a byte-fallbac
 ``<unk>``, ``<s>``, ``</s>``, the 256 byte tokens ``<0x00>``..``<0xFF>`` and a few normal pieces, so
 every string tokenizes and every generated token detokenizes.
 
-``write_not_gguf`` and ``truncate_copy`` make broken files for the rejection tests.
+``write_not_gguf`` and ``truncate_copy`` make broken files for the rejection tests; ``write_vocab_gguf``
+writes a small file whose tokenizer arrays (and extra metadata) a test chooses, for the checks that
+compare them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import gguf
 import numpy as np
 
-__all__ = ["TINY_NORMAL_PIECES", "tiny_vocab", "truncate_copy", "write_not_gguf", "write_tiny_llama_gguf"]
+__all__ = [
+    "TINY_NORMAL_PIECES",
+    "tiny_vocab",
+    "truncate_copy",
+    "write_not_gguf",
+    "write_tiny_llama_gguf",
+    "write_vocab_gguf",
+]
 
 # Normal (non-byte) pieces after the byte tokens; "▁" is SentencePiece's word-boundary marker.
 TINY_NORMAL_PIECES: tuple[str, ...] = ("▁", "▁the", "▁hello", "e", "t", "a")
@@ -135,3 +146,51 @@ def truncate_copy(src: Path, dst: Path, keep_bytes: int) -> Path:
             fout.write(chunk)
             remaining -= len(chunk)
     return Path(dst)
+
+
+_TINY = object()  # "the tiny vocabulary's own array" (None means "leave the key out")
+
+
+def write_vocab_gguf(
+    path: Path,
+    *,
+    tokens: object = _TINY,
+    scores: object = _TINY,
+    token_types: object = _TINY,
+    merges: Sequence[Any] | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write a small llama-architecture GGUF (one F32 tensor) with the given tokenizer arrays.
+
+    Each array defaults to the tiny vocabulary's (:func:`tiny_vocab`); ``None`` leaves it out. Arrays
+    keep the element type the values have (floats: FLOAT32, ints: INT32, strings: STRING, lists: nested
+    arrays), so a test can give a key the wrong type or length. ``extra`` adds metadata the same way.
+    Not meant for llama.cpp: it has no weights to run, only a header for ``inspect_gguf`` to judge.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tiny_tokens, tiny_scores, tiny_types = tiny_vocab()
+    arrays: dict[str, Any] = {
+        "tokenizer.ggml.tokens": tiny_tokens if tokens is _TINY else tokens,
+        "tokenizer.ggml.scores": tiny_scores if scores is _TINY else scores,
+        "tokenizer.ggml.token_type": tiny_types if token_types is _TINY else token_types,
+        "tokenizer.ggml.merges": merges,
+    }
+    writer = gguf.GGUFWriter(path, "llama")
+    try:
+        writer.add_name("vocab-test")
+        writer.add_tokenizer_model("gpt2" if merges is not None else "llama")
+        for key, values in {**arrays, **(extra or {})}.items():
+            if values is None:
+                continue
+            if isinstance(values, Sequence) and not isinstance(values, str):
+                writer.add_key_value(key, list(values), gguf.GGUFValueType.ARRAY)
+            else:
+                writer.add_key_value(key, values, gguf.GGUFValueType.get_type(values))
+        writer.add_tensor("output_norm.weight", np.ones(8, dtype=np.float32))
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+    finally:
+        writer.close()
+    return path

@@ -19,10 +19,11 @@ from rich.markup import escape
 from rich.table import Table
 
 from llmhost.config import Settings, load_settings
-from llmhost.core.types import ChatMessage, Delta, InferenceRequest, Principal, RequestContext, Sampling
+from llmhost.core.types import ChatMessage, Delta, InferenceRequest, RequestContext, Sampling
 from llmhost.errors import ConfigError, LLMHostError, ModelNotFoundError
 from llmhost.models.default import DEFAULT_MODEL_NAME
 from llmhost.net import is_loopback
+from llmhost.security.auth import OWNER
 
 if TYPE_CHECKING:
     from llmhost.service import Service
@@ -121,8 +122,6 @@ def serve(
     settings = _settings(
         config, host=host, port=port, default_model="" if no_model else model, access_log=access_log
     )
-    if not is_loopback(settings.host) and settings.api_key is None:
-        _fail(f"refusing to bind {settings.host} without an API key: set LLMHOST_API_KEY (or bind 127.0.0.1)")
     import uvicorn
 
     from llmhost.doors.http.app import create_app
@@ -132,6 +131,12 @@ def serve(
     )
     with _errors():
         service = _service(settings)
+        if not is_loopback(settings.host) and not service.auth.usable:
+            service.close()
+            _fail(
+                f"refusing to bind {settings.host} without an API key: create one with "
+                "`llmhost keys create NAME`, set LLMHOST_API_KEY, or bind 127.0.0.1"
+            )
         # Import the default model before listening, so a broken install fails here, loudly.
         service.prepare_default_model()
         what = f"[bold]{settings.default_model}[/bold]" if settings.default_model else "no local model"
@@ -151,7 +156,7 @@ def _sampling(max_tokens: int | None, temperature: float | None, seed: int | Non
 
 
 def _cli_context() -> RequestContext:
-    return RequestContext(principal=Principal(name="cli"), door="cli")
+    return RequestContext(principal=OWNER, door="cli")
 
 
 async def _print_answer(deltas: AsyncIterator[Delta]) -> str:
@@ -458,10 +463,12 @@ def bench(
 
 
 def _register_commands() -> None:
-    from llmhost.cli import doctor, model_commands
+    from llmhost.cli import audit_commands, doctor, key_commands, model_commands
 
     model_commands.register(app)
     doctor.register(app)
+    key_commands.register(app)
+    audit_commands.register(app)
 
 
 _register_commands()

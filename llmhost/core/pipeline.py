@@ -1,10 +1,10 @@
 """The one pipeline every door calls: its stages, in order, for whole answers and for streams.
 
     door (openai · anthropic · ollama · responses · admin · cli) translates its wire format to core types
-      -> stages' before(), in order:      validate -> route   (issue "trust" adds auth, limits, policy)
+      -> stages' before(), in order:      auth -> validate -> route -> limits -> budget   (+ policy)
       -> generate: the gateway calls the route's targets (breakers, retries, fallback, cascade)
       -> stages' on_delta(), per streamed delta
-      -> stages' after(), in reverse:     usage               (+ policy on output, audit)
+      -> stages' after(), in reverse:     usage -> budget (settle) -> limits (settle)  (+ policy, audit)
     door translates the Result / Deltas back to its wire format
 
 The stage tuple is built in one place (``llmhost.service.Service``); a new stage is one class there.
@@ -16,7 +16,7 @@ import contextlib
 from collections.abc import AsyncIterator, Sequence
 from typing import Protocol, cast
 
-from llmhost.core.stage import Answer, Request, Stage
+from llmhost.core.stage import Answer, Request, Stage, StageBase
 from llmhost.core.stream import ResultBuilder
 from llmhost.core.types import Delta, Embeddings, EmbedRequest, InferenceRequest, RequestContext, Result
 
@@ -46,8 +46,10 @@ class Pipeline:
 
     @property
     def stage_names(self) -> tuple[str, ...]:
+        """The stages in order, with "generate" after the last one that acts before it."""
         names = [s.name for s in self.stages]
-        split = names.index("route") + 1 if "route" in names else len(names)
+        acting = [i for i, s in enumerate(self.stages) if type(s).before is not StageBase.before]
+        split = acting[-1] + 1 if acting else 0
         return (*names[:split], "generate", *names[split:])
 
     # ----- the four ways in ----------------------------------------------------------------------------

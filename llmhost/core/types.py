@@ -55,12 +55,22 @@ def new_id(prefix: str) -> str:
 # ----- who is asking ---------------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class Principal:
-    """The caller a request runs for. Issue "trust" fills this from API keys; today it is the one
-    server-wide key or nobody."""
+    """The caller a request runs for, as the "auth" stage found it (``llmhost.security.auth``).
+
+    ``scopes`` holds ``"*"`` for the owner (the config-file key, the CLI, a server with no keys on
+    loopback). ``models`` are globs the key may use (empty: any); ``rpm``/``tpm``/``budget`` its limits.
+    """
 
     name: str = "anonymous"
     key_id: str | None = None  # never the key itself
     scopes: frozenset[str] = frozenset({"*"})
+    models: tuple[str, ...] = ()
+    rpm: int | None = None
+    tpm: int | None = None
+    budget: float | None = None  # USD
+
+    def may(self, scope: str) -> bool:
+        return "*" in self.scopes or scope in self.scopes
 
 
 @dataclass(eq=False, slots=True)
@@ -81,6 +91,7 @@ class RequestContext:
     stream: bool = False
     attempts: list[Attempt] = field(default_factory=list)  # one per call to a target, failures too
     attrs: dict[str, Any] = field(default_factory=dict)
+    response_headers: dict[str, str] = field(default_factory=dict)  # stages' headers for the door to send
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,6 +214,7 @@ class InferenceRequest:
     parallel_tool_calls: bool = True
     echo: bool = False
     user: str | None = None
+    cache_scope: str = ""  # whose prefix-cache hits this request may be told of (set by the route stage)
 
     def __repr__(self) -> str:
         size = len(self.messages) if self.kind == "chat" else len(self.prompt)

@@ -12,11 +12,16 @@ from llmhost.core.stage import Request, StageBase
 from llmhost.core.types import EmbedRequest, InferenceRequest, RequestContext
 from llmhost.errors import RequestError
 
-__all__ = ["MAX_EMBED_INPUTS", "MAX_STOP_SEQUENCES", "ValidateStage", "check_tools"]
+__all__ = ["MAX_EMBED_INPUTS", "MAX_STOP_SEQUENCES", "MAX_TOKENS", "ValidateStage", "check_tools"]
 
 MAX_STOP_SEQUENCES = 16
 MAX_EMBED_INPUTS = 2048
 MAX_N = 128
+# Token counts and ids are C ints in llama.cpp (and in every upstream's API); a seed may be any 64-bit
+# value, signed (OpenAI's) or not. Past these, a number is a client mistake whatever door it came by,
+# caught here rather than as an overflow deeper down, or sent on to an upstream.
+MAX_TOKENS = 2**31 - 1
+SEED_RANGE = (-(2**63), 2**64 - 1)
 _TOOL_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 
 
@@ -66,8 +71,12 @@ class ValidateStage(StageBase):
         if request.kind == "completion" and len(request.prompt) == 0:
             raise RequestError("prompt must not be empty", param="prompt")
         s = request.sampling
-        if s.max_tokens is not None and s.max_tokens < 1:
-            raise RequestError("max_tokens must be at least 1", param="max_tokens")
+        if s.max_tokens is not None and not 1 <= s.max_tokens <= MAX_TOKENS:
+            raise RequestError(f"max_tokens must be between 1 and {MAX_TOKENS}", param="max_tokens")
+        if s.seed is not None and not SEED_RANGE[0] <= s.seed <= SEED_RANGE[1]:
+            raise RequestError("seed must be a 64-bit integer", param="seed")
+        if any(not 0 <= token <= MAX_TOKENS for token in s.logit_bias):
+            raise RequestError("logit_bias keys must be token ids (0 and up)", param="logit_bias")
         if s.temperature is not None and not 0.0 <= s.temperature <= 2.0:
             raise RequestError("temperature must be between 0 and 2", param="temperature")
         if s.top_p is not None and not 0.0 < s.top_p <= 1.0:

@@ -12,10 +12,11 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from fastapi.routing import APIRoute
+from starlette.exceptions import HTTPException
 
 from llmhost.core.pipeline import Pipeline
 from llmhost.core.types import Principal, RequestContext, TokenLogprob
-from llmhost.errors import ErrorInfo, LLMHostError, classify
+from llmhost.errors import ErrorInfo, ErrorKind, LLMHostError, classify
 
 __all__ = [
     "ErrorRenderer",
@@ -76,9 +77,18 @@ def door_route(render: ErrorRenderer) -> type[APIRoute]:
 
             async def guarded(request: Request) -> Response:
                 try:
-                    return await handler(request)
+                    response = await handler(request)
+                    ctx: RequestContext | None = getattr(request.state, "llmhost_ctx", None)
+                    if ctx is not None:
+                        response.headers.update(ctx.response_headers)
+                        response.headers["x-request-id"] = ctx.request_id
+                    return response
                 except RequestValidationError as exc:
                     return render(validation_info(exc))
+                except HTTPException as exc:  # FastAPI's own: a body json.loads refused (a 5,000-digit int)
+                    status, headers = exc.status_code, dict(exc.headers or {})
+                    kind: ErrorKind = "invalid_request" if status < 500 else "server"
+                    return render(ErrorInfo(status, kind, str(exc.detail), headers=headers))
                 except LLMHostError as exc:
                     info = classify(exc)
                     if info.status >= 500:
@@ -138,4 +148,6 @@ def pipeline_of(request: Request) -> Pipeline:
 def context_for(request: Request, door: str) -> RequestContext:
     """The request's context: the principal the gate authenticated, and the door it came through."""
     principal = request.scope.get("llmhost.principal") or Principal()
-    return RequestContext(principal=principal, door=door)
+    ctx = RequestContext(principal=principal, door=door)
+    request.state.llmhost_ctx = ctx  # the route class adds the stages' response headers (rate limits)
+    return ctx

@@ -18,9 +18,10 @@ from dataclasses import dataclass, field
 
 from llmhost.engine.detokenizer import TextStream
 from llmhost.engine.runner import LlamaRunner
+from llmhost.engine.sampling import check_logit_bias
 from llmhost.engine.scheduler import Scheduler, Sequence
 from llmhost.engine.types import FinishReason, GenerationRequest, RequestOutput, TokenLogprob
-from llmhost.errors import EngineError
+from llmhost.errors import EngineError, LLMHostError
 
 __all__ = ["Engine", "OutputStream"]
 
@@ -91,7 +92,9 @@ class Engine:
 
     # ----- submitting --------------------------------------------------------------------------------
     def submit(self, request: GenerationRequest, sink: Sink) -> None:
-        """Queue a request; raises at once if it cannot fit or the queue is full."""
+        """Queue a request; raises at once if it cannot fit, the queue is full, or a ``logit_bias`` key is
+        no token of this model (checked here so a bad request never takes a slot or costs its prefix)."""
+        check_logit_bias(request.params.logit_bias, self.runner.vocab.n_vocab)
         with self._cv:
             if self._stopping:
                 raise EngineError("the model is being unloaded")
@@ -237,7 +240,9 @@ class Engine:
             self.runner.clear_slot(seq.slot)
             self.scheduler.slots.forget(seq.slot)
         self._release(seq)
-        error = exc if isinstance(exc, EngineError | ValueError) else EngineError(str(exc))
+        # llmhost's own errors keep their kind: a grammar llama.cpp cannot parse is the client's
+        # RequestError (a 400 the gateway neither retries nor counts), not an engine failure.
+        error = exc if isinstance(exc, LLMHostError | ValueError) else EngineError(str(exc))
         out = RequestOutput(seq.request_id, "", (), seq.num_prompt_tokens, seq.num_completion_tokens, 0)
         return live.sink, _with_error(out, error)
 

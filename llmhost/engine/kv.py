@@ -3,6 +3,11 @@
 Each slot is one llama.cpp sequence id. A free slot remembers which tokens its KV cells still hold, so a
 new request that shares a prefix with them (same system prompt, a chat that continues) starts computing
 after the shared part instead of from zero.
+
+Reuse crosses callers, but the figure reported back (``cached_tokens``) does not: a slot also remembers,
+per cache scope (the caller's API key), how much of its cached prefix that scope itself computed, and a
+request is told only that part. Otherwise one key could learn, from its own usage figures, how much of a
+guessed prompt another key had sent a moment before.
 """
 
 from __future__ import annotations
@@ -25,12 +30,22 @@ def common_prefix_length(a: list[int], b: list[int]) -> int:
     return i
 
 
+# Scopes a slot remembers at most (the longest own prefixes are kept).
+_MAX_SCOPES = 32
+
+
 @dataclass(slots=True)
 class _Slot:
     index: int
     busy: bool = False
     cached: list[int] = field(default_factory=list)  # tokens whose KV cells are resident
     last_used: int = 0
+    # Per cache scope: how many of the leading ``cached`` tokens that scope's own requests computed.
+    own: dict[str, int] = field(default_factory=dict)
+
+    def truncate(self, n: int) -> None:
+        del self.cached[n:]
+        self.own = {scope: min(k, n) for scope, k in self.own.items() if min(k, n) > 0}
 
 
 class SlotTable:
@@ -49,8 +64,9 @@ class SlotTable:
     def n_free(self) -> int:
         return sum(1 for slot in self._slots if not slot.busy)
 
-    def acquire(self, prompt: list[int]) -> tuple[int, int]:
-        """Take a free slot for ``prompt``; return ``(slot, reusable_tokens)``.
+    def acquire(self, prompt: list[int], scope: str = "") -> tuple[int, int, int]:
+        """Take a free slot for ``prompt``; return ``(slot, reusable_tokens, own_reusable_tokens)``,
+        the last being the part of the reuse that ``scope`` itself had computed (what it may be told).
 
         At least one prompt token is always left to compute, because its logits are needed to sample.
         """
@@ -66,16 +82,29 @@ class SlotTable:
         best.busy = True
         self._clock += 1
         best.last_used = self._clock
-        reuse = min(best_len, len(prompt) - 1) if self.prefix_reuse else 0
-        del best.cached[max(reuse, 0) :]
-        return best.index, max(reuse, 0)
+        reuse = max(min(best_len, len(prompt) - 1), 0) if self.prefix_reuse else 0
+        best.truncate(reuse)
+        return best.index, reuse, min(reuse, best.own.get(scope, 0))
 
-    def release(self, index: int, resident_tokens: list[int]) -> None:
-        """Free a slot, remembering the tokens whose KV cells it still holds."""
+    def release(self, index: int, resident_tokens: list[int], scope: str = "") -> None:
+        """Free a slot, remembering the tokens whose KV cells it still holds.
+
+        All of them count as ``scope``'s own from now on: its request sent (or generated) every one, so
+        telling it later that they are cached reveals nothing it did not know. What other scopes had
+        computed stays theirs only up to the reuse point (``acquire`` already cut them there).
+        """
         slot = self._slots[index]
         slot.busy = False
         slot.cached = list(resident_tokens) if self.prefix_reuse else []
+        n = len(slot.cached)
+        own = {s: min(k, n) for s, k in slot.own.items() if s != scope and min(k, n) > 0}
+        if n:
+            own[scope] = n
+        if len(own) > _MAX_SCOPES:
+            own = dict(sorted(own.items(), key=lambda item: item[1], reverse=True)[:_MAX_SCOPES])
+        slot.own = own
 
     def forget(self, index: int) -> None:
         """The slot's KV cells were cleared: nothing in it can be reused."""
-        self._slots[index].cached = []
+        slot = self._slots[index]
+        slot.cached, slot.own = [], {}

@@ -11,6 +11,8 @@ import logging
 import math
 import os
 import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +22,7 @@ import numpy as np
 
 from llmhost.engine.sampling import SequenceSampler, token_logprobs
 from llmhost.engine.types import SamplingParams, SchedulerOutput, TokenLogprob
-from llmhost.errors import EngineError, ModelError, RequestError
+from llmhost.errors import EngineError, ModelError, NotReadyError, RequestError
 
 __all__ = ["EmbeddingRunner", "LlamaRunner", "RunnerConfig", "default_threads", "gpu_offload_supported"]
 
@@ -104,6 +106,11 @@ def _load_model(path: Path, n_gpu_layers: int | None) -> Any:
     return model
 
 
+# Token attributes that make a token "special": llama.cpp matches their text only with parse_special.
+_SPECIAL_ATTRS = llama_cpp.LLAMA_TOKEN_ATTR_CONTROL | llama_cpp.LLAMA_TOKEN_ATTR_UNKNOWN
+_C_SPACE = " \t\n\v\f\r"  # what C's isspace() strips next to an lstrip/rstrip token
+
+
 class _Vocab:
     """Tokenizer helpers shared by the generation and embedding runners."""
 
@@ -111,8 +118,8 @@ class _Vocab:
         self.vocab = llama_cpp.llama_model_get_vocab(model)
         self.n_vocab = int(llama_cpp.llama_vocab_n_tokens(self.vocab))
         self._pieces: dict[int, bytes] = {}
-        self._buf = ctypes.create_string_buffer(256)
         self._eog: dict[int, bool] = {}
+        self._attrs: dict[int, int] = {}
 
     def tokenize(self, text: str, *, add_special: bool = True, parse_special: bool = False) -> list[int]:
         data = text.encode("utf-8")
@@ -127,17 +134,83 @@ class _Vocab:
             raise EngineError("tokenization failed")
         return list(buf[:n])
 
+    def attr(self, token: int) -> int:
+        attr = self._attrs.get(token)
+        if attr is None:
+            attr = self._attrs[token] = int(llama_cpp.llama_vocab_get_attr(self.vocab, token))
+        return attr
+
+    def special_texts(self, text: str) -> set[str]:
+        """The texts of the control (and unknown) tokens that ``text`` would turn into if it were
+        tokenized with special-token parsing, as a template's markup is."""
+        ids = set(self.tokenize(text, add_special=False, parse_special=True))
+        return {self.token_text(t) for t in ids if self.attr(t) & _SPECIAL_ATTRS}
+
+    def tokenize_literal(self, text: str, literals: Mapping[str, str], *, add_special: bool) -> list[int]:
+        """Tokenize ``text`` with special-token parsing, where each key of ``literals`` (a placeholder
+        character standing in for user text) reads as its value, tokenized as plain text.
+
+        The text is cut where llama.cpp's own tokenizer would cut it (at each control token, longest
+        first, honouring lstrip/rstrip), the placeholders are put back in the plain pieces, and each
+        piece is tokenized on its own -- as llama.cpp tokenizes each piece between special tokens, so
+        with no placeholders the result is the same as ``tokenize(text, parse_special=True)``.
+        """
+        specials: dict[str, int] = {}
+        for t in self.tokenize(text, add_special=False, parse_special=True):
+            if self.attr(t) & _SPECIAL_ATTRS:
+                specials.setdefault(self.token_text(t), t)
+        fragments: list[str | int] = [text]
+        for special in sorted(specials, key=len, reverse=True):
+            token = specials[special]
+            lstrip = bool(self.attr(token) & llama_cpp.LLAMA_TOKEN_ATTR_LSTRIP)
+            rstrip = bool(self.attr(token) & llama_cpp.LLAMA_TOKEN_ATTR_RSTRIP)
+            split: list[str | int] = []
+            for fragment in fragments:
+                if isinstance(fragment, int):
+                    split.append(fragment)
+                    continue
+                start = 0
+                while (match := fragment.find(special, start)) >= 0:
+                    left = fragment[start:match]
+                    if lstrip:
+                        left = left.rstrip(_C_SPACE)
+                    if left:
+                        split.append(left)
+                    split.append(token)
+                    start = match + len(special)
+                    if rstrip:
+                        while start < len(fragment) and fragment[start] in _C_SPACE:
+                            start += 1
+                if start < len(fragment):
+                    split.append(fragment[start:])
+            fragments = split
+        tokens: list[int] = []
+        if add_special and self.adds_bos:
+            tokens.append(self.bos)
+        for fragment in fragments:
+            if isinstance(fragment, int):
+                tokens.append(fragment)
+                continue
+            for mark, literal in literals.items():
+                fragment = fragment.replace(mark, literal)
+            tokens += self.tokenize(fragment, add_special=False, parse_special=False)
+        if add_special and self.adds_eos:
+            tokens.append(self.eos)
+        return tokens
+
     def piece(self, token: int) -> bytes:
         """The bytes a token stands for; control tokens render as nothing."""
         cached = self._pieces.get(token)
         if cached is None:
-            n = llama_cpp.llama_token_to_piece(self.vocab, token, self._buf, len(self._buf), 0, False)
+            # A buffer per call: prompt preparation in worker threads reads pieces too.
+            buf = ctypes.create_string_buffer(256)
+            n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, False)
             if n < 0:
                 big = ctypes.create_string_buffer(-n)
                 n = llama_cpp.llama_token_to_piece(self.vocab, token, big, len(big), 0, False)
                 cached = big.raw[:n]
             else:
-                cached = self._buf.raw[:n]
+                cached = buf.raw[:n]
             self._pieces[token] = cached
         return cached
 
@@ -162,6 +235,10 @@ class _Vocab:
     def adds_bos(self) -> bool:
         return bool(llama_cpp.llama_vocab_get_add_bos(self.vocab))
 
+    @property
+    def adds_eos(self) -> bool:
+        return bool(llama_cpp.llama_vocab_get_add_eos(self.vocab))
+
     def token_text(self, token: int) -> str:
         if token < 0:
             return ""
@@ -172,7 +249,9 @@ class _Vocab:
 class LlamaRunner:
     """One loaded model with a context of ``n_slots`` sequences of ``n_ctx_slot`` tokens each.
 
-    Not thread-safe: the engine's step-loop thread is its only caller after construction.
+    Not thread-safe: the engine's step-loop thread is its only caller for decoding. Other threads
+    (prompt preparation, embeddings) use the model inside :meth:`borrow`, which :meth:`close` waits
+    for, so an unload never frees the model under them.
     """
 
     def __init__(self, path: Path, config: RunnerConfig) -> None:
@@ -218,7 +297,9 @@ class LlamaRunner:
         self.logprobs: dict[str, TokenLogprob] = {}
         self._embedder: EmbeddingRunner | None = None
         self._embedder_lock = threading.Lock()
-        self._closed = False
+        self._closing = False
+        self._borrowers = 0
+        self._borrow_cv = threading.Condition()
 
     # ----- metadata ----------------------------------------------------------------------------------
     def meta(self, key: str) -> str | None:
@@ -290,20 +371,65 @@ class LlamaRunner:
                 )
         return sampled
 
+    # ----- use from other threads --------------------------------------------------------------------
+    @contextmanager
+    def borrow(self) -> Iterator[LlamaRunner]:
+        """Use the model (vocabulary, embeddings) from a thread other than the engine's for the block.
+
+        Raises :class:`NotReadyError` (503, retry) once an unload has begun; :meth:`close` waits until
+        every block has left, so no borrower ever touches freed memory.
+        """
+        with self._borrow_cv:
+            if self._closing:
+                raise NotReadyError("the model was unloaded; retry the request")
+            self._borrowers += 1
+        try:
+            yield self
+        finally:
+            with self._borrow_cv:
+                self._borrowers -= 1
+                self._borrow_cv.notify_all()
+
+    @property
+    def closing(self) -> bool:
+        """True once an unload has begun: long work in :meth:`borrow` should stop at the next step."""
+        return self._closing
+
+    @property
+    def n_ctx_embed(self) -> int:
+        """The most tokens one embedding input may have."""
+        return min(self.n_ctx_slot, 8192)
+
     def embedder(self) -> EmbeddingRunner:
-        """The embeddings context for this model, created on first use."""
+        """The embeddings context for this model, created on first use (call inside :meth:`borrow`)."""
         with self._embedder_lock:
-            if self._closed:
-                raise EngineError("the model was unloaded")
+            if self._closing:
+                raise NotReadyError("the model was unloaded; retry the request")
             if self._embedder is None:
-                n_ctx = min(self.n_ctx_slot, 8192)
-                self._embedder = EmbeddingRunner(self.model, self.vocab, n_ctx, self.config.n_threads)
+                self._embedder = EmbeddingRunner(
+                    self.model, self.vocab, self.n_ctx_embed, self.config.n_threads
+                )
             return self._embedder
 
+    def embed_many(self, token_lists: list[list[int]]) -> list[list[float]]:
+        """Embed each token list; an unload that begins meanwhile stops it between inputs."""
+        with self.borrow():
+            embedder = self.embedder()
+            vectors = []
+            for tokens in token_lists:
+                if self._closing:
+                    raise NotReadyError("the model was unloaded while embedding; retry the request")
+                vectors.append(embedder.embed(tokens))
+            return vectors
+
     def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
+        """Free the model; waits for the :meth:`borrow` blocks in flight (new ones are refused)."""
+        with self._borrow_cv:
+            if self._closing:
+                return
+            self._closing = True
+            while self._borrowers:
+                self._borrow_cv.wait()
         with self._embedder_lock:
             if self._embedder is not None:
                 self._embedder.close()

@@ -32,7 +32,14 @@ import numpy as np
 from llmhost.engine.types import SamplingParams
 from llmhost.errors import EngineError, RequestError
 
-__all__ = ["SequenceSampler", "TemperatureDraw", "build_sampler_chain", "fast_path", "token_logprobs"]
+__all__ = [
+    "SequenceSampler",
+    "TemperatureDraw",
+    "build_sampler_chain",
+    "check_logit_bias",
+    "fast_path",
+    "token_logprobs",
+]
 
 _TOKEN_DATA = np.dtype([("id", "<i4"), ("logit", "<f4"), ("p", "<f4")])
 _BLOCK = 512
@@ -305,15 +312,24 @@ def token_logprobs(
     return float(x[token]) - lse, best
 
 
+def check_logit_bias(logit_bias: dict[int, float], n_vocab: int) -> None:
+    """Every ``logit_bias`` key must be a token of this model: a client mistake (400), raised before the
+    request takes a slot, and again where the chain is built."""
+    for token in logit_bias:
+        if not 0 <= token < n_vocab:
+            raise RequestError(
+                f"logit_bias token {token} is not in the vocabulary (0..{n_vocab - 1})", "logit_bias"
+            )
+
+
 def build_sampler_chain(vocab: Any, n_vocab: int, n_ctx: int, params: SamplingParams) -> Any:
     """Return a new llama.cpp sampler chain (no grammar); the caller frees it with ``llama_sampler_free``."""
     chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
     try:
         if params.logit_bias:
+            check_logit_bias(params.logit_bias, n_vocab)
             biases = (llama_cpp.llama_logit_bias * len(params.logit_bias))()
             for i, (token, bias) in enumerate(params.logit_bias.items()):
-                if not 0 <= token < n_vocab:
-                    raise RequestError(f"logit_bias token {token} is not in the vocabulary", "logit_bias")
                 biases[i].token = token  # type: ignore[assignment]
                 biases[i].bias = bias
             add(chain, llama_cpp.llama_sampler_init_logit_bias(n_vocab, len(params.logit_bias), biases))

@@ -3,7 +3,8 @@
 Plain Python with no llama_cpp import: ``admit()`` and ``schedule()`` produce data, the runner decodes it,
 and ``update_from_output()`` takes the sampled tokens back (vLLM's split). Each step:
 
-1. waiting requests take free slots (FIFO), reusing a cached prefix when a slot has one;
+1. waiting requests take free slots (FIFO), reusing a cached prefix when a slot has one (whoever put it
+   there; ``cached_tokens`` reports only the part the request's own cache scope computed);
 2. every sequence that is generating feeds its newest token (one token each);
 3. prompts still being prefilled share what is left of the token budget, in arrival order, so a long
    prompt is split into chunks across steps and running streams keep flowing.
@@ -38,7 +39,9 @@ class Sequence:
     status: SequenceStatus = SequenceStatus.WAITING
     slot: int = -1
     num_computed: int = 0  # tokens whose KV cells are in the cache
-    cached_tokens: int = 0  # prompt tokens reused from the prefix cache
+    # Prompt tokens reused from the prefix cache that this request's own cache scope had computed: the
+    # figure usage reports. The reuse itself may be longer (it crosses scopes): see ``num_computed``.
+    cached_tokens: int = 0
     finish_reason: FinishReason | None = None
     max_total_tokens: int = 0
 
@@ -146,8 +149,8 @@ class Scheduler:
         admitted: list[Admission] = []
         while self.waiting and self.slots.n_free > 0:
             seq = self.waiting.popleft()
-            slot, reuse = self.slots.acquire(seq.request.prompt_tokens)
-            seq.slot, seq.num_computed, seq.cached_tokens = slot, reuse, reuse
+            slot, reuse, own = self.slots.acquire(seq.request.prompt_tokens, seq.request.cache_scope)
+            seq.slot, seq.num_computed, seq.cached_tokens = slot, reuse, own
             seq.status = SequenceStatus.RUNNING
             self.running.append(seq)
             admitted.append(Admission(seq.request_id, slot, reuse))
@@ -218,7 +221,7 @@ class Scheduler:
             self.waiting.remove(seq)
         elif seq.status is SequenceStatus.RUNNING:
             self.running.remove(seq)
-            self.slots.release(seq.slot, seq.tokens[: seq.num_computed])
+            self.slots.release(seq.slot, seq.tokens[: seq.num_computed], seq.request.cache_scope)
         seq.status = SequenceStatus.FINISHED
         seq.finish_reason = reason
         return seq

@@ -57,12 +57,15 @@ class SamplingParams:
 class GenerationRequest:
     """One sequence to generate. ``prompt_tokens`` is already tokenized.
 
-    ``__repr__`` shows token counts, never tokens, so prompts stay out of logs.
+    ``cache_scope`` names who asks (the API key's id; "" for anonymous): prefix reuse crosses scopes,
+    the ``cached_tokens`` figure does not. ``__repr__`` shows token counts, never tokens, so prompts
+    stay out of logs.
     """
 
     request_id: str
     prompt_tokens: list[int]
     params: SamplingParams
+    cache_scope: str = ""
 
     def __repr__(self) -> str:
         return (

@@ -2,6 +2,18 @@
 
 It owns nothing but a view of the model manager: it holds a model for the length of a call (loading it
 when needed), renders chat templates, tokenizes, and starts generations on the model's engine.
+
+Prompt preparation (the request's plan, the template render, tokenization, embeddings) runs in a worker
+thread inside :meth:`LlamaRunner.borrow`, never on the event loop: a hostile template or a multi-MiB
+prompt then costs one worker for a bounded time (the render's time and size limits, a byte cap sized
+from the context window) while every other connection keeps being served, and a forced unload waits
+for the preparation instead of freeing the vocabulary under it.
+
+Special tokens: only the chat template's own markup may produce control tokens. Text that came with
+the request (message content, tool calls, tool definitions) and spells one (``<start_of_turn>``,
+``<|im_start|>``) is tokenized as plain text, so a user cannot forge a turn. Raw completion prompts
+(``/v1/completions``, Ollama's ``raw`` generate) are the client's own prompt format and keep special
+parsing, as llama.cpp's server does for them.
 """
 
 from __future__ import annotations
@@ -11,20 +23,32 @@ import contextlib
 import dataclasses
 import itertools
 import os
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+import re
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from llmhost.config import Settings
 from llmhost.engine.async_engine import OutputStream
 from llmhost.engine.types import GenerationRequest, SamplingParams
-from llmhost.errors import NotReadyError, RequestError
+from llmhost.errors import EngineError, NotReadyError, RequestError
 from llmhost.models.manager import LoadedModel, ModelManager
 from llmhost.models.registry import ModelRecord, Registry
 
-__all__ = ["ChatPlan", "Generation", "LocalBackend", "new_request_id"]
+__all__ = ["BYTES_PER_TOKEN_LIMIT", "ChatPlan", "Generation", "LocalBackend", "new_request_id"]
 
 _ids = itertools.count(1)
+
+# A prompt may have at most this many bytes for each token of the context window. Real text averages
+# 3-5 bytes a token, so no prompt that fits the context is refused, and a multi-MiB prompt against a
+# 4k context fails at once instead of being tokenized (and rendered) first.
+BYTES_PER_TOKEN_LIMIT = 64
+
+# Placeholders for control-token texts found in request text: characters of Unicode's supplementary
+# private use areas, which no tokenizer gives meaning to (each one is checked to be absent from the
+# request).
+_PLACEHOLDER_RANGE = range(0xF0000, 0x10FFFE)
+_PRIVATE_USE = re.compile("[\U000f0000-\U0010ffff]")
 
 
 def new_request_id(prefix: str) -> str:
@@ -79,66 +103,133 @@ class LocalBackend:
         """Per-model sampling defaults from the config, for fields a request leaves unset."""
         return self.settings.model_settings(name).sampling_defaults()
 
-    # ----- generation --------------------------------------------------------------------------------
+    # ----- prompt preparation (worker threads) -------------------------------------------------------
+    def prompt_byte_limit(self, model: LoadedModel) -> int:
+        """The most bytes a prompt for ``model`` may have (:data:`BYTES_PER_TOKEN_LIMIT`)."""
+        return model.runner.n_ctx_slot * BYTES_PER_TOKEN_LIMIT
+
+    def _check_size(self, model: LoadedModel, n_bytes: int, param: str) -> None:
+        limit = self.prompt_byte_limit(model)
+        if n_bytes > limit:
+            raise RequestError(
+                f"the prompt is {n_bytes} bytes, more than the {limit} this server accepts for this "
+                f"model's {model.runner.n_ctx_slot}-token context; shorten it",
+                param=param,
+                code="context_length_exceeded",
+            )
+
     def render_chat(
         self,
         model: LoadedModel,
         messages: Sequence[Mapping[str, Any]],
         tools: Sequence[Mapping[str, Any]] | None = None,
     ) -> str:
+        """The chat template's text for ``messages`` (blocking, bounded: call it in a worker thread)."""
         return model.template.render(
-            messages, tools=tools, bos_token=model.bos_text, eos_token=model.eos_text
+            messages,
+            tools=tools,
+            bos_token=model.bos_text,
+            eos_token=model.eos_text,
+            max_chars=self.prompt_byte_limit(model),
         )
 
     def tokenize_prompt(self, model: LoadedModel, text: str) -> list[int]:
+        """Tokenize a raw prompt, special tokens included (blocking: call it in a worker thread)."""
+        self._check_size(model, len(text.encode("utf-8", errors="replace")), "prompt")
         vocab = model.runner.vocab
         # A template that writes BOS itself must not get a second one from the tokenizer.
         writes_bos = bool(model.bos_text) and text.startswith(model.bos_text)
         return vocab.tokenize(text, add_special=not writes_bos, parse_special=True)
 
-    async def chat(self, name: str, plan: Callable[[LoadedModel], ChatPlan]) -> list[Generation]:
-        """Hold the model, let ``plan`` decide the template input and sampling for it, render the chat
-        template and start one generation per sampling entry (``n`` choices)."""
-        async with self.using(name) as model:
+    def _chat_tokens(self, model: LoadedModel, chosen: ChatPlan) -> list[int]:
+        """Render and tokenize a chat, with the request's own text never read as control tokens."""
+        strings = list(_strings((chosen.messages, chosen.tools)))
+        self._check_size(model, sum(len(x.encode("utf-8", errors="replace")) for x in strings), "messages")
+        vocab = model.runner.vocab
+        found: set[str] = set()
+        for text in set(strings):
+            found |= vocab.special_texts(text)
+        messages, tools = chosen.messages, chosen.tools
+        literals: dict[str, str] = {}
+        if found:
+            literals = _placeholders(found, [*strings, model.template.source])
+            marks = {text: mark for mark, text in literals.items()}
+            messages = _escape(messages, marks)
+            tools = _escape(tools, marks) if tools is not None else None
+        prompt = self.render_chat(model, messages, tools)
+        self._check_size(model, len(prompt.encode("utf-8", errors="replace")), "messages")
+        writes_bos = bool(model.bos_text) and prompt.startswith(model.bos_text)
+        if not literals:
+            return vocab.tokenize(prompt, add_special=not writes_bos, parse_special=True)
+        return vocab.tokenize_literal(prompt, literals, add_special=not writes_bos)
+
+    def _prepare_chat(
+        self, model: LoadedModel, plan: Callable[[LoadedModel], ChatPlan]
+    ) -> tuple[ChatPlan, list[int], tuple[tuple[str, ...], frozenset[int]]]:
+        with model.runner.borrow():
             chosen = plan(model)
-            prompt = self.render_chat(model, chosen.messages, chosen.tools)
-            tokens = self.tokenize_prompt(model, prompt)
-            template_stops, stop_ids = model.template_stops
+            return chosen, self._chat_tokens(model, chosen), model.template_stops
+
+    def _prepare_raw(self, model: LoadedModel, prompt: str | list[int]) -> list[int]:
+        if isinstance(prompt, str):
+            with model.runner.borrow():
+                return self.tokenize_prompt(model, prompt)
+        n_vocab = model.runner.vocab.n_vocab
+        bad = next((t for t in prompt if not 0 <= t < n_vocab), None)
+        if bad is not None:
+            raise RequestError(f"prompt token {bad} is not in the vocabulary (0..{n_vocab - 1})", "prompt")
+        return list(prompt)
+
+    # ----- generation --------------------------------------------------------------------------------
+    async def chat(
+        self, name: str, plan: Callable[[LoadedModel], ChatPlan], cache_scope: str = ""
+    ) -> list[Generation]:
+        """Hold the model, let ``plan`` decide the template input and sampling for it, render the chat
+        template and start one generation per sampling entry (``n`` choices). ``cache_scope`` (the
+        caller's key) decides whose cached prefix counts in ``cached_tokens``."""
+        async with self.using(name) as model:
+            chosen, tokens, (template_stops, stop_ids) = await asyncio.to_thread(
+                self._prepare_chat, model, plan
+            )
             started = []
             for p in chosen.params:
                 stop = tuple(dict.fromkeys((*p.stop, *template_stops)))
                 started.append(dataclasses.replace(p, stop=stop, stop_token_ids=p.stop_token_ids | stop_ids))
             # Once submitted, the engine's own count of live requests keeps the model resident.
-            return self._start(model, tokens, started, "chatcmpl")
+            return self._start(model, tokens, started, "chatcmpl", cache_scope)
 
     async def complete(
-        self, name: str, prompt: str | list[int], params: Sequence[SamplingParams]
+        self,
+        name: str,
+        prompt: str | list[int],
+        params: Sequence[SamplingParams],
+        cache_scope: str = "",
     ) -> list[Generation]:
-        """Continue a raw prompt (text or token ids) without any template."""
+        """Continue a raw prompt (text or token ids) without any template; text is tokenized with
+        special-token parsing, as llama.cpp's server does for raw prompts."""
         async with self.using(name) as model:
-            if isinstance(prompt, str):
-                tokens = self.tokenize_prompt(model, prompt)
-            else:
-                n_vocab = model.runner.vocab.n_vocab
-                bad = next((t for t in prompt if not 0 <= t < n_vocab), None)
-                if bad is not None:
-                    raise RequestError(
-                        f"prompt token {bad} is not in the vocabulary (0..{n_vocab - 1})", "prompt"
-                    )
-                tokens = list(prompt)
-            return self._start(model, tokens, params, "cmpl")
+            tokens = await asyncio.to_thread(self._prepare_raw, model, prompt)
+            return self._start(model, tokens, params, "cmpl", cache_scope)
+
+    async def chat_tokens(self, name: str, plan: Callable[[LoadedModel], ChatPlan]) -> list[int]:
+        """The prompt tokens a chat would start with."""
+        async with self.using(name) as model:
+            return (await asyncio.to_thread(self._prepare_chat, model, plan))[1]
 
     async def count_chat_tokens(self, name: str, plan: Callable[[LoadedModel], ChatPlan]) -> int:
-        async with self.using(name) as model:
-            chosen = plan(model)
-            return len(self.tokenize_prompt(model, self.render_chat(model, chosen.messages, chosen.tools)))
+        return len(await self.chat_tokens(name, plan))
 
     async def count_text_tokens(self, name: str, text: str) -> int:
         async with self.using(name) as model:
-            return len(self.tokenize_prompt(model, text))
+            return len(await asyncio.to_thread(self._prepare_raw, model, text))
 
     def _start(
-        self, model: LoadedModel, tokens: list[int], params: Sequence[SamplingParams], kind: str
+        self,
+        model: LoadedModel,
+        tokens: list[int],
+        params: Sequence[SamplingParams],
+        kind: str,
+        cache_scope: str,
     ) -> list[Generation]:
         if len(params) > model.runner.n_slots:
             raise RequestError(
@@ -149,8 +240,15 @@ class LocalBackend:
         generations: list[Generation] = []
         try:
             for i, p in enumerate(params):
-                request = GenerationRequest(request_id if i == 0 else f"{request_id}-{i}", tokens, p)
-                stream = model.engine.stream(request)
+                rid = request_id if i == 0 else f"{request_id}-{i}"
+                request = GenerationRequest(rid, tokens, p, cache_scope=cache_scope)
+                try:
+                    stream = model.engine.stream(request)
+                except EngineError as exc:
+                    if type(exc) is not EngineError:
+                        raise  # a full queue (429) and the like keep their own status
+                    # The engine refuses only while it is being unloaded: a retry loads it again.
+                    raise NotReadyError("the model was unloaded; retry the request") from exc
                 logprobs = p.logprobs is not None
                 generations.append(Generation(request.request_id, model.name, len(tokens), stream, logprobs))
         except BaseException:
@@ -162,18 +260,72 @@ class LocalBackend:
     async def embed(self, name: str, inputs: Sequence[str | list[int]]) -> tuple[list[list[float]], int]:
         """Embed each input; return the vectors and the total number of input tokens."""
         async with self.using(name) as model:
-            vocab = model.runner.vocab
-            token_lists = [
-                vocab.tokenize(x, add_special=True) if isinstance(x, str) else list(x) for x in inputs
-            ]
-            for tokens in token_lists:
-                bad = next((t for t in tokens if not 0 <= t < vocab.n_vocab), None)
-                if bad is not None:
-                    raise RequestError(f"input token {bad} is not in the vocabulary", "input")
-
-            def run() -> list[list[float]]:
-                embedder = model.runner.embedder()
-                return [embedder.embed(tokens) for tokens in token_lists]
-
-            vectors = await asyncio.to_thread(run)  # the hold keeps the model loaded meanwhile
+            token_lists = await asyncio.to_thread(self._embedding_tokens, model, inputs)
+            # The hold keeps the model loaded; a forced unload stops the batch between inputs (503).
+            vectors = await asyncio.to_thread(model.runner.embed_many, token_lists)
             return vectors, sum(len(t) for t in token_lists)
+
+    def _embedding_tokens(self, model: LoadedModel, inputs: Sequence[str | list[int]]) -> list[list[int]]:
+        runner = model.runner
+        limit = runner.n_ctx_embed * BYTES_PER_TOKEN_LIMIT
+        token_lists = []
+        with runner.borrow():
+            vocab = runner.vocab
+            for x in inputs:
+                if isinstance(x, str):
+                    if len(x.encode("utf-8", errors="replace")) > limit:
+                        raise RequestError(
+                            f"an input is longer than the {runner.n_ctx_embed} tokens this model "
+                            "embeds at once",
+                            param="input",
+                        )
+                    token_lists.append(vocab.tokenize(x, add_special=True))
+                else:
+                    token_lists.append(list(x))
+        for tokens in token_lists:
+            bad = next((t for t in tokens if not 0 <= t < vocab.n_vocab), None)
+            if bad is not None:
+                raise RequestError(f"input token {bad} is not in the vocabulary", "input")
+        return token_lists
+
+
+# ----- request text that spells control tokens ----------------------------------------------------------
+def _strings(value: Any) -> Iterator[str]:
+    """Every string in a template input (dict keys included: ``tojson`` writes them)."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            yield from _strings(key)
+            yield from _strings(item)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            yield from _strings(item)
+
+
+def _placeholders(texts: set[str], taken: Sequence[str]) -> dict[str, str]:
+    """One placeholder character per control-token text, none of them present in ``taken``."""
+    used = {c for s in taken for c in _PRIVATE_USE.findall(s)}
+    free = (chr(code) for code in _PLACEHOLDER_RANGE if chr(code) not in used)
+    out: dict[str, str] = {}
+    for text in sorted(texts, key=lambda t: (-len(t), t)):
+        mark = next(free, None)
+        if mark is None:
+            raise RequestError("the messages use every private-use character", param="messages")
+        out[mark] = text
+    return out
+
+
+def _escape(value: Any, marks: Mapping[str, str]) -> Any:
+    """``value`` with each control-token text in its strings replaced by its placeholder (longest
+    first, so a text that contains a shorter one stays whole)."""
+    if isinstance(value, str):
+        for text, mark in marks.items():
+            if text in value:
+                value = value.replace(text, mark)
+        return value
+    if isinstance(value, Mapping):
+        return {_escape(k, marks): _escape(v, marks) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_escape(item, marks) for item in value]
+    return value

@@ -9,6 +9,11 @@ Memory: loading estimates weights + KV cache + compute buffers from GGUF metadat
 least-recently-used *idle* models until the new one fits the RAM (or VRAM) budget. A model is idle when
 no request holds it (``acquire``/``release``) and its engine has nothing running or waiting, so a model
 is never unloaded under a running request. Idle models also unload after their ``keep_alive``.
+
+A forced unload (``unload(name, force=True)``) does not wait for idleness, but it never frees memory that
+is in use: running generations end (``abort``) when the engine's loop stops, and freeing the model waits
+for every thread inside :meth:`LlamaRunner.borrow` -- prompt preparation finishes, an embedding batch
+stops between inputs -- which then fail with a 503 to retry (the next request loads the model again).
 """
 
 from __future__ import annotations
@@ -66,6 +71,8 @@ class LoadedModel:
     loaded_at: float = field(default_factory=time.time)
     refs: int = 0
 
+    # The properties below read the vocabulary: off the engine's thread, use them inside
+    # ``runner.borrow()`` so a forced unload cannot free it meanwhile.
     @property
     def bos_text(self) -> str:
         vocab = self.runner.vocab
@@ -273,7 +280,8 @@ class ModelManager:
 
     # ----- unloading ---------------------------------------------------------------------------------
     def unload(self, name: str, *, force: bool = False) -> bool:
-        """Unload what ``name`` points at; refuse while it serves requests unless ``force``."""
+        """Unload what ``name`` points at; refuse while it serves requests unless ``force`` (see the
+        module docstring for what a forced unload does to them). Blocks until the memory is free."""
         record = self.registry.find(name)
         if record is None:
             return False

@@ -38,7 +38,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
-from llmhost.errors import ModelError, RequestError
+from llmhost.errors import InvalidModelFileError, ModelError, RequestError
 from llmhost.models.gguf_check import GGUFInfo, inspect_gguf
 from llmhost.models.registry import ModelRecord, Registry
 
@@ -100,6 +100,11 @@ def _disk_error(exc: OSError, name: str, where: Path) -> ModelError:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return ModelError(f"not enough disk space in {where} to import model '{name}': {exc}")
     return ModelError(f"cannot import model '{name}': {exc}")
+
+
+def _same_kind(exc: ModelError, message: str) -> ModelError:
+    """``message`` as the same kind of error: an invalid file stays a 400 when the store adds context."""
+    return InvalidModelFileError(message) if isinstance(exc, InvalidModelFileError) else ModelError(message)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -261,7 +266,7 @@ class ModelStore:
                 info = inspect_gguf(tmp)
             except ModelError as exc:
                 origin = str(sources[0]) if len(sources) == 1 else f"{len(sources)} parts ({sources[0]}, ...)"
-                raise ModelError(f"cannot import model '{name}' from {origin}: {exc}") from exc
+                raise _same_kind(exc, f"cannot import model '{name}' from {origin}: {exc}") from exc
 
             record, moved = self._commit(tmp, info, name, hexdigest, size, source, default_license)
         finally:
@@ -330,7 +335,7 @@ class ModelStore:
             try:
                 info = inspect_gguf(path)
             except ModelError as exc:
-                raise ModelError(f"cannot import model '{name}' from {path}: {exc}") from exc
+                raise _same_kind(exc, f"cannot import model '{name}' from {path}: {exc}") from exc
             try:
                 size = path.stat().st_size
                 with open(path, "rb") as f:

@@ -5,7 +5,8 @@ Templates are Jinja, rendered the way Hugging Face ``transformers`` renders ``to
 ``loopcontrols`` extension, a pass-through ``{% generation %}`` block, a ``raise_exception(msg)`` global, a
 ``strftime_now(fmt)`` global and a ``tojson`` filter that keeps non-ASCII text as is. Templates come from GGUF
 metadata or from the configuration, so they are untrusted: the sandbox refuses attribute escapes
-(``''.__class__...``) and mutation of lists and dicts, and every failure is reported as a
+(``''.__class__...``) and mutation of lists and dicts, a render is bounded in time and size
+(:mod:`llmhost.models.template_sandbox`), and every failure is reported as a
 :class:`~llmhost.errors.RequestError` on ``messages`` rather than a server error.
 
 Which template is used (:func:`resolve_chat_template`): a configured override, else the model's own
@@ -29,13 +30,21 @@ from datetime import datetime
 from types import MappingProxyType
 from typing import Any, NoReturn
 
-from jinja2 import Environment, Template, TemplateError, TemplateSyntaxError, Undefined, nodes
+from jinja2 import Environment, Template, TemplateError, TemplateSyntaxError, nodes
 from jinja2.exceptions import SecurityError
 from jinja2.ext import Extension, loopcontrols
 from jinja2.parser import Parser
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from llmhost.errors import RequestError
+from llmhost.models.template_sandbox import (
+    DEFAULT_MAX_CHARS,
+    DEFAULT_TIME_LIMIT,
+    BoundedSandbox,
+    PromptTooLongError,
+    RenderLimitError,
+    render_bounded,
+    render_limits,
+)
 
 __all__ = [
     "BUILTIN_TEMPLATES",
@@ -254,18 +263,6 @@ class _GenerationExtension(Extension):
         return caller()
 
 
-class _ChatTemplateEnvironment(ImmutableSandboxedEnvironment):
-    """The sandbox, made strict about unsafe attributes.
-
-    Jinja's sandbox answers an unsafe attribute lookup (``x.__class__``, ``list.append``) with an undefined
-    value that only fails when used further; here the lookup itself fails, so an escape attempt can never
-    render silently as an empty string.
-    """
-
-    def unsafe_undefined(self, obj: Any, attribute: str) -> Undefined:
-        raise SecurityError(f"access to attribute {attribute!r} of {type(obj).__name__!r} object is unsafe")
-
-
 def _raise_exception(message: str) -> NoReturn:
     raise _TemplateRaisedError(message)
 
@@ -286,8 +283,8 @@ def _strftime_now(fmt: str) -> str:
     return datetime.now().strftime(fmt)
 
 
-def _make_environment() -> _ChatTemplateEnvironment:
-    env = _ChatTemplateEnvironment(
+def _make_environment() -> BoundedSandbox:
+    env = BoundedSandbox(
         trim_blocks=True,
         lstrip_blocks=True,
         extensions=[loopcontrols, _GenerationExtension],
@@ -295,6 +292,7 @@ def _make_environment() -> _ChatTemplateEnvironment:
     env.globals["raise_exception"] = _raise_exception
     env.globals["strftime_now"] = _strftime_now
     env.filters["tojson"] = _tojson
+    env.guard_filters()
     return env
 
 
@@ -308,7 +306,16 @@ def _compile(source: str) -> Template:
 
 
 def _template_error(exc: BaseException) -> RequestError:
-    if isinstance(exc, TemplateSyntaxError):
+    if isinstance(exc, PromptTooLongError):
+        return RequestError(
+            f"the rendered prompt is longer than the {exc.max_chars} characters this model's context "
+            "accepts; shorten the messages",
+            param="messages",
+            code="context_length_exceeded",
+        )
+    if isinstance(exc, RenderLimitError):
+        detail = f"stopped: {exc}"
+    elif isinstance(exc, TemplateSyntaxError):
         where = f" on line {exc.lineno}" if exc.lineno else ""
         detail = f"syntax error{where}: {exc.message or exc}"
     elif isinstance(exc, SecurityError):
@@ -370,14 +377,17 @@ _PROBE_RESULT = {
 def _probe(source: str, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> str:
     """Render a probe conversation; '' when the template refuses it."""
     for add_generation_prompt in (True, False):
+        context = {
+            "messages": messages,
+            "tools": tools,
+            "add_generation_prompt": add_generation_prompt,
+            "bos_token": "",
+            "eos_token": "",
+        }
         try:
-            return _compile(source).render(
-                messages=messages,
-                tools=tools,
-                add_generation_prompt=add_generation_prompt,
-                bos_token="",
-                eos_token="",
-            )
+            return render_bounded(_compile(source), context)
+        except RenderLimitError:
+            raise  # not an answer about the template's features: never cached as one
         except Exception:  # a template that refuses the probe does not support what it probes
             continue
     return ""
@@ -495,9 +505,16 @@ class ChatTemplate:
         bos_token: str = "",
         eos_token: str = "",
         tools: Sequence[Mapping[str, Any]] | None = None,
+        max_chars: int = DEFAULT_MAX_CHARS,
+        time_limit: float = DEFAULT_TIME_LIMIT,
     ) -> str:
         """Render ``messages`` into prompt text; ``tools`` (template-shaped, see
         :func:`llmhost.toolcalls.to_template_tools`) are passed to the template as ``tools``.
+
+        The render is bounded (:mod:`llmhost.models.template_sandbox`): it fails after ``time_limit``
+        seconds, or once its output (or any value it builds) passes ``max_chars`` characters -- the
+        caller sizes that from the model's context, so a prompt that could never fit fails here,
+        before tokenization. It blocks for as long as it runs: call it off the event loop.
 
         Messages are dicts with ``role`` and string ``content`` (``None`` renders as empty), plus
         ``tool_calls`` / ``tool_call_id`` / ``name`` for tool use. Where the template cannot write tools,
@@ -514,18 +531,21 @@ class ChatTemplate:
             prepared.append(item)
         tool_list = [dict(tool) for tool in tools] if tools else None
         try:
-            template = _compile(self.source)
-            if _uses_tools(prepared, tool_list):
-                caps = self.caps
-                if not (caps.tools and caps.tool_calls and caps.tool_results):
-                    prepared = _with_tool_fallbacks(prepared, tool_list, caps)
-            return template.render(
-                messages=prepared,
-                tools=tool_list,
-                add_generation_prompt=add_generation_prompt,
-                bos_token=bos_token,
-                eos_token=eos_token,
-            )
+            # One budget for the whole call, the first use's feature probes included.
+            with render_limits(max_chars, time_limit):
+                template = _compile(self.source)
+                if _uses_tools(prepared, tool_list):
+                    caps = self.caps
+                    if not (caps.tools and caps.tool_calls and caps.tool_results):
+                        prepared = _with_tool_fallbacks(prepared, tool_list, caps)
+                context = {
+                    "messages": prepared,
+                    "tools": tool_list,
+                    "add_generation_prompt": add_generation_prompt,
+                    "bos_token": bos_token,
+                    "eos_token": eos_token,
+                }
+                return render_bounded(template, context)
         except Exception as exc:  # anything a template does wrong is the request's (or template's) fault
             raise _template_error(exc) from exc
 

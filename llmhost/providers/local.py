@@ -178,7 +178,7 @@ class LocalProvider:
                 engine_sampling(request.sampling, defaults, grammar=grammar, seed_offset=i) for i in range(n)
             ]
             prompt = request.prompt if isinstance(request.prompt, str) else list(request.prompt)
-            return await self.backend.complete(request.model, prompt, params), None
+            return await self.backend.complete(request.model, prompt, params, request.cache_scope), None
         if request.tools:
             validate_tools(request.tools, request.tool_choice)
         syntax: ToolSyntax | None = None
@@ -189,7 +189,7 @@ class LocalProvider:
                 syntax = detect_syntax(model.template.source, model.record.architecture, model.name)
             return _plan(request, defaults, syntax)
 
-        return await self.backend.chat(request.model, plan), syntax
+        return await self.backend.chat(request.model, plan, request.cache_scope), syntax
 
     async def answer(self, request: InferenceRequest) -> Result:
         gens, syntax = await self._start(request)

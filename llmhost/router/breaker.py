@@ -2,6 +2,9 @@
 
 closed --(``failures`` within ``window`` s)--> open --(``cooldown`` s)--> half-open
 half-open --(probe succeeds)--> closed;  half-open --(probe fails)--> open
+half-open --(probe ends in a client error)--> half-open, the next request probes
+
+Only the target's own failures count (the gateway's ``is_retryable``); a client's 4xx never does.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ class CircuitBreaker:
         self._state = BreakerState.CLOSED
         self._opened_at = 0.0
         self._probe_in_flight = False
+        self._probe_since = 0.0
         self._lock = threading.Lock()
         self.opened_count = 0
 
@@ -54,13 +58,19 @@ class CircuitBreaker:
         return self._state
 
     def allow(self) -> bool:
-        """May a request go to this target now? In half-open, exactly one probe is let through."""
+        """May a request go to this target now? In half-open, one probe at a time is let through; a
+        probe that has given no verdict for ``cooldown`` seconds (its stream was never read, say) no
+        longer holds the next one back, so a lost verdict never leaves the target shut out for good."""
         with self._lock:
             state = self._current_state()
             if state is BreakerState.CLOSED:
                 return True
-            if state is BreakerState.HALF_OPEN and not self._probe_in_flight:
+            now = self._clock()
+            if state is BreakerState.HALF_OPEN and (
+                not self._probe_in_flight or now - self._probe_since >= self.cooldown
+            ):
                 self._probe_in_flight = True
+                self._probe_since = now
                 return True
             return False
 
@@ -82,6 +92,15 @@ class CircuitBreaker:
                 self._failures.popleft()
             if state is BreakerState.CLOSED and len(self._failures) >= self.threshold:
                 self._open(now)
+
+    def release(self) -> None:
+        """A call that was let through ended without a verdict on the target's health (a client
+        error, a client that left mid-stream): neither a success nor a failure, so the state stays as
+        it is, but a half-open breaker lets the next request probe instead of waiting forever for this
+        one. (A call let through while still closed may release a later probe early: one extra probe
+        at worst, never a stuck breaker.)"""
+        with self._lock:
+            self._probe_in_flight = False
 
     def trip(self) -> None:
         """Open now (a failed health probe)."""

@@ -175,6 +175,15 @@ class UsageStore:
             for r in rows
         ]
 
+    def spent(self, key_id: str) -> float:
+        """USD a key has spent, every recorded row included (waits for the writer's queue first)."""
+        self.flush()
+        with self._connect() as conn:
+            row = conn.execute(
+                "SELECT COALESCE(SUM(cost), 0) FROM usage WHERE api_key = ?", (key_id,)
+            ).fetchone()
+        return float(row[0])
+
     def close(self) -> None:
         self._queue.put(None)
         self._thread.join(timeout=10)
@@ -221,4 +230,3 @@ class UsageStage(StageBase):
                     principal=ctx.principal.name,
                 )
             )
-        ctx.attempts.clear()

@@ -34,7 +34,7 @@ from llmhost.core.types import (
     Result,
     Usage,
 )
-from llmhost.errors import LLMHostError, ModelNotFoundError, NotReadyError, ProviderError, RequestError
+from llmhost.errors import LLMHostError, ModelNotFoundError, NotReadyError, ProviderError, classify
 from llmhost.providers.base import Provider
 from llmhost.router.breaker import CircuitBreaker
 from llmhost.router.cascade import cascade_check_fails
@@ -62,12 +62,18 @@ class Route:
 
 def is_retryable(exc: BaseException) -> bool:
     """May another attempt, or another target, succeed where this one failed? Never for a client
-    mistake (a 4xx), so those neither fall back nor count against a breaker."""
+    mistake, anything :func:`classify` answers with a 4xx other than 429 (a bad field, a grammar that
+    does not parse, a refused or unauthenticated call), so those neither fall back nor count against a
+    breaker. Two 4xx are the target's, not the client's: 429 (that target is busy) and a target whose
+    model is missing (the client named the route, and the route's next target may have it)."""
     if isinstance(exc, ProviderError):
         return exc.retryable
-    if isinstance(exc, RequestError):
-        return isinstance(exc, ModelNotFoundError)
-    return isinstance(exc, LLMHostError | OSError)
+    if isinstance(exc, ModelNotFoundError):
+        return True
+    if isinstance(exc, LLMHostError):
+        status = classify(exc).status
+        return status >= 500 or status == 429
+    return isinstance(exc, OSError)
 
 
 def carries_output(delta: Delta) -> bool:
@@ -240,6 +246,8 @@ class Gateway:
                     if note:
                         self._note(ctx, route, target, tier, Usage(), time.perf_counter() - started, exc)
                     if not route.explicit or not is_retryable(exc):
+                        if breaker is not None:
+                            breaker.release()  # a half-open probe that got a client error proved nothing
                         raise
                     if breaker is not None:
                         breaker.record_failure()
@@ -251,6 +259,10 @@ class Gateway:
                         await asyncio.sleep(route.backoff * 2**attempt)
                         continue
                     break
+                except BaseException:
+                    if breaker is not None:
+                        breaker.release()  # cancelled (the client left): no verdict on the target
+                    raise
                 elapsed = time.perf_counter() - started
                 if not stream:
                     target.latency.add(elapsed)
@@ -278,6 +290,7 @@ class Gateway:
         breaker = self.breaker(target) if route.explicit else None
         usage = Usage()
         status: str | BaseException = "ok"
+        verdict = False  # did this stream tell the breaker anything?
         try:
             for delta in buffered:
                 usage = delta.usage or usage
@@ -290,10 +303,14 @@ class Gateway:
                 status = exc
                 if breaker is not None and is_retryable(exc):
                     breaker.record_failure()
+                    verdict = True
                 raise
             if breaker is not None:
                 breaker.record_success()
+                verdict = True
         finally:
+            if breaker is not None and not verdict:
+                breaker.release()  # a client error or a client gone: let the next request probe
             await _aclose(iterator)
             elapsed = time.perf_counter() - started
             if status == "ok":

@@ -21,8 +21,9 @@ HEADER_SECRET = "hdr-secret-0d41b2"
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
-def scrape(live: LiveServer) -> tuple[str, Samples]:
-    r = httpx.get(f"{live.base_url}/metrics", timeout=10)
+def scrape(live: LiveServer, key: str | None = None) -> tuple[str, Samples]:
+    headers = {"authorization": f"Bearer {key}"} if key else {}
+    r = httpx.get(f"{live.base_url}/metrics", timeout=10, headers=headers)
     assert r.status_code == 200, r.text
     assert r.headers["content-type"].startswith("text/plain")
     samples: Samples = {}
@@ -107,7 +108,9 @@ def test_counters_keep_counting_across_scrapes_and_streams_count_too(server: Liv
         assert value(samples, total, path="/v1/chat/completions", method="POST", status="200") == expected
 
 
-def test_metrics_need_no_api_key_and_count_the_refusals(tmp_path: Path, tiny_model_path: Path) -> None:
+def test_metrics_need_the_key_once_one_is_set_and_count_the_refusals(
+    tmp_path: Path, tiny_model_path: Path
+) -> None:
     settings = make_settings(tmp_path / "data", api_key="server-key-7c2e")
     service = make_service(settings, tiny_model_path)
     live = start_server(settings, service)
@@ -130,11 +133,13 @@ def test_metrics_need_no_api_key_and_count_the_refusals(tmp_path: Path, tiny_mod
             timeout=30,
         )
         assert ok.status_code == 200, ok.text
-        text, samples = scrape(live)  # no Authorization header
+        assert httpx.get(f"{live.base_url}/metrics").status_code == 401
+        text, samples = scrape(live, "server-key-7c2e")
         total = "llmhost_http_requests_total"
         assert value(samples, total, path="/v1/models", method="GET", status="401") == 1
         assert value(samples, total, path="/v1/chat/completions", method="POST", status="401") == 1
         assert value(samples, total, path="/v1/chat/completions", method="POST", status="200") == 1
+        assert value(samples, total, path="/metrics", method="GET", status="401") == 1
         assert "server-key-7c2e" not in text
     finally:
         live.stop()

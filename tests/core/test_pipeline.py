@@ -37,7 +37,16 @@ class RefuseWord(StageBase):
 
 
 def test_stage_names_read_in_order(service: Service) -> None:
-    assert service.pipeline.stage_names == ("validate", "route", "generate", "usage")
+    assert service.pipeline.stage_names == (
+        "audit",
+        "auth",
+        "validate",
+        "route",
+        "limits",
+        "budget",
+        "generate",
+        "usage",
+    )
 
 
 def test_a_refusing_stage_applies_to_the_openai_door(settings: Settings, tiny_model_path: object) -> None:

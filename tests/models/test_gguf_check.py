@@ -10,9 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from llmhost.errors import ModelError
+from llmhost.errors import InvalidModelFileError, ModelError, classify
 from llmhost.models.gguf_check import GGUFInfo, inspect_gguf
-from tests.tiny_gguf import truncate_copy, write_not_gguf, write_tiny_llama_gguf
+from llmhost.models.registry import Registry
+from llmhost.models.store import ModelStore
+from tests.tiny_gguf import tiny_vocab, truncate_copy, write_not_gguf, write_tiny_llama_gguf, write_vocab_gguf
 
 TEMPLATE = "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}{% endfor %}<|assistant|>"
 
@@ -39,8 +41,9 @@ def assert_rejected(path: Path, *fragments: str) -> str:
         pytest.fail(f"inspect_gguf accepted a bad file: {path}")
     assert str(path) in message
     assert "\n" not in message
+    problem = message.replace(str(path), "<path>")  # a test's own path may hold a fragment ("truncated")
     for fragment in fragments:
-        assert fragment in message, message
+        assert fragment in problem, message
     return message
 
 
@@ -202,6 +205,15 @@ def test_absurd_metadata_count(tiny_model: Path, tmp_path: Path) -> None:
     assert_rejected(path, "metadata key count")
 
 
+def test_counts_the_file_cannot_hold(tiny_model: Path, tmp_path: Path) -> None:
+    size = tiny_model.stat().st_size
+    data = bytearray(tiny_model.read_bytes())
+    struct.pack_into("<Q", data, 8, 900_000)  # under the cap, but 900k tensor infos need 21.6 MB
+    path = tmp_path / "tensor-count.gguf"
+    path.write_bytes(bytes(data))
+    assert_rejected(path, "truncated: 900000 tensors and", f"file has {size}")
+
+
 def test_no_tensors(tmp_path: Path) -> None:
     path = tmp_path / "no-tensors.gguf"
     path.write_bytes(b"GGUF" + struct.pack("<IQQ", 3, 0, 0))
@@ -215,8 +227,14 @@ def raw_gguf(
     tensor_type: int = 0,
     offset: int = 0,
     value_type: int = 8,
+    shape: tuple[int, ...] | None = None,
+    tensor_name: str = "x",
 ) -> bytes:
-    """A minimal hand-built GGUF v3: string metadata ``kvs`` and one tensor "x" (F32 by default)."""
+    """A minimal hand-built GGUF v3: string metadata ``kvs`` and one tensor "x" (F32 by default).
+
+    ``shape`` (ggml order) replaces the one dimension of ``n_elems``; the data section is then left
+    empty when the shape claims more than a MiB (those files are rejected before the data matters).
+    """
 
     def gstr(s: str) -> bytes:
         return struct.pack("<Q", len(s.encode())) + s.encode()
@@ -225,9 +243,13 @@ def raw_gguf(
     out = b"GGUF" + struct.pack("<IQQ", 3, 1, len(items))
     for key, value in items:
         out += gstr(key) + struct.pack("<I", value_type) + gstr(value)  # 8 = STRING
-    out += gstr("x") + struct.pack("<IQIQ", 1, n_elems, tensor_type, offset)  # 1 dim
+    dims = shape if shape is not None else (n_elems,)
+    out += gstr(tensor_name) + struct.pack(f"<I{len(dims)}QIQ", len(dims), *dims, tensor_type, offset)
     out += bytes(-len(out) % 32)  # default alignment
-    return out + bytes(offset + 4 * n_elems)
+    n_data = 1
+    for dim in dims:
+        n_data *= dim
+    return out + bytes(offset + (4 * n_data if n_data <= 1 << 18 else 0))
 
 
 def test_hand_built_minimal_file_is_accepted(tmp_path: Path) -> None:
@@ -269,12 +291,200 @@ def test_corrupt_metadata_and_tensor_info(tmp_path: Path, blob: bytes, fragment:
     assert_rejected(path, fragment)
 
 
+@pytest.mark.parametrize(
+    ("shape", "fragment"),
+    [
+        ((4, 1, 1, 1, 1), "tensor 'x' has 5 dimensions, more than 4"),
+        ((4, 0), "tensor 'x' dimension 1 is 0"),
+        ((4, 2**63), f"tensor 'x' dimension 1 is {2**63}"),
+        ((2**32, 2**32), "tensor 'x' has more elements than an int64 holds"),
+        ((2**62, 4), "tensor 'x' has more elements than an int64 holds"),
+    ],
+    ids=["five-dims", "zero-dim", "negative-dim", "overflow", "overflow-second-dim"],
+)
+def test_tensor_shapes_llama_cpp_would_reject(tmp_path: Path, shape: tuple[int, ...], fragment: str) -> None:
+    path = tmp_path / "bad-shape.gguf"
+    path.write_bytes(raw_gguf(ARCH, shape=shape))
+    assert_rejected(path, fragment)
+
+
+def test_four_dimensional_tensors_are_fine(tmp_path: Path) -> None:
+    path = tmp_path / "4d.gguf"
+    path.write_bytes(raw_gguf(ARCH, shape=(4, 2, 3, 2)))
+    assert inspect_gguf(path).parameter_count == 48
+
+
+def test_tensor_name_too_long_for_ggml(tmp_path: Path) -> None:
+    path = tmp_path / "long-name.gguf"
+    path.write_bytes(raw_gguf(ARCH, tensor_name="t" * 64))
+    assert_rejected(path, "tensor name of 64 bytes", "at most 63")
+
+
 def test_garbage_length_field(tmp_path: Path) -> None:
     blob = bytearray(raw_gguf(ARCH))
     struct.pack_into("<Q", blob, 24, 2**62)  # the first metadata key's length
     path = tmp_path / "huge-length.gguf"
     path.write_bytes(bytes(blob))
     assert_rejected(path, "corrupt header", "points past the end of the file")
+
+
+# --- tokenizer arrays must agree with each other (llama.cpp indexes them by token id) ---------------
+
+N_TOKENS = len(tiny_vocab()[0])
+
+
+def test_the_tiny_vocabulary_file_is_accepted(tmp_path: Path) -> None:
+    info = inspect_gguf(write_vocab_gguf(tmp_path / "vocab.gguf"))
+    assert info.architecture == "llama"
+
+
+@pytest.mark.parametrize("n_scores", [N_TOKENS - 1, N_TOKENS + 1, 3])
+def test_scores_count_must_equal_the_token_count(tmp_path: Path, n_scores: int) -> None:
+    path = write_vocab_gguf(tmp_path / "scores.gguf", scores=[0.0] * n_scores)
+    assert_rejected(path, f"tokenizer.ggml.scores has {n_scores} entries", f"{N_TOKENS} tokens")
+
+
+@pytest.mark.parametrize("n_types", [N_TOKENS - 1, N_TOKENS + 7])
+def test_token_type_count_must_equal_the_token_count(tmp_path: Path, n_types: int) -> None:
+    path = write_vocab_gguf(tmp_path / "types.gguf", token_types=[1] * n_types)
+    assert_rejected(path, f"tokenizer.ggml.token_type has {n_types} entries", f"{N_TOKENS} tokens")
+
+
+def test_scores_and_types_without_tokens_are_rejected(tmp_path: Path) -> None:
+    path = write_vocab_gguf(tmp_path / "no-tokens.gguf", tokens=None)
+    assert_rejected(path, "tokenizer.ggml.scores", "no tokenizer.ggml.tokens")
+
+
+@pytest.mark.parametrize(
+    ("arrays", "fragment"),
+    [
+        ({"scores": ["s"] * N_TOKENS}, "tokenizer.ggml.scores must be an array of FLOAT32 or INT32"),
+        ({"token_types": [0.5] * N_TOKENS}, "tokenizer.ggml.token_type must be an array of INT32"),
+        ({"tokens": list(range(N_TOKENS))}, "tokenizer.ggml.tokens must be an array of STRING"),
+        ({"merges": [1, 2]}, "tokenizer.ggml.merges must be an array of STRING"),
+        ({"tokens": "just one string"}, "tokenizer.ggml.tokens must be an array of STRING"),
+    ],
+    ids=["scores-strings", "types-floats", "tokens-ints", "merges-ints", "tokens-scalar"],
+)
+def test_tokenizer_arrays_must_have_the_types_llama_cpp_reads(
+    tmp_path: Path, arrays: dict[str, object], fragment: str
+) -> None:
+    path = write_vocab_gguf(tmp_path / "types.gguf", **arrays)  # type: ignore[arg-type]
+    assert_rejected(path, fragment)
+
+
+def test_integer_scores_are_accepted(tmp_path: Path) -> None:
+    # llama.cpp reads INT32 scores too (some converters write them)
+    inspect_gguf(write_vocab_gguf(tmp_path / "int-scores.gguf", scores=[0] * N_TOKENS))
+
+
+def test_merges_are_bounded_by_the_token_count(tmp_path: Path) -> None:
+    limit = 8 * N_TOKENS  # Llama 3 has ~2.2 merges per token; eight is generous
+    inspect_gguf(write_vocab_gguf(tmp_path / "ok.gguf", merges=["a b"] * limit))
+    path = write_vocab_gguf(tmp_path / "many.gguf", merges=["a b"] * (limit + 1))
+    assert_rejected(path, f"tokenizer.ggml.merges has {limit + 1} entries", f"{N_TOKENS} tokens")
+
+
+def _gstr(s: str) -> bytes:
+    return struct.pack("<Q", len(s.encode())) + s.encode()
+
+
+def test_token_count_has_a_hard_cap(tmp_path: Path) -> None:
+    # Judged from the array header alone, before any of the claimed strings is looked for.
+    n = 2**22 + 1
+    blob = b"GGUF" + struct.pack("<IQQ", 3, 1, 2)
+    blob += _gstr("general.architecture") + struct.pack("<I", 8) + _gstr("llama")
+    blob += _gstr("tokenizer.ggml.tokens") + struct.pack("<IIQ", 9, 8, n) + bytes(4096)
+    path = tmp_path / "huge-vocab.gguf"
+    path.write_bytes(blob)
+    assert_rejected(path, f"tokenizer.ggml.tokens has {n} entries", f"more than {2**22}")
+
+
+def test_any_array_is_bounded_by_ggml_limit(tmp_path: Path) -> None:
+    blob = b"GGUF" + struct.pack("<IQQ", 3, 1, 2)
+    blob += _gstr("general.architecture") + struct.pack("<I", 8) + _gstr("llama")
+    blob += _gstr("custom.bytes") + struct.pack("<IIQ", 9, 0, 2**30 + 1) + bytes(4096)
+    path = tmp_path / "huge-array.gguf"
+    path.write_bytes(blob)
+    assert_rejected(path, f"custom.bytes has {2**30 + 1} entries", f"more than {2**30}")
+
+
+def test_an_absurd_key_length_is_rejected(tmp_path: Path) -> None:
+    blob = b"GGUF" + struct.pack("<IQQ", 3, 1, 1) + _gstr("k" * 70_000) + struct.pack("<I", 8) + _gstr("v")
+    path = tmp_path / "long-key.gguf"
+    path.write_bytes(blob + bytes(64))
+    assert_rejected(path, "metadata key of 70000 bytes", "too long")
+
+
+def test_nested_arrays_are_rejected(tmp_path: Path) -> None:
+    path = write_vocab_gguf(tmp_path / "nested.gguf", extra={"custom.table": [[1, 2], [3]]})
+    assert_rejected(path, "metadata key 'custom.table' is an array of arrays")
+
+
+def test_a_huge_nested_array_is_rejected_fast_in_bounded_memory(tmp_path: Path) -> None:
+    """An array claiming 2**40 arrays, followed by 6 MB of valid empty arrays (12 zero bytes each):
+    the reader used to build two numpy objects per inner array before it found the end of the file."""
+    import time
+    import tracemalloc
+
+    blob = b"GGUF" + struct.pack("<IQQ", 3, 1, 2)
+    blob += _gstr("general.architecture") + struct.pack("<I", 8) + _gstr("llama")
+    blob += _gstr("custom.nested") + struct.pack("<IIQ", 9, 9, 2**40)  # ARRAY of ARRAY, 2**40 long
+    blob += bytes(6 << 20)
+    path = tmp_path / "nested-huge.gguf"
+    path.write_bytes(blob)
+
+    tracemalloc.start()
+    started = time.perf_counter()
+    try:
+        assert_rejected(path, "custom.nested")
+        elapsed = time.perf_counter() - started
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert elapsed < 1.0, elapsed
+    assert peak < 4 << 20, peak
+
+
+# --- a rejection through the store: a 400, and nothing half-written -----------------------------------
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[ModelStore]:
+    registry = Registry(tmp_path / "store" / "llmhost.db")
+    yield ModelStore(tmp_path / "store" / "models", registry)
+    registry.close()
+
+
+def _assert_store_untouched(store: ModelStore) -> None:
+    assert store.registry.list() == []
+    assert list(store.blobs_dir.iterdir()) == []
+
+
+@pytest.mark.parametrize("how", ["import", "parts", "adopt"])
+def test_a_malformed_file_is_refused_by_the_store_with_a_client_error(
+    store: ModelStore, tmp_path: Path, how: str
+) -> None:
+    bad = write_vocab_gguf(tmp_path / "bad.gguf", scores=[0.0] * (N_TOKENS - 1))
+    with pytest.raises(InvalidModelFileError) as raised:
+        if how == "import":
+            store.import_file(bad, "bad")
+        elif how == "parts":
+            data = bad.read_bytes()
+            (tmp_path / "p1").write_bytes(data[:100])
+            (tmp_path / "p2").write_bytes(data[100:])
+            store.import_parts([tmp_path / "p1", tmp_path / "p2"], "bad", source="test")
+        else:
+            staged = store.models_dir / "staged.gguf"  # a finished download, on the store's filesystem
+            staged.write_bytes(bad.read_bytes())
+            store.adopt_file(staged, "bad", sha256="00" * 32, source="test")
+
+    assert not (store.models_dir / "staged.gguf").exists()  # adopting consumes the file either way
+    message = str(raised.value)
+    assert "tokenizer.ggml.scores has 264 entries for 265 tokens" in message and "\n" not in message
+    assert classify(raised.value).status == 400
+    _assert_store_untouched(store)
+    assert bad.exists()
 
 
 def test_invalid_utf8_in_a_name(tmp_path: Path) -> None:
@@ -308,7 +518,7 @@ def test_truncated_anywhere_is_rejected(tiny_model: Path, tmp_path: Path) -> Non
     path = tmp_path / "cut.gguf"
     for keep in cuts:
         path.write_bytes(original[:keep])
-        message = assert_rejected(path)
+        message = assert_rejected(path).replace(str(path), "<path>")  # the path itself says "truncated"
         if keep >= 4:
             assert "truncated" in message, message
 

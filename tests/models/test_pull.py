@@ -4,7 +4,9 @@ Covers spec parsing and file selection, the happy path (with the hub's 302 to it
 dropped connection (within one pull and across pulls, always with a ``Range``), kills at several byte
 offsets (in-process drops, and a real ``SIGKILL`` of a pulling process), wrong checksums, 404, 401/403
 for gated repos (and success with the right token), disk full, plain URLs with ``--sha256``,
-``HF_ENDPOINT``, and that the token never shows up in an error.
+``HF_ENDPOINT``, and that the token never shows up in an error. Pulls with a ``DestinationPolicy`` (as the
+HTTP API makes them) reach the loopback hub only when it is allowed, hop by hop; without one (the CLI)
+they reach it as before. tests/security/test_pull_ssrf.py covers the policy over the HTTP API.
 
 Disk full is simulated two ways: ``shutil.disk_usage`` is monkeypatched to report little free space (the
 pre-check), and ``llmhost.models.pull._write_all`` is monkeypatched to raise ``ENOSPC`` part-way (a disk
@@ -30,10 +32,11 @@ import pytest
 
 import llmhost.models.pull.download as pull_mod
 from llmhost.errors import ModelError, RequestError
-from llmhost.models.pull import PullProgress, default_model_name, parse_pull_spec, pull_model
+from llmhost.models.pull import FetchError, PullProgress, default_model_name, parse_pull_spec, pull_model
 from llmhost.models.registry import Registry
 from llmhost.models.store import ModelStore
-from tests.hub_server import HubServer
+from llmhost.net import DestinationPolicy
+from tests.hub_server import LOOPBACK_ALLOW_HOSTS, HubServer
 from tests.tiny_gguf import write_not_gguf, write_tiny_llama_gguf
 
 REPO = "Org/Tiny-GGUF"
@@ -685,3 +688,51 @@ def test_url_pull_resumes_and_404(hub: HubServer, store: ModelStore, ggufs: dict
     assert [r.headers.get("range") for r in hub.file_requests()] == [None, "bytes=123456-"]
     with pytest.raises(ModelError, match="not found"):
         pull_model(store, f"{hub.url}/files/missing.gguf", sha256="2" * 64)
+
+
+# ----- destinations (pulls made for API clients) ------------------------------------------------------
+def test_a_guarded_pull_reaches_the_loopback_hub_once_allowed(
+    hub: HubServer, store: ModelStore, ggufs: dict[str, Path]
+) -> None:
+    guard = DestinationPolicy(LOOPBACK_ALLOW_HOSTS)
+    record = pull_model(store, f"hf:{REPO}", endpoint=hub.url, destinations=guard)
+    assert record.digest == f"sha256:{sha256_of(ggufs['q4'])}"
+    assert any(r.path.startswith("/cdn/") for r in hub.file_requests())  # the 302 hop was followed
+
+
+def test_a_guarded_pull_refuses_a_loopback_hub_endpoint(hub: HubServer, store: ModelStore) -> None:
+    with pytest.raises(ModelError, match="pull_allow_hosts") as info:
+        pull_model(store, f"hf:{REPO}", endpoint=hub.url, destinations=DestinationPolicy())
+    assert not isinstance(info.value, FetchError)  # the operator's setting: said plainly
+    assert hub.requests == []
+    assert_nothing_registered(store)
+
+
+def test_a_guarded_pull_checks_every_redirect_hop(
+    tmp_path: Path, store: ModelStore, ggufs: dict[str, Path]
+) -> None:
+    # The hub (127.0.0.2) is allowed; its 302 goes to "localhost", which resolves to 127.0.0.1: refused.
+    with HubServer(tmp_path / "hub2", host="127.0.0.2", cdn_host="localhost") as hub:
+        hub.add_repo(REPO, {"tiny-Q4_K_M.gguf": ggufs["q4"]})
+        guard = DestinationPolicy(["127.0.0.2"])
+        with pytest.raises(FetchError, match=r"localhost resolves to 127\.0\.0\.1, which is not a public"):
+            pull_model(store, f"hf:{REPO}", endpoint=hub.url, destinations=guard, retries=0)
+        assert any("/resolve/" in r.path for r in hub.file_requests())  # the first hop was made
+    assert_nothing_registered(store)
+
+
+def test_a_failed_fetch_keeps_its_reason_but_shows_only_the_url(hub: HubServer, store: ModelStore) -> None:
+    url = f"{hub.url}/files/missing.gguf?sig=SECRET"
+    with pytest.raises(FetchError) as info:
+        pull_model(store, url, sha256="2" * 64, destinations=DestinationPolicy(LOOPBACK_ALLOW_HOSTS))
+    assert "HTTP 404" in str(info.value)  # the CLI and the server's log see why
+    assert info.value.public_message == (
+        f"could not fetch {hub.url}/files/missing.gguf; the server's log has the reason"
+    )
+
+
+def test_an_unguarded_pull_reaches_loopback_as_the_cli_does(
+    hub: HubServer, store: ModelStore, ggufs: dict[str, Path]
+) -> None:
+    url = hub.add_plain("model-Q8_0.gguf", ggufs["q8"])
+    assert pull_model(store, url, sha256=sha256_of(ggufs["q8"])).name == "model:q8_0"

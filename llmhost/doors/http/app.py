@@ -1,11 +1,11 @@
 """``create_app(settings)``: the FastAPI application, its lifespan, and the doors it serves.
 
 Each dialect is one package under ``llmhost.doors`` with an ``attach(app)``; all of them call the same
-``app.state.pipeline``. The gate (:mod:`llmhost.doors.http.gate`) runs before any route: body-size limit
-(413) and, when an API key is configured, key auth (401) on ``/v1`` and ``/api``. ``/health``,
-``/ready`` and ``/metrics`` stay open for probes and scrapers, as vLLM's ``/metrics`` does (it names
-models, routes and providers, never a key). Outside the gate, :class:`~llmhost.metrics.HTTPMetricsMiddleware`
-counts every request, refusals included.
+``app.state.pipeline``. Middleware, outermost first: :class:`~llmhost.metrics.HTTPMetricsMiddleware`
+(counts every request, refusals included), CORS (allowed origins only), then the gate
+(:mod:`llmhost.doors.http.gate`: Host and Origin checks, key and scope, body limit). With a key
+configured, everything but ``/health`` and ``/ready`` needs one: ``/metrics`` the ``metrics`` scope, the
+API docs any key. ``create_app`` refuses a non-loopback bind without a usable key.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import BaseRoute
@@ -25,10 +26,11 @@ from llmhost import __version__
 from llmhost.config import Settings
 from llmhost.doors import admin, anthropic, ollama, openai, responses
 from llmhost.doors.common import renderer_for, validation_info
-from llmhost.doors.http.gate import GateMiddleware
+from llmhost.doors.http.gate import GateMiddleware, HostPolicy, origin_regex
 from llmhost.doors.openai.translate import render_error as openai_render_error
-from llmhost.errors import ErrorInfo, LLMHostError, classify
+from llmhost.errors import ConfigError, ErrorInfo, LLMHostError, classify
 from llmhost.metrics import CONTENT_TYPE, HTTPMetricsMiddleware, Metrics
+from llmhost.net import is_loopback
 from llmhost.service import Service
 
 __all__ = ["create_app"]
@@ -76,10 +78,18 @@ def create_app(settings: Settings, service: Service | None = None, *, preload: b
     """Build the app. The service is created (and closed) by the lifespan unless one is passed in."""
     owns_service = service is None
     svc = service if service is not None else Service(settings)
+    if not is_loopback(settings.host) and not svc.auth.usable:
+        if owns_service:
+            svc.close()
+        raise ConfigError(
+            f"refusing to serve on {settings.host} without an API key: create one with "
+            "`llmhost keys create NAME`, set LLMHOST_API_KEY, or bind 127.0.0.1"
+        )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         task = asyncio.create_task(svc.startup(preload=preload))
+        task.add_done_callback(_log_startup_failure)
         app.state.startup_task = task
         svc.gateway.start_health_probes()
         try:
@@ -88,6 +98,7 @@ def create_app(settings: Settings, service: Service | None = None, *, preload: b
             if not task.done():
                 task.cancel()
             await svc.gateway.aclose()
+            await svc.windows.aclose()
             if owns_service:
                 await asyncio.to_thread(svc.close)
 
@@ -111,7 +122,8 @@ def create_app(settings: Settings, service: Service | None = None, *, preload: b
     async def ready(request: Request) -> Response:
         task: asyncio.Task[None] | None = getattr(request.app.state, "startup_task", None)
         if task is not None and task.done() and task.exception() is not None:
-            info = ErrorInfo(503, "server", f"startup failed: {task.exception()}", code="startup_failed")
+            # The reason is in the server log; a probe's answer must not echo exception text.
+            info = ErrorInfo(503, "server", "startup failed (see the server log)", code="startup_failed")
             return _render(request, info)
         if not svc.ready:
             retry = {"Retry-After": "1"}
@@ -128,16 +140,30 @@ def create_app(settings: Settings, service: Service | None = None, *, preload: b
         # Off the event loop: a scrape reads the usage log from SQLite.
         return Response(await asyncio.to_thread(metrics.render), media_type=CONTENT_TYPE)
 
-    api_key = settings.api_key.get_secret_value() if settings.api_key is not None else None
     app.add_middleware(
         GateMiddleware,
         max_body=settings.max_request_bytes,
-        api_key=api_key,
+        auth=svc.auth,
+        hosts=HostPolicy(settings.host, settings.security.allowed_hosts),
+        origins=settings.security.allowed_origins,
         renderers=app.state.error_renderers,
+    )
+    # Outside the gate: preflights carry no key. Only allowed origins get CORS headers.
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origin_regex=origin_regex(settings.security.allowed_origins) or None,
+        allow_methods=["*"],
+        allow_headers=["*"],
+        expose_headers=["x-request-id", "retry-after"],
     )
     # Added last, so it runs first: requests the gate refuses are counted too.
     app.add_middleware(HTTPMetricsMiddleware, stats=metrics.http, routes=_all_routes(app.router.routes))
     return app
+
+
+def _log_startup_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("startup failed", exc_info=task.exception())
 
 
 def _all_routes(routes: Sequence[BaseRoute]) -> list[BaseRoute]:

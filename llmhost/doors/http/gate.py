@@ -1,96 +1,213 @@
-"""Body-size limit and API-key auth, before any route runs (plain ASGI middleware, cheap on every request).
+"""The HTTP gate: what every request passes before any route runs (plain ASGI, cheap on every request).
 
-The key is accepted as ``Authorization: Bearer <key>`` (OpenAI, Ollama clients) or ``x-api-key: <key>``
-(Anthropic clients) on ``/v1`` and ``/api``; the authenticated principal is left in the ASGI scope for
-the doors to put into each request's context. Refusals come out in the envelope of the dialect the path
-belongs to (each door registers its renderer with ``serve_errors``).
+In order:
+
+1. **Host check** (DNS rebinding): the ``Host`` header must name this server — localhost, a loopback
+   address, this machine's hostname, the bind address, any IP on a wildcard bind, or a name in
+   ``security.allowed_hosts``. A page on ``evil.example`` whose name was re-pointed at 127.0.0.1 sends
+   ``Host: evil.example`` and is refused.
+2. **Origin check** (cross-site request forgery): a state-changing request (not GET/HEAD/OPTIONS) whose
+   ``Origin`` is neither this server's own nor in ``security.allowed_origins`` is refused. Browsers send
+   ``Origin`` on every cross-origin POST; the official clients send none.
+3. **Authentication and scope**: the secret (``Authorization: Bearer`` or ``x-api-key``) becomes a
+   :class:`~llmhost.core.types.Principal` through the one :class:`~llmhost.security.auth.Authenticator`;
+   the route's scope (:mod:`llmhost.doors.http.scopes`) must be among the principal's. The principal is
+   left in the ASGI scope for the doors' request contexts; the pipeline's "auth" stage checks it again.
+4. **Body limit**: the body is read here (up to ``max_request_bytes``; more is 413, chunked or not) and
+   handed on whole. A body from a non-browser client is JSON whatever it declares (``curl -d`` sends a
+   form content type); a browser's is taken as declared, so a ``text/plain`` form post cannot pass as JSON.
+
+Refusals come out in the envelope of the dialect the path belongs to (``serve_errors``).
 """
 
 from __future__ import annotations
 
-import secrets
+import fnmatch
+import ipaddress
+import re
+import socket
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from llmhost.core.types import Principal
 from llmhost.doors.common import ErrorRenderer, renderer_for
-from llmhost.errors import ErrorInfo
+from llmhost.doors.http.scopes import ANY_KEY, required_scope
+from llmhost.errors import AuthError, ErrorInfo, RefusedError, classify
+from llmhost.security.auth import Authenticator, check_scope
 
-__all__ = ["PRINCIPAL_KEY", "GateMiddleware"]
+__all__ = ["PRINCIPAL_KEY", "GateMiddleware", "HostPolicy", "origin_regex"]
 
 PRINCIPAL_KEY = "llmhost.principal"
-_KEY_PRINCIPAL = Principal(name="api-key", key_id="default")
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+_WILDCARD_BINDS = frozenset({"0.0.0.0", "::", ""})
 
 
-class _BodyTooLarge(Exception):
-    pass
+def origin_regex(globs: list[str]) -> str:
+    """One regular expression for origin globs (``http://localhost:*``), for the CORS middleware too."""
+    return "|".join(re.escape(g).replace(r"\*", ".*") for g in globs)
+
+
+class HostPolicy:
+    """Which ``Host`` header values name this server."""
+
+    def __init__(self, bind: str, extra: list[str]) -> None:
+        self.wildcard = bind in _WILDCARD_BINDS
+        names = {"localhost", bind.strip("[]").lower(), socket.gethostname().lower()}
+        self.names = frozenset(n for n in names if n)
+        self.extra = tuple(e.lower() for e in extra)
+
+    def allows(self, host_header: str) -> bool:
+        host = _host_part(host_header)
+        if host is None:
+            return False
+        if host in self.names or host.endswith(".localhost"):
+            return True
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            return any(fnmatch.fnmatchcase(host, glob) for glob in self.extra)
+        return self.wildcard or address.is_loopback or host in self.extra
+
+
+def _host_part(value: str) -> str | None:
+    """``example.com:8080`` -> ``example.com``; ``[::1]:80`` -> ``::1``; malformed -> None."""
+    value = value.strip().lower()
+    if value.startswith("["):
+        end = value.find("]")
+        return value[1:end] if end > 0 else None
+    host = value.rsplit(":", 1)[0] if value.count(":") == 1 else value
+    return host.rstrip(".") or None
 
 
 class GateMiddleware:
-    """Body-size limit and API-key auth, before any route runs."""
+    """Host, Origin, key and scope checks and the body limit, before any route runs."""
 
     def __init__(
-        self, app: ASGIApp, *, max_body: int, api_key: str | None, renderers: dict[str, ErrorRenderer]
+        self,
+        app: ASGIApp,
+        *,
+        max_body: int,
+        auth: Authenticator,
+        hosts: HostPolicy,
+        origins: list[str],
+        renderers: dict[str, ErrorRenderer],
     ) -> None:
         self.app = app
         self.renderers = renderers
         self.max_body = max_body
-        self.api_key = api_key.encode() if api_key else None
+        self.auth = auth
+        self.hosts = hosts
+        self._origin = re.compile(origin_regex(origins)) if origins else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         headers = dict(scope.get("headers") or [])
-        if scope["method"] in ("POST", "DELETE") and scope["path"].startswith(("/v1", "/api")):
-            # Bodies are JSON whatever the client declares: `curl -d '{...}'` sends a form content type.
-            ctype = headers.get(b"content-type", b"")
-            if not ctype.startswith(b"application/json"):
-                raw = [(k, v) for k, v in scope["headers"] if k != b"content-type"]
-                scope = {**scope, "headers": [*raw, (b"content-type", b"application/json")]}
-        if self.api_key is not None and scope["path"].startswith(("/v1", "/api")):
-            auth = headers.get(b"authorization", b"")
-            token = (
-                auth[7:].strip() if auth[:7].lower() == b"bearer " else headers.get(b"x-api-key", b"").strip()
-            )
-            if not token or not secrets.compare_digest(token, self.api_key):
-                message = "Incorrect API key provided." if token else "You didn't provide an API key."
-                info = ErrorInfo(401, "authentication", message, None, "invalid_api_key")
-                await self._refuse(scope, receive, send, info)
-                return
-            scope[PRINCIPAL_KEY] = _KEY_PRINCIPAL
+        refusal = self._check(scope, headers)
+        if refusal is not None:
+            await self._refuse(scope, receive, send, refusal)
+            return
         length = headers.get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.max_body:
+        if length is not None and (not length.isdigit() or int(length) > self.max_body):
+            info = _too_large(self.max_body) if length.isdigit() else _bad_length()
+            await self._refuse(scope, receive, send, info)
+            return
+        if scope["method"] in _SAFE_METHODS:
+            await self.app(scope, receive, send)
+            return
+        body = await _read_body(receive, self.max_body)
+        if body is None:
             await self._refuse(scope, receive, send, _too_large(self.max_body))
             return
-        received = 0
-        response_started = False
+        if not _from_browser(headers) and not headers.get(b"content-type", b"").startswith(
+            b"application/json"
+        ):
+            raw = [(k, v) for k, v in scope["headers"] if k != b"content-type"]
+            scope = {**scope, "headers": [*raw, (b"content-type", b"application/json")]}
+        await self.app(scope, _replay(body, receive), send)
 
-        async def limited_receive() -> Message:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_body:
-                    raise _BodyTooLarge
-            return message
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal response_started
-            response_started = response_started or message["type"] == "http.response.start"
-            await send(message)
-
+    def _check(self, scope: Scope, headers: dict[bytes, bytes]) -> ErrorInfo | None:
+        """The refusal for this request, or None; the principal is left in ``scope``."""
+        host = headers.get(b"host", b"").decode("latin-1")
+        if not self.hosts.allows(host):
+            message = (
+                f"Host {host!r} is not this server's; add it to security.allowed_hosts to serve it "
+                "(this check stops DNS rebinding)"
+            )
+            return ErrorInfo(403, "permission", message, None, "host_not_allowed")
+        origin = headers.get(b"origin")
+        if scope["method"] not in _SAFE_METHODS and origin is not None and not self._origin_ok(origin, host):
+            shown = origin.decode("latin-1")
+            message = f"cross-site request from origin {shown!r} refused (see security.allowed_origins)"
+            return ErrorInfo(403, "permission", message, None, "origin_not_allowed")
+        scope_needed = required_scope(scope["method"], scope["path"])
+        if scope_needed is None:
+            return None
         try:
-            await self.app(scope, limited_receive, tracking_send)
-        except _BodyTooLarge:
-            if not response_started:
-                await self._refuse(scope, receive, send, _too_large(self.max_body))
+            principal = self.auth.authenticate(_secret(headers))
+            if scope_needed != ANY_KEY:
+                check_scope(principal, scope_needed)
+        except (AuthError, RefusedError) as exc:
+            return classify(exc)
+        scope[PRINCIPAL_KEY] = principal
+        return None
+
+    def _origin_ok(self, origin: bytes, host: str) -> bool:
+        text = origin.decode("latin-1")
+        if text.split("://", 1)[-1] == host:  # the server's own pages (the dashboard)
+            return True
+        return self._origin is not None and self._origin.fullmatch(text) is not None
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send, info: ErrorInfo) -> None:
         response = renderer_for(self.renderers, scope["path"])(info)
         await response(scope, receive, send)
 
 
+def _secret(headers: dict[bytes, bytes]) -> bytes | None:
+    auth = headers.get(b"authorization", b"")
+    if auth[:7].lower() == b"bearer ":
+        return auth[7:].strip() or None
+    return headers.get(b"x-api-key", b"").strip() or None
+
+
+def _from_browser(headers: dict[bytes, bytes]) -> bool:
+    return b"origin" in headers or b"sec-fetch-mode" in headers
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes | None:
+    """The whole body, or None once it passes ``limit`` bytes (the rest is left unread)."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":  # the client went away
+            return b"".join(chunks)
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()  # after the body: wait for the disconnect, as the server would
+
+    return replay
+
+
 def _too_large(limit: int) -> ErrorInfo:
     message = f"request body is larger than the {limit} bytes this server accepts"
     return ErrorInfo(413, "too_large", message, None, "request_too_large")
+
+
+def _bad_length() -> ErrorInfo:
+    return ErrorInfo(400, "invalid_request", "malformed Content-Length header", None, "invalid_request")

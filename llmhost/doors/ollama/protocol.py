@@ -2,11 +2,13 @@
 
 Unknown fields are accepted and ignored, as Ollama does, so newer clients keep working. ``options`` stays
 a plain mapping: Ollama ignores options it does not know, and :mod:`.translate` checks the types of
-those it uses. Responses are built as plain dicts in :mod:`.translate`.
+those it uses; only its numbers are checked here (finite, 64-bit integers), whatever the option.
+Responses are built as plain dicts in :mod:`.translate`.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -39,6 +41,20 @@ _THINK_LEVELS = frozenset({"high", "medium", "low", "max"})
 
 class _Lenient(BaseModel):
     model_config = ConfigDict(extra="ignore")
+
+
+def _check_options(value: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Every number in ``options`` a real one: finite (JSON's ``1e400`` reads as infinity, and Python's
+    reader takes ``NaN``) and, for an integer, within 64 bits, as Ollama's Go decoder would have it;
+    anything else is a 400 here rather than an overflow wherever the option is used."""
+    for key, item in (value or {}).items():
+        if isinstance(item, bool) or not isinstance(item, int | float):
+            continue  # types are checked where the option is used; unknown options are ignored
+        if isinstance(item, float) and not math.isfinite(item):
+            raise ValueError(f'option "{key}" must be a finite number')
+        if isinstance(item, int) and not -(2**63) <= item < 2**63:
+            raise ValueError(f'option "{key}" must fit in 64 bits')
+    return value
 
 
 def _check_think(value: Think) -> Think:
@@ -101,6 +117,7 @@ class _Generating(_Lenient):
     shift: bool | None = None
 
     _think = field_validator("think")(_check_think)
+    _options = field_validator("options")(_check_options)
 
 
 class ChatRequest(_Generating):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import threading
 from collections.abc import AsyncIterator
 from typing import Any
@@ -31,13 +32,22 @@ from llmhost.doors.common import context_for, door_route, pipeline_of
 from llmhost.doors.ollama import catalog, translate
 from llmhost.doors.ollama import protocol as wire
 from llmhost.doors.ollama.gotime import parse_keep_alive, rfc3339
-from llmhost.errors import ConflictError, LLMHostError, ModelNotFoundError, RequestError, classify
-from llmhost.models.pull import PullProgress, pull_model
+from llmhost.errors import (
+    ConflictError,
+    LLMHostError,
+    ModelNotFoundError,
+    ProviderError,
+    RequestError,
+    classify,
+)
+from llmhost.models.pull import FetchError, PullProgress, PullSlots, pull_model
+from llmhost.net import DestinationPolicy
 from llmhost.service import Service
 
 __all__ = ["router"]
 
 router = APIRouter(prefix="/api", route_class=door_route(translate.render_error))
+log = logging.getLogger(__name__)
 
 NDJSON = "application/x-ndjson"
 _DOOR = "ollama"
@@ -296,8 +306,15 @@ async def _delete_body(request: Request) -> wire.DeleteRequest:
 async def pull(body: wire.PullRequest, request: Request) -> Response:
     """Download, verify and register a model; progress as NDJSON lines (``status``, ``digest``,
     ``total``, ``completed``), ``{"status": "success"}`` last. A pull that fails before its first
-    progress line (a bad spec or name) is a plain error status; later failures are an error line."""
+    progress line (a bad spec or name, a refused address, 429 over ``max_concurrent_pulls``) is a plain
+    error status; later failures are an error line.
+
+    The pull may only reach public addresses and ``pull_allow_hosts``; it runs on the pull threads
+    (:class:`PullSlots`), not on the default executor generations use; a failed fetch reads "could not
+    fetch URL" (502) here, with the reason in the server's log only (see :func:`_for_client`)."""
     service = _service(request)
+    slots = _pull_slots(request, service)
+    destinations = DestinationPolicy(service.settings.pull_allow_hosts)
     loop = asyncio.get_running_loop()
     events: asyncio.Queue[PullProgress | BaseException | None] = asyncio.Queue()
     client_gone = threading.Event()
@@ -309,12 +326,19 @@ async def pull(body: wire.PullRequest, request: Request) -> Response:
             loop.call_soon_threadsafe(events.put_nowait, event)
 
         try:
-            pull_model(service.store, body.model, name=body.name, sha256=body.sha256, progress=progress)
+            pull_model(
+                service.store,
+                body.model,
+                name=body.name,
+                sha256=body.sha256,
+                progress=progress,
+                destinations=destinations,
+            )
             loop.call_soon_threadsafe(events.put_nowait, None)
         except BaseException as exc:
-            loop.call_soon_threadsafe(events.put_nowait, exc)
+            loop.call_soon_threadsafe(events.put_nowait, _for_client(exc))
 
-    task = asyncio.create_task(asyncio.to_thread(run))
+    task = asyncio.wrap_future(slots.submit(run))  # TooManyPullsError (429) when the cap is reached
     first = await events.get()
     if isinstance(first, BaseException):
         await task
@@ -334,6 +358,24 @@ async def pull(body: wire.PullRequest, request: Request) -> Response:
         item = await events.get()
     await task
     return JSONResponse({"status": "success", **({"digest": last.digest} if last and last.digest else {})})
+
+
+def _pull_slots(request: Request, service: Service) -> PullSlots:
+    """The app's pull threads, made on the first pull (the event loop runs this, so no race)."""
+    slots: PullSlots | None = getattr(request.app.state, "pull_slots", None)
+    if slots is None:
+        slots = PullSlots(service.settings.max_concurrent_pulls)
+        request.app.state.pull_slots = slots
+    return slots
+
+
+def _for_client(exc: BaseException) -> BaseException:
+    """What the API client may learn of a failed pull: a failed fetch becomes "could not fetch URL" (502)
+    and its reason (refused, TLS, timeout, an HTTP status, a private address) goes to the log only."""
+    if isinstance(exc, FetchError):
+        log.warning("pull failed: %s", exc)
+        return ProviderError(exc.public_message)
+    return exc
 
 
 async def _pull_lines(

@@ -28,23 +28,38 @@ A pull (:func:`pull_model`, in :mod:`.flow`) goes through these steps, reported 
 5. ``success``.
 
 Nothing is registered before step 4 succeeds, so no partial or unverified file can ever become a model.
+
+A pull made for someone other than the machine's owner (the HTTP API) passes a
+:class:`~llmhost.net.DestinationPolicy`: the URL, every redirect and the hub endpoint must then resolve to
+public addresses or to hosts and networks the operator allows (``pull_allow_hosts``), and the connection
+goes to the addresses checked (no DNS rebinding between check and connect). Failures to fetch are
+:class:`FetchError`, whose :attr:`~FetchError.public_message` says only which URL could not be fetched;
+the HTTP API shows that and logs the detail, so ``/api/pull`` cannot probe which ports refuse, speak TLS
+or answer 404. The API runs pulls on :class:`PullSlots`, threads of their own, at most
+``max_concurrent_pulls`` at once, never on the default executor that generations need.
 Errors are :class:`~llmhost.errors.ModelError` (or :class:`~llmhost.errors.RequestError` for a bad spec or
 name), with one-line messages that never contain the token. ``progress`` may raise to abort a pull (for
 example when an HTTP client disconnects): the partial file is kept, so the next pull resumes.
 
 The modules import one another in this order only, without circles: ``progress`` and ``spec`` at the
-bottom, then ``transport``, ``hub``, ``staging``, ``download``, and ``flow`` at the top.
+bottom, then ``transport``, ``hub``, ``staging``, ``download``, and ``flow`` at the top; ``slots`` stands
+apart.
 """
 
 from llmhost.models.pull.flow import pull_model
 from llmhost.models.pull.hub import DEFAULT_QUANT
 from llmhost.models.pull.progress import PullProgress
+from llmhost.models.pull.slots import PullSlots, TooManyPullsError
 from llmhost.models.pull.spec import PullSpec, default_model_name, parse_pull_spec
+from llmhost.models.pull.transport import FetchError
 
 __all__ = [
     "DEFAULT_QUANT",
+    "FetchError",
     "PullProgress",
+    "PullSlots",
     "PullSpec",
+    "TooManyPullsError",
     "default_model_name",
     "parse_pull_spec",
     "pull_model",

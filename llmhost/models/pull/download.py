@@ -26,6 +26,7 @@ from llmhost.models.pull.progress import PullProgress, _Reporter
 from llmhost.models.pull.spec import _display_url
 from llmhost.models.pull.staging import _SIDECAR_VERSION, _disk_error, _Staging
 from llmhost.models.pull.transport import (
+    FetchError,
     _os_reason,
     _request,
     _Response,
@@ -33,6 +34,7 @@ from llmhost.models.pull.transport import (
     _strip_etag,
     _Transient,
 )
+from llmhost.net import DestinationPolicy
 
 # The package's logger, as before the split into modules: log lines keep the name they had.
 logger = logging.getLogger(__package__)
@@ -177,8 +179,16 @@ class _Writeback:
 class _Download:
     """Download one file into its staging ``.partial``, resuming and retrying; return the verified path."""
 
-    def __init__(self, target: _Target, staging: _Staging, report: _Reporter, retries: int) -> None:
+    def __init__(
+        self,
+        target: _Target,
+        staging: _Staging,
+        report: _Reporter,
+        retries: int,
+        destinations: DestinationPolicy | None = None,
+    ) -> None:
         self.t = target
+        self.destinations = destinations
         self.s = staging
         self.report = report
         self.retries = retries
@@ -201,7 +211,9 @@ class _Download:
                 attempt += 1
                 if attempt > self.retries:
                     kept = f"; {self.offset} bytes kept, pull again to resume" if self.offset else ""
-                    raise ModelError(f"download of {self.t.filename} failed: {exc}{kept}") from None
+                    raise FetchError(
+                        f"download of {self.t.filename} failed: {exc}{kept}", url=_display_url(self.t.url)
+                    ) from None
                 delay = _RETRY_BACKOFF_S * (2 ** (attempt - 1))
                 logger.warning(
                     "download of %s interrupted at %d bytes (%s); retrying in %.1f s",
@@ -270,7 +282,7 @@ class _Download:
         if self.offset:
             headers["Range"] = f"bytes={self.offset}-"
             self.resumed = True
-        response = _request(self.t.url, headers)
+        response = _request(self.t.url, headers, self.destinations)
         try:
             self._check_status(response)
             length = self._accept(response)
@@ -287,18 +299,21 @@ class _Download:
         if status == 416 and self.offset:
             self._restart()  # our partial is longer than the remote file: not the same file
             raise _Transient("the server refused to resume (416); starting over")
-        where = self.t.filename if self.t.kind == "hf" else _display_url(self.t.url)
+        # The hub's own answers (gated, not found) stay specific: its host is the operator's, not the
+        # client's. A plain URL's status is a FetchError, which API clients only see as "could not fetch".
+        shown = _display_url(self.t.url)
+        where = self.t.filename if self.t.kind == "hf" else shown
         if status in (401, 403):
             if self.t.kind == "hf":
                 raise ModelError(_gated_message(self.t.repo_id or "", self.t.headers.get("Authorization")))
-            raise ModelError(f"access to {where} was refused (HTTP {status})")
+            raise FetchError(f"access to {where} was refused (HTTP {status})", url=shown)
         if status == 404:
             if self.t.kind == "hf":
                 raise ModelError(f"{self.t.filename} not found on the hub in {self.t.repo_id}")
-            raise ModelError(f"{where} not found (HTTP 404)")
+            raise FetchError(f"{where} not found (HTTP 404)", url=shown)
         if status == 429 or status >= 500:
             raise _Transient(f"the server answered HTTP {status}")
-        raise ModelError(f"download of {where} failed: HTTP {status} {response.resp.reason}")
+        raise FetchError(f"download of {where} failed: HTTP {status} {response.resp.reason}", url=shown)
 
     def _accept(self, response: _Response) -> int | None:
         """Check the response against what we expect; return the body length (None if unknown)."""

@@ -3,6 +3,11 @@
 :func:`_resolve_target` turns a parsed :class:`~llmhost.models.pull.spec.PullSpec` into a :class:`_Target`
 (URL, expected sha256, size, headers): for the hub from ``HfApi.model_info(files_metadata=True)`` and the
 file picked by :func:`_select_file`; for a plain URL from the caller's ``--sha256``.
+
+With a :class:`~llmhost.net.DestinationPolicy`, the hub endpoint must pass it too (:func:`_check_endpoint`):
+the endpoint is the operator's setting, not the client's, so the check is made on the name's addresses
+before ``huggingface_hub`` connects by itself; the file download that follows is pinned hop by hop
+(:mod:`.transport`).
 """
 
 from __future__ import annotations
@@ -17,7 +22,8 @@ from urllib.parse import quote, unquote, urlsplit
 
 from llmhost.errors import ModelError, RequestError
 from llmhost.models.pull.spec import _HEX64_RE, PullSpec, _display_url, _quant_in_name
-from llmhost.models.pull.transport import _TIMEOUT_S
+from llmhost.models.pull.transport import _TIMEOUT_S, FetchError
+from llmhost.net import BlockedDestinationError, DestinationPolicy
 
 DEFAULT_QUANT = "Q4_K_M"
 """The quantization picked when a hub spec names neither a file nor a quantization."""
@@ -139,10 +145,14 @@ def _hub_files(
         if status == 404:
             raise ModelError(f"repository {where} not found") from None
         first = redact(str(exc)).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ModelError(f"the hub ({endpoint}) failed to describe {repo}: {first}") from None
+        raise FetchError(
+            f"the hub ({endpoint}) failed to describe {repo}: {first}", url=_display_url(endpoint)
+        ) from None
     except Exception as exc:  # connection refused, DNS, TLS, offline mode, malformed JSON, ...
         detail = redact(str(exc)).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ModelError(f"cannot reach the hub at {endpoint} to describe {repo}: {detail}") from None
+        raise FetchError(
+            f"cannot reach the hub at {endpoint} to describe {repo}: {detail}", url=_display_url(endpoint)
+        ) from None
     files = []
     for sibling in info.siblings or []:
         lfs = getattr(sibling, "lfs", None)
@@ -238,8 +248,34 @@ def _select_file(spec: PullSpec, files: Sequence[_HubFile]) -> _HubFile:
 # -- the target -----------------------------------------------------------------------------------------
 
 
+def _check_endpoint(endpoint: str, destinations: DestinationPolicy) -> None:
+    """Refuse a hub endpoint the policy does not allow (a loopback or private ``HF_ENDPOINT``).
+
+    The message speaks to the operator (the endpoint is their setting): it says which setting to change.
+    """
+    parts = urlsplit(endpoint)
+    host = parts.hostname or ""
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        destinations.resolve(host, port)
+    except BlockedDestinationError as exc:
+        raise ModelError(
+            f"the hub endpoint {_display_url(endpoint)} is not allowed for pulls over the API ({exc}); "
+            "add its host to pull_allow_hosts"
+        ) from None
+    except OSError as exc:
+        raise FetchError(
+            f"cannot resolve the hub endpoint {_display_url(endpoint)}: {exc}", url=_display_url(endpoint)
+        ) from None
+
+
 def _resolve_target(
-    parsed: PullSpec, sha256: str | None, endpoint: str | None, token: str | None, redact: _Redactor
+    parsed: PullSpec,
+    sha256: str | None,
+    endpoint: str | None,
+    token: str | None,
+    redact: _Redactor,
+    destinations: DestinationPolicy | None = None,
 ) -> _Target:
     if parsed.kind == "url":
         url = parsed.url or ""
@@ -259,6 +295,8 @@ def _resolve_target(
             kind="url",
         )
     ep = _resolve_endpoint(endpoint)
+    if destinations is not None:
+        _check_endpoint(ep, destinations)
     files, commit = _hub_files(parsed, ep, token, redact)
     chosen = _select_file(parsed, files)
     expected = chosen.sha256

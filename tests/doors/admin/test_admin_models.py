@@ -15,9 +15,16 @@ from pathlib import Path
 import httpx
 import pytest
 
+from llmhost.config import Settings
 from llmhost.service import Service
-from tests.conftest import TINY, LiveServer
+from tests.conftest import TINY, LiveServer, make_settings
 from tests.tiny_gguf import write_tiny_llama_gguf
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    # The file server is on loopback, which API pulls refuse unless allowed.
+    return make_settings(tmp_path / "data", pull_allow_hosts=["127.0.0.1"])
 
 
 @pytest.fixture

@@ -1,5 +1,6 @@
 """``/api/pull`` driven by the official ``ollama`` client, from a loopback stand-in for the Hugging Face
-Hub: progress lines Ollama's client parses, ``success`` last, and the model listed afterwards."""
+Hub: progress lines Ollama's client parses, ``success`` last, and the model listed afterwards. The server
+allows the loopback hub in ``pull_allow_hosts`` (API pulls reach public addresses only by default)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,18 @@ from pathlib import Path
 import ollama
 import pytest
 
-from tests.conftest import LiveServer
-from tests.hub_server import HubServer
+from llmhost.config import Settings
+from tests.conftest import LiveServer, make_settings
+from tests.hub_server import LOOPBACK_ALLOW_HOSTS, HubServer
 from tests.tiny_gguf import write_tiny_llama_gguf
 
 REPO = "Org/Tiny-GGUF"
 PULLED = "tiny-gguf:q4_k_m"  # the default name: <repo>:<quant>
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return make_settings(tmp_path / "data", pull_allow_hosts=LOOPBACK_ALLOW_HOSTS)
 
 
 @pytest.fixture

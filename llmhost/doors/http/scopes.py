@@ -1,0 +1,69 @@
+"""Which scope each HTTP route needs, in one table (a test checks that every route is listed).
+
+Paths not listed under ``/v1`` or ``/api`` need ``admin``: a route added without an entry is closed, not
+open. ``None`` means public: the liveness and readiness probes.
+"""
+
+from __future__ import annotations
+
+import re
+
+__all__ = ["ANY_KEY", "required_scope"]
+
+ANY_KEY = "any"  # any authenticated caller, whatever its scopes (the API docs)
+
+_EXACT: dict[tuple[str, str], str | None] = {
+    ("GET", "/health"): None,
+    ("GET", "/ready"): None,
+    ("GET", "/metrics"): "metrics",
+    ("GET", "/docs"): ANY_KEY,
+    ("GET", "/docs/oauth2-redirect"): ANY_KEY,
+    ("GET", "/redoc"): ANY_KEY,
+    ("GET", "/openapi.json"): ANY_KEY,
+    # OpenAI
+    ("GET", "/v1/models"): "models:read",
+    ("POST", "/v1/chat/completions"): "inference",
+    ("POST", "/v1/completions"): "inference",
+    ("POST", "/v1/embeddings"): "inference",
+    # Anthropic
+    ("POST", "/v1/messages"): "inference",
+    ("POST", "/v1/messages/count_tokens"): "inference",
+    # OpenAI Responses
+    ("POST", "/v1/responses"): "inference",
+    ("POST", "/v1/responses/input_tokens"): "inference",
+    # Ollama
+    ("POST", "/api/chat"): "inference",
+    ("POST", "/api/generate"): "inference",
+    ("POST", "/api/embed"): "inference",
+    ("POST", "/api/embeddings"): "inference",
+    ("GET", "/api/tags"): "models:read",
+    ("POST", "/api/show"): "models:read",
+    ("GET", "/api/ps"): "models:read",
+    ("GET", "/api/version"): "models:read",
+    ("POST", "/api/copy"): "models:write",
+    ("DELETE", "/api/delete"): "models:write",
+    ("POST", "/api/pull"): "models:write",
+    # llmhost admin
+    ("POST", "/api/load"): "models:write",
+    ("POST", "/api/unload"): "models:write",
+    ("GET", "/api/providers"): "admin",
+    ("GET", "/api/usage"): "admin",
+    ("GET", "/api/audit"): "audit",
+}
+_PATTERNS: list[tuple[str, re.Pattern[str], str]] = [
+    ("GET", re.compile(r"/v1/models/.+"), "models:read"),
+    ("GET", re.compile(r"/v1/responses/[^/]+(/input_items)?"), "inference"),
+    ("DELETE", re.compile(r"/v1/responses/[^/]+"), "inference"),
+    ("POST", re.compile(r"/v1/responses/[^/]+/cancel"), "inference"),
+]
+
+
+def required_scope(method: str, path: str) -> str | None:
+    """The scope a request needs; ``None`` for public probes. HEAD is checked as GET."""
+    method = "GET" if method == "HEAD" else method
+    if (method, path) in _EXACT:
+        return _EXACT[(method, path)]
+    for m, pattern, scope in _PATTERNS:
+        if m == method and pattern.fullmatch(path):
+            return scope
+    return "admin"

@@ -1,0 +1,1 @@
+"""Trust: API keys, scopes, limits, budgets, governance policy and the audit log."""

@@ -1,0 +1,99 @@
+"""Who is asking: the one authenticator every door uses, and the pipeline's "auth" stage.
+
+Authentication is required as soon as a key exists: the config-file key (``api_key``, for a single-key
+set-up) or any key ever made with ``llmhost keys create`` (revoking the last one keeps auth on). With
+neither, a loopback-only server is open to this machine's own clients, as Ollama and llama-server are;
+``llmhost serve`` refuses a non-loopback bind unless some key can get in.
+
+    door (HTTP gate: bearer or x-api-key · CLI: the machine's owner · MCP ...)
+      -> Authenticator.authenticate(secret) -> Principal (key id, scopes, model globs, limits)
+      -> pipeline "auth" stage: the principal may run inference, on this model
+
+Non-inference HTTP routes (admin, metrics, audit, model management) are checked by the gate against the
+scope table in :mod:`llmhost.doors.http.scopes`, with the same principal.
+"""
+
+from __future__ import annotations
+
+import secrets
+
+from llmhost.core.stage import Request, StageBase
+from llmhost.core.types import Principal, RequestContext
+from llmhost.errors import AuthError, RefusedError
+from llmhost.security.keys import ApiKey, KeyStore, model_allowed
+
+__all__ = ["CONFIG_PRINCIPAL", "OWNER", "AuthStage", "Authenticator", "check_scope", "principal_of"]
+
+# The machine's owner: the CLI (which reads the database directly anyway) and an open loopback server.
+OWNER = Principal(name="owner", key_id=None, scopes=frozenset({"*"}))
+# Whoever holds the config-file key: every scope, no limits (a single-key set-up).
+CONFIG_PRINCIPAL = Principal(name="config-key", key_id="config", scopes=frozenset({"*"}))
+
+
+def principal_of(key: ApiKey) -> Principal:
+    return Principal(
+        name=key.name,
+        key_id=key.id,
+        scopes=key.scopes,
+        models=key.models,
+        rpm=key.rpm,
+        tpm=key.tpm,
+        budget=key.budget,
+    )
+
+
+class Authenticator:
+    """Turns a presented secret into a :class:`Principal`, or refuses it."""
+
+    def __init__(self, keys: KeyStore | None, config_key: str | None) -> None:
+        self.keys = keys
+        self._config_key = config_key.encode() if config_key else None
+
+    @property
+    def required(self) -> bool:
+        """Whether requests must carry a key: a config key is set, or a key was ever created (revoking
+        the last key does not open the server)."""
+        return self._config_key is not None or (self.keys is not None and self.keys.has_keys())
+
+    @property
+    def usable(self) -> bool:
+        """Whether some key can get in: what a non-loopback bind needs."""
+        return self._config_key is not None or (self.keys is not None and self.keys.has_usable_keys())
+
+    def authenticate(self, secret: bytes | None) -> Principal:
+        """The principal for ``secret``; :data:`OWNER` when no key is required and none was sent."""
+        if not secret:
+            if self.required:
+                raise AuthError("You didn't provide an API key.")
+            return OWNER
+        if self._config_key is not None and secrets.compare_digest(secret, self._config_key):
+            return CONFIG_PRINCIPAL
+        key = self.keys.lookup(secret) if self.keys is not None else None
+        if key is not None:
+            return principal_of(key)
+        if not self.required:
+            # A key sent to an open server is ignored, as Ollama does (clients always send one).
+            return OWNER
+        raise AuthError("Incorrect API key provided.")
+
+
+def check_scope(principal: Principal, scope: str) -> None:
+    if not principal.may(scope):
+        raise RefusedError(f"this API key lacks the {scope!r} scope", code="insufficient_scope")
+
+
+class AuthStage(StageBase):
+    """The pipeline's "auth" stage: inference needs the ``inference`` scope and an allowed model.
+
+    Doors authenticate before the pipeline (each reads the secret from its own header); this stage
+    holds for every door alike, the CLI and MCP included, so no door can skip the scope and model rules.
+    """
+
+    name = "auth"
+
+    async def before(self, ctx: RequestContext, request: Request) -> Request:
+        principal = ctx.principal
+        check_scope(principal, "inference")
+        if not model_allowed(principal.models, request.model):
+            raise RefusedError(f"this API key may not use model {request.model!r}", code="model_not_allowed")
+        return request

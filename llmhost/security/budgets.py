@@ -1,0 +1,132 @@
+"""Per-key budgets in USD: reserved before the call, settled after, never exceeded.
+
+Before a request of a key with a budget is generated, its worst-case cost is reserved: an upper bound of
+its prompt tokens (:func:`~llmhost.security.limits.prompt_token_bound`) times the route's highest input
+price plus its completion tokens (``max_tokens`` times ``n``) times the highest output price (a cascade route
+reserves every target it may call). If spent + reserved + this request would pass the budget, it is
+refused with OpenAI's 429 ``insufficient_quota``; a request that sets no ``max_tokens`` on a priced route
+gets ``min(4096, what the budget still affords)``. When the request ends (answered, failed or
+cancelled) the reservation is replaced by what its attempts really cost. Check-and-reserve happens
+under one lock with no await in between, so 50 concurrent requests cannot all see the same room.
+
+What a key has spent is the sum of its usage rows (read once per key, after the usage writer has
+flushed) plus what this process has settled since. Several instances each guard their own reservations;
+a budget shared across instances needs a shared store (see the README's scale-out notes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from llmhost.core.stage import Answer, Request, StageBase
+from llmhost.core.types import InferenceRequest, RequestContext
+from llmhost.errors import RateLimitError
+from llmhost.security.limits import (
+    DEFAULT_MAX_TOKENS,
+    completion_token_bound,
+    prompt_token_bound,
+    with_max_tokens,
+)
+
+__all__ = ["BudgetStage", "Ledger"]
+
+_PER_TOKEN = 1e-6  # prices are per million tokens
+
+
+class Ledger:
+    """Spent and reserved USD per key id, for one process."""
+
+    def __init__(self, spent_in_log: Callable[[str], float]) -> None:
+        self._spent_in_log = spent_in_log
+        self._spent: dict[str, float] = {}
+        self._reserved: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    async def load(self, key_id: str) -> None:
+        """Read what the key spent before this process started (once per key)."""
+        if key_id in self._spent:
+            return
+        spent = await asyncio.to_thread(self._spent_in_log, key_id)
+        with self._lock:
+            self._spent.setdefault(key_id, spent)
+
+    def reserve(self, key_id: str, budget: float, amount: float) -> float | None:
+        """Reserve ``amount``; None when it does not fit. Returns the room left after it."""
+        with self._lock:
+            room = budget - self._spent.get(key_id, 0.0) - self._reserved.get(key_id, 0.0)
+            if amount > room + 1e-12:
+                return None
+            self._reserved[key_id] = self._reserved.get(key_id, 0.0) + amount
+            return room - amount
+
+    def room(self, key_id: str, budget: float) -> float:
+        with self._lock:
+            return budget - self._spent.get(key_id, 0.0) - self._reserved.get(key_id, 0.0)
+
+    def settle(self, key_id: str, reserved: float, cost: float) -> None:
+        with self._lock:
+            self._reserved[key_id] = max(0.0, self._reserved.get(key_id, 0.0) - reserved)
+            self._spent[key_id] = self._spent.get(key_id, 0.0) + cost
+
+    def spent(self, key_id: str) -> float:
+        with self._lock:
+            return self._spent.get(key_id, 0.0)
+
+
+def _prices(route: Any) -> tuple[float, float, int]:
+    """(highest input price, highest output price, how many targets one request may pay for)."""
+    targets = list(getattr(route, "targets", ()) or ())
+    if not targets:
+        return 0.0, 0.0, 1
+    ins = [t.settings.input_price for t in targets]
+    outs = [t.settings.output_price for t in targets]
+    calls = len(targets) if getattr(route, "cascade", None) else 1
+    return max(ins), max(outs), calls
+
+
+class BudgetStage(StageBase):
+    """The pipeline's "budget" stage (after "route", which knows the prices)."""
+
+    name = "budget"
+
+    def __init__(self, ledger: Ledger) -> None:
+        self.ledger = ledger
+
+    async def before(self, ctx: RequestContext, request: Request) -> Request:
+        p = ctx.principal
+        if p.key_id is None or p.budget is None:
+            return request
+        await self.ledger.load(p.key_id)
+        in_price, out_price, calls = _prices(ctx.route)
+        prompt_cost = prompt_token_bound(request) * in_price * _PER_TOKEN * calls
+        if isinstance(request, InferenceRequest) and request.sampling.max_tokens is None and out_price > 0:
+            per_token = out_price * _PER_TOKEN * calls * (request.sampling.n or 1)
+            affordable = math.floor((self.ledger.room(p.key_id, p.budget) - prompt_cost) / per_token)
+            if affordable >= 1:
+                request = with_max_tokens(request, min(affordable, DEFAULT_MAX_TOKENS))
+        reserve = prompt_cost + completion_token_bound(request) * out_price * _PER_TOKEN * calls
+        if self.ledger.reserve(p.key_id, p.budget, reserve) is None:
+            left = max(0.0, self.ledger.room(p.key_id, p.budget))
+            raise RateLimitError(
+                f"budget of key {p.name!r} is used up: ${left:.6f} of ${p.budget:g} left, this request may "
+                f"cost up to ${reserve:.6f} (lower max_tokens)",
+                code="insufficient_quota",
+            )
+        ctx.attrs["budget.reserved"] = reserve
+        return request
+
+    async def after(self, ctx: RequestContext, answer: Answer) -> Answer:
+        self._settle(ctx)
+        return answer
+
+    async def on_error(self, ctx: RequestContext, exc: BaseException) -> None:
+        self._settle(ctx)
+
+    def _settle(self, ctx: RequestContext) -> None:
+        reserved = ctx.attrs.pop("budget.reserved", None)
+        if reserved is not None and ctx.principal.key_id is not None:
+            self.ledger.settle(ctx.principal.key_id, reserved, sum(a.cost for a in ctx.attempts))

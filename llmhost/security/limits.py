@@ -1,0 +1,282 @@
+"""Per-key rate limits: requests and tokens per minute, exact over any 60-second window.
+
+A token bucket with capacity N and refill N/min admits up to 2N in the first minute (a full bucket plus a
+minute of refill), so it cannot promise "≤ N per minute". This is a sliding-window log instead: every
+admission is an entry (time, amount); a request is admitted only if the entries of the last 60 seconds
+plus its own amount stay within the limit, so no 60-second window ever holds more than N. The log holds
+one entry per request, not per token, and the check is atomic (a lock here; one Lua script in Redis).
+
+Token limits reserve an estimate when a request is admitted (an upper bound of the prompt's tokens plus
+``max_tokens``) and settle it to the tokens really used when the request ends, cancelled or failed ones
+included, so an abandoned request holds nothing beyond what it consumed.
+
+Backends: :class:`MemoryWindows` (one process, the default) and :class:`RedisWindows` (``limits.redis_url``:
+several instances share the counts).
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+import os
+import threading
+import time
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
+
+import redis.asyncio as aioredis
+
+from llmhost.core.stage import Answer, Request, StageBase
+from llmhost.core.types import EmbedRequest, InferenceRequest, RequestContext, Result
+from llmhost.errors import RateLimitError
+
+__all__ = ["Admission", "LimitStage", "MemoryWindows", "RedisWindows", "Windows", "prompt_token_bound"]
+
+WINDOW_S = 60.0
+DEFAULT_MAX_TOKENS = 4096  # what a token limit reserves for a request that sets no max_tokens
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """The answer of one window check: admitted (with a ticket to settle) or when to retry."""
+
+    admitted: bool
+    ticket: str
+    limit: int
+    remaining: int
+    reset_s: float  # seconds until the window has room again (for the x-ratelimit-reset-* headers)
+
+
+class Windows(Protocol):
+    async def acquire(self, bucket: str, amount: int, limit: int) -> Admission: ...
+
+    async def settle(self, bucket: str, ticket: str, amount: int) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
+class MemoryWindows:
+    """Sliding-window logs in this process."""
+
+    def __init__(self, window: float = WINDOW_S) -> None:
+        self.window = window
+        self._logs: dict[str, collections.OrderedDict[str, tuple[float, int]]] = {}
+        self._lock = threading.Lock()
+
+    def _live(self, bucket: str, now: float) -> collections.OrderedDict[str, tuple[float, int]]:
+        log = self._logs.setdefault(bucket, collections.OrderedDict())
+        horizon = now - self.window
+        while log:
+            first = next(iter(log.values()))
+            if first[0] > horizon:
+                break
+            log.popitem(last=False)
+        return log
+
+    async def acquire(self, bucket: str, amount: int, limit: int) -> Admission:
+        now = time.monotonic()
+        with self._lock:
+            log = self._live(bucket, now)
+            used = sum(a for _, a in log.values())
+            if used + amount <= limit:
+                ticket = os.urandom(8).hex()
+                log[ticket] = (now, amount)
+                reset = (next(iter(log.values()))[0] + self.window - now) if log else 0.0
+                return Admission(True, ticket, limit, limit - used - amount, max(0.0, reset))
+            return Admission(
+                False, "", limit, max(0, limit - used), self._reset(log, used, amount, limit, now)
+            )
+
+    def _reset(
+        self,
+        log: collections.OrderedDict[str, tuple[float, int]],
+        used: int,
+        amount: int,
+        limit: int,
+        now: float,
+    ) -> float:
+        if amount > limit:
+            return math.inf
+        freed = 0
+        for ts, a in log.values():
+            freed += a
+            if used - freed + amount <= limit:
+                return max(0.0, ts + self.window - now)
+        return self.window
+
+    async def settle(self, bucket: str, ticket: str, amount: int) -> None:
+        with self._lock:
+            log = self._logs.get(bucket)
+            if log is not None and ticket in log:
+                log[ticket] = (log[ticket][0], max(0, amount))
+
+    async def aclose(self) -> None:
+        return None
+
+
+# KEYS[1]: sorted set ticket -> admission time; KEYS[2]: hash ticket -> amount.
+# ARGV: amount, limit, window (s), ticket. Returns {admitted, remaining, reset_ms}.
+_ACQUIRE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
+local amount, limit, window = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - window)
+if #expired > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+  redis.call('HDEL', KEYS[2], unpack(expired))
+end
+local used = 0
+for _, v in ipairs(redis.call('HVALS', KEYS[2])) do used = used + tonumber(v) end
+if used + amount <= limit then
+  redis.call('ZADD', KEYS[1], now, ARGV[4])
+  redis.call('HSET', KEYS[2], ARGV[4], amount)
+  redis.call('PEXPIRE', KEYS[1], math.ceil(window * 1000) + 1000)
+  redis.call('PEXPIRE', KEYS[2], math.ceil(window * 1000) + 1000)
+  local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+  return {1, limit - used - amount, math.ceil((tonumber(first[2]) + window - now) * 1000)}
+end
+if amount > limit then return {0, limit - used, -1} end
+local freed = 0
+local entries = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
+for i = 1, #entries, 2 do
+  freed = freed + tonumber(redis.call('HGET', KEYS[2], entries[i]) or '0')
+  if used - freed + amount <= limit then
+    return {0, limit - used, math.ceil((tonumber(entries[i + 1]) + window - now) * 1000)}
+  end
+end
+return {0, limit - used, math.ceil(window * 1000)}
+"""
+_SETTLE = """
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end
+return 0
+"""
+
+
+class RedisWindows:
+    """Sliding-window logs in Redis, shared by every instance that points at the same server."""
+
+    def __init__(self, url: str, *, prefix: str = "llmhost:rl:", window: float = WINDOW_S) -> None:
+        self.window = window
+        self.prefix = prefix
+        self._client: Any = aioredis.from_url(url)
+        self._acquire = self._client.register_script(_ACQUIRE)
+        self._settle = self._client.register_script(_SETTLE)
+
+    def _keys(self, bucket: str) -> list[str]:
+        return [f"{self.prefix}{bucket}:t", f"{self.prefix}{bucket}:a"]
+
+    async def acquire(self, bucket: str, amount: int, limit: int) -> Admission:
+        ticket = os.urandom(8).hex()
+        admitted, remaining, reset_ms = await self._acquire(
+            keys=self._keys(bucket), args=[amount, limit, self.window, ticket]
+        )
+        reset = math.inf if int(reset_ms) < 0 else int(reset_ms) / 1000
+        return Admission(bool(admitted), ticket if admitted else "", limit, max(0, int(remaining)), reset)
+
+    async def settle(self, bucket: str, ticket: str, amount: int) -> None:
+        await self._settle(keys=self._keys(bucket)[1:], args=[ticket, max(0, amount)])
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+
+# ----- the stage -------------------------------------------------------------------------------------
+def prompt_token_bound(request: Request) -> int:
+    """An upper bound of the prompt's tokens: its UTF-8 bytes (no tokenizer makes more tokens than bytes,
+    byte fallback included) plus room for the chat template's markup."""
+    if isinstance(request, EmbedRequest):
+        return sum(len(t.encode()) if isinstance(t, str) else len(t) for t in request.inputs) + 8
+    if request.kind == "completion":
+        p = request.prompt
+        return (len(p.encode()) if isinstance(p, str) else len(p)) + 8
+    text = sum(len(m.content.encode()) + 16 for m in request.messages)
+    tools = sum(len(repr(t).encode()) for t in request.tools)
+    return text + tools + 64
+
+
+def completion_token_bound(request: Request) -> int:
+    if isinstance(request, EmbedRequest):
+        return 0
+    n = request.sampling.n or 1
+    return n * (request.sampling.max_tokens or DEFAULT_MAX_TOKENS)
+
+
+def _fmt_reset(seconds: float) -> str:
+    """OpenAI's reset format: ``1s``, ``6m0s``, ``250ms``."""
+    if seconds < 1:
+        return f"{max(1, int(seconds * 1000))}ms"
+    whole = math.ceil(seconds)
+    return f"{whole // 60}m{whole % 60}s" if whole >= 60 else f"{whole}s"
+
+
+def used_tokens(answer: Answer | None) -> int | None:
+    if isinstance(answer, Result):
+        return answer.usage.prompt_tokens + answer.usage.completion_tokens
+    if answer is not None:
+        return answer.usage.prompt_tokens
+    return None
+
+
+class LimitStage(StageBase):
+    """The pipeline's "limits" stage: a key's ``rpm`` and ``tpm``; 429 with ``Retry-After`` and OpenAI's
+    ``x-ratelimit-*`` headers when a window is full. Keys without limits pass untouched."""
+
+    name = "limits"
+
+    def __init__(self, windows: Windows) -> None:
+        self.windows = windows
+
+    async def before(self, ctx: RequestContext, request: Request) -> Request:
+        p = ctx.principal
+        if p.key_id is None or (p.rpm is None and p.tpm is None):
+            return request
+        headers: dict[str, str] = {}
+        if p.rpm is not None:
+            got = await self.windows.acquire(f"{p.key_id}:rpm", 1, p.rpm)
+            headers.update(_headers("requests", got))
+            if not got.admitted:
+                raise RateLimitError(
+                    f"rate limit reached for key {p.name!r}: {p.rpm} requests per minute", headers=headers
+                )
+        if p.tpm is not None:
+            reserve = prompt_token_bound(request) + completion_token_bound(request)
+            got = await self.windows.acquire(f"{p.key_id}:tpm", reserve, p.tpm)
+            headers.update(_headers("tokens", got))
+            if not got.admitted:
+                hint = " (lower max_tokens)" if math.isinf(got.reset_s) else ""
+                raise RateLimitError(
+                    f"rate limit reached for key {p.name!r}: {p.tpm} tokens per minute, this request may "
+                    f"use up to {reserve}{hint}",
+                    headers=headers,
+                )
+            ctx.attrs["limits.tpm_ticket"] = got.ticket
+        ctx.response_headers.update(headers)
+        return request
+
+    async def after(self, ctx: RequestContext, answer: Answer) -> Answer:
+        await self._settle(ctx, used_tokens(answer))
+        return answer
+
+    async def on_error(self, ctx: RequestContext, exc: BaseException) -> None:
+        used = sum(a.usage.prompt_tokens + a.usage.completion_tokens for a in ctx.attempts)
+        await self._settle(ctx, used)
+
+    async def _settle(self, ctx: RequestContext, used: int | None) -> None:
+        ticket = ctx.attrs.pop("limits.tpm_ticket", None)
+        if ticket is not None and ctx.principal.key_id is not None:
+            await self.windows.settle(f"{ctx.principal.key_id}:tpm", ticket, used or 0)
+
+
+def _headers(kind: str, got: Admission) -> dict[str, str]:
+    headers = {
+        f"x-ratelimit-limit-{kind}": str(got.limit),
+        f"x-ratelimit-remaining-{kind}": str(got.remaining),
+        f"x-ratelimit-reset-{kind}": _fmt_reset(0 if math.isinf(got.reset_s) else got.reset_s),
+    }
+    if not got.admitted and not math.isinf(got.reset_s):
+        headers["retry-after"] = str(max(1, math.ceil(got.reset_s)))
+    return headers
+
+
+def with_max_tokens(request: InferenceRequest, max_tokens: int) -> InferenceRequest:
+    return replace(request, sampling=replace(request.sampling, max_tokens=max_tokens))
