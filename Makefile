@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 # Build llama.cpp with every core; add e.g. CMAKE_ARGS="-DGGML_CUDA=on" for CUDA.
 export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: setup serve test lint format bench clean
+.PHONY: setup services serve test lint format bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,7 +19,14 @@ setup: $(STAMP)
 serve: setup
 	$(BIN)/llmhost serve
 
-test: setup
+# Servers the tests start on loopback (redis-server for shared rate limits), from Debian's packages.
+services:
+	@command -v redis-server >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  { apt-get install -y -q redis-server >/dev/null 2>&1 || \
+	    { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q redis-server >/dev/null 2>&1; }; }; } || \
+	  echo "redis-server is not installed (apt-get install redis-server): the Redis tests will be skipped"
+
+test: setup services
 	$(BIN)/python -m pytest -q
 
 lint: setup

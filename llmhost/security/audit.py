@@ -26,7 +26,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
 
@@ -125,9 +125,10 @@ class AuditLog:
         marks = ", ".join("?" for _ in _FIELDS)
         self._insert = f"INSERT INTO audit (seq, {', '.join(_FIELDS)}, hash) VALUES (?, {marks}, ?)"
 
-    def append(self, record: AuditRecord) -> AuditRecord:
-        """Write one record at the chain's end (atomic; the chain stays linear across processes)."""
-        values = asdict(record)
+    def append(self, record: AuditRecord) -> tuple[int, str]:
+        """Write one record at the chain's end (atomic; the chain stays linear across processes);
+        returns its ``seq`` and hash."""
+        values = {name: getattr(record, name) for name in _FIELDS}
         values["stream"] = int(record.stream)
         with self._lock:
             self._conn.execute("BEGIN IMMEDIATE")
@@ -141,7 +142,7 @@ class AuditLog:
             except BaseException:
                 self._conn.execute("ROLLBACK")
                 raise
-        return AuditRecord(**{**asdict(record), "seq": seq, "prev": prev, "hash": digest})
+        return seq, digest
 
     def rows(
         self, *, after: int = 0, limit: int = 100, newest: bool = False, key_id: str | None = None

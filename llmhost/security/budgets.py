@@ -17,6 +17,7 @@ a budget shared across instances needs a shared store (see the README's scale-ou
 from __future__ import annotations
 
 import asyncio
+import collections
 import math
 import threading
 from collections.abc import Callable
@@ -95,6 +96,8 @@ class BudgetStage(StageBase):
 
     def __init__(self, ledger: Ledger) -> None:
         self.ledger = ledger
+        # Requests refused for want of budget: ``llmhost_rate_limit_rejections_total{kind="budget"}``.
+        self.rejections: collections.Counter[str] = collections.Counter()
 
     async def before(self, ctx: RequestContext, request: Request) -> Request:
         p = ctx.principal
@@ -110,6 +113,7 @@ class BudgetStage(StageBase):
                 request = with_max_tokens(request, min(affordable, DEFAULT_MAX_TOKENS))
         reserve = prompt_cost + completion_token_bound(request) * out_price * _PER_TOKEN * calls
         if self.ledger.reserve(p.key_id, p.budget, reserve) is None:
+            self.rejections["budget"] += 1
             left = max(0.0, self.ledger.room(p.key_id, p.budget))
             raise RateLimitError(
                 f"budget of key {p.name!r} is used up: ${left:.6f} of ${p.budget:g} left, this request may "

@@ -55,66 +55,87 @@ class Windows(Protocol):
     async def aclose(self) -> None: ...
 
 
+class _Log:
+    """One bucket's admissions (ticket -> (time, amount)), oldest first, and their running total."""
+
+    __slots__ = ("entries", "used")
+
+    def __init__(self) -> None:
+        self.entries: collections.OrderedDict[str, tuple[float, int]] = collections.OrderedDict()
+        self.used = 0
+
+    def expire(self, horizon: float) -> None:
+        entries = self.entries
+        while entries:
+            ticket, (ts, amount) = next(iter(entries.items()))
+            if ts > horizon:
+                break
+            del entries[ticket]
+            self.used -= amount
+
+
 class MemoryWindows:
-    """Sliding-window logs in this process."""
+    """Sliding-window logs in this process; each check is O(1) amortised (a running total per bucket)."""
 
     def __init__(self, window: float = WINDOW_S) -> None:
         self.window = window
-        self._logs: dict[str, collections.OrderedDict[str, tuple[float, int]]] = {}
+        self._logs: dict[str, _Log] = {}
         self._lock = threading.Lock()
-
-    def _live(self, bucket: str, now: float) -> collections.OrderedDict[str, tuple[float, int]]:
-        log = self._logs.setdefault(bucket, collections.OrderedDict())
-        horizon = now - self.window
-        while log:
-            first = next(iter(log.values()))
-            if first[0] > horizon:
-                break
-            log.popitem(last=False)
-        return log
 
     async def acquire(self, bucket: str, amount: int, limit: int) -> Admission:
         now = time.monotonic()
         with self._lock:
-            log = self._live(bucket, now)
-            used = sum(a for _, a in log.values())
+            log = self._logs.get(bucket)
+            if log is None:
+                log = self._logs[bucket] = _Log()
+            log.expire(now - self.window)
+            used = log.used
             if used + amount <= limit:
                 ticket = os.urandom(8).hex()
-                log[ticket] = (now, amount)
-                reset = (next(iter(log.values()))[0] + self.window - now) if log else 0.0
-                return Admission(True, ticket, limit, limit - used - amount, max(0.0, reset))
-            return Admission(
-                False, "", limit, max(0, limit - used), self._reset(log, used, amount, limit, now)
-            )
+                log.entries[ticket] = (now, amount)
+                log.used += amount
+                oldest = next(iter(log.entries.values()))[0]
+                return Admission(
+                    True, ticket, limit, limit - used - amount, max(0.0, oldest + self.window - now)
+                )
+            reset = self._reset(list(log.entries.values()), used, amount, limit, now)
+            return Admission(False, "", limit, max(0, limit - used), reset)
 
     def _reset(
-        self,
-        log: collections.OrderedDict[str, tuple[float, int]],
-        used: int,
-        amount: int,
-        limit: int,
-        now: float,
+        self, entries: list[tuple[float, int]], used: int, amount: int, limit: int, now: float
     ) -> float:
+        """Seconds until enough old entries leave the window for ``amount`` to fit (inf: never)."""
         if amount > limit:
             return math.inf
         freed = 0
-        for ts, a in log.values():
+        for ts, a in entries:
             freed += a
             if used - freed + amount <= limit:
                 return max(0.0, ts + self.window - now)
         return self.window
 
+    def held(self, bucket: str) -> int:
+        """What a bucket's window holds now (for tests and metrics)."""
+        with self._lock:
+            log = self._logs.get(bucket)
+            if log is None:
+                return 0
+            log.expire(time.monotonic() - self.window)
+            return log.used
+
     async def settle(self, bucket: str, ticket: str, amount: int) -> None:
         with self._lock:
             log = self._logs.get(bucket)
-            if log is not None and ticket in log:
-                log[ticket] = (log[ticket][0], max(0, amount))
+            if log is not None and ticket in log.entries:
+                ts, before = log.entries[ticket]
+                log.entries[ticket] = (ts, max(0, amount))
+                log.used += max(0, amount) - before
 
     async def aclose(self) -> None:
         return None
 
 
-# KEYS[1]: sorted set ticket -> admission time; KEYS[2]: hash ticket -> amount.
+# KEYS[1]: sorted set ticket -> admission time; KEYS[2]: hash ticket -> amount; KEYS[3]: their total.
 # ARGV: amount, limit, window (s), ticket. Returns {admitted, remaining, reset_ms}.
 _ACQUIRE = """
 local t = redis.call('TIME')
@@ -122,16 +143,19 @@ local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
 local amount, limit, window = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - window)
 if #expired > 0 then
+  local gone = 0
+  for _, v in ipairs(redis.call('HMGET', KEYS[2], unpack(expired))) do gone = gone + (tonumber(v) or 0) end
   redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
   redis.call('HDEL', KEYS[2], unpack(expired))
+  redis.call('DECRBY', KEYS[3], gone)
 end
-local used = 0
-for _, v in ipairs(redis.call('HVALS', KEYS[2])) do used = used + tonumber(v) end
+local used = tonumber(redis.call('GET', KEYS[3]) or '0')
+local ttl = math.ceil(window * 1000) + 1000
 if used + amount <= limit then
   redis.call('ZADD', KEYS[1], now, ARGV[4])
   redis.call('HSET', KEYS[2], ARGV[4], amount)
-  redis.call('PEXPIRE', KEYS[1], math.ceil(window * 1000) + 1000)
-  redis.call('PEXPIRE', KEYS[2], math.ceil(window * 1000) + 1000)
+  redis.call('INCRBY', KEYS[3], amount)
+  for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ttl) end
   local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
   return {1, limit - used - amount, math.ceil((tonumber(first[2]) + window - now) * 1000)}
 end
@@ -147,7 +171,11 @@ end
 return {0, limit - used, math.ceil(window * 1000)}
 """
 _SETTLE = """
-if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end
+local before = redis.call('HGET', KEYS[1], ARGV[1])
+if before then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+  redis.call('INCRBY', KEYS[2], tonumber(ARGV[2]) - tonumber(before))
+end
 return 0
 """
 
@@ -163,7 +191,7 @@ class RedisWindows:
         self._settle = self._client.register_script(_SETTLE)
 
     def _keys(self, bucket: str) -> list[str]:
-        return [f"{self.prefix}{bucket}:t", f"{self.prefix}{bucket}:a"]
+        return [f"{self.prefix}{bucket}:t", f"{self.prefix}{bucket}:a", f"{self.prefix}{bucket}:n"]
 
     async def acquire(self, bucket: str, amount: int, limit: int) -> Admission:
         ticket = os.urandom(8).hex()
@@ -225,6 +253,8 @@ class LimitStage(StageBase):
 
     def __init__(self, windows: Windows) -> None:
         self.windows = windows
+        # Requests refused, by window ("requests", "tokens"): ``llmhost_rate_limit_rejections_total``.
+        self.rejections: collections.Counter[str] = collections.Counter()
 
     async def before(self, ctx: RequestContext, request: Request) -> Request:
         p = ctx.principal
@@ -235,6 +265,7 @@ class LimitStage(StageBase):
             got = await self.windows.acquire(f"{p.key_id}:rpm", 1, p.rpm)
             headers.update(_headers("requests", got))
             if not got.admitted:
+                self.rejections["requests"] += 1
                 raise RateLimitError(
                     f"rate limit reached for key {p.name!r}: {p.rpm} requests per minute", headers=headers
                 )
@@ -243,6 +274,7 @@ class LimitStage(StageBase):
             got = await self.windows.acquire(f"{p.key_id}:tpm", reserve, p.tpm)
             headers.update(_headers("tokens", got))
             if not got.admitted:
+                self.rejections["tokens"] += 1
                 hint = " (lower max_tokens)" if math.isinf(got.reset_s) else ""
                 raise RateLimitError(
                     f"rate limit reached for key {p.name!r}: {p.tpm} tokens per minute, this request may "

@@ -296,3 +296,28 @@ def test_ready_does_not_echo_exception_text(tmp_path: Path) -> None:
         assert "startup failed" in r.text
     finally:
         live.stop()
+
+
+def test_a_stored_response_belongs_to_the_key_that_made_it(keyed: tuple[LiveServer, Settings]) -> None:
+    live, settings = keyed
+    alice, bob = _auth(_key(settings, "alice")), _auth(_key(settings, "bob"))
+    base = live.base_url
+    made = httpx.post(
+        f"{base}/v1/responses",
+        json={"model": TINY, "input": "hi", "max_output_tokens": 2},
+        headers=alice,
+        timeout=60,
+    )
+    rid = made.json()["id"]
+    assert httpx.get(f"{base}/v1/responses/{rid}", headers=alice).status_code == 200
+    assert httpx.get(f"{base}/v1/responses/{rid}", headers=bob).status_code == 404
+    assert httpx.get(f"{base}/v1/responses/{rid}/input_items", headers=bob).status_code == 404
+    follow = {"model": TINY, "input": "more", "previous_response_id": rid, "max_output_tokens": 2}
+    assert httpx.post(f"{base}/v1/responses", json=follow, headers=bob, timeout=60).status_code == 404
+    assert httpx.delete(f"{base}/v1/responses/{rid}", headers=bob).status_code == 404
+    # A new key that takes a revoked key's name does not inherit its conversations.
+    store = KeyStore(settings.database_path)
+    store.revoke("alice")
+    store.close()
+    heir = _auth(_key(settings, "alice"))
+    assert httpx.get(f"{base}/v1/responses/{rid}", headers=heir).status_code == 404

@@ -20,6 +20,7 @@ from typing import Any, Literal
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from llmhost.core.types import Principal
 from llmhost.doors.common import context_for, door_route, pipeline_of
 from llmhost.doors.responses import protocol as wire
 from llmhost.doors.responses import translate
@@ -43,6 +44,12 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 router = APIRouter(prefix="/v1", route_class=door_route(translate.render_error), lifespan=_lifespan)
+
+
+def owner_of(principal: Principal) -> str:
+    """Whose stored responses these are: the key's id (stable across rotation, never reused when a name
+    is), else the principal's name (the owner on an open loopback server, the config-file key)."""
+    return principal.key_id or principal.name
 
 
 def store_of(request: Request) -> ResponseStore:
@@ -102,7 +109,7 @@ async def create_response(
 ) -> JSONResponse | StreamingResponse:
     translate.check_supported(body)
     store, ctx = store_of(request), context_for(request, "responses")
-    owner = ctx.principal.name
+    owner = owner_of(ctx.principal)
     conversation = await _conversation(store, owner, body)
     if isinstance(conversation, JSONResponse):
         return conversation
@@ -145,14 +152,14 @@ async def count_input_tokens(body: wire.InputTokensRequest, request: Request) ->
 async def retrieve_response(response_id: str, request: Request, stream: bool = False) -> JSONResponse:
     if stream:
         raise RequestError("only background responses can be streamed again; none are kept", param="stream")
-    owner = context_for(request, "responses").principal.name
+    owner = owner_of(context_for(request, "responses").principal)
     found = await asyncio.to_thread(store_of(request).get, response_id, owner)
     return JSONResponse(found) if found is not None else _response_not_found(response_id)
 
 
 @router.delete("/responses/{response_id}", response_model=None)
 async def delete_response(response_id: str, request: Request) -> JSONResponse:
-    owner = context_for(request, "responses").principal.name
+    owner = owner_of(context_for(request, "responses").principal)
     if not await asyncio.to_thread(store_of(request).delete, response_id, owner):
         return _response_not_found(response_id)
     return JSONResponse({"id": response_id, "object": "response", "deleted": True})
@@ -160,7 +167,7 @@ async def delete_response(response_id: str, request: Request) -> JSONResponse:
 
 @router.post("/responses/{response_id}/cancel", response_model=None)
 async def cancel_response(response_id: str, request: Request) -> JSONResponse:
-    owner = context_for(request, "responses").principal.name
+    owner = owner_of(context_for(request, "responses").principal)
     if await asyncio.to_thread(store_of(request).get, response_id, owner) is None:
         return _response_not_found(response_id)
     raise RequestError("Only responses created with background=true can be cancelled.", param="response_id")
@@ -179,7 +186,7 @@ async def list_input_items(
     direction: Literal["asc", "desc"] = "asc" if order == "asc" else "desc"
     if not limit.isdigit() or not 1 <= int(limit) <= 100:
         raise RequestError(f"limit must be an integer from 1 to 100, not {limit!r}", param="limit")
-    owner = context_for(request, "responses").principal.name
+    owner = owner_of(context_for(request, "responses").principal)
     page = await asyncio.to_thread(
         store_of(request).input_items, response_id, owner, order=direction, limit=int(limit), after=after
     )
