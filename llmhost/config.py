@@ -39,6 +39,7 @@ __all__ = [
     "EngineSettings",
     "MemorySettings",
     "ModelSettings",
+    "PolicySettings",
     "ProviderSettings",
     "RouteSettings",
     "Settings",
@@ -298,6 +299,55 @@ class AuditSettings(BaseModel):
     )
 
 
+RedactRule = Literal["email", "phone", "card", "iban", "api_key", "jwt", "bearer", "pii", "secrets", "all"]
+
+
+class PolicySettings(BaseModel):
+    """``[policy]`` (everyone's) or ``[policies.NAME]`` (for the keys made with ``--policy NAME``): what
+    the governance policy redacts, refuses and caps, on every door. The default does nothing."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    redact: list[RedactRule] = Field(
+        default_factory=list,
+        description=(
+            "What to replace with [REDACTED:rule]: email, phone, card (Luhn-checked), iban (mod-97-checked), "
+            "api_key (sk-, llmh_, ghp_, github_pat_, AKIA, xox?-), jwt, bearer; or the groups pii (email, "
+            "phone, card, iban), secrets (api_key, jwt, bearer), all."
+        ),
+    )
+    block: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Regular expressions (Python syntax; (?i) for any case): a request whose text matches one "
+            "is refused (403, policy_blocked); in an answer the match becomes [BLOCKED]."
+        ),
+    )
+    max_input_chars: int | None = Field(
+        None, ge=1, description="Most characters of text a request may carry (400 beyond)."
+    )
+    max_output_chars: int | None = Field(
+        None, ge=1, description='Most characters of text per answer; longer ones are cut (finish "length").'
+    )
+    apply_to: Literal["input", "output", "both"] = Field(
+        "both", description="Where `redact` and `block` apply (the size caps apply where they say)."
+    )
+
+    @field_validator("block")
+    @classmethod
+    def _patterns_compile(cls, patterns: list[str]) -> list[str]:
+        for pattern in patterns:
+            try:
+                compiled = re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(
+                    f"block pattern {pattern!r} is not a valid regular expression: {exc}"
+                ) from None
+            if compiled.search("") is not None:
+                raise ValueError(f"block pattern {pattern!r} matches empty text (so it would match anything)")
+        return patterns
+
+
 class Settings(BaseSettings):
     """Everything llmhost can be configured with."""
 
@@ -317,6 +367,13 @@ class Settings(BaseSettings):
     security: SecuritySettings = Field(default_factory=SecuritySettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
     audit: AuditSettings = Field(default_factory=AuditSettings)
+    policy: PolicySettings = Field(
+        default_factory=PolicySettings, description="The governance policy for every request."
+    )
+    policies: dict[str, PolicySettings] = Field(
+        default_factory=dict,
+        description="Named policies a key can be given (`llmhost keys create --policy NAME`) instead.",
+    )
     data_dir: Path = Field(
         default_factory=lambda: Path(platformdirs.user_data_dir("llmhost")),
         description="Where llmhost keeps its database and models.",
@@ -328,6 +385,13 @@ class Settings(BaseSettings):
     )
     max_request_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="Largest accepted request body.")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log verbosity.")
+    log_format: Literal["text", "json"] = Field(
+        "text",
+        description=(
+            'How `llmhost serve` writes its log, uvicorn\'s access log included: "text" lines, or "json", '
+            "one object per line (ts, level, logger, message, request_id, exc)."
+        ),
+    )
     access_log: bool = Field(
         True, description="One log line per HTTP request (uvicorn's access log); off saves CPU."
     )

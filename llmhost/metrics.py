@@ -3,8 +3,12 @@
 Almost everything is read at scrape time from state the server keeps anyway, so serving a request pays
 nothing for it:
 
-- resident models (memory, slots, busy slots, waiting requests) from the :class:`ModelManager`;
+- resident models (memory, slots, busy slots, waiting requests, KV-cache cells in use) from the
+  :class:`ModelManager`, and what each model's engine counted as it went (time to first token, time per
+  output token, prompt, prefix-cache-hit and generated tokens: :mod:`llmhost.engine.stats`);
 - circuit-breaker states and recent latency from the :class:`Gateway`'s routes and breakers;
+- requests the limits and budget stages refused and the policy stage's decisions, from the counters
+  those stages keep (found by stage name in the pipeline);
 - gateway requests, tokens, cost and latency per target from the usage log (``Gateway._record``): each
   scrape reads the rows appended since the previous one (by row id) and adds them to running totals,
   which start at zero when the app is created. The log is written in batches, so these lag a request by
@@ -20,13 +24,13 @@ reaches a metric.
 
 from __future__ import annotations
 
-import bisect
 import logging
 import re
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
@@ -42,6 +46,7 @@ from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llmhost import __version__
+from llmhost.engine.stats import EngineStats, Histogram
 from llmhost.router.breaker import BreakerState
 from llmhost.service import Service
 
@@ -59,37 +64,13 @@ HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 3
 
 TARGET_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0)
 
+MODEL_LABELS = ["model", "digest"]
+"""Every per-loaded-model series carries both: a hot-swapped alias has two files for a moment."""
+
 UNMATCHED_PATH = "<unmatched>"
 """The ``path`` label of requests no route matched (404s): raw paths would be unbounded."""
 
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
-
-
-class _Histogram:
-    """Per-bucket counts and a sum; the caller holds whatever lock guards it."""
-
-    __slots__ = ("bounds", "counts", "total")
-
-    def __init__(self, bounds: Sequence[float]) -> None:
-        self.bounds = bounds
-        self.counts = [0] * (len(bounds) + 1)  # the last one is +Inf
-        self.total = 0.0
-
-    def observe(self, value: float) -> None:
-        self.counts[bisect.bisect_left(self.bounds, value)] += 1
-        self.total += value
-
-    def cumulative(self) -> list[tuple[str, float]]:
-        buckets: list[tuple[str, float]] = []
-        running = 0
-        for bound, count in zip((*self.bounds, float("inf")), self.counts, strict=True):
-            running += count
-            buckets.append(("+Inf" if bound == float("inf") else _float_text(bound), running))
-        return buckets
-
-
-def _float_text(value: float) -> str:
-    return repr(float(value))
 
 
 class HTTPStats:
@@ -98,7 +79,7 @@ class HTTPStats:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._requests: dict[tuple[str, str, int], int] = {}
-        self._durations: dict[str, _Histogram] = {}
+        self._durations: dict[str, Histogram] = {}
 
     def observe(self, path: str, method: str, status: int, seconds: float) -> None:
         key = (path, method, status)
@@ -106,7 +87,7 @@ class HTTPStats:
             self._requests[key] = self._requests.get(key, 0) + 1
             histogram = self._durations.get(path)
             if histogram is None:
-                histogram = self._durations[path] = _Histogram(HTTP_BUCKETS)
+                histogram = self._durations[path] = Histogram(HTTP_BUCKETS)
             histogram.observe(seconds)
 
     def collect(self) -> Iterator[Metric]:
@@ -198,7 +179,7 @@ class _UsageTotals:
         self.requests: dict[tuple[str, str, str, str], int] = {}
         # (route, provider, target) -> [prompt, completion, cached tokens, cost]
         self.tokens: dict[tuple[str, str, str], list[float]] = {}
-        self.latency: dict[tuple[str, str, str], _Histogram] = {}
+        self.latency: dict[tuple[str, str, str], Histogram] = {}
         try:
             conn = self._connect()
             try:
@@ -240,7 +221,7 @@ class _UsageTotals:
                 if status == "ok":
                     histogram = self.latency.get(target)
                     if histogram is None:
-                        histogram = self.latency[target] = _Histogram(TARGET_BUCKETS)
+                        histogram = self.latency[target] = Histogram(TARGET_BUCKETS)
                     histogram.observe(ms / 1000)
 
     def collect(self) -> Iterator[Metric]:
@@ -290,6 +271,7 @@ class _ServiceCollector:
         yield from self._server()
         yield from self._models()
         yield from self._gateway()
+        yield from self._security()
         yield from self.usage.collect()
 
     def _server(self) -> Iterable[Metric]:
@@ -302,7 +284,7 @@ class _ServiceCollector:
     def _models(self) -> Iterable[Metric]:
         manager = self.service.models
         loaded = manager.loaded()
-        labels = ["model", "digest"]
+        labels = MODEL_LABELS
         count = GaugeMetricFamily("llmhost_models_loaded", "Models resident in memory.")
         count.add_metric([], len(loaded))
         memory = GaugeMetricFamily(
@@ -315,6 +297,16 @@ class _ServiceCollector:
         waiting = GaugeMetricFamily(
             "llmhost_model_requests_waiting", "Requests queued for a free slot.", labels=labels
         )
+        kv_cells = GaugeMetricFamily(
+            "llmhost_model_kv_cells", "KV-cache cells of a loaded model (every slot's window).", labels=labels
+        )
+        kv_used = GaugeMetricFamily(
+            "llmhost_model_kv_cells_used",
+            "KV-cache cells holding tokens: 'active' for running requests, 'cached' kept by free slots "
+            "for prefix reuse.",
+            labels=[*labels, "state"],
+        )
+        engines = _EngineFamilies()
         for m in loaded:
             # The digest tells apart the old and the new file while an alias is being hot-swapped.
             values = [m.name, m.record.digest[:19]]  # "sha256:" + 12 hex digits
@@ -322,12 +314,42 @@ class _ServiceCollector:
             slots.add_metric(values, m.runner.n_slots)
             busy.add_metric(values, m.engine.busy_slots)
             waiting.add_metric(values, m.engine.waiting)
+            active, cached = m.engine.kv_cells()
+            kv_cells.add_metric(values, m.engine.kv_capacity)
+            kv_used.add_metric([*values, "active"], active)
+            kv_used.add_metric([*values, "cached"], cached)
+            engines.add(values, m.engine.stats_snapshot())
         budget = GaugeMetricFamily(
             "llmhost_memory_budget_bytes", "Memory loaded models may use, per device.", labels=["device"]
         )
         budget.add_metric(["cpu"], manager.ram_budget)
         budget.add_metric(["gpu"], manager.vram_budget)
-        return [count, memory, slots, busy, waiting, budget]
+        return [count, memory, slots, busy, waiting, kv_cells, kv_used, *engines.families(), budget]
+
+    def _security(self) -> Iterable[Metric]:
+        """Refusals by the limits and budget stages and the policy stage's decisions: counters those
+        stages keep as they decide (read by name, so a pipeline without one simply has no series)."""
+        stages = {stage.name: stage for stage in self.service.pipeline.stages}
+        rejected = CounterMetricFamily(
+            "llmhost_rate_limit_rejections",
+            "Requests refused with 429 by a key's limits: 'requests' (rpm), 'tokens' (tpm), 'budget' (USD).",
+            labels=["kind"],
+        )
+        for stage_name, kinds in (("limits", ("requests", "tokens")), ("budget", ("budget",))):
+            if stage_name in stages:
+                counts = _counts(stages[stage_name], "rejections")
+                for kind in sorted({*kinds, *counts}):
+                    rejected.add_metric([str(kind)], counts.get(kind, 0))
+        decisions = CounterMetricFamily(
+            "llmhost_policy_decisions",
+            "Governance policy decisions, by direction (input, output), rule and action taken.",
+            labels=["direction", "rule", "action"],
+        )
+        if "policy" in stages:
+            for key, n in sorted(_counts(stages["policy"], "counts").items(), key=lambda kv: str(kv[0])):
+                if isinstance(key, tuple) and len(key) == 3:
+                    decisions.add_metric([str(part) for part in key], n)
+        return [rejected, decisions]
 
     def _gateway(self) -> Iterable[Metric]:
         gateway = self.service.gateway
@@ -365,6 +387,56 @@ class _ServiceCollector:
                 if median is not None:
                     p50.add_metric([route.name, target.key], median)
         return [state, opened, p50]
+
+
+def _counts(stage: object, attribute: str) -> dict[Any, int]:
+    """A copy of a stage's ``Counter``. The event loop updates it while a scrape runs in a thread:
+    ``dict()`` of a Counter copies in one C call under the GIL, so the copy is consistent."""
+    counter = getattr(stage, attribute, None)
+    return dict(counter) if isinstance(counter, Mapping) else {}
+
+
+class _EngineFamilies:
+    """Per loaded model: what its engine counted (:class:`~llmhost.engine.stats.EngineStats`)."""
+
+    def __init__(self) -> None:
+        labels = MODEL_LABELS
+        self.ttft = HistogramMetricFamily(
+            "llmhost_model_time_to_first_token_seconds",
+            "From queueing a request in a loaded model's engine to its first sampled token (waiting for a "
+            "slot plus prompt prefill).",
+            labels=labels,
+        )
+        self.tpot = HistogramMetricFamily(
+            "llmhost_model_time_per_output_token_seconds",
+            "Per finished request, seconds per output token after the first: 1/x is that stream's "
+            "generation speed in tokens per second.",
+            labels=labels,
+        )
+        self.prompt = CounterMetricFamily(
+            "llmhost_model_prompt_tokens", "Prompt tokens of requests that took a slot.", labels=labels
+        )
+        self.hits = CounterMetricFamily(
+            "llmhost_model_prefix_cache_hit_tokens",
+            "Prompt tokens whose KV cells were reused from a slot's prefix cache, whoever computed them "
+            "(hit ratio: divide by llmhost_model_prompt_tokens_total).",
+            labels=labels,
+        )
+        self.generated = CounterMetricFamily(
+            "llmhost_model_generation_tokens",
+            "Tokens generated (rate(): the model's aggregate tokens per second).",
+            labels=labels,
+        )
+
+    def add(self, values: list[str], stats: EngineStats) -> None:
+        self.ttft.add_metric(values, stats.ttft.cumulative(), stats.ttft.total)
+        self.tpot.add_metric(values, stats.tpot.cumulative(), stats.tpot.total)
+        self.prompt.add_metric(values, stats.prompt_tokens)
+        self.hits.add_metric(values, stats.prefix_hit_tokens)
+        self.generated.add_metric(values, stats.generation_tokens)
+
+    def families(self) -> list[Metric]:
+        return [self.ttft, self.tpot, self.prompt, self.hits, self.generated]
 
 
 class Metrics:

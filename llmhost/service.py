@@ -30,6 +30,7 @@ from llmhost.security.auth import Authenticator, AuthStage
 from llmhost.security.budgets import BudgetStage, Ledger
 from llmhost.security.keys import KeyStore
 from llmhost.security.limits import LimitStage, MemoryWindows, RedisWindows, Windows
+from llmhost.security.policy import PolicyStage
 
 __all__ = ["Service"]
 
@@ -60,13 +61,15 @@ class Service:
             build_providers(settings, LocalProvider(self.local)),
             is_local_model=lambda name: self.registry.find(name) is not None,
         )
+        self.policy = PolicyStage.from_settings(settings)
         # The stages, in order: the one place that says what every request goes through.
         audit = (AuditStage(self.audit, store_content=settings.audit.store_content),)
         stages: tuple[Stage, ...] = (
             *(audit if settings.audit.enabled else ()),  # first, so it sees every outcome last
             AuthStage(),
             ValidateStage(),
-            *extra_stages,  # issue "trust": governance policy slots in here
+            *((self.policy,) if self.policy.enabled else ()),  # redaction, blocked text, size caps
+            *extra_stages,
             RouteStage(self.gateway),
             LimitStage(self.windows),
             BudgetStage(self.ledger),

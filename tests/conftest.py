@@ -1,23 +1,131 @@
-"""Shared fixtures: a tiny real GGUF model, settings in a temp dir, a service, a live HTTP server."""
+"""Shared fixtures: a tiny real GGUF model, settings in a temp dir, a service, a live HTTP server; and the
+secret watch, which fails the session if any secret a test made shows up in any log record."""
 
 from __future__ import annotations
 
+import logging
+import os
 import socket
+import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import uvicorn
+from pydantic import SecretStr
 
 from llmhost.config import Settings, load_settings
+from llmhost.security import auth
+from llmhost.security.keys import KeyStore
 from llmhost.service import Service
 from tests.tiny_gguf import write_tiny_llama_gguf
 
 TINY = "tiny"
+
+
+# ----- the secret watch: no secret in any log record of the whole session ----------------------------
+class SecretWatch(logging.Handler):
+    """A root handler that sees every record of the session and notes each one holding a known secret.
+
+    Secrets are registered as tests make them: every API key secret ``KeyStore.create``/``rotate`` hands
+    out and every ``SecretStr`` pydantic builds (``api_key`` in settings, providers' keys), at least
+    ``MIN_LENGTH`` characters long (shorter test values would match ordinary words).
+    """
+
+    MIN_LENGTH = 8
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.DEBUG)
+        self.secrets: tuple[str, ...] = ()  # replaced whole, so emit() on another thread never sees it change
+        self.leaks: list[str] = []
+        self._text = logging.Formatter("%(levelname)s %(name)s: %(message)s")  # + traceback and stack
+
+    def add(self, secret: str) -> None:
+        if len(secret) >= self.MIN_LENGTH and secret not in self.secrets:
+            self.secrets = (*self.secrets, secret)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = self._text.format(record)
+        except Exception:  # a record whose args do not fit its message: check what there is
+            text = f"{record.msg!r} {record.args!r}"
+        found = [secret for secret in self.secrets if secret in text]
+        if found:
+            for secret in found:
+                text = text.replace(secret, "<secret>")
+            where = os.environ.get("PYTEST_CURRENT_TEST", "outside a test")
+            self.leaks.append(f"{where}: {text[:400]}")
+
+
+WATCH = SecretWatch()
+
+
+def _registering(make: Callable[..., tuple[Any, str]]) -> Callable[..., tuple[Any, str]]:
+    def wrapper(*args: Any, **kwargs: Any) -> tuple[Any, str]:
+        key, secret = make(*args, **kwargs)
+        WATCH.add(secret)
+        return key, secret
+
+    return wrapper
+
+
+def _registering_token(make: Callable[..., str]) -> Callable[..., str]:
+    def wrapper(*args: Any, **kwargs: Any) -> str:
+        token = make(*args, **kwargs)
+        WATCH.add(token)
+        return token
+
+    return wrapper
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _secret_watch() -> Iterator[SecretWatch]:
+    """Installed before the first test: the root handler, the llmhost loggers at DEBUG (so every record
+    they could write is made and checked), and the registration of every secret made from here on."""
+    secret_init = SecretStr.__init__
+
+    def registering_init(self: SecretStr, secret_value: str) -> None:
+        secret_init(self, secret_value)
+        WATCH.add(secret_value)
+
+    root, ours = logging.getLogger(), logging.getLogger("llmhost")
+    level = ours.level
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(KeyStore, "create", _registering(KeyStore.create))
+        patch.setattr(KeyStore, "rotate", _registering(KeyStore.rotate))
+        patch.setattr(SecretStr, "__init__", registering_init)
+        # The HTTP server's owner token (a secret file in the data dir). The app module takes the
+        # function by name: patched there too when a test module has imported it already.
+        write = getattr(auth, "write_owner_token", None)
+        if write is not None:
+            patch.setattr(auth, "write_owner_token", _registering_token(write))
+            app_module = sys.modules.get("llmhost.doors.http.app")
+            if app_module is not None and hasattr(app_module, "write_owner_token"):
+                patch.setattr(app_module, "write_owner_token", _registering_token(write))
+        root.addHandler(WATCH)
+        ours.setLevel(logging.DEBUG)
+        try:
+            yield WATCH
+        finally:
+            ours.setLevel(level)
+            root.removeHandler(WATCH)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if WATCH.leaks and session.exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if WATCH.leaks:
+        terminalreporter.section("secrets in log records", sep="=", red=True, bold=True)
+        for leak in WATCH.leaks:
+            terminalreporter.write_line(leak)
+        terminalreporter.write_line(f"{len(WATCH.leaks)} log record(s) held a secret: the session fails")
 
 
 @pytest.fixture(autouse=True)
@@ -70,7 +178,10 @@ class LiveServer:
             sock.bind(("127.0.0.1", 0))
             self.port = sock.getsockname()[1]
         self.base_url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on")
+        # log_config None: uvicorn's records go to the root logger (the secret watch, pytest's capture).
+        config = uvicorn.Config(
+            app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on", log_config=None
+        )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 

@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from llmhost.config import load_settings
+from llmhost.config import Settings, load_settings
 from llmhost.errors import ConfigError, LLMHostError
 from llmhost.security.keys import SCOPES, ApiKey, KeyStore, parse_duration
 
@@ -36,12 +36,16 @@ def _fail(message: str, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
-def _store(config: Path | None) -> KeyStore:
+def _settings(config: Path | None) -> Settings:
     try:
-        return KeyStore(load_settings(config).database_path)
+        return load_settings(config)
     except ConfigError as exc:
         _fail(str(exc).replace("\n", "; "), 2)
     raise AssertionError("unreachable")
+
+
+def _store(config: Path | None) -> KeyStore:
+    return KeyStore(_settings(config).database_path)
 
 
 def _split(value: str | None) -> list[str] | None:
@@ -64,6 +68,7 @@ def _as_dict(key: ApiKey) -> dict[str, object]:
         "created": key.created,
         "expires": key.expires,
         "revoked": key.revoked,
+        "policy": key.policy,
     }
 
 
@@ -79,10 +84,18 @@ def create(
     tpm: Annotated[int | None, typer.Option(help="Tokens per minute (prompt + completion).")] = None,
     budget: Annotated[float | None, typer.Option(help="Spending limit in USD (the routes' prices).")] = None,
     expires: Annotated[str | None, typer.Option(help="Lifetime, e.g. 30d, 12h (default: none).")] = None,
+    policy: Annotated[
+        str | None,
+        typer.Option(help="A governance policy from the config's [policies.NAME] (default: [policy])."),
+    ] = None,
     config: ConfigOpt = None,
 ) -> None:
     """Create a key and print its secret (shown only this once)."""
-    store = _store(config)
+    settings = _settings(config)
+    if policy is not None and policy not in settings.policies:
+        known = ", ".join(sorted(settings.policies)) or "none is configured"
+        _fail(f"no policy named {policy!r} in the config's [policies] ({known})")
+    store = KeyStore(settings.database_path)
     try:
         key, secret = store.create(
             name,
@@ -92,6 +105,7 @@ def create(
             tpm=tpm,
             budget=budget,
             expires_in=parse_duration(expires) if expires is not None else None,
+            policy=policy,
         )
     except LLMHostError as exc:
         _fail(str(exc))
@@ -122,7 +136,9 @@ def list_keys(
         for key in keys:
             print(json.dumps({**_as_dict(key), "secrets": hints[key.id]}))
         return
-    table = Table("NAME", "ID", "SCOPES", "MODELS", "RPM", "TPM", "BUDGET", "EXPIRES", "STATE", box=None)
+    table = Table(
+        "NAME", "ID", "SCOPES", "MODELS", "RPM", "TPM", "BUDGET", "POLICY", "EXPIRES", "STATE", box=None
+    )
     for key in keys:
         state = "revoked" if key.revoked is not None else ("active" if key.usable() else "expired")
         table.add_row(
@@ -133,6 +149,7 @@ def list_keys(
             str(key.rpm or "-"),
             str(key.tpm or "-"),
             "-" if key.budget is None else f"${key.budget:g}",
+            escape(key.policy or "-"),
             _when(key.expires),
             state,
         )

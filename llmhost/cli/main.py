@@ -6,7 +6,6 @@ Every failure the user can cause prints one line (``error: ...``) and exits non-
 from __future__ import annotations
 
 import asyncio
-import logging
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
@@ -21,6 +20,7 @@ from rich.table import Table
 from llmhost.config import Settings, load_settings
 from llmhost.core.types import ChatMessage, Delta, InferenceRequest, RequestContext, Sampling
 from llmhost.errors import ConfigError, LLMHostError, ModelNotFoundError
+from llmhost.logs import configure_logging
 from llmhost.models.default import DEFAULT_MODEL_NAME
 from llmhost.net import is_loopback
 from llmhost.security.auth import OWNER
@@ -126,9 +126,7 @@ def serve(
 
     from llmhost.doors.http.app import create_app
 
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
+    configure_logging(settings.log_level, settings.log_format)
     with _errors():
         service = _service(settings)
         if not is_loopback(settings.host) and not service.auth.usable:
@@ -147,6 +145,8 @@ def serve(
             port=settings.port,
             log_level=settings.log_level,
             access_log=settings.access_log,
+            # JSON: uvicorn's loggers hand their records to the root's JSON handler, not to their own.
+            log_config=None if settings.log_format == "json" else uvicorn.config.LOGGING_CONFIG,
         )
         service.close()
 
@@ -342,9 +342,10 @@ def ps(config: ConfigOpt = None) -> None:
     settings = _settings(config)
     host = "127.0.0.1" if settings.host in {"0.0.0.0", "::"} else settings.host
     url = f"http://{host}:{settings.port}/api/ps"
-    headers = {"Authorization": f"Bearer {settings.api_key.get_secret_value()}"} if settings.api_key else {}
+    from llmhost.cli.model_commands import server_headers
+
     try:
-        resp = httpx.get(url, headers=headers, timeout=5)
+        resp = httpx.get(url, headers=server_headers(settings), timeout=5)
     except httpx.HTTPError:
         _fail(f"no llmhost server answers at http://{host}:{settings.port} (start one with `llmhost serve`)")
         return

@@ -12,6 +12,9 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from llmhost.errors import AuthError
+from llmhost.security.auth import read_owner_token
+
 if TYPE_CHECKING:
     from collections.abc import Callable
 
@@ -19,7 +22,7 @@ if TYPE_CHECKING:
     from llmhost.models.pull import PullProgress
     from llmhost.models.registry import ModelRecord
 
-__all__ = ["loaded_model_names", "register"]
+__all__ = ["loaded_model_names", "register", "server_headers"]
 
 ConfigOpt = Annotated[
     Path | None, typer.Option("--config", "-c", help="TOML settings file (default: $LLMHOST_CONFIG).")
@@ -43,11 +46,17 @@ def _loaded_models(settings: Settings, timeout: float = _PS_TIMEOUT_S) -> list[d
     host = "127.0.0.1" if settings.host in {"0.0.0.0", "::", ""} else settings.host
     if ":" in host and not host.startswith("["):
         host = f"[{host}]"
-    headers = {"Authorization": f"Bearer {settings.api_key.get_secret_value()}"} if settings.api_key else {}
     try:
-        resp = httpx.get(f"http://{host}:{settings.port}/api/ps", headers=headers, timeout=timeout)
+        resp = httpx.get(
+            f"http://{host}:{settings.port}/api/ps", headers=server_headers(settings), timeout=timeout
+        )
     except httpx.HTTPError:
         return None
+    if resp.status_code in (401, 403):
+        raise AuthError(
+            f"the server on port {settings.port} refused the CLI ({resp.status_code}), so what it has "
+            "loaded is unknown (another data dir's server? set LLMHOST_API_KEY to a key with models:read)"
+        )
     if resp.status_code != 200:
         return None
     try:
@@ -55,6 +64,13 @@ def _loaded_models(settings: Settings, timeout: float = _PS_TIMEOUT_S) -> list[d
     except (ValueError, AttributeError):
         return None
     return [entry for entry in models if isinstance(entry, dict)] if isinstance(models, list) else []
+
+
+def server_headers(settings: Settings) -> dict[str, str]:
+    """How the CLI authenticates to its own running server: the config-file key, else the owner token
+    the server wrote into the data dir."""
+    secret = settings.api_key.get_secret_value() if settings.api_key else read_owner_token(settings.data_dir)
+    return {"Authorization": f"Bearer {secret}"} if secret else {}
 
 
 def _in_use_by_server(settings: Settings) -> Callable[[ModelRecord], bool] | None:
@@ -161,10 +177,11 @@ def register(app: typer.Typer) -> None:
         config: ConfigOpt = None,
     ) -> None:
         """Remove a model from the store (refused while the running server has it loaded)."""
-        from llmhost.cli.main import _fail, _settings, _with_service, console
+        from llmhost.cli.main import _errors, _fail, _settings, _with_service, console
 
         settings = _settings(config)
-        loaded = loaded_model_names(settings)
+        with _errors():
+            loaded = loaded_model_names(settings)
         if loaded is not None and name in loaded:
             _fail(f"model {name} is in use by the running server; unload it first (POST /api/unload)")
         record = _with_service(settings, lambda s: s.store.remove(name))
@@ -186,10 +203,11 @@ def register(app: typer.Typer) -> None:
         The file the re-pointed name used is deleted when no name uses it any more, unless the running
         server has it loaded.
         """
-        from llmhost.cli.main import _settings, _with_service, console
+        from llmhost.cli.main import _errors, _settings, _with_service, console
 
         settings = _settings(config)
-        in_use = _in_use_by_server(settings)
+        with _errors():
+            in_use = _in_use_by_server(settings)
         record = _with_service(settings, lambda s: s.store.copy(source, destination, in_use=in_use))
         console.print(f"copied {source} to {record.name}", highlight=False, markup=False, soft_wrap=True)
 

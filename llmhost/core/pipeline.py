@@ -1,10 +1,10 @@
 """The one pipeline every door calls: its stages, in order, for whole answers and for streams.
 
     door (openai · anthropic · ollama · responses · admin · cli) translates its wire format to core types
-      -> stages' before(), in order:      auth -> validate -> route -> limits -> budget   (+ policy)
+      -> stages' before(), in order:  audit -> auth -> validate -> policy -> route -> limits -> budget
       -> generate: the gateway calls the route's targets (breakers, retries, fallback, cascade)
       -> stages' on_delta(), per streamed delta
-      -> stages' after(), in reverse:     usage -> budget (settle) -> limits (settle)  (+ policy, audit)
+      -> stages' after(), in reverse: usage -> budget, limits (settle) -> policy (output) -> audit
     door translates the Result / Deltas back to its wire format
 
 The stage tuple is built in one place (``llmhost.service.Service``); a new stage is one class there.
@@ -18,7 +18,15 @@ from typing import Protocol, cast
 
 from llmhost.core.stage import Answer, Request, Stage, StageBase
 from llmhost.core.stream import ResultBuilder
-from llmhost.core.types import Delta, Embeddings, EmbedRequest, InferenceRequest, RequestContext, Result
+from llmhost.core.types import (
+    Delta,
+    Embeddings,
+    EmbedRequest,
+    InferenceRequest,
+    RequestContext,
+    Result,
+    Usage,
+)
 
 __all__ = ["Generator", "Pipeline"]
 
@@ -85,9 +93,18 @@ class Pipeline:
         return cast(Embeddings, await self._after(ctx, result))
 
     async def count_tokens(self, ctx: RequestContext, request: InferenceRequest) -> int:
-        """Input tokens of a request, through the same checks (no generation, no usage row)."""
+        """Input tokens of a request, through the same stages (no generation, nothing to pay): the
+        ``counting`` note tells stages that reserve tokens or money to skip it, and ``after`` sees a
+        Result without choices, so whatever ``before`` took is given back."""
+        ctx.attrs["counting"] = True
         request = cast(InferenceRequest, await self._before(ctx, request))
-        return await self.generator.count_tokens(ctx, request)
+        try:
+            n = await self.generator.count_tokens(ctx, request)
+        except BaseException as exc:
+            await self._on_error(ctx, exc)
+            raise
+        await self._after(ctx, Result(ctx.request_id, request.model, [], Usage(prompt_tokens=n)))
+        return n
 
     # ----- hooks -----------------------------------------------------------------------------------------
     async def _before(self, ctx: RequestContext, request: Request) -> Request:

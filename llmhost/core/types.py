@@ -58,7 +58,8 @@ class Principal:
     """The caller a request runs for, as the "auth" stage found it (``llmhost.security.auth``).
 
     ``scopes`` holds ``"*"`` for the owner (the config-file key, the CLI, a server with no keys on
-    loopback). ``models`` are globs the key may use (empty: any); ``rpm``/``tpm``/``budget`` its limits.
+    loopback). ``models`` are globs the key may use (empty: any); ``rpm``/``tpm``/``budget`` its limits;
+    ``policy`` the named governance policy it runs under (None: the default one).
     """
 
     name: str = "anonymous"
@@ -68,6 +69,7 @@ class Principal:
     rpm: int | None = None
     tpm: int | None = None
     budget: float | None = None  # USD
+    policy: str | None = None
 
     def may(self, scope: str) -> bool:
         return "*" in self.scopes or scope in self.scopes

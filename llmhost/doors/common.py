@@ -15,8 +15,9 @@ from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
 
 from llmhost.core.pipeline import Pipeline
-from llmhost.core.types import Principal, RequestContext, TokenLogprob
+from llmhost.core.types import Principal, RequestContext, TokenLogprob, new_id
 from llmhost.errors import ErrorInfo, ErrorKind, LLMHostError, classify
+from llmhost.logs import REQUEST_ID_KEY
 
 __all__ = [
     "ErrorRenderer",
@@ -146,8 +147,10 @@ def pipeline_of(request: Request) -> Pipeline:
 
 
 def context_for(request: Request, door: str) -> RequestContext:
-    """The request's context: the principal the gate authenticated, and the door it came through."""
+    """The request's context: the principal the gate authenticated, the door it came through, and the
+    id the outermost middleware gave the request (the ``x-request-id`` the client gets back)."""
     principal = request.scope.get("llmhost.principal") or Principal()
-    ctx = RequestContext(principal=principal, door=door)
+    request_id = request.scope.get(REQUEST_ID_KEY) or new_id("req")
+    ctx = RequestContext(principal=principal, door=door, request_id=request_id)
     request.state.llmhost_ctx = ctx  # the route class adds the stages' response headers (rate limits)
     return ctx

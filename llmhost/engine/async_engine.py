@@ -20,6 +20,7 @@ from llmhost.engine.detokenizer import TextStream
 from llmhost.engine.runner import LlamaRunner
 from llmhost.engine.sampling import check_logit_bias
 from llmhost.engine.scheduler import Scheduler, Sequence
+from llmhost.engine.stats import EngineStats
 from llmhost.engine.types import FinishReason, GenerationRequest, RequestOutput, TokenLogprob
 from llmhost.errors import EngineError, LLMHostError
 
@@ -39,6 +40,9 @@ class _Live:
     sent_tokens: int = 0
     pending_ids: list[int] = field(default_factory=list)
     pending_logprobs: list[TokenLogprob] = field(default_factory=list)
+    submitted: float = field(default_factory=time.perf_counter)
+    first_token_at: float | None = None
+    steps_after_first: int = 0
 
 
 class Engine:
@@ -63,6 +67,7 @@ class Engine:
         self._thread = threading.Thread(target=self._run, name=f"llmhost-engine-{name}", daemon=True)
         self.steps = 0
         self.last_used = time.monotonic()
+        self.stats = EngineStats()  # updated under ``_cv``; read with ``stats_snapshot``
 
     # ----- lifecycle ---------------------------------------------------------------------------------
     def start(self) -> None:
@@ -89,6 +94,22 @@ class Engine:
     @property
     def waiting(self) -> int:
         return len(self.scheduler.waiting)
+
+    def stats_snapshot(self) -> EngineStats:
+        """A consistent copy of the counters (for a metrics scrape, from any thread)."""
+        with self._cv:
+            return self.stats.copy()
+
+    def kv_cells(self) -> tuple[int, int]:
+        """KV cells in use: ``(held by running requests, kept by free slots for prefix reuse)``."""
+        with self._cv:
+            active = sum(seq.num_computed for seq in self.scheduler.running)
+            return active, self.scheduler.slots.free_cached_tokens
+
+    @property
+    def kv_capacity(self) -> int:
+        """KV cells of the context: every slot's window."""
+        return self.runner.n_slots * self.runner.n_ctx_slot
 
     # ----- submitting --------------------------------------------------------------------------------
     def submit(self, request: GenerationRequest, sink: Sink) -> None:
@@ -157,6 +178,8 @@ class Engine:
                         continue
                     if not kept:
                         self.scheduler.prefix_lost(adm.request_id)
+                    self.stats.prompt_tokens += seq.num_prompt_tokens
+                    self.stats.prefix_hit_tokens += seq.num_computed
                 batch = self.scheduler.schedule()
             self._emit(emits)
             if not batch.chunks:
@@ -177,13 +200,23 @@ class Engine:
 
     def _postprocess(self, sampled: dict[str, int]) -> list[tuple[Sink, RequestOutput]]:
         emits: list[tuple[Sink, RequestOutput]] = []
+        now = time.perf_counter()
+        stats = self.stats
         for result in self.scheduler.update_from_output(sampled, self.runner.vocab.is_eog):
             seq = result.sequence
             live = self._live.get(seq.request_id)
             if live is None:
                 continue
+            # Each result is one sampled token (an end-of-generation one included): the first ends the
+            # wait for the first token, the others are decode steps.
+            if live.first_token_at is None:
+                live.first_token_at = now
+                stats.ttft.observe(now - live.submitted)
+            else:
+                live.steps_after_first += 1
             text = ""
             if result.new_token is not None:
+                stats.generation_tokens += 1
                 live.pending_ids.append(result.new_token)
                 logprob = self.runner.logprobs.get(seq.request_id)
                 if logprob is not None:
@@ -195,6 +228,8 @@ class Engine:
             if reason is not None:
                 text += live.text.flush()
                 self._release(seq)
+                if live.steps_after_first and live.first_token_at is not None:
+                    stats.tpot.observe((now - live.first_token_at) / live.steps_after_first)
             if text or reason is not None:
                 emits.append((live.sink, self._output(seq, live, text, reason)))
         return emits

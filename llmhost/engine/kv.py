@@ -64,6 +64,11 @@ class SlotTable:
     def n_free(self) -> int:
         return sum(1 for slot in self._slots if not slot.busy)
 
+    @property
+    def free_cached_tokens(self) -> int:
+        """Tokens whose KV cells the free slots keep for a later request to reuse."""
+        return sum(len(slot.cached) for slot in self._slots if not slot.busy)
+
     def acquire(self, prompt: list[int], scope: str = "") -> tuple[int, int, int]:
         """Take a free slot for ``prompt``; return ``(slot, reusable_tokens, own_reusable_tokens)``,
         the last being the part of the reuse that ``scope`` itself had computed (what it may be told).

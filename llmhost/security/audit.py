@@ -51,7 +51,7 @@ class AuditRecord:
     route: str
     target: str
     model: str
-    kind: str  # chat, completion, embedding
+    kind: str  # chat, completion, embedding, count_tokens
     stream: bool
     prompt_tokens: int
     completion_tokens: int
@@ -274,7 +274,9 @@ class AuditStage(StageBase):
         if answer is not None:
             prompt_tokens = answer.usage.prompt_tokens
             completion_tokens = answer.usage.completion_tokens if isinstance(answer, Result) else 0
-        kind = "embedding" if isinstance(request, EmbedRequest) else request.kind
+        kind: str = "embedding" if isinstance(request, EmbedRequest) else request.kind
+        if ctx.attrs.get("counting"):
+            kind = "count_tokens"
         target = ctx.target or (f"{attempts[-1].provider}/{attempts[-1].model}" if attempts else "")
         self.log.append(
             AuditRecord(

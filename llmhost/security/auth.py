@@ -15,14 +15,50 @@ scope table in :mod:`llmhost.doors.http.scopes`, with the same principal.
 
 from __future__ import annotations
 
+import os
 import secrets
+from pathlib import Path
 
 from llmhost.core.stage import Request, StageBase
 from llmhost.core.types import Principal, RequestContext
 from llmhost.errors import AuthError, RefusedError
 from llmhost.security.keys import ApiKey, KeyStore, model_allowed
 
-__all__ = ["CONFIG_PRINCIPAL", "OWNER", "AuthStage", "Authenticator", "check_scope", "principal_of"]
+__all__ = [
+    "CONFIG_PRINCIPAL",
+    "OWNER",
+    "OWNER_TOKEN_FILE",
+    "AuthStage",
+    "Authenticator",
+    "check_scope",
+    "principal_of",
+    "read_owner_token",
+    "write_owner_token",
+]
+
+# A running server's token for the machine's owner: the CLI (``llmhost ps``, ``rm``, ``cp``) reads it
+# from the data dir (mode 0600, so only the user that runs llmhost can) to ask the server what it has
+# loaded, whatever keys exist. Jupyter's runtime token works the same way.
+OWNER_TOKEN_FILE = ".owner-token"
+
+
+def write_owner_token(data_dir: Path) -> str:
+    token = "llmo_" + secrets.token_urlsafe(32)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path = data_dir / OWNER_TOKEN_FILE
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token)
+    os.chmod(path, 0o600)  # an older file keeps its mode through O_CREAT
+    return token
+
+
+def read_owner_token(data_dir: Path) -> str | None:
+    try:
+        return (data_dir / OWNER_TOKEN_FILE).read_text().strip() or None
+    except OSError:
+        return None
+
 
 # The machine's owner: the CLI (which reads the database directly anyway) and an open loopback server.
 OWNER = Principal(name="owner", key_id=None, scopes=frozenset({"*"}))
@@ -39,6 +75,7 @@ def principal_of(key: ApiKey) -> Principal:
         rpm=key.rpm,
         tpm=key.tpm,
         budget=key.budget,
+        policy=key.policy,
     )
 
 
@@ -48,6 +85,7 @@ class Authenticator:
     def __init__(self, keys: KeyStore | None, config_key: str | None) -> None:
         self.keys = keys
         self._config_key = config_key.encode() if config_key else None
+        self.owner_token: bytes | None = None  # set by the HTTP server (write_owner_token)
 
     @property
     def required(self) -> bool:
@@ -68,6 +106,8 @@ class Authenticator:
             return OWNER
         if self._config_key is not None and secrets.compare_digest(secret, self._config_key):
             return CONFIG_PRINCIPAL
+        if self.owner_token is not None and secrets.compare_digest(secret, self.owner_token):
+            return OWNER
         key = self.keys.lookup(secret) if self.keys is not None else None
         if key is not None:
             return principal_of(key)

@@ -101,8 +101,8 @@ class BudgetStage(StageBase):
 
     async def before(self, ctx: RequestContext, request: Request) -> Request:
         p = ctx.principal
-        if p.key_id is None or p.budget is None:
-            return request
+        if p.key_id is None or p.budget is None or ctx.attrs.get("counting"):
+            return request  # counting tokens costs nothing
         await self.ledger.load(p.key_id)
         in_price, out_price, calls = _prices(ctx.route)
         prompt_cost = prompt_token_bound(request) * in_price * _PER_TOKEN * calls

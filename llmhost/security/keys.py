@@ -41,7 +41,8 @@ CREATE TABLE IF NOT EXISTS api_keys (
     budget REAL,
     created REAL NOT NULL,
     expires REAL,
-    revoked REAL
+    revoked REAL,
+    policy TEXT
 );
 CREATE UNIQUE INDEX IF NOT EXISTS api_keys_active_name ON api_keys (name) WHERE revoked IS NULL;
 CREATE TABLE IF NOT EXISTS api_key_secrets (
@@ -52,6 +53,8 @@ CREATE TABLE IF NOT EXISTS api_key_secrets (
     expires REAL
 );
 """
+# Columns added after the first release, for databases created before them.
+_ADDED_COLUMNS = {"policy": "ALTER TABLE api_keys ADD COLUMN policy TEXT"}
 
 
 def hash_secret(secret: str | bytes) -> str:
@@ -88,6 +91,7 @@ class ApiKey:
     created: float
     expires: float | None
     revoked: float | None
+    policy: str | None = None  # a [policies.NAME] of the config; None: the default [policy]
 
     def usable(self, now: float | None = None) -> bool:
         now = time.time() if now is None else now
@@ -110,7 +114,7 @@ def _check_scopes(scopes: list[str]) -> frozenset[str]:
 
 
 def _row_to_key(row: tuple[Any, ...]) -> ApiKey:
-    kid, name, scopes, models, rpm, tpm, budget, created, expires, revoked = row
+    kid, name, scopes, models, rpm, tpm, budget, created, expires, revoked, policy = row
     return ApiKey(
         id=str(kid),
         name=str(name),
@@ -122,10 +126,11 @@ def _row_to_key(row: tuple[Any, ...]) -> ApiKey:
         created=float(created),
         expires=None if expires is None else float(expires),
         revoked=None if revoked is None else float(revoked),
+        policy=None if policy is None else str(policy),
     )
 
 
-_KEY_COLUMNS = "id, name, scopes, models, rpm, tpm, budget, created, expires, revoked"
+_KEY_COLUMNS = "id, name, scopes, models, rpm, tpm, budget, created, expires, revoked, policy"
 
 
 class KeyStore:
@@ -136,6 +141,14 @@ class KeyStore:
         self._conn = sqlite3.connect(db_path, timeout=30, isolation_level=None, check_same_thread=False)
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.executescript(_SCHEMA)
+        have = {row[1] for row in self._conn.execute("PRAGMA table_info(api_keys)")}
+        for column, ddl in _ADDED_COLUMNS.items():
+            if column not in have:
+                try:
+                    self._conn.execute(ddl)
+                except sqlite3.OperationalError as exc:  # another process added it first
+                    if "duplicate column" not in str(exc):
+                        raise
         self._lock = threading.Lock()
         self._version = -1
         self._by_hash: dict[str, tuple[str, float | None]] = {}  # secret hash -> (key id, secret expiry)
@@ -207,8 +220,10 @@ class KeyStore:
         tpm: int | None = None,
         budget: float | None = None,
         expires_in: float | None = None,
+        policy: str | None = None,
     ) -> tuple[ApiKey, str]:
-        """A new key and its secret (the only time the secret exists outside the caller)."""
+        """A new key and its secret (the only time the secret exists outside the caller). ``policy`` names
+        a configured policy; the caller checks that the configuration has it (the store cannot)."""
         if not name or len(name) > 64 or not name.isprintable():
             raise RequestError("a key name is 1 to 64 printable characters", "name")
         for field_name, value in (("rpm", rpm), ("tpm", tpm)):
@@ -216,6 +231,8 @@ class KeyStore:
                 raise RequestError(f"{field_name} must be between 1 and 1e9", field_name)
         if budget is not None and not 0 <= budget <= 1e9:
             raise RequestError("budget must be between 0 and 1e9 USD", "budget")
+        if policy is not None and (not policy or len(policy) > 64 or not policy.isprintable()):
+            raise RequestError("a policy name is 1 to 64 printable characters", "policy")
         scope_set = _check_scopes(scopes if scopes is not None else ["inference", "models:read"])
         now = time.time()
         kid = "key_" + secrets.token_hex(6)
@@ -225,7 +242,7 @@ class KeyStore:
             try:
                 self._conn.execute("BEGIN IMMEDIATE")
                 self._conn.execute(
-                    f"INSERT INTO api_keys ({_KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, NULL)",
+                    f"INSERT INTO api_keys ({_KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, ?)",
                     (
                         kid,
                         name,
@@ -236,6 +253,7 @@ class KeyStore:
                         budget,
                         now,
                         expires,
+                        policy,
                     ),
                 )
                 self._add_secret(kid, secret, now)

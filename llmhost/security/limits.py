@@ -269,7 +269,7 @@ class LimitStage(StageBase):
                 raise RateLimitError(
                     f"rate limit reached for key {p.name!r}: {p.rpm} requests per minute", headers=headers
                 )
-        if p.tpm is not None:
+        if p.tpm is not None and not ctx.attrs.get("counting"):
             reserve = prompt_token_bound(request) + completion_token_bound(request)
             got = await self.windows.acquire(f"{p.key_id}:tpm", reserve, p.tpm)
             headers.update(_headers("tokens", got))

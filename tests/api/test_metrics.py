@@ -1,8 +1,10 @@
-"""``GET /metrics``: Prometheus text exposition of HTTP, engine and gateway state, over real loopback HTTP."""
+"""``GET /metrics``: Prometheus text exposition of HTTP, engine, gateway and trust state, over real
+loopback HTTP."""
 
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,6 +13,9 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from llmhost.core.stage import Answer, Request, StageBase
+from llmhost.core.types import RequestContext
+from llmhost.security.keys import KeyStore
 from llmhost.service import Service
 from tests.conftest import TINY, LiveServer, make_service, make_settings, start_server
 from tests.providers.fault_server import Fault, FaultServer
@@ -251,3 +256,159 @@ def test_provider_credentials_never_appear_in_metrics(
     for secret in (SECRET, HEADER_SECRET, "Bearer"):
         assert secret not in text
     assert 'provider="flaky"' in text  # the provider is named, its key is not
+
+
+# ----- the engine: TTFT, generation speed, tokens, prefix cache, KV cells ------------------------------
+
+
+def test_engine_counts_ttft_speed_tokens_and_prefix_cache_hits_per_loaded_model(
+    server: LiveServer, service: Service
+) -> None:
+    # The same long prompt twice: the second reuses the first's KV cells (a prefix-cache hit).
+    prompt = "tell me a story about a lighthouse keeper and a storm " * 4
+    body = {
+        "model": TINY,
+        "messages": [{"role": "user", "content": prompt}],
+        "max_tokens": 5,
+        "ignore_eos": True,
+    }
+    usages = []
+    for _ in range(2):
+        r = httpx.post(f"{server.base_url}/v1/chat/completions", json=body, timeout=30)
+        assert r.status_code == 200, r.text
+        usages.append(r.json()["usage"])
+    _, samples = scrape(server)
+    (labels,) = [dict(lb) for name, lb in samples if name == "llmhost_model_slots"]
+    assert value(samples, "llmhost_model_time_to_first_token_seconds_count", **labels) == 2
+    ttft_sum = value(samples, "llmhost_model_time_to_first_token_seconds_sum", **labels)
+    assert ttft_sum is not None and 0 < ttft_sum < 30
+    assert value(samples, "llmhost_model_time_per_output_token_seconds_count", **labels) == 2
+    tpot_sum = value(samples, "llmhost_model_time_per_output_token_seconds_sum", **labels)
+    assert tpot_sum is not None and tpot_sum > 0
+    assert value(samples, "llmhost_model_generation_tokens_total", **labels) == 10
+    prompt_tokens = sum(u["prompt_tokens"] for u in usages)
+    assert value(samples, "llmhost_model_prompt_tokens_total", **labels) == prompt_tokens
+    hits = value(samples, "llmhost_model_prefix_cache_hit_tokens_total", **labels)
+    assert hits is not None and usages[1]["prompt_tokens"] // 2 < hits < usages[1]["prompt_tokens"]
+    # KV cells: the capacity is every slot's window; idle, nothing is active and the prompts stay cached.
+    (model,) = service.models.loaded()
+    capacity = model.runner.n_slots * model.runner.n_ctx_slot
+    assert value(samples, "llmhost_model_kv_cells", **labels) == capacity
+    assert value(samples, "llmhost_model_kv_cells_used", **labels, state="active") == 0
+    cached = value(samples, "llmhost_model_kv_cells_used", **labels, state="cached")
+    assert cached is not None and usages[0]["prompt_tokens"] <= cached <= capacity
+
+
+def test_kv_cells_of_running_requests_show_as_active(service: Service, server: LiveServer) -> None:
+    (model,) = service.models.loaded()
+    metrics = server.server.config.app.state.metrics  # rendered here: an HTTP scrape may miss the moment
+    body = {"model": TINY, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 400}
+    seen: list[float] = []
+    with httpx.stream(
+        "POST", f"{server.base_url}/v1/chat/completions", json={**body, "stream": True, "ignore_eos": True}
+    ) as r:
+        lines = r.iter_lines()
+        next(lines)  # the first token is out: the prompt's cells are filled
+        while model.engine.busy_slots and not any(seen):
+            samples = {
+                s.labels["state"]: s.value
+                for family in text_string_to_metric_families(metrics.render().decode())
+                for s in family.samples
+                if s.name == "llmhost_model_kv_cells_used"
+            }
+            seen.append(samples["active"])
+    assert any(seen), "the request ran to its end before one render saw it"
+    assert max(seen) <= 400 + 64
+
+
+# ----- limits, budgets and policy decisions --------------------------------------------------------
+
+
+def test_limit_and_budget_rejections_are_counted_by_kind(tmp_path: Path, tiny_model_path: Path) -> None:
+    routes = {"paid": {"targets": [{"provider": "local", "model": TINY, "output_price": 1_000_000}]}}
+    settings = make_settings(tmp_path / "data", routes=routes)
+    store = KeyStore(settings.database_path)
+    limited = store.create("limited", rpm=1, scopes=["inference", "metrics"])[1]
+    tight = store.create("tight", tpm=10)[1]
+    broke = store.create("broke", budget=0)[1]
+    store.close()
+    service = make_service(settings, tiny_model_path)
+    live = start_server(settings, service)
+    try:
+        _, samples = scrape(live, limited)  # a scrape is no inference request: the rpm window is untouched
+        kinds = ("requests", "tokens", "budget")
+        assert [value(samples, "llmhost_rate_limit_rejections_total", kind=k) for k in kinds] == [0, 0, 0]
+        assert chat(live, TINY, authorization=f"Bearer {limited}").status_code == 200
+        assert chat(live, TINY, authorization=f"Bearer {limited}").status_code == 429
+        assert chat(live, TINY, authorization=f"Bearer {tight}").status_code == 429
+        refused = chat(live, "paid", authorization=f"Bearer {broke}")
+        assert refused.status_code == 429 and refused.json()["error"]["code"] == "insufficient_quota"
+        text, samples = scrape(live, limited)
+        assert [value(samples, "llmhost_rate_limit_rejections_total", kind=k) for k in kinds] == [1, 1, 1]
+        for secret in (limited, tight, broke):
+            assert secret not in text
+    finally:
+        live.stop()
+        service.close()
+
+
+class _CountingPolicy(StageBase):
+    """Stands in for the governance stage: what the metrics read is its ``counts``."""
+
+    name = "policy"
+
+    def __init__(self) -> None:
+        self.counts: Counter[tuple[str, str, str]] = Counter()
+
+    async def before(self, ctx: RequestContext, request: Request) -> Request:
+        self.counts[("input", "no-card-numbers", "allow")] += 1
+        return request
+
+    async def after(self, ctx: RequestContext, answer: Answer) -> Answer:
+        self.counts[("output", "redact-emails", "redact")] += 1
+        return answer
+
+
+def test_policy_decisions_are_counted_by_direction_rule_and_action(
+    tmp_path: Path, tiny_model_path: Path, server: LiveServer
+) -> None:
+    _, samples = scrape(server)  # a pipeline without a policy stage: no series, no error
+    assert not [name for name, _ in samples if name.startswith("llmhost_policy_decisions")]
+    settings = make_settings(tmp_path / "policy")
+    service = Service(settings, extra_stages=[_CountingPolicy()])
+    service.store.import_file(tiny_model_path, TINY)
+    live = start_server(settings, service)
+    try:
+        for _ in range(2):
+            assert chat(live, TINY).status_code == 200
+        _, samples = scrape(live)
+        decisions = "llmhost_policy_decisions_total"
+        assert value(samples, decisions, direction="input", rule="no-card-numbers", action="allow") == 2
+        assert value(samples, decisions, direction="output", rule="redact-emails", action="redact") == 2
+    finally:
+        live.stop()
+        service.close()
+
+
+def test_the_governance_policy_stage_decisions_show_in_metrics(tmp_path: Path, tiny_model_path: Path) -> None:
+    settings = make_settings(tmp_path / "data", policy={"redact": ["email"]})
+    service = make_service(settings, tiny_model_path)
+    live = start_server(settings, service)
+    try:
+        body = {
+            "model": TINY,
+            "messages": [{"role": "user", "content": "mail ann@example.com"}],
+            "max_tokens": 2,
+        }
+        assert httpx.post(f"{live.base_url}/v1/chat/completions", json=body, timeout=30).status_code == 200
+        text, samples = scrape(live)
+        redacted = [
+            (dict(labels), v)
+            for (name, labels), v in samples.items()
+            if name == "llmhost_policy_decisions_total" and dict(labels)["action"] == "redact"
+        ]
+        assert redacted == [({"direction": "input", "rule": "email", "action": "redact"}, 1)], redacted
+        assert "ann@example.com" not in text
+    finally:
+        live.stop()
+        service.close()

@@ -321,3 +321,22 @@ def test_a_stored_response_belongs_to_the_key_that_made_it(keyed: tuple[LiveServ
     store.close()
     heir = _auth(_key(settings, "alice"))
     assert httpx.get(f"{base}/v1/responses/{rid}", headers=heir).status_code == 404
+
+
+def test_the_cli_asks_its_own_server_with_the_owner_token(
+    keyed: tuple[LiveServer, Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    live, settings = keyed
+    _key(settings, "someone")  # auth is on now, and the CLI holds no key
+    token_file = settings.data_dir / ".owner-token"
+    assert token_file.stat().st_mode & 0o077 == 0  # only the server's user can read it
+    monkeypatch.setenv("LLMHOST_DATA_DIR", str(settings.data_dir))
+    monkeypatch.setenv("LLMHOST_PORT", str(live.port))
+    ps = CliRunner().invoke(cli_app, ["ps"])
+    assert ps.exit_code == 0 and TINY in ps.output, ps.output
+    rm = CliRunner().invoke(cli_app, ["rm", TINY])
+    assert rm.exit_code != 0 and "in use by the running server" in rm.output
+    token_file.write_text("llmo_wrong")
+    refused = CliRunner().invoke(cli_app, ["rm", TINY])
+    assert refused.exit_code != 0 and "refused the CLI" in refused.output
+    assert httpx.get(f"{live.base_url}/api/ps", headers=_auth("llmo_wrong")).status_code == 401

@@ -312,3 +312,27 @@ def test_two_instances_on_one_redis_share_a_keys_limit(
             s.stop()
         for svc in services:
             svc.close()
+
+
+def test_counting_tokens_reserves_nothing(tmp_path: Path, tiny_model_path: Path) -> None:
+    # Claude Code calls count_tokens constantly: it must neither hold tokens nor money.
+    routes = {"paid": {"targets": [{"provider": "local", "model": TINY, "output_price": 1_000_000}]}}
+    settings = make_settings(tmp_path / "d", routes=routes)
+    service = make_service(settings, tiny_model_path)
+    server = start_server(settings, service)
+    try:
+        secret = _key(settings, "counter", budget=5, tpm=5000)
+        key_id = KeyStore(settings.database_path).get("counter").id
+        body = {"model": "paid", "messages": [{"role": "user", "content": "hi"}]}
+        for _ in range(20):
+            r = httpx.post(
+                f"{server.base_url}/v1/messages/count_tokens", json=body, headers={"x-api-key": secret}
+            )
+            assert r.status_code == 200, r.text
+        assert service.ledger.room(key_id, 5) == 5
+        assert service.windows.held(f"{key_id}:tpm") == 0
+        rows = service.audit.rows(limit=100)
+        assert len(rows) == 20 and {r.kind for r in rows} == {"count_tokens"}
+    finally:
+        server.stop()
+        service.close()

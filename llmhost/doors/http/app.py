@@ -1,8 +1,10 @@
 """``create_app(settings)``: the FastAPI application, its lifespan, and the doors it serves.
 
 Each dialect is one package under ``llmhost.doors`` with an ``attach(app)``; all of them call the same
-``app.state.pipeline``. Middleware, outermost first: :class:`~llmhost.metrics.HTTPMetricsMiddleware`
-(counts every request, refusals included), CORS (allowed origins only), then the gate
+``app.state.pipeline``. Middleware, outermost first: :class:`~llmhost.logs.RequestIdMiddleware`
+(each request's id, sent back as ``x-request-id`` on every response),
+:class:`~llmhost.metrics.HTTPMetricsMiddleware` (counts every request, refusals included), CORS
+(allowed origins only), then the gate
 (:mod:`llmhost.doors.http.gate`: Host and Origin checks, key and scope, body limit). With a key
 configured, everything but ``/health`` and ``/ready`` needs one: ``/metrics`` the ``metrics`` scope, the
 API docs any key. ``create_app`` refuses a non-loopback bind without a usable key.
@@ -29,8 +31,10 @@ from llmhost.doors.common import renderer_for, validation_info
 from llmhost.doors.http.gate import GateMiddleware, HostPolicy, origin_regex
 from llmhost.doors.openai.translate import render_error as openai_render_error
 from llmhost.errors import ConfigError, ErrorInfo, LLMHostError, classify
+from llmhost.logs import RequestIdMiddleware
 from llmhost.metrics import CONTENT_TYPE, HTTPMetricsMiddleware, Metrics
 from llmhost.net import is_loopback
+from llmhost.security.auth import write_owner_token
 from llmhost.service import Service
 
 __all__ = ["create_app"]
@@ -78,6 +82,7 @@ def create_app(settings: Settings, service: Service | None = None, *, preload: b
     """Build the app. The service is created (and closed) by the lifespan unless one is passed in."""
     owns_service = service is None
     svc = service if service is not None else Service(settings)
+    svc.auth.owner_token = write_owner_token(settings.data_dir).encode()
     if not is_loopback(settings.host) and not svc.auth.usable:
         if owns_service:
             svc.close()
@@ -158,6 +163,8 @@ def create_app(settings: Settings, service: Service | None = None, *, preload: b
     )
     # Added last, so it runs first: requests the gate refuses are counted too.
     app.add_middleware(HTTPMetricsMiddleware, stats=metrics.http, routes=_all_routes(app.router.routes))
+    # Outermost: the id exists before anything can refuse or log, and goes out on every response.
+    app.add_middleware(RequestIdMiddleware)
     return app
 
 
