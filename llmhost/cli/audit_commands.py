@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 
+from llmhost.cli.common import ConfigOpt, err_console
+from llmhost.cli.common import fail as _fail
 from llmhost.config import load_settings
 from llmhost.errors import ConfigError
 from llmhost.security.audit import AuditLog, AuditRecord
@@ -23,17 +24,6 @@ from llmhost.security.audit import AuditLog, AuditRecord
 __all__ = ["register"]
 
 audit_app = typer.Typer(help="The audit log: verify its hash chain, tail its records.", no_args_is_help=True)
-console = Console()
-err_console = Console(stderr=True)
-
-ConfigOpt = Annotated[
-    Path | None, typer.Option("--config", "-c", help="TOML settings file (default: $LLMHOST_CONFIG).")
-]
-
-
-def _fail(message: str, code: int = 1) -> None:
-    err_console.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
 
 
 def _log(config: Path | None) -> AuditLog:

@@ -16,6 +16,7 @@ from typing import Annotated
 
 import typer
 
+from llmhost.cli.common import settings_for
 from llmhost.config import Settings
 from llmhost.models.hardware import HardwareInfo, detect_hardware
 
@@ -183,9 +184,7 @@ def register(app: typer.Typer) -> None:
 
     def doctor(config: ConfigOpt = None) -> None:
         """Show the CPU, RAM, GPUs and llama.cpp build found, and how llmhost will use them."""
-        from llmhost.cli.main import _settings
-
-        settings = _settings(config)
+        settings = settings_for(config)
         typer.echo(doctor_report(settings, detect_hardware()), nl=False)
 
     app.command("doctor")(doctor)

@@ -12,36 +12,22 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from llmhost.config import Settings, load_settings
-from llmhost.errors import ConfigError, LLMHostError
+from llmhost.cli.common import ConfigOpt, console, err_console, settings_for
+from llmhost.cli.common import fail as _fail
+from llmhost.config import Settings
+from llmhost.errors import LLMHostError
 from llmhost.security.keys import SCOPES, ApiKey, KeyStore, parse_duration
 
 __all__ = ["register"]
 
 keys_app = typer.Typer(help="API keys: create, list, revoke, rotate.", no_args_is_help=True)
-console = Console()
-err_console = Console(stderr=True)
-
-ConfigOpt = Annotated[
-    Path | None, typer.Option("--config", "-c", help="TOML settings file (default: $LLMHOST_CONFIG).")
-]
-
-
-def _fail(message: str, code: int = 1) -> None:
-    err_console.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
 
 
 def _settings(config: Path | None) -> Settings:
-    try:
-        return load_settings(config)
-    except ConfigError as exc:
-        _fail(str(exc).replace("\n", "; "), 2)
-    raise AssertionError("unreachable")
+    return settings_for(config)
 
 
 def _store(config: Path | None) -> KeyStore:

@@ -7,19 +7,22 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
-from llmhost.config import Settings, load_settings
+from llmhost.cli.common import ConfigOpt, console, err_console
+from llmhost.cli.common import errors as _errors
+from llmhost.cli.common import fail as _fail
+from llmhost.cli.common import human_size as _human_size
+from llmhost.cli.common import new_service as _service
+from llmhost.cli.common import settings_for as _settings
+from llmhost.cli.common import with_service as _with_service
 from llmhost.core.types import ChatMessage, Delta, InferenceRequest, RequestContext, Sampling
-from llmhost.errors import ConfigError, LLMHostError, ModelNotFoundError
+from llmhost.errors import ModelNotFoundError
 from llmhost.logs import configure_logging
 from llmhost.models.default import DEFAULT_MODEL_NAME
 from llmhost.net import is_loopback
@@ -37,53 +40,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console()
-err_console = Console(stderr=True)
-
-T = TypeVar("T")
-
-ConfigOpt = Annotated[
-    Path | None, typer.Option("--config", "-c", help="TOML settings file (default: $LLMHOST_CONFIG).")
-]
-
-
-def _fail(message: str, code: int = 1) -> None:
-    err_console.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
-
-
-@contextmanager
-def _errors() -> Iterator[None]:
-    try:
-        yield
-    except ConfigError as exc:
-        _fail(str(exc).replace("\n", "; "), 2)
-    except LLMHostError as exc:
-        _fail(str(exc))
-    except KeyboardInterrupt:
-        err_console.print()
-        raise typer.Exit(130) from None
-
-
-def _settings(config: Path | None, **overrides: Any) -> Settings:
-    with _errors():
-        return load_settings(config, **overrides)
-    raise AssertionError("unreachable")
-
-
-def _service(settings: Settings) -> Any:
-    from llmhost.service import Service
-
-    return Service(settings)
-
-
-def _human_size(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if size < 1000 or unit == "TB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1000
-    return f"{n} B"
 
 
 def _human_params(n: int) -> str:
@@ -91,16 +47,6 @@ def _human_params(n: int) -> str:
         if n >= div:
             return f"{n / div:.2f}{unit}"
     return str(n)
-
-
-def _with_service(settings: Settings, fn: Callable[[Any], T]) -> T:
-    with _errors():
-        service = _service(settings)
-        try:
-            return fn(service)
-        finally:
-            service.close()
-    raise AssertionError("unreachable")
 
 
 @app.command()
@@ -126,7 +72,6 @@ def serve(
 
     from llmhost.doors.http.app import create_app
 
-    configure_logging(settings.log_level, settings.log_format)
     with _errors():
         service = _service(settings)
         if not is_loopback(settings.host) and not service.auth.usable:
@@ -135,6 +80,8 @@ def serve(
                 f"refusing to bind {settings.host} without an API key: create one with "
                 "`llmhost keys create NAME`, set LLMHOST_API_KEY, or bind 127.0.0.1"
             )
+        # After the refusals: a server that does not start leaves the process's logging as it was.
+        configure_logging(settings.log_level, settings.log_format)
         # Import the default model before listening, so a broken install fails here, loudly.
         service.prepare_default_model()
         what = f"[bold]{settings.default_model}[/bold]" if settings.default_model else "no local model"

@@ -1,8 +1,7 @@
 """``llmhost pull``, ``rm`` and ``cp`` (plus the hidden aliases ``ls`` and ``remove``).
 
-``register(app)`` adds them to the main typer app. The helpers of :mod:`llmhost.cli.main` (``_fail``,
-``_settings``, ``_errors``, ``_with_service``) are imported inside the commands: ``main`` imports this
-module, so a module-level import would be circular.
+``register(app)`` adds them to the main typer app; the helpers every command shares are in
+:mod:`llmhost.cli.common`.
 """
 
 from __future__ import annotations
@@ -12,6 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from llmhost.cli.common import console, errors, fail, human_size, settings_for, with_service
 from llmhost.errors import AuthError
 from llmhost.security.auth import read_owner_token
 
@@ -154,18 +154,17 @@ def register(app: typer.Typer) -> None:
 
         Honours HF_ENDPOINT and HF_TOKEN; an interrupted download resumes on the next pull.
         """
-        from llmhost.cli.main import _human_size, _settings, _with_service, console
         from llmhost.models.pull import pull_model
 
-        settings = _settings(config)
+        settings = settings_for(config)
 
         def go(service: Any) -> ModelRecord:
             with _PullDisplay() as display:
                 return pull_model(service.store, spec, name=name, sha256=sha256, progress=display)
 
-        record = _with_service(settings, go)
+        record = with_service(settings, go)
         console.print(
-            f"pulled {record.name} ({_human_size(record.size_bytes)}, {record.digest})",
+            f"pulled {record.name} ({human_size(record.size_bytes)}, {record.digest})",
             highlight=False,
             markup=False,
             soft_wrap=True,
@@ -177,14 +176,13 @@ def register(app: typer.Typer) -> None:
         config: ConfigOpt = None,
     ) -> None:
         """Remove a model from the store (refused while the running server has it loaded)."""
-        from llmhost.cli.main import _errors, _fail, _settings, _with_service, console
 
-        settings = _settings(config)
-        with _errors():
+        settings = settings_for(config)
+        with errors():
             loaded = loaded_model_names(settings)
         if loaded is not None and name in loaded:
-            _fail(f"model {name} is in use by the running server; unload it first (POST /api/unload)")
-        record = _with_service(settings, lambda s: s.store.remove(name))
+            fail(f"model {name} is in use by the running server; unload it first (POST /api/unload)")
+        record = with_service(settings, lambda s: s.store.remove(name))
         console.print(f"deleted {record.name}", highlight=False, markup=False, soft_wrap=True)
 
     @app.command("remove", hidden=True)
@@ -203,12 +201,11 @@ def register(app: typer.Typer) -> None:
         The file the re-pointed name used is deleted when no name uses it any more, unless the running
         server has it loaded.
         """
-        from llmhost.cli.main import _errors, _settings, _with_service, console
 
-        settings = _settings(config)
-        with _errors():
+        settings = settings_for(config)
+        with errors():
             in_use = _in_use_by_server(settings)
-        record = _with_service(settings, lambda s: s.store.copy(source, destination, in_use=in_use))
+        record = with_service(settings, lambda s: s.store.copy(source, destination, in_use=in_use))
         console.print(f"copied {source} to {record.name}", highlight=False, markup=False, soft_wrap=True)
 
     @app.command("ls", hidden=True)

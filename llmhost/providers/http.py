@@ -1,7 +1,7 @@
 """HTTP plumbing shared by the remote providers: one pooled client, timeouts, error mapping, SSE.
 
-Every remote provider owns one :class:`UpstreamClient` (a keep-alive pool, ``providers/wire.py``) and speaks
-through two calls: :meth:`UpstreamClient.request_json` for one JSON answer and
+Every remote provider owns one :class:`UpstreamClient` (a keep-alive pool, ``providers/wire.py``) and
+speaks through two calls: :meth:`UpstreamClient.request_json` for one JSON answer and
 :meth:`UpstreamClient.stream` for a streamed one, whose lines a provider-specific *decoder* turns into
 :class:`~llmhost.core.types.Delta` objects. The client, not the decoders, owns the failure rules:
 
@@ -15,6 +15,8 @@ through two calls: :meth:`UpstreamClient.request_json` for one JSON answer and
   still retry or fall back. Until then failures are :class:`ProviderConnectionError`,
   :class:`ProviderTimeoutError` or :class:`ProviderHTTPError` (an in-band error event maps to the status
   its type implies); after it, every failure, total timeout included, is :class:`ProviderStreamError`.
+- **Bounded answers.** A non-streamed body over 64 MiB, a streamed line or SSE event over 16 MiB, and any
+  malformed HTTP framing are provider errors, not memory growth or a guessed body.
 - **Credentials never leave.** Each client knows its secrets and scrubs them from every message and
   error body it builds; nothing here logs headers.
 
@@ -46,11 +48,13 @@ from llmhost.providers.base import (
     ProviderTimeoutError,
 )
 from llmhost.providers.wire import (
+    MAX_LINE_BYTES,
     ConnectError,
     ConnectTimeout,
     WireClient,
     WireError,
     reason_phrase,
+    size_text,
 )
 
 __all__ = [
@@ -223,21 +227,27 @@ async def iter_sse(lines: AsyncIterator[str]) -> AsyncGenerator[tuple[str, str],
     """Server-sent events as ``(event, data)`` pairs, per the WHATWG parsing rules.
 
     Multi-line ``data`` is joined with newlines, comments (``:``) and ``id``/``retry`` are skipped, the
-    event name defaults to ``message``, and an event cut off before its blank line is dropped.
+    event name defaults to ``message``, and an event cut off before its blank line is dropped. An event
+    whose data grows past ``MAX_LINE_BYTES`` characters is :class:`UpstreamReportedError`: the line cap
+    alone would not stop a stream of short ``data`` lines that never ends its event.
     """
     event = ""
     data: list[str] = []
+    size = 0
     async for line in lines:
         if not line:
             if data:
                 yield event or "message", "\n".join(data)
-                data = []
+                data, size = [], 0
             event = ""
             continue
         name, _, value = line.partition(":")
         if value[:1] == " ":
             value = value[1:]
         if name == "data":
+            size += len(value) + 1
+            if size > MAX_LINE_BYTES:
+                raise UpstreamReportedError(f"stream sent an event larger than {size_text(MAX_LINE_BYTES)}")
             data.append(value)
         elif name == "event":
             event = value
@@ -339,7 +349,8 @@ class UpstreamClient:
         return error
 
     def transport_error(self, exc: WireError) -> ProviderError:
-        """A transport failure before any response: connect refused/timeout, reset, protocol error."""
+        """A transport failure before any output: connect refused/timeout, reset, malformed or oversized
+        answer. All are :class:`ProviderConnectionError` but a connect timeout."""
         detail = self.scrub(str(exc) or type(exc).__name__)
         where = self.scrub(self.base_url)
         if isinstance(exc, ConnectTimeout):
@@ -357,7 +368,7 @@ class UpstreamClient:
             )
         return self._fail(
             ProviderConnectionError(
-                f"{self.provider}: connection to {where} failed before a response: {detail}",
+                f"{self.provider}: exchange with {where} failed before any output: {detail}",
                 provider=self.provider,
             )
         )

@@ -1,13 +1,26 @@
-"""A lean HTTP/1.1 client on asyncio streams: the gateway's connection pool to one upstream.
+"""The gateway's HTTP/1.1 client to one upstream: a lean keep-alive pool that frames with llhttp.
 
-Why not httpx: profiling the gateway showed 61-66% of its CPU inside httpx's pool bookkeeping and request
-building, for a job that is one keep-alive connection per in-flight request to one origin. This client
-does just that job: ``send`` takes an idle pooled connection (or opens one, through the system proxy when
-one applies), writes the request in one ``write``, reads the status line and headers, and hands back a
-:class:`Response` whose body is read (``aread``) or streamed (``aiter_bytes``/``aiter_lines``) by the
-caller. Content-Length, chunked and read-until-close bodies are understood; 1xx interim answers are
-skipped. A connection goes back to the pool only when its body was read to the end and neither side
-asked to close; a cancelled or abandoned exchange closes it, so no stale bytes ever reach the next request.
+Why our own pool: the job is one keep-alive connection per in-flight request to one origin, and the
+well-kept clients cost the gateway a measured share of its speed. Profiling showed 61-66% of its CPU
+inside httpx's pool bookkeeping and request building; aiohttp's client (under the same interface,
+``bench/transport_ab.py``) served 9-22% fewer non-streamed requests/s at concurrency 16 (median of
+per-round ratios in three runs: 0.81, 0.91, 0.78) for 7-24% more CPU per request, and added 14-29% to
+the p50 latency at concurrency 1 (results in ``bench/results/transport-ab-2026-12-02*.md``).
+
+Why not our own parser: the answer's framing (status line, headers, ``Content-Length``, chunked
+encoding) is parsed by llhttp, Node.js's parser, through ``httptools`` (the binding uvicorn uses), with
+none of its leniencies on. So a ``Content-Length`` of ``-1``, ``+5`` or ``1_0``, repeated or listed
+lengths, a length beside ``Transfer-Encoding: chunked``, a chunk size like ``-5`` or ``0x10``, a
+header line without a colon are errors (:class:`RemoteProtocolError` or, mid-body, :class:`ReadError`),
+never a guess at the body.
+
+``send`` takes an idle pooled connection (or opens one, through the system proxy when one applies:
+TLS to an ``https://`` proxy, ``CONNECT`` for an ``https`` target), writes the request in one ``write``,
+reads the status and headers, and hands back a :class:`Response` whose body is read (``aread``, at most
+``max_body`` bytes) or streamed (``aiter_bytes``, or ``aiter_lines`` with lines of at most ``max_line``
+bytes) by the caller. 1xx interim answers are skipped. A connection goes back to the pool only when its
+answer was read to the end, nothing followed it, and neither side asked to close; a cancelled or
+abandoned exchange closes it, so no stale bytes ever reach the next request.
 
 Only the connect phase has a timeout here. First-token and total deadlines belong to the caller
 (``asyncio.timeout`` around each wait, see ``providers/http.py``); cancellation at any await is safe.
@@ -18,24 +31,31 @@ Exceptions::
     ├── ConnectError            no connection (refused, unreachable, DNS, TLS, proxy refused the tunnel)
     │   └── ConnectTimeout      the connect phase ran past its limit
     ├── RemoteProtocolError     the peer closed before answering, or answered something that is not HTTP/1.x
-    └── ReadError               the connection broke while the body was being read
+    │   └── BodyTooLarge        the answer (or one line of a streamed answer) is over the client's cap
+    └── ReadError               the connection broke, or the framing broke, while the body was being read
 """
 
 from __future__ import annotations
 
 import asyncio
-import codecs
 import collections
+import contextlib
 import http
 import re
 import ssl
-from collections.abc import AsyncIterator, Mapping
+import urllib.request
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
-from llmhost.net import proxy_for, ssl_context
+import httptools
+
+from llmhost.net import Proxy, proxy_for, ssl_context
 
 __all__ = [
+    "MAX_BODY_BYTES",
+    "MAX_LINE_BYTES",
+    "BodyTooLarge",
     "ConnectError",
     "ConnectTimeout",
     "Headers",
@@ -45,11 +65,14 @@ __all__ = [
     "WireClient",
     "WireError",
     "reason_phrase",
+    "size_text",
 ]
 
+MAX_BODY_BYTES = 64 << 20  # a non-streamed answer; chat answers are kilobytes, embeddings a few MB
+MAX_LINE_BYTES = 16 << 20  # one line of a streamed answer (and one SSE event, see providers/http.py)
 _READ_SIZE = 64 * 1024
-_MAX_HEAD = 64 * 1024  # status line + headers; asyncio's stream limit
-_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+_MAX_HEAD = 64 * 1024  # status line + headers
+_LINE_BREAK = re.compile(rb"\r\n|\r|\n")
 
 
 class WireError(Exception):
@@ -68,8 +91,12 @@ class RemoteProtocolError(WireError):
     """The peer closed before answering, or its answer is not valid HTTP/1.x."""
 
 
+class BodyTooLarge(RemoteProtocolError):
+    """The answer, or one line of a streamed answer, is larger than the client accepts."""
+
+
 class ReadError(WireError):
-    """The connection broke while a body was being read."""
+    """The connection broke, or its framing turned out malformed, while a body was being read."""
 
 
 def reason_phrase(status: int) -> str:
@@ -80,6 +107,11 @@ def reason_phrase(status: int) -> str:
         return ""
 
 
+def size_text(size: int) -> str:
+    """``64 MiB`` for a cap's size in messages."""
+    return f"{size / (1 << 20):g} MiB" if size >= 1 << 20 else f"{size} bytes"
+
+
 class Headers(dict[str, str]):
     """Response headers by lower-case name; a repeated header's values are joined with ``", "``."""
 
@@ -88,21 +120,105 @@ class Headers(dict[str, str]):
 
 
 class _Connection:
-    __slots__ = ("idle_since", "reader", "writer")
+    """One connection and its llhttp parser, which stays with it across keep-alive exchanges.
+
+    The parser's callbacks fill in the current answer: its headers, body pieces not yet handed out, and
+    whether its head and its whole message are complete. ``spoiled`` marks bytes the connection must
+    not be reused after (anything following a complete answer, a parse error).
+    """
+
+    __slots__ = (
+        "complete",
+        "head_done",
+        "head_size",
+        "headers",
+        "idle_since",
+        "keep_alive",
+        "parser",
+        "parts",
+        "reader",
+        "spoiled",
+        "status",
+        "writer",
+    )
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader = reader
         self.writer = writer
         self.idle_since = 0.0
+        self.parser = httptools.HttpResponseParser(self)
+        self.spoiled = False
+        self.status = 0
+        self.headers = Headers()
+        self.parts: collections.deque[bytes] = collections.deque()
+        self.head_done = False
+        self.head_size = 0
+        self.keep_alive = False
+        self.complete = True  # no answer expected yet: anything arriving now is unsolicited
 
     def usable(self, now: float, expiry: float) -> bool:
         """Whether an idle connection may carry another request: open, silent, not too old."""
         return (
-            not self.writer.is_closing()
+            not self.spoiled
+            and not self.writer.is_closing()
             and not self.reader.at_eof()
             and not self.reader._buffer  # type: ignore[attr-defined]  # unsolicited bytes: not reusable
             and now - self.idle_since < expiry
         )
+
+    def expect_answer(self) -> None:
+        self.status, self.headers, self.head_done, self.head_size = 0, Headers(), False, 0
+        self.parts.clear()
+        self.complete = False
+
+    def feed(self, data: bytes) -> None:
+        """Parse ``data``; a framing error of the current answer is raised as ``RemoteProtocolError``."""
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self.spoiled = True
+            raise RemoteProtocolError(
+                "server switched protocols (HTTP 101), which was not asked for"
+            ) from None
+        except httptools.HttpParserError as exc:
+            self.spoiled = True
+            if not self.complete:  # bytes after a complete answer only spoil the connection
+                raise RemoteProtocolError(f"malformed response: {exc}") from None
+
+    # -- llhttp's callbacks ----------------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        if self.complete:  # a second answer (pipelined or unsolicited) behind the one we asked for
+            self.spoiled = True
+
+    # After ``complete`` the callbacks belong to bytes behind our answer: they leave it as it is.
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self.complete:
+            return
+        key = name.decode("latin-1").lower()
+        text = value.decode("latin-1")
+        headers = self.headers
+        headers[key] = f"{headers[key]}, {text}" if key in headers else text
+
+    def on_headers_complete(self) -> None:
+        if self.complete:
+            return
+        status = self.parser.get_status_code()
+        if 100 <= status < 200:  # an interim answer (100 Continue, 103 Early Hints): the real one follows
+            self.headers = Headers()
+            return
+        self.status = status
+        self.keep_alive = self.parser.should_keep_alive()  # llhttp forgets it once the message is done
+        self.head_done = True
+
+    def on_body(self, body: bytes) -> None:
+        if not self.complete:
+            self.parts.append(body)
+
+    def on_message_complete(self) -> None:
+        if self.head_done:
+            self.complete = True
 
     def close(self) -> None:
         self.writer.close()
@@ -111,31 +227,25 @@ class _Connection:
 class Response:
     """One answer: status and headers are read; the body is the caller's to read or stream, then close.
 
-    Reading the body to its end (or :meth:`aclose`) gives the connection back to the pool, or closes it
-    when it cannot carry another request.
+    Reading the body to its end (or :meth:`aclose` after it) gives the connection back to the pool, or
+    closes it when it cannot carry another request; an answer closed with its body unread closes it.
     """
 
-    __slots__ = ("_client", "_conn", "_keep_alive", "_mode", "_remaining", "headers", "status_code")
+    __slots__ = ("_client", "_conn", "_keep_alive", "_until_close", "headers", "status_code")
 
-    def __init__(
-        self,
-        client: WireClient,
-        conn: _Connection,
-        status: int,
-        headers: Headers,
-        *,
-        mode: str,
-        length: int,
-        keep_alive: bool,
-    ) -> None:
+    def __init__(self, client: WireClient, conn: _Connection) -> None:
         self._client = client
         self._conn: _Connection | None = conn
-        self.status_code = status
-        self.headers = headers
-        self._mode = mode  # "length" | "chunked" | "close"
-        self._remaining = length  # bytes left of a "length" body, or of the current chunk
-        self._keep_alive = keep_alive
-        if mode == "length" and length == 0:
+        self.status_code = conn.status
+        self.headers = conn.headers
+        self._keep_alive = conn.keep_alive
+        # No length and not chunked: llhttp reads to the end of the connection (it cannot tell us so).
+        self._until_close = (
+            "content-length" not in conn.headers
+            and "transfer-encoding" not in conn.headers
+            and conn.status not in (204, 304)
+        )
+        if conn.complete and not conn.parts:
             self._release()
 
     @property
@@ -143,23 +253,25 @@ class Response:
         return 200 <= self.status_code < 300
 
     async def aread(self) -> bytes:
-        """The whole body."""
-        if self._mode == "length" and self._conn is not None:
-            try:
-                data = await self._conn.reader.readexactly(self._remaining)
-            except (asyncio.IncompleteReadError, OSError) as exc:
+        """The whole body; :class:`BodyTooLarge` past the client's ``max_body``."""
+        limit = self._client.max_body
+        declared = self.headers.get("content-length")  # llhttp let through only one, all digits
+        if declared is not None and self._conn is not None and int(declared) > limit:
+            self._abandon()
+            raise BodyTooLarge(f"response body larger than {size_text(limit)} ({declared} bytes)")
+        parts: list[bytes] = []
+        size = 0
+        while self._conn is not None:
+            part = await self._next_part()
+            size += len(part)
+            if size > limit:
                 self._abandon()
-                raise ReadError(f"connection closed during the body: {_describe(exc)}") from None
-            except BaseException:
-                self._abandon()
-                raise
-            self._remaining = 0
-            self._release()
-            return data
-        return b"".join([part async for part in self.aiter_bytes()])
+                raise BodyTooLarge(f"response body larger than {size_text(limit)}")
+            parts.append(part)
+        return b"".join(parts)
 
-    async def aiter_bytes(self) -> AsyncIterator[bytes]:
-        """The body in pieces as they arrive (chunked framing removed)."""
+    async def aiter_bytes(self) -> AsyncGenerator[bytes, None]:
+        """The body in pieces as they arrive (chunked framing removed); a stream has no total cap."""
         try:
             while self._conn is not None:
                 part = await self._next_part()
@@ -170,26 +282,43 @@ class Response:
                 self._abandon()
 
     async def aiter_lines(self) -> AsyncIterator[str]:
-        """The body as text lines, split at ``\\r\\n``, ``\\n`` or ``\\r`` (the SSE line rule), UTF-8."""
-        decoder = codecs.getincrementaldecoder("utf-8")("replace")
-        pending = ""
-        async for part in self.aiter_bytes():
-            text = pending + decoder.decode(part)
-            if not text:
-                continue
-            lines = _LINE_BREAK.split(text)
-            pending = lines.pop()  # the unterminated rest
-            if text.endswith("\r"):  # possibly the first half of "\r\n": decide with the next piece
-                pending = lines.pop() + "\r"
-            for line in lines:
-                yield line
-        pending += decoder.decode(b"", final=True)
+        """The body as text lines, split at ``\\r\\n``, ``\\n`` or ``\\r`` (the SSE line rule), UTF-8.
+
+        A line longer than the client's ``max_line`` is :class:`BodyTooLarge`. Bytes are split before
+        decoding: no UTF-8 sequence contains a CR or LF byte.
+        """
+        limit = self._client.max_line
+        too_long = f"a line longer than {size_text(limit)} in the stream"
+        pending: list[bytes] = []  # the unterminated rest, in pieces (a long line is joined once)
+        pending_size = 0
+        async with contextlib.aclosing(self.aiter_bytes()) as parts:
+            async for part in parts:
+                if b"\n" not in part and b"\r" not in part:
+                    pending.append(part)
+                    pending_size += len(part)
+                    if pending_size > limit:
+                        self._abandon()
+                        raise BodyTooLarge(too_long)
+                    continue
+                data = b"".join((*pending, part)) if pending else part
+                lines = _LINE_BREAK.split(data)
+                rest = lines.pop()
+                if data.endswith(b"\r"):  # possibly the first half of "\r\n": decide with the next piece
+                    rest = lines.pop() + b"\r"
+                pending, pending_size = ([rest], len(rest)) if rest else ([], 0)
+                for line in lines:
+                    if len(line) > limit:
+                        self._abandon()
+                        raise BodyTooLarge(too_long)
+                    yield line.decode("utf-8", "replace")
         if pending:
-            lines = _LINE_BREAK.split(pending)
+            lines = _LINE_BREAK.split(b"".join(pending))
             if not lines[-1]:
                 lines.pop()
             for line in lines:
-                yield line
+                if len(line) > limit:
+                    raise BodyTooLarge(too_long)
+                yield line.decode("utf-8", "replace")
 
     async def aclose(self) -> None:
         """Done with this answer: an unread body closes the connection."""
@@ -197,44 +326,36 @@ class Response:
             self._abandon()
 
     async def _next_part(self) -> bytes:
+        """The next body piece; ``b""`` once the body is complete (the connection is then released)."""
         conn = self._conn
         assert conn is not None
-        reader = conn.reader
         try:
-            if self._mode == "length":
-                part = await reader.read(min(self._remaining, _READ_SIZE))
-                if not part:
-                    raise ReadError(f"connection closed with {self._remaining} body bytes unread")
-                self._remaining -= len(part)
-                if self._remaining == 0:
-                    self._release()
-                return part
-            if self._mode == "close":
-                part = await reader.read(_READ_SIZE)
-                if not part:
-                    self._release()
-                return part
-            if self._remaining == 0:  # chunked: at a chunk boundary
-                line = await reader.readuntil(b"\r\n")
-                try:
-                    size = int(line.split(b";", 1)[0].strip(), 16)
-                except ValueError:
-                    raise RemoteProtocolError(f"bad chunk size line {line[:40]!r}") from None
-                if size == 0:
-                    while (await reader.readuntil(b"\r\n")) != b"\r\n":
-                        pass  # trailer fields: ignored
+            while True:
+                if conn.parts:
+                    part = conn.parts.popleft()
+                    if conn.complete and not conn.parts:
+                        self._release()
+                    return part
+                if conn.complete:
                     self._release()
                     return b""
-                self._remaining = size
-            part = await reader.read(min(self._remaining, _READ_SIZE))
-            if not part:
-                raise ReadError("connection closed inside a chunk")
-            self._remaining -= len(part)
-            if self._remaining == 0 and await reader.readexactly(2) != b"\r\n":
-                raise RemoteProtocolError("chunk not followed by CRLF")
-            return part
-        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, OSError) as exc:
+                data = await conn.reader.read(_READ_SIZE)
+                if not data:
+                    if self._until_close:
+                        self._keep_alive = False
+                        self._release()
+                        return b""
+                    raise ReadError("connection closed before the end of the body")
+                try:
+                    conn.feed(data)
+                except RemoteProtocolError as exc:
+                    raise ReadError(
+                        f"malformed body: {str(exc).removeprefix('malformed response: ')}"
+                    ) from None
+        except (OSError, ReadError) as exc:
             self._abandon()
+            if isinstance(exc, ReadError):
+                raise
             raise ReadError(f"connection broke during the body: {_describe(exc)}") from None
         except BaseException:
             self._abandon()
@@ -243,7 +364,7 @@ class Response:
     def _release(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
-            self._client._checkin(conn, reusable=self._keep_alive and self._mode != "close")
+            self._client._checkin(conn, reusable=self._keep_alive and not self._until_close)
 
     def _abandon(self) -> None:
         conn, self._conn = self._conn, None
@@ -255,8 +376,9 @@ class WireClient:
     """A keep-alive pool of HTTP/1.1 connections to the origin of ``base_url``.
 
     ``base_url`` may carry a path prefix (``http://host/v1``): request paths are joined to it; an
-    absolute URL on the same origin is sent as it is.
-    ``headers`` go on every request. At most ``max_connections`` exchanges are in flight; more wait.
+    absolute URL on the same origin is sent as it is. ``headers`` go on every request. At most
+    ``max_connections`` exchanges are in flight; more wait. ``max_body`` caps a body read whole,
+    ``max_line`` a line of a streamed one.
     """
 
     def __init__(
@@ -267,6 +389,8 @@ class WireClient:
         connect_timeout: float = 5.0,
         max_connections: int = 64,
         keepalive_expiry: float = 30.0,
+        max_body: int = MAX_BODY_BYTES,
+        max_line: int = MAX_LINE_BYTES,
     ) -> None:
         parts = urlsplit(base_url)
         scheme = parts.scheme.lower()
@@ -281,7 +405,10 @@ class WireClient:
         self.authority = host if default_port else f"{host}:{self.port}"
         self.connect_timeout = connect_timeout
         self.keepalive_expiry = keepalive_expiry
+        self.max_body = max_body
+        self.max_line = max_line
         self._proxy = proxy_for(scheme, self.host)
+        self._proxy_tls = self._proxy is not None and _proxy_scheme(scheme) == "https"
         fixed = {"Host": self.authority, "Accept": "*/*", "User-Agent": "llmhost"}
         for name, value in (headers or {}).items():
             fixed = {k: v for k, v in fixed.items() if k.lower() != name.lower()}
@@ -318,9 +445,14 @@ class WireClient:
         content: bytes | None = None,
         params: Mapping[str, Any] | None = None,
     ) -> Response:
-        """Send a request and return its answer with the body unread; the caller must close it."""
+        """Send a request and return its answer with the body unread; the caller must close it.
+
+        ``HEAD`` is refused: llhttp, as httptools drives it, cannot be told that a HEAD answer has no body.
+        """
         if self._closed:
             raise ConnectError("client is closed")
+        if method == "HEAD":
+            raise ValueError("HEAD requests are not supported")
         target = self._target(path, params)
         head = f"{method} {target} HTTP/1.1\r\n{self._fixed_headers}"
         if content is not None or method in ("POST", "PUT", "PATCH"):
@@ -330,9 +462,10 @@ class WireClient:
         conn: _Connection | None = None
         try:
             conn = await self._checkout()
+            conn.expect_answer()
             conn.writer.write(message)
             await conn.writer.drain()
-            response = await self._read_head(conn, method)
+            await self._read_head(conn)
         except BaseException as exc:
             if conn is not None:
                 conn.close()
@@ -340,14 +473,7 @@ class WireClient:
             if isinstance(exc, (ConnectionError, OSError)):
                 raise RemoteProtocolError(f"connection broke before an answer: {_describe(exc)}") from None
             raise
-        return response
-
-    async def aclose(self) -> None:
-        self._closed = True
-        while self._idle:
-            self._idle.popleft().close()
-
-    # -- internals -------------------------------------------------------------------------------------
+        return Response(self, conn)
 
     def same_origin(self, url: str) -> bool:
         """Whether an absolute ``url`` points at this pool's origin (scheme, host and port)."""
@@ -355,6 +481,13 @@ class WireClient:
         scheme = parts.scheme.lower()
         port = parts.port or (443 if scheme == "https" else 80)
         return (scheme, (parts.hostname or "").lower(), port) == (self.scheme, self.host.lower(), self.port)
+
+    async def aclose(self) -> None:
+        self._closed = True
+        while self._idle:
+            self._idle.popleft().close()
+
+    # -- internals -------------------------------------------------------------------------------------
 
     def _target(self, path: str, params: Mapping[str, Any] | None) -> str:
         if "://" in path:  # an absolute URL on this origin: its own path, without the base prefix
@@ -383,7 +516,7 @@ class WireClient:
 
     def _checkin(self, conn: _Connection, *, reusable: bool) -> None:
         self._slots.release()
-        if reusable and not self._closed and not conn.writer.is_closing():
+        if reusable and not conn.spoiled and not self._closed and not conn.writer.is_closing():
             conn.idle_since = asyncio.get_running_loop().time()
             self._idle.append(conn)
         else:
@@ -391,21 +524,25 @@ class WireClient:
 
     async def _connect(self) -> _Connection:
         proxy = self._proxy
-        host, port = (proxy.host, proxy.port) if proxy is not None else (self.host, self.port)
         tls = self.scheme == "https"
         try:
             async with asyncio.timeout(self.connect_timeout):
-                if proxy is not None and tls:
-                    reader, writer = await asyncio.open_connection(host, port, limit=_MAX_HEAD)
-                    await self._tunnel(reader, writer, proxy.headers)
-                    await writer.start_tls(ssl_context(), server_hostname=self.host)
+                if proxy is not None:
+                    reader, writer = await asyncio.open_connection(
+                        proxy.host,
+                        proxy.port,
+                        ssl=ssl_context() if self._proxy_tls else None,
+                        server_hostname=proxy.host if self._proxy_tls else None,
+                    )
+                    if tls:
+                        await self._tunnel(reader, writer, proxy)
+                        await writer.start_tls(ssl_context(), server_hostname=self.host)
                 else:
                     reader, writer = await asyncio.open_connection(
-                        host,
-                        port,
+                        self.host,
+                        self.port,
                         ssl=ssl_context() if tls else None,
                         server_hostname=self.host if tls else None,
-                        limit=_MAX_HEAD,
                     )
         except TimeoutError:
             raise ConnectTimeout(f"connect timeout ({self.connect_timeout:g}s)") from None
@@ -413,67 +550,48 @@ class WireClient:
             raise ConnectError(_describe(exc)) from None
         return _Connection(reader, writer)
 
-    async def _tunnel(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, headers: Mapping[str, str]
-    ) -> None:
-        where = f"{self.host}:{self.port}"
-        extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    async def _tunnel(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, proxy: Proxy) -> None:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        where = f"{host}:{self.port}"
+        extra = "".join(f"{k}: {v}\r\n" for k, v in proxy.headers.items())
         writer.write(f"CONNECT {where} HTTP/1.1\r\nHost: {where}\r\n{extra}\r\n".encode("latin-1"))
         await writer.drain()
         try:
-            head = await reader.readuntil(b"\r\n\r\n")
+            head = await reader.readuntil(b"\r\n\r\n")  # a 2xx to CONNECT has no body: the tunnel follows
         except (asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
             writer.close()
             raise ConnectError(f"proxy closed the tunnel request: {_describe(exc)}") from None
         status = head.split(b"\r\n", 1)[0].split(b" ", 2)
-        if len(status) < 2 or status[1] != b"200":
+        if len(status) < 2 or not status[0].startswith(b"HTTP/1.") or status[1] != b"200":
             writer.close()
             answer = head.split(b"\r\n", 1)[0].decode("latin-1")
             raise ConnectError(f"proxy refused the tunnel: {answer}")
 
-    async def _read_head(self, conn: _Connection, method: str) -> Response:
-        reader = conn.reader
-        while True:
-            try:
-                head = await reader.readuntil(b"\r\n\r\n")
-            except asyncio.IncompleteReadError as exc:
-                if not exc.partial:
-                    raise RemoteProtocolError("server disconnected without sending a response") from None
-                raise RemoteProtocolError("server disconnected in the middle of its response head") from None
-            except asyncio.LimitOverrunError:
-                raise RemoteProtocolError(f"response head larger than {_MAX_HEAD} bytes") from None
-            lines = head[:-4].decode("latin-1").split("\r\n")
-            version, _, rest = lines[0].partition(" ")
-            code = rest[:3]
-            if not version.startswith("HTTP/1.") or not code.isdigit():
-                raise RemoteProtocolError(f"not an HTTP/1.x response: {lines[0][:60]!r}")
-            status = int(code)
-            headers = Headers()
-            for line in lines[1:]:
-                name, sep, value = line.partition(":")
-                if not sep:
-                    raise RemoteProtocolError(f"malformed header line {line[:60]!r}")
-                key = name.strip().lower()
-                value = value.strip()
-                headers[key] = f"{headers[key]}, {value}" if key in headers else value
-            if 100 <= status < 200 and status != 101:
-                continue  # an interim answer (100 Continue, 103 Early Hints): the real one follows
-            break
-        connection = headers.get("connection", "").lower()
-        keep_alive = "close" not in connection and (version == "HTTP/1.1" or "keep-alive" in connection)
-        if method == "HEAD" or status in (204, 304) or 100 <= status < 200:
-            mode, length = "length", 0
-        elif "chunked" in headers.get("transfer-encoding", "").lower():
-            mode, length = "chunked", 0
-        elif "content-length" in headers:
-            try:
-                length = int(headers["content-length"].split(",")[0])
-            except ValueError:
-                raise RemoteProtocolError("malformed Content-Length") from None
-            mode = "length"
-        else:
-            mode, length = "close", 0
-        return Response(self, conn, status, headers, mode=mode, length=length, keep_alive=keep_alive)
+    async def _read_head(self, conn: _Connection) -> None:
+        while not conn.head_done:
+            data = await conn.reader.read(_READ_SIZE)
+            if not data:
+                if not conn.head_size:
+                    raise RemoteProtocolError("server disconnected without sending a response")
+                raise RemoteProtocolError("server disconnected in the middle of its response head")
+            conn.head_size += len(data)
+            conn.feed(data)
+            if not conn.head_done and conn.head_size > _MAX_HEAD:
+                raise RemoteProtocolError(f"response head larger than {size_text(_MAX_HEAD)}")
+
+
+def _proxy_scheme(scheme: str) -> str:
+    """The scheme of the proxy URL configured for ``scheme`` targets: ``https`` means TLS to the proxy.
+
+    :func:`llmhost.net.proxy_for` decides whether a proxy applies; this only says how to reach it. Any
+    kind other than ``http``/``https`` (``socks5://`` ...) is refused rather than spoken to as HTTP.
+    """
+    proxies = urllib.request.getproxies()
+    configured = proxies.get(scheme) or proxies.get("all") or ""
+    kind = configured.split("://", 1)[0].lower() if "://" in configured else "http"
+    if kind not in ("http", "https"):
+        raise ValueError(f"a {kind}:// proxy is not supported (only http:// and https:// proxies)")
+    return kind
 
 
 def _describe(exc: BaseException) -> str:

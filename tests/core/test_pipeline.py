@@ -8,6 +8,7 @@ import openai
 import pytest
 from typer.testing import CliRunner
 
+from llmhost.cli import common as cli_common
 from llmhost.cli import main as cli
 from llmhost.config import Settings
 from llmhost.core.stage import Request, StageBase
@@ -84,7 +85,7 @@ def test_a_refusing_stage_applies_to_the_cli(
             svc.store.import_file(tiny_model_path, TINY)  # type: ignore[arg-type]
         return svc
 
-    monkeypatch.setattr(cli, "_service", service_with_stage)
+    monkeypatch.setattr(cli_common, "new_service", service_with_stage)
     monkeypatch.setenv("LLMHOST_DATA_DIR", str(settings.data_dir))
     runner = CliRunner()
     refused = runner.invoke(cli.app, ["run", TINY, "forbidden words", "--max-tokens", "2"])

@@ -7,6 +7,8 @@ role chunk, ``chunks`` content chunks ``tok0``, ``tok1``..., a finish chunk, a u
 ``[DONE]``. A test sets :attr:`FaultServer.fault` to bend that: stall before the headers or before the
 first chunk, answer an error status, stall or cut the connection after some chunks.
 ``closed_port()`` gives a port with nothing listening, and ``full_backlog()`` one whose connects hang.
+``raw_server()`` is a plainer one in the test's own loop, for framing: it writes the exact bytes a
+test chooses (malformed lengths and chunk sizes, oversized bodies) and records what it was sent.
 """
 
 from __future__ import annotations
@@ -16,11 +18,20 @@ import contextlib
 import json
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Fault", "FaultServer", "Recorded", "closed_port", "full_backlog"]
+__all__ = [
+    "Fault",
+    "FaultServer",
+    "RawServer",
+    "Recorded",
+    "closed_port",
+    "full_backlog",
+    "raw_server",
+    "replying",
+]
 
 
 @dataclass
@@ -219,3 +230,79 @@ def full_backlog() -> Iterator[int]:
         for filler in fillers:
             filler.close()
         listener.close()
+
+
+Handler = Callable[[bytes, bytes, asyncio.StreamWriter], Awaitable[bool]]
+
+
+class RawServer:
+    """A loopback server in the test's own event loop that writes exactly the bytes a test chooses.
+
+    It reads one request (head, and a ``Content-Length`` body) at a time and calls
+    ``handler(head, body, writer)``, which answers and returns False to hang up. ``connections`` counts
+    accepted connections, ``requests`` holds every request as received, and ``first_bytes`` the first
+    bytes of each connection, so a test can tell a TLS handshake (``0x16``) from plain HTTP.
+    """
+
+    def __init__(self, handler: Handler) -> None:
+        self.handler = handler
+        self.connections = 0
+        self.requests: list[bytes] = []
+        self.first_bytes: list[bytes] = []
+        self.port = 0
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            first = await reader.read(1)
+            self.first_bytes.append(first)
+            if first in (b"", b"\x16"):  # closed, or a TLS ClientHello: this server speaks plain HTTP
+                return
+            while True:
+                try:
+                    head = first + await reader.readuntil(b"\r\n\r\n")
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    return
+                first = b""
+                length = 0
+                for line in head.decode("latin-1").split("\r\n"):
+                    if line.lower().startswith("content-length:"):
+                        length = int(line.split(":", 1)[1])
+                body = await reader.readexactly(length) if length else b""
+                self.requests.append(head + body)
+                if not await self.handler(head, body, writer):
+                    return
+                await writer.drain()
+        except ConnectionError:
+            return
+        finally:
+            writer.close()
+
+
+@contextlib.asynccontextmanager
+async def raw_server(handler: Handler) -> AsyncIterator[RawServer]:
+    """Serve ``handler`` on a free loopback port for the duration of the block."""
+    server = RawServer(handler)
+    listener = await asyncio.start_server(server._serve, "127.0.0.1", 0)
+    server.port = listener.sockets[0].getsockname()[1]
+    try:
+        yield server
+    finally:
+        listener.close()
+
+
+def replying(*answers: bytes, keep_open: float = 0.0) -> Handler:
+    """A handler that writes ``answers`` in turn (with a short pause between them, so each arrives in
+    its own read), then keeps the connection open ``keep_open`` seconds and hangs up."""
+
+    async def handler(head: bytes, body: bytes, writer: asyncio.StreamWriter) -> bool:
+        for i, part in enumerate(answers):
+            if i:
+                await writer.drain()
+                await asyncio.sleep(0.01)
+            writer.write(part)
+        await writer.drain()
+        await asyncio.sleep(keep_open)
+        return False
+
+    return handler

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from email.utils import formatdate
@@ -11,7 +13,7 @@ import httpx
 import pytest
 
 from llmhost.core.types import Delta, Usage
-from llmhost.errors import ConfigError
+from llmhost.errors import ConfigError, ProviderConnectionError, ProviderStreamError
 from llmhost.providers.anthropic import anthropic_sse_deltas
 from llmhost.providers.http import (
     Timeouts,
@@ -22,6 +24,8 @@ from llmhost.providers.http import (
 )
 from llmhost.providers.ollama import ollama_deltas
 from llmhost.providers.openai_compat import openai_sse_deltas
+from llmhost.providers.wire import MAX_BODY_BYTES, MAX_LINE_BYTES
+from tests.providers.fault_server import raw_server, replying
 
 pytestmark = pytest.mark.anyio
 
@@ -158,3 +162,131 @@ async def test_retry_after_may_be_seconds_milliseconds_or_a_date() -> None:
         assert client.status_error(503, httpx.Headers({}), b"").retry_after is None
     finally:
         await client.aclose()
+
+
+# -- framing: a malformed or oversized answer is a clean provider error --------------------------------
+
+_JSON = b'{"id": "x"}'  # what a lenient parser would hand back as a good answer (11 bytes)
+_CHUNKED = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+_LENGTH_AND_CHUNKED = b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+# Each answer parses as a good JSON answer if its length is read leniently (int() accepts "+11" and "1_1",
+# a joined "11, 5" splits to 11, int(x, 16) accepts "0xb") and is an error under RFC 9112's grammar.
+MALFORMED = {
+    "negative length": b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n" + _JSON,
+    "signed length": b"HTTP/1.1 200 OK\r\nContent-Length: +11\r\n\r\n" + _JSON,
+    "underscored length": b"HTTP/1.1 200 OK\r\nContent-Length: 1_1\r\n\r\n" + _JSON,
+    "conflicting lengths": b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\nContent-Length: 5\r\n\r\n" + _JSON,
+    "length list": b"HTTP/1.1 200 OK\r\nContent-Length: 11, 5\r\n\r\n" + _JSON,
+    "length and chunked": _LENGTH_AND_CHUNKED + b"b\r\n" + _JSON + b"\r\n0\r\n\r\n",
+    "negative chunk size": _CHUNKED + b"-5\r\n" + _JSON + b"\r\n0\r\n\r\n",
+    "hex-prefixed chunk size": _CHUNKED + b"0xb\r\n" + _JSON + b"\r\n0\r\n\r\n",
+    "signed chunk size": _CHUNKED + b"+b\r\n" + _JSON + b"\r\n0\r\n\r\n",
+}
+
+
+def upstream(port: int, **timeouts: float) -> UpstreamClient:
+    return UpstreamClient(
+        "up", f"http://127.0.0.1:{port}/v1", headers={}, timeouts=Timeouts(**{"total": 5, **timeouts})
+    )
+
+
+@pytest.mark.parametrize("answer", MALFORMED.values(), ids=MALFORMED.keys())
+async def test_a_malformed_framing_is_a_provider_error(answer: bytes) -> None:
+    async with raw_server(replying(answer)) as server:
+        client = upstream(server.port)
+        try:
+            with pytest.raises(ProviderConnectionError, match="malformed"):
+                await client.request_json("POST", "/chat/completions", {})
+        finally:
+            await client.aclose()
+
+
+async def test_a_malformed_chunk_after_the_stream_started_breaks_the_stream() -> None:
+    first = b'data: {"choices": [{"index": 0, "delta": {"content": "a"}}]}\n\n'
+    answer = (_CHUNKED + f"{len(first):x}\r\n".encode() + first + b"\r\n", b"0x10\r\n" + b"x" * 16)
+    async with raw_server(replying(*answer, keep_open=5)) as server:
+        client = upstream(server.port)
+        try:
+            deltas = client.stream("/chat/completions", {}, openai_sse_deltas)
+            assert (await deltas.__anext__()).text == "a"
+            with pytest.raises(ProviderStreamError, match="chunk size"):
+                await deltas.__anext__()
+        finally:
+            await client.aclose()
+
+
+async def test_an_answer_declared_larger_than_the_body_cap_is_refused_at_once() -> None:
+    head = f"HTTP/1.1 200 OK\r\nContent-Length: {MAX_BODY_BYTES + 1}\r\n\r\n".encode()
+    async with raw_server(replying(head + b"{", keep_open=10)) as server:
+        client = upstream(server.port)
+        try:
+            with pytest.raises(ProviderConnectionError, match="larger than 64 MiB"):
+                await client.request_json("POST", "/chat/completions", {})
+        finally:
+            await client.aclose()
+
+
+async def test_a_chunked_answer_growing_past_the_body_cap_is_refused() -> None:
+    piece = b"x" * (1 << 20)
+    chunk = b"%x\r\n%s\r\n" % (len(piece), piece)
+
+    async def endless(head: bytes, body: bytes, writer: asyncio.StreamWriter) -> bool:
+        writer.write(_CHUNKED)
+        with contextlib.suppress(ConnectionError):
+            for _ in range(MAX_BODY_BYTES // len(piece) + 8):
+                writer.write(chunk)
+                await writer.drain()
+        return False
+
+    async with raw_server(endless) as server:
+        client = upstream(server.port)
+        try:
+            with pytest.raises(ProviderConnectionError, match="larger than 64 MiB"):
+                await client.request_json("POST", "/chat/completions", {})
+        finally:
+            await client.aclose()
+
+
+async def test_a_stream_line_longer_than_the_line_cap_is_refused() -> None:
+    # An SSE comment (ignored by the event parser) longer than the cap, then a good stream.
+    comment = b": " + b"x" * MAX_LINE_BYTES + b"\n\n"
+    good = b'data: {"choices": [{"index": 0, "delta": {"content": "a"}}]}\n\ndata: [DONE]\n\n'
+    body = comment + good
+    answer = _CHUNKED + b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+    async with raw_server(replying(answer)) as server:
+        client = upstream(server.port)
+        try:
+            with pytest.raises(ProviderConnectionError, match="line longer than 16 MiB"):
+                await collect(client.stream("/chat/completions", {}, openai_sse_deltas))
+        finally:
+            await client.aclose()
+
+
+async def test_an_sse_event_larger_than_the_line_cap_is_refused() -> None:
+    line = "data: " + "x" * (1 << 20)  # 1 MiB lines, never a blank line to end the event
+    with pytest.raises(UpstreamReportedError, match="event larger than 16 MiB"):
+        await collect(iter_sse(lines(*[line] * (MAX_LINE_BYTES // (1 << 20) + 1))))
+
+
+# -- an https:// proxy is spoken to over TLS ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("target", ["https://api.example.com/v1", "http://api.example.com/v1"])
+async def test_an_https_proxy_gets_a_tls_handshake_never_plaintext(
+    target: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with raw_server(replying(b"HTTP/1.1 200 Connection established\r\n\r\n")) as proxy:
+        for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"):
+            monkeypatch.delenv(name, raising=False)
+            monkeypatch.delenv(name.lower(), raising=False)
+        monkeypatch.setenv("HTTPS_PROXY", f"https://user:pw@127.0.0.1:{proxy.port}")
+        monkeypatch.setenv("HTTP_PROXY", f"https://user:pw@127.0.0.1:{proxy.port}")
+        client = UpstreamClient("up", target, headers={}, timeouts=Timeouts(connect=2, total=5))
+        try:
+            with pytest.raises(ProviderConnectionError):
+                await client.request_json("GET", "/models")
+        finally:
+            await client.aclose()
+    assert proxy.first_bytes and all(first == b"\x16" for first in proxy.first_bytes)
+    assert proxy.requests == []  # nothing, credentials least of all, went in the clear

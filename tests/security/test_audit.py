@@ -24,16 +24,9 @@ from llmhost.config import Settings
 from llmhost.security.audit import AuditLog, AuditRecord
 from llmhost.security.keys import KeyStore
 from tests.conftest import TINY, LiveServer, make_service, make_settings, start_server
+from tests.security.helpers import make_key as _key
 
 MSG = [{"role": "user", "content": "the secret plan"}]
-
-
-def _key(settings: Settings, name: str, **kw: object) -> str:
-    store = KeyStore(settings.database_path)
-    try:
-        return store.create(name, **kw)[1]  # type: ignore[arg-type]
-    finally:
-        store.close()
 
 
 def _rows(settings: Settings) -> list[AuditRecord]:

@@ -26,6 +26,7 @@ from llmhost.doors.http.scopes import required_scope
 from llmhost.errors import ConfigError
 from llmhost.security.keys import KeyStore
 from tests.conftest import TINY, LiveServer, make_service, make_settings, start_server
+from tests.security.helpers import make_key as _key
 
 CHAT = {"model": TINY, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
 
@@ -38,14 +39,6 @@ def keyed(tmp_path: Path, tiny_model_path: Path) -> Iterator[tuple[LiveServer, S
     yield live, settings
     live.stop()
     service.close()
-
-
-def _key(settings: Settings, name: str, **kw: object) -> str:
-    store = KeyStore(settings.database_path)
-    try:
-        return store.create(name, **kw)[1]  # type: ignore[arg-type]
-    finally:
-        store.close()
 
 
 def _auth(secret: str) -> dict[str, str]:

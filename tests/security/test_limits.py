@@ -23,18 +23,11 @@ from llmhost.security import limits
 from llmhost.security.keys import KeyStore
 from llmhost.security.limits import MemoryWindows, RedisWindows
 from tests.conftest import TINY, LiveServer, make_service, make_settings, start_server
+from tests.security.helpers import make_key as _key
 
 pytestmark = pytest.mark.anyio
 
 CHAT = {"model": TINY, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
-
-
-def _key(settings: Settings, name: str, **kw: object) -> str:
-    store = KeyStore(settings.database_path)
-    try:
-        return store.create(name, **kw)[1]  # type: ignore[arg-type]
-    finally:
-        store.close()
 
 
 async def _burst(base: str, secret: str, n: int, body: dict[str, object], path: str = "/v1/chat/completions"):
