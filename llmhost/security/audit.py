@@ -6,12 +6,13 @@ walks the chain and names the first row that does not hold. (Cutting rows off th
 shorter chain; keep the head that ``verify`` prints somewhere else and pass it back with ``--head`` to
 catch that too.)
 
-Crash safety: a record is one SQLite transaction (``BEGIN IMMEDIATE``: the previous hash is read and the
-row written under the database's write lock, so two processes sharing the file extend one chain), so it
-is either whole or absent. It is committed in the pipeline's ``after``/``on_error`` hooks, before the door
-sends the response's last part (the JSON body, ``[DONE]``, ``message_stop``, the final NDJSON object), so
-a process that dies earlier has not answered the request. WAL with ``synchronous=NORMAL`` survives a
-process crash; ``audit.synchronous = "full"`` also survives a power cut, for a few ms per request.
+Crash safety: a record is one SQLite INSERT (its own transaction), so it is either whole or absent; two
+processes sharing the file extend one chain (a stale view of the chain's end makes the INSERT fail on
+the primary key, and the record is re-linked). It is committed in the pipeline's ``after``/``on_error``
+hooks, before the door sends the response's last part (the JSON body, ``[DONE]``, ``message_stop``, the
+final NDJSON object), so a process that dies earlier has not answered the request. WAL with
+``synchronous=NORMAL`` survives a process crash; ``audit.synchronous = "full"`` also survives a power
+cut, for a few ms per request.
 
 A record holds who (key id and name, never a secret), door, route, target, model, tokens, cost, status,
 policy decisions, latency, and SHA-256 hashes of the prompt and the answer; the text itself only with
@@ -122,27 +123,38 @@ class AuditLog:
         self._conn.execute(f"PRAGMA synchronous={synchronous.upper()}")
         self._conn.executescript(_SCHEMA)
         self._lock = threading.Lock()
+        self._end: tuple[int, str] | None = None  # (seq, hash) of the chain's last row, once read
         marks = ", ".join("?" for _ in _FIELDS)
         self._insert = f"INSERT INTO audit (seq, {', '.join(_FIELDS)}, hash) VALUES (?, {marks}, ?)"
 
     def append(self, record: AuditRecord) -> tuple[int, str]:
-        """Write one record at the chain's end (atomic; the chain stays linear across processes);
-        returns its ``seq`` and hash."""
+        """Write one record at the chain's end; returns its ``seq`` and hash.
+
+        One INSERT, atomic by itself: the chain's end is remembered, and ``seq`` being the primary key
+        makes the insert fail if another process (a CLI ``llmhost run``, a second server) appended
+        meanwhile; then the end is read again and the record re-linked. So the chain stays linear
+        across processes without a read inside a write transaction on every request.
+        """
         values = {name: getattr(record, name) for name in _FIELDS}
         values["stream"] = int(record.stream)
         with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                last = self._conn.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
-                seq, prev = (int(last[0]) + 1, str(last[1])) if last else (1, GENESIS)
+            for _ in range(1000):
+                if self._end is None:
+                    last = self._conn.execute(
+                        "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1"
+                    ).fetchone()
+                    self._end = (int(last[0]), str(last[1])) if last else (0, GENESIS)
+                seq, prev = self._end[0] + 1, self._end[1]
                 values["prev"] = prev
                 digest = record_hash(seq, values)
-                self._conn.execute(self._insert, (seq, *(values[k] for k in _FIELDS), digest))
-                self._conn.execute("COMMIT")
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-        return seq, digest
+                try:
+                    self._conn.execute(self._insert, (seq, *(values[k] for k in _FIELDS), digest))
+                except sqlite3.IntegrityError:
+                    self._end = None  # someone else wrote row ``seq``: link after theirs
+                    continue
+                self._end = (seq, digest)
+                return seq, digest
+        raise sqlite3.OperationalError("could not append to the audit log: it keeps changing under us")
 
     def rows(
         self, *, after: int = 0, limit: int = 100, newest: bool = False, key_id: str | None = None
@@ -295,7 +307,7 @@ class AuditStage(StageBase):
                 cost=round(sum(a.cost for a in attempts), 9),
                 status=status,
                 error=error,
-                policy=json.dumps(ctx.attrs.get("policy.decisions", [])),
+                policy=json.dumps(decisions) if (decisions := ctx.attrs.get("policy.decisions")) else "[]",
                 latency_ms=round((time.perf_counter() - ctx.started) * 1000, 3),
                 prompt_sha256=_sha(prompt),
                 answer_sha256=_sha(answered) if answer is not None else "",

@@ -17,6 +17,7 @@ several instances share the counts).
 from __future__ import annotations
 
 import collections
+import itertools
 import math
 import os
 import threading
@@ -81,6 +82,7 @@ class MemoryWindows:
         self.window = window
         self._logs: dict[str, _Log] = {}
         self._lock = threading.Lock()
+        self._tickets = itertools.count(1)
 
     async def acquire(self, bucket: str, amount: int, limit: int) -> Admission:
         now = time.monotonic()
@@ -91,7 +93,7 @@ class MemoryWindows:
             log.expire(now - self.window)
             used = log.used
             if used + amount <= limit:
-                ticket = os.urandom(8).hex()
+                ticket = str(next(self._tickets))
                 log.entries[ticket] = (now, amount)
                 log.used += amount
                 oldest = next(iter(log.entries.values()))[0]

@@ -54,6 +54,7 @@ from llmhost.security.policy_patterns import (
     Hit,
     candidate_start,
     find_hits,
+    may_match,
     render,
 )
 
@@ -412,6 +413,8 @@ def _has_token_ids(request: Request) -> bool:
 
 
 def _redacted_request(detectors: Sequence[Detector], request: Request) -> tuple[Request, list[Hit]]:
+    if not any(may_match(detectors, t) for t in _texts(request)):
+        return request, []  # most requests: nothing to look at twice, nothing to rebuild
     hits: list[Hit] = []
 
     def text(value: str) -> str:

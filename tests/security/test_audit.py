@@ -284,3 +284,31 @@ def test_api_audit_needs_the_audit_scope(live: tuple[LiveServer, Settings]) -> N
         ).status_code
         == 400
     )
+
+
+def test_model_management_calls_are_audited_too(live: tuple[LiveServer, Settings]) -> None:
+    server, settings = live
+    ops = _key(settings, "ops", scopes=["models:write", "models:read"])
+    h = {"authorization": f"Bearer {ops}"}
+    assert (
+        httpx.post(
+            f"{server.base_url}/api/copy", json={"source": TINY, "destination": "alias"}, headers=h
+        ).status_code
+        == 200
+    )
+    assert httpx.post(f"{server.base_url}/api/unload", json={"model": "nope"}, headers=h).status_code == 404
+    assert (
+        httpx.request(
+            "DELETE", f"{server.base_url}/api/delete", json={"model": "alias"}, headers=h
+        ).status_code
+        == 409
+    )
+    rows = _rows(settings)
+    assert [(r.door, r.kind, r.model, r.status, r.principal) for r in rows] == [
+        ("admin", "POST /api/copy", TINY, 200, "ops"),
+        ("admin", "POST /api/unload", "nope", 404, "ops"),
+        ("admin", "DELETE /api/delete", "alias", 409, "ops"),  # refused: the server has it loaded
+    ]
+    log = AuditLog(settings.audit_path)
+    assert log.verify()[2] == []
+    log.close()

@@ -152,6 +152,7 @@ def create_app(settings: Settings, service: Service | None = None, *, preload: b
         hosts=HostPolicy(settings.host, settings.security.allowed_hosts),
         origins=settings.security.allowed_origins,
         renderers=app.state.error_renderers,
+        audit=svc.audit if settings.audit.enabled else None,
     )
     # Outside the gate: preflights carry no key. Only allowed origins get CORS headers.
     app.add_middleware(

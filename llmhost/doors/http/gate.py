@@ -23,21 +23,27 @@ Refusals come out in the envelope of the dialect the path belongs to (``serve_er
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import ipaddress
+import json
 import re
 import socket
+import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llmhost.doors.common import ErrorRenderer, renderer_for
 from llmhost.doors.http.scopes import ANY_KEY, required_scope
 from llmhost.errors import AuthError, ErrorInfo, RefusedError, classify
-from llmhost.security.auth import Authenticator, check_scope
+from llmhost.logs import REQUEST_ID_KEY
+from llmhost.security.audit import AuditLog, AuditRecord
+from llmhost.security.auth import OWNER, Authenticator, check_scope
 
 __all__ = ["PRINCIPAL_KEY", "GateMiddleware", "HostPolicy", "origin_regex"]
 
 PRINCIPAL_KEY = "llmhost.principal"
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+_AUDITED_SCOPES = frozenset({"models:write", "admin"})  # state-changing calls outside the pipeline
 _WILDCARD_BINDS = frozenset({"0.0.0.0", "::", ""})
 
 
@@ -90,8 +96,10 @@ class GateMiddleware:
         hosts: HostPolicy,
         origins: list[str],
         renderers: dict[str, ErrorRenderer],
+        audit: AuditLog | None = None,
     ) -> None:
         self.app = app
+        self.audit = audit
         self.renderers = renderers
         self.max_body = max_body
         self.auth = auth
@@ -124,7 +132,53 @@ class GateMiddleware:
         ):
             raw = [(k, v) for k, v in scope["headers"] if k != b"content-type"]
             scope = {**scope, "headers": [*raw, (b"content-type", b"application/json")]}
+        if self.audit is not None and required_scope(scope["method"], scope["path"]) in _AUDITED_SCOPES:
+            await self._audited(scope, body, receive, send, self.audit)
+            return
         await self.app(scope, _replay(body, receive), send)
+
+    async def _audited(
+        self, scope: Scope, body: bytes, receive: Receive, send: Send, audit: AuditLog
+    ) -> None:
+        """A model-management or admin call (pull, copy, delete, load, unload): outside the pipeline,
+        so its audit record is written here, once the call has ended, with the status it answered."""
+        status = 0
+        started = time.perf_counter()
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, _replay(body, receive), tracking_send)
+        finally:
+            principal = scope.get(PRINCIPAL_KEY) or OWNER
+            model = _model_named(body)
+            audit.append(
+                AuditRecord(
+                    ts=time.time(),
+                    request_id=str(scope.get(REQUEST_ID_KEY) or ""),
+                    key_id=principal.key_id or "",
+                    principal=principal.name,
+                    door="admin",
+                    route=model,
+                    target="",
+                    model=model,
+                    kind=f"{scope['method']} {scope['path']}",
+                    stream=False,
+                    prompt_tokens=0,
+                    completion_tokens=0,
+                    cost=0.0,
+                    status=status or 500,
+                    error="",
+                    policy="[]",
+                    latency_ms=round((time.perf_counter() - started) * 1000, 3),
+                    prompt_sha256=hashlib.sha256(body).hexdigest(),
+                    answer_sha256="",
+                )
+            )
 
     def _check(self, scope: Scope, headers: dict[bytes, bytes]) -> ErrorInfo | None:
         """The refusal for this request, or None; the principal is left in ``scope``."""
@@ -161,6 +215,20 @@ class GateMiddleware:
     async def _refuse(self, scope: Scope, receive: Receive, send: Send, info: ErrorInfo) -> None:
         response = renderer_for(self.renderers, scope["path"])(info)
         await response(scope, receive, send)
+
+
+def _model_named(body: bytes) -> str:
+    """The model an admin call is about (``model``, else ``name``/``source``), for the audit record."""
+    try:
+        data = json.loads(body) if body else {}
+    except ValueError:
+        return ""
+    if not isinstance(data, dict):
+        return ""
+    for field in ("model", "name", "source"):
+        if isinstance(data.get(field), str):
+            return str(data[field])[:256]
+    return ""
 
 
 def _secret(headers: dict[bytes, bytes]) -> bytes | None:
