@@ -147,13 +147,13 @@ class _Vocab:
         return {self.token_text(t) for t in ids if self.attr(t) & _SPECIAL_ATTRS}
 
     def tokenize_literal(self, text: str, literals: Mapping[str, str], *, add_special: bool) -> list[int]:
-        """Tokenize ``text`` with special-token parsing, where each key of ``literals`` (a placeholder
+        """Tokenize ``text`` with special-token parsing, where each key of ``literals`` (a stand-in
         character standing in for user text) reads as its value, tokenized as plain text.
 
         The text is cut where llama.cpp's own tokenizer would cut it (at each control token, longest
-        first, honouring lstrip/rstrip), the placeholders are put back in the plain pieces, and each
+        first, honouring lstrip/rstrip), the stand-ins are put back in the plain pieces, and each
         piece is tokenized on its own -- as llama.cpp tokenizes each piece between special tokens, so
-        with no placeholders the result is the same as ``tokenize(text, parse_special=True)``.
+        with no stand-ins the result is the same as ``tokenize(text, parse_special=True)``.
         """
         specials: dict[str, int] = {}
         for t in self.tokenize(text, add_special=False, parse_special=True):

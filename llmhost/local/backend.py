@@ -152,7 +152,7 @@ class LocalBackend:
         messages, tools = chosen.messages, chosen.tools
         literals: dict[str, str] = {}
         if found:
-            literals = _placeholders(found, [*strings, model.template.source])
+            literals = _stand_ins(found, [*strings, model.template.source])
             marks = {text: mark for mark, text in literals.items()}
             messages = _escape(messages, marks)
             tools = _escape(tools, marks) if tools is not None else None
@@ -303,8 +303,8 @@ def _strings(value: Any) -> Iterator[str]:
             yield from _strings(item)
 
 
-def _placeholders(texts: set[str], taken: Sequence[str]) -> dict[str, str]:
-    """One placeholder character per control-token text, none of them present in ``taken``."""
+def _stand_ins(texts: set[str], taken: Sequence[str]) -> dict[str, str]:
+    """One stand-in character (private use) per control-token text, none of them present in ``taken``."""
     used = {c for s in taken for c in _PRIVATE_USE.findall(s)}
     free = (chr(code) for code in _PLACEHOLDER_RANGE if chr(code) not in used)
     out: dict[str, str] = {}
@@ -317,7 +317,7 @@ def _placeholders(texts: set[str], taken: Sequence[str]) -> dict[str, str]:
 
 
 def _escape(value: Any, marks: Mapping[str, str]) -> Any:
-    """``value`` with each control-token text in its strings replaced by its placeholder (longest
+    """``value`` with each control-token text in its strings replaced by its stand-in (longest
     first, so a text that contains a shorter one stays whole)."""
     if isinstance(value, str):
         for text, mark in marks.items():
