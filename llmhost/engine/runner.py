@@ -23,40 +23,11 @@ import numpy as np
 from llmhost.engine.sampling import SequenceSampler, token_logprobs
 from llmhost.engine.types import SamplingParams, SchedulerOutput, TokenLogprob
 from llmhost.errors import EngineError, ModelError, NotReadyError, RequestError
+from llmhost.native import gpu_offload_supported, init_backend
 
 __all__ = ["EmbeddingRunner", "LlamaRunner", "RunnerConfig", "default_threads", "gpu_offload_supported"]
 
 log = logging.getLogger(__name__)
-
-_backend_lock = threading.Lock()
-_backend_ready = False
-
-llama_log = logging.getLogger("llmhost.llama_cpp")
-# ggml's log levels: NONE=0, DEBUG=1, INFO=2, WARN=3, ERROR=4, CONT=5 (continues the previous line).
-_GGML_LEVELS = {0: logging.CRITICAL, 1: logging.DEBUG, 2: logging.INFO, 3: logging.WARNING, 4: logging.ERROR}
-_last_level = logging.DEBUG
-
-
-@llama_cpp.llama_log_callback  # type: ignore[untyped-decorator]
-def _route_llama_log(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
-    """Send llama.cpp's log to Python logging (hidden unless LLMHOST_LLAMA_VERBOSE=1)."""
-    global _last_level
-    py_level = _last_level if level == 5 else _GGML_LEVELS.get(level, logging.INFO)
-    _last_level = py_level
-    if llama_log.isEnabledFor(py_level):
-        llama_log.log(py_level, "%s", text.decode("utf-8", errors="replace").rstrip("\n"))
-
-
-def _init_backend() -> None:
-    global _backend_ready
-    with _backend_lock:
-        if not _backend_ready:
-            verbose = bool(os.environ.get("LLMHOST_LLAMA_VERBOSE"))
-            if not verbose:
-                llama_log.setLevel(logging.CRITICAL)
-            llama_cpp.llama_log_set(_route_llama_log, ctypes.c_void_p(0))
-            llama_cpp.llama_backend_init()
-            _backend_ready = True
 
 
 def default_threads() -> int:
@@ -79,12 +50,6 @@ def default_threads() -> int:
     return max(1, os.cpu_count() or 1)
 
 
-def gpu_offload_supported() -> bool:
-    """Whether this llama.cpp build can offload layers to a GPU (CUDA, Metal, Vulkan ...)."""
-    _init_backend()
-    return bool(llama_cpp.llama_supports_gpu_offload())
-
-
 @dataclass(frozen=True, slots=True)
 class RunnerConfig:
     n_ctx_slot: int = 4096
@@ -95,7 +60,7 @@ class RunnerConfig:
 
 
 def _load_model(path: Path, n_gpu_layers: int | None) -> Any:
-    _init_backend()
+    init_backend()
     params = llama_cpp.llama_model_default_params()
     if n_gpu_layers is None:
         n_gpu_layers = -1 if llama_cpp.llama_supports_gpu_offload() else 0

@@ -391,9 +391,10 @@ def _nvml_gpus(nvml: Any | None) -> tuple[tuple[GPUInfo, ...], str | None, bool]
 
 def _llama_build() -> tuple[bool, str]:
     try:
+        # Imported here: a broken native build must not stop `llmhost doctor` from reporting the rest.
         import llama_cpp
 
-        from llmhost.engine.runner import gpu_offload_supported
+        from llmhost.native import gpu_offload_supported
 
         offload = gpu_offload_supported()
         raw = llama_cpp.llama_print_system_info()

@@ -48,7 +48,7 @@ _MEASURE = textwrap.dedent(
         raise SystemExit("no VmRSS")
 
     path, n_ctx, n_slots = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
-    r._init_backend()
+    r.init_backend()
     before = rss()
     runner = r.LlamaRunner(path, r.RunnerConfig(n_ctx_slot=n_ctx, n_slots=n_slots, n_batch=512, n_threads=2))
     nb = runner.n_batch
