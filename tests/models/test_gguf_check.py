@@ -424,7 +424,6 @@ def test_nested_arrays_are_rejected(tmp_path: Path) -> None:
 def test_a_huge_nested_array_is_rejected_fast_in_bounded_memory(tmp_path: Path) -> None:
     """An array claiming 2**40 arrays, followed by 6 MB of valid empty arrays (12 zero bytes each):
     the reader used to build two numpy objects per inner array before it found the end of the file."""
-    import time
     import tracemalloc
 
     blob = b"GGUF" + struct.pack("<IQQ", 3, 1, 2)
@@ -435,14 +434,13 @@ def test_a_huge_nested_array_is_rejected_fast_in_bounded_memory(tmp_path: Path) 
     path.write_bytes(blob)
 
     tracemalloc.start()
-    started = time.perf_counter()
     try:
         assert_rejected(path, "custom.nested")
-        elapsed = time.perf_counter() - started
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    assert elapsed < 1.0, elapsed
+    # Bounded memory shows the array was never built (the old check materialised it: 78 s, gigabytes);
+    # no wall-clock bound here, a unit test must not depend on the machine's speed.
     assert peak < 4 << 20, peak
 
 
