@@ -8,15 +8,15 @@ Nested fields use ``__`` in the environment: ``LLMHOST_ENGINE__N_PARALLEL=8``.
 from __future__ import annotations
 
 import contextvars
+import tomllib
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import platformdirs
 from pydantic import (
     BaseModel,
-    BeforeValidator,
     ConfigDict,
     Field,
     SecretStr,
@@ -33,6 +33,8 @@ from pydantic_settings import (
 
 from llmhost.errors import ConfigError
 from llmhost.net import parse_allow_entry
+from llmhost.systools.settings import McpSettings
+from llmhost.units import Duration, Size, parse_duration, parse_size
 
 __all__ = [
     "BreakerSettings",
@@ -45,6 +47,7 @@ __all__ = [
     "Settings",
     "TargetSettings",
     "default_config_path",
+    "config_problems",
     "load_settings",
     "parse_duration",
     "parse_size",
@@ -86,43 +89,6 @@ class EngineSettings(BaseModel):
     )
 
 
-_SIZE_UNITS = {
-    "": 1,
-    "b": 1,
-    "kb": 10**3,
-    "mb": 10**6,
-    "gb": 10**9,
-    "tb": 10**12,
-    "kib": 2**10,
-    "mib": 2**20,
-    "gib": 2**30,
-    "tib": 2**40,
-}
-_DURATION_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-
-def parse_size(value: int | str) -> int:
-    """``8GiB``, ``512MB``, ``1000000`` -> bytes."""
-    if isinstance(value, int):
-        return value
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", value)
-    if not match or match.group(2).lower() not in _SIZE_UNITS:
-        raise ValueError(f"not a size: {value!r} (use e.g. 8GiB, 512MB or a number of bytes)")
-    return int(float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()])
-
-
-def parse_duration(value: float | str) -> float:
-    """``5m``, ``30s``, ``1h``, ``-1`` (forever) -> seconds."""
-    if isinstance(value, int | float):
-        return float(value)
-    match = re.fullmatch(r"\s*(-?\d+(?:\.\d+)?)\s*([smh]?)\s*", value)
-    if not match:
-        raise ValueError(f"not a duration: {value!r} (use e.g. 30s, 5m, 1h, or -1 for forever)")
-    return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
-
-
-Size = Annotated[int, BeforeValidator(parse_size), Field(ge=0)]
-Duration = Annotated[float, BeforeValidator(parse_duration)]
 
 
 class MemorySettings(BaseModel):
@@ -367,6 +333,7 @@ class Settings(BaseSettings):
     security: SecuritySettings = Field(default_factory=SecuritySettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
     audit: AuditSettings = Field(default_factory=AuditSettings)
+    mcp: McpSettings = Field(default_factory=McpSettings)
     policy: PolicySettings = Field(
         default_factory=PolicySettings, description="The governance policy for every request."
     )
@@ -511,3 +478,17 @@ def load_settings(config_file: Path | str | None = None, **overrides: Any) -> Se
         raise ConfigError(f"invalid configuration ({origin}): {exc}") from exc
     finally:
         _CONFIG_FILE.reset(token)
+
+
+def config_problems(text: str) -> list[tuple[str, str]]:
+    """Every problem of a TOML config text, as ``(path, message)`` pairs (empty: it is valid). Only the
+    text is judged: the environment and the defaults' files play no part."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        return [("(toml)", str(exc))]
+    try:
+        Settings.model_validate(data)
+    except ValidationError as exc:
+        return [(".".join(str(p) for p in err["loc"]) or "(root)", err["msg"]) for err in exc.errors()]
+    return []

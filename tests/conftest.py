@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import sys
 import threading
 import time
@@ -22,6 +21,7 @@ from llmhost.config import Settings, load_settings
 from llmhost.security import auth
 from llmhost.security.keys import KeyStore
 from llmhost.service import Service
+from tests.support import free_port
 from tests.tiny_gguf import write_tiny_llama_gguf
 
 TINY = "tiny"
@@ -174,9 +174,7 @@ class LiveServer:
     """A real uvicorn server on a free loopback port, in a background thread."""
 
     def __init__(self, app: Any) -> None:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port = sock.getsockname()[1]
+        self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         # log_config None: uvicorn's records go to the root logger (the secret watch, pytest's capture).
         config = uvicorn.Config(
@@ -215,3 +213,54 @@ def server(settings: Settings, service: Service) -> Iterator[LiveServer]:
     live = start_server(settings, service)
     yield live
     live.stop()
+
+
+ServerFactory = Callable[..., LiveServer]
+
+
+@pytest.fixture
+def make_server(tmp_path: Path, tiny_model_path: Path) -> Iterator[ServerFactory]:
+    """``make_server(service=None, **settings_overrides)``: a live server on its own data dir (the tiny
+    model imported) or over ``service``; every server it started is stopped, and every service it made is
+    closed, when the test ends."""
+    servers: list[LiveServer] = []
+    services: list[Service] = []
+
+    def make(service: Service | None = None, **overrides: Any) -> LiveServer:
+        if service is None:
+            settings = make_settings(tmp_path / f"data-{len(servers)}", **overrides)
+            service = make_service(settings, tiny_model_path)
+            services.append(service)
+        else:
+            if overrides:
+                raise TypeError("settings overrides need a server of its own (no service= given)")
+            settings = service.settings
+        live = start_server(settings, service)
+        servers.append(live)
+        return live
+
+    yield make
+    for live in reversed(servers):
+        live.stop()
+    for service in reversed(services):
+        service.close()
+
+
+@pytest.fixture
+def openai_client() -> Iterator[Callable[..., Any]]:
+    """``openai_client(server_or_base_url, api_key="x", **kwargs)``: the official client pointed at
+    ``/v1`` of a live server (or at a base URL as given), no retries unless asked; closed at the end."""
+    import openai
+
+    clients: list[openai.OpenAI] = []
+
+    def make(target: LiveServer | str, api_key: str = "x", **kwargs: Any) -> openai.OpenAI:
+        base_url = f"{target.base_url}/v1" if isinstance(target, LiveServer) else target
+        kwargs.setdefault("max_retries", 0)
+        client = openai.OpenAI(base_url=base_url, api_key=api_key, **kwargs)
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.close()

@@ -7,13 +7,17 @@
       -> stages' after(), in reverse: usage -> budget, limits (settle) -> policy (output) -> audit
     door translates the Result / Deltas back to its wire format
 
+Operations (``Pipeline.operate``: MCP tools that run no model) pass the same stages through their
+operation hooks: audit, auth (the operation's scope), policy (arguments and output), limits (requests
+per minute).
+
 The stage tuple is built in one place (``llmhost.service.Service``); a new stage is one class there.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Protocol, cast
 
 from llmhost.core.stage import Answer, Request, Stage, StageBase
@@ -23,6 +27,8 @@ from llmhost.core.types import (
     Embeddings,
     EmbedRequest,
     InferenceRequest,
+    Operation,
+    OperationResult,
     RequestContext,
     Result,
     Usage,
@@ -105,6 +111,26 @@ class Pipeline:
             raise
         await self._after(ctx, Result(ctx.request_id, request.model, [], Usage(prompt_tokens=n)))
         return n
+
+    async def operate(
+        self, ctx: RequestContext, op: Operation, call: Callable[[Operation], Awaitable[OperationResult]]
+    ) -> OperationResult:
+        """A call that runs no model (an MCP tool): the stages' operation hooks around ``call(op)``,
+        with the operation as the stages left it (a policy may have redacted its arguments)."""
+        for stage in self.stages:
+            try:
+                op = await stage.before_operation(ctx, op)
+            except BaseException as exc:
+                await self._on_error(ctx, exc)
+                raise
+        try:
+            result = await call(op)
+        except BaseException as exc:
+            await self._on_error(ctx, exc)
+            raise
+        for stage in reversed(self.stages):
+            result = await stage.after_operation(ctx, op, result)
+        return result
 
     # ----- hooks -----------------------------------------------------------------------------------------
     async def _before(self, ctx: RequestContext, request: Request) -> Request:

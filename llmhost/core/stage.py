@@ -1,7 +1,9 @@
 """The stage protocol: what a pipeline stage may do before, during and after a request.
 
 A stage is one class with up to four hooks; the pipeline calls ``before`` in order, ``on_delta`` for each
-streamed delta in order, then ``after`` (or ``on_error``) in reverse order, like middleware. A stage
+streamed delta in order, then ``after`` (or ``on_error``) in reverse order, like middleware. Operations
+(calls that run no model: MCP tools) have a hook pair of their own, ``before_operation`` and
+``after_operation``; a stage with nothing to say about them keeps the no-op defaults. A stage
 refuses a request by raising an :class:`~llmhost.errors.LLMHostError` from ``before`` (``RefusedError``,
 ``AuthError``, ``RequestError`` ...); each door renders it in its own envelope.
 """
@@ -10,7 +12,16 @@ from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
-from llmhost.core.types import Delta, Embeddings, EmbedRequest, InferenceRequest, RequestContext, Result
+from llmhost.core.types import (
+    Delta,
+    Embeddings,
+    EmbedRequest,
+    InferenceRequest,
+    Operation,
+    OperationResult,
+    RequestContext,
+    Result,
+)
 
 __all__ = ["Answer", "Request", "Stage", "StageBase"]
 
@@ -38,6 +49,16 @@ class Stage(Protocol):
         """The request failed (or the client went away) after ``before`` had run."""
         ...
 
+    async def before_operation(self, ctx: RequestContext, op: Operation) -> Operation:
+        """Check or rewrite an operation; raise to refuse it."""
+        ...
+
+    async def after_operation(
+        self, ctx: RequestContext, op: Operation, result: OperationResult
+    ) -> OperationResult:
+        """See (or rewrite) what an operation gave."""
+        ...
+
 
 class StageBase:
     """No-op hooks, so a stage overrides only what it needs."""
@@ -55,3 +76,11 @@ class StageBase:
 
     async def on_error(self, ctx: RequestContext, exc: BaseException) -> None:
         return None
+
+    async def before_operation(self, ctx: RequestContext, op: Operation) -> Operation:
+        return op
+
+    async def after_operation(
+        self, ctx: RequestContext, op: Operation, result: OperationResult
+    ) -> OperationResult:
+        return result

@@ -7,6 +7,7 @@ dataclass that may hold prompt text prints counts, not text, so prompts stay out
     InferenceRequest  --Pipeline.run-->     Result  (choices, usage, who answered)
                       --Pipeline.stream-->  Delta, Delta, ... (the last ones carry finish + usage)
     EmbedRequest      --Pipeline.embed-->   Embeddings
+    Operation         --Pipeline.operate--> OperationResult (an MCP tool that is not inference ...)
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ __all__ = [
     "Embeddings",
     "FinishReason",
     "InferenceRequest",
+    "Operation",
+    "OperationResult",
     "Principal",
     "RequestContext",
     "ResponseFormat",
@@ -326,3 +329,35 @@ class Embeddings:
     usage: Usage = field(default_factory=Usage)
     model: str = ""
     target: str = ""
+
+
+# ----- operations: calls that are not inference ------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Operation:
+    """A call that runs no model itself (an MCP tool such as ``list_models`` or ``fs_read``) but goes
+    through the pipeline all the same, so it is authorised, rate-limited, inspected and audited.
+
+    ``arguments`` is the call's input as JSON text (what the audit record hashes and the policy reads);
+    ``model`` names the model the call is about, if any (the key's model globs apply to it).
+    """
+
+    name: str
+    scope: str
+    arguments: str = "{}"
+    model: str = ""
+
+    def __repr__(self) -> str:
+        return f"Operation({self.name!r}, scope={self.scope!r}, {len(self.arguments)} chars of arguments)"
+
+
+@dataclass(slots=True)
+class OperationResult:
+    """What an operation gave: its output as JSON text, or the error it reports as a result (an MCP
+    tool's ``isError``) rather than raises."""
+
+    output: str = ""
+    error: str = ""
+    status: int = 200  # the error's HTTP-like status (400 bad input, 403 refused, 404 unknown ...)
+
+    def __repr__(self) -> str:
+        return f"OperationResult({len(self.output)} chars, error={bool(self.error)})"

@@ -20,6 +20,7 @@ from llmhost.errors import ErrorInfo, ErrorKind, LLMHostError, classify
 from llmhost.logs import REQUEST_ID_KEY
 
 __all__ = [
+    "PRINCIPAL_KEY",
     "ErrorRenderer",
     "context_for",
     "door_route",
@@ -34,6 +35,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 ErrorRenderer = Callable[[ErrorInfo], Response]
+PRINCIPAL_KEY = "llmhost.principal"  # where the HTTP gate leaves the caller's principal in the ASGI scope
 
 
 def _param_from_loc(loc: tuple[Any, ...]) -> str | None:
@@ -149,7 +151,7 @@ def pipeline_of(request: Request) -> Pipeline:
 def context_for(request: Request, door: str) -> RequestContext:
     """The request's context: the principal the gate authenticated, the door it came through, and the
     id the outermost middleware gave the request (the ``x-request-id`` the client gets back)."""
-    principal = request.scope.get("llmhost.principal") or Principal()
+    principal = request.scope.get(PRINCIPAL_KEY) or Principal()
     request_id = request.scope.get(REQUEST_ID_KEY) or new_id("req")
     ctx = RequestContext(principal=principal, door=door, request_id=request_id)
     request.state.llmhost_ctx = ctx  # the route class adds the stages' response headers (rate limits)

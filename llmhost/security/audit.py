@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from llmhost.core.stage import Answer, Request, StageBase
-from llmhost.core.types import Embeddings, EmbedRequest, RequestContext, Result
+from llmhost.core.types import Embeddings, EmbedRequest, Operation, OperationResult, RequestContext, Result
 from llmhost.errors import classify
 
 __all__ = ["AuditLog", "AuditRecord", "AuditStage", "Break"]
@@ -272,7 +272,55 @@ class AuditStage(StageBase):
 
     async def on_error(self, ctx: RequestContext, exc: BaseException) -> None:
         status = 499 if isinstance(exc, GeneratorExit) else classify(exc).status
+        if "audit.operation" in ctx.attrs:
+            self._write_operation(ctx, None, status, type(exc).__name__)
+            return
         self._write(ctx, None, status, type(exc).__name__)
+
+    async def before_operation(self, ctx: RequestContext, op: Operation) -> Operation:
+        ctx.attrs["audit.operation"] = op
+        return op
+
+    async def after_operation(
+        self, ctx: RequestContext, op: Operation, result: OperationResult
+    ) -> OperationResult:
+        self._write_operation(ctx, result, result.status, "ToolError" if result.error else "")
+        return result
+
+    def _write_operation(
+        self, ctx: RequestContext, result: OperationResult | None, status: int, error: str
+    ) -> None:
+        """An operation's record: its name as the kind, its arguments and output hashed (or kept)."""
+        op: Operation | None = ctx.attrs.pop("audit.operation", None)
+        if op is None:
+            return
+        output = "" if result is None else (result.error or result.output)
+        self.log.append(
+            AuditRecord(
+                ts=time.time(),
+                request_id=ctx.request_id,
+                key_id=ctx.principal.key_id or "",
+                principal=ctx.principal.name,
+                door=ctx.door,
+                route=op.model,
+                target="",
+                model=op.model,
+                kind=op.name,
+                stream=False,
+                prompt_tokens=0,
+                completion_tokens=0,
+                cost=0.0,
+                status=status,
+                error=error,
+                policy=json.dumps(decisions) if (decisions := ctx.attrs.get("policy.decisions")) else "[]",
+                latency_ms=round((time.perf_counter() - ctx.started) * 1000, 3),
+                prompt_sha256=_sha(op.arguments),
+                answer_sha256=_sha(output) if result is not None else "",
+                content=json.dumps({"prompt": op.arguments, "answer": output})
+                if self.store_content
+                else None,
+            )
+        )
 
     def _write(self, ctx: RequestContext, answer: Answer | None, status: int, error: str) -> None:
         request: Request | None = ctx.attrs.pop("audit.request", None)

@@ -20,7 +20,7 @@ import secrets
 from pathlib import Path
 
 from llmhost.core.stage import Request, StageBase
-from llmhost.core.types import Principal, RequestContext
+from llmhost.core.types import Operation, Principal, RequestContext
 from llmhost.errors import AuthError, RefusedError
 from llmhost.security.keys import ApiKey, KeyStore, model_allowed
 
@@ -123,7 +123,8 @@ def check_scope(principal: Principal, scope: str) -> None:
 
 
 class AuthStage(StageBase):
-    """The pipeline's "auth" stage: inference needs the ``inference`` scope and an allowed model.
+    """The pipeline's "auth" stage: inference needs the ``inference`` scope and an allowed model; an
+    operation needs its own scope (and an allowed model when it names one).
 
     Doors authenticate before the pipeline (each reads the secret from its own header); this stage
     holds for every door alike, the CLI and MCP included, so no door can skip the scope and model rules.
@@ -137,3 +138,9 @@ class AuthStage(StageBase):
         if not model_allowed(principal.models, request.model):
             raise RefusedError(f"this API key may not use model {request.model!r}", code="model_not_allowed")
         return request
+
+    async def before_operation(self, ctx: RequestContext, op: Operation) -> Operation:
+        check_scope(ctx.principal, op.scope)
+        if op.model and not model_allowed(ctx.principal.models, op.model):
+            raise RefusedError(f"this API key may not use model {op.model!r}", code="model_not_allowed")
+        return op

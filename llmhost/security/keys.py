@@ -26,7 +26,21 @@ from llmhost.errors import ConflictError, NotFoundError, RequestError
 
 __all__ = ["SCOPES", "ApiKey", "KeyStore", "hash_secret", "model_allowed", "parse_duration"]
 
-SCOPES = ("inference", "models:read", "models:write", "admin", "metrics", "audit")
+SCOPES = (
+    "inference",
+    "models:read",
+    "models:write",
+    "admin",
+    "metrics",
+    "audit",
+    # The opt-in MCP tool groups (llmhost.systools), one scope each.
+    "tools:filesystem",
+    "tools:internet",
+    "tools:database",
+    "tools:system",
+    "tools:resources",
+    "tools:security",
+)
 ALL = "*"
 SECRET_PREFIX = "llmh_"
 

@@ -28,7 +28,7 @@ from typing import Any, Protocol
 import redis.asyncio as aioredis
 
 from llmhost.core.stage import Answer, Request, StageBase
-from llmhost.core.types import EmbedRequest, InferenceRequest, RequestContext, Result
+from llmhost.core.types import EmbedRequest, InferenceRequest, Operation, RequestContext, Result
 from llmhost.errors import RateLimitError
 
 __all__ = ["Admission", "LimitStage", "MemoryWindows", "RedisWindows", "Windows", "prompt_token_bound"]
@@ -290,6 +290,20 @@ class LimitStage(StageBase):
     async def after(self, ctx: RequestContext, answer: Answer) -> Answer:
         await self._settle(ctx, used_tokens(answer))
         return answer
+
+    async def before_operation(self, ctx: RequestContext, op: Operation) -> Operation:
+        """An operation counts against ``rpm`` like any request; it uses no tokens."""
+        p = ctx.principal
+        if p.key_id is None or p.rpm is None:
+            return op
+        got = await self.windows.acquire(f"{p.key_id}:rpm", 1, p.rpm)
+        if not got.admitted:
+            self.rejections["requests"] += 1
+            raise RateLimitError(
+                f"rate limit reached for key {p.name!r}: {p.rpm} requests per minute",
+                headers=_headers("requests", got),
+            )
+        return op
 
     async def on_error(self, ctx: RequestContext, exc: BaseException) -> None:
         used = sum(a.usage.prompt_tokens + a.usage.completion_tokens for a in ctx.attempts)

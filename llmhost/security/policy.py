@@ -24,9 +24,7 @@ in :attr:`PolicyStage.counts`, which the metrics endpoint exports.
 from __future__ import annotations
 
 import asyncio
-import codecs
 import collections
-import json
 import logging
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -39,6 +37,8 @@ from llmhost.core.types import (
     Delta,
     EmbedRequest,
     InferenceRequest,
+    Operation,
+    OperationResult,
     Principal,
     RequestContext,
     Result,
@@ -54,7 +54,11 @@ from llmhost.security.policy_patterns import (
     Hit,
     candidate_start,
     find_hits,
+    logprobs_kept,
     may_match,
+    original_offset,
+    redact_json,
+    redact_text,
     render,
 )
 
@@ -123,86 +127,6 @@ class Policy:
 
 def _action(rule: str) -> str:
     return "block" if rule.startswith("block[") else "redact"
-
-
-# ----- redacting whole texts -------------------------------------------------------------------------
-def redact_text(detectors: Sequence[Detector], text: str) -> tuple[str, list[Hit]]:
-    """``text`` with every match replaced, and the matches (empty: ``text`` unchanged)."""
-    if not detectors or not text:
-        return text, []
-    hits = find_hits(detectors, text)
-    return (render(text, 0, len(text), hits), hits) if hits else (text, [])
-
-
-def redact_json(detectors: Sequence[Detector], text: str) -> tuple[str, list[Hit]]:
-    """Tool-call arguments: the strings (keys too) of the JSON are redacted, so the result is still
-    JSON; arguments that do not parse are redacted as plain text."""
-    if not detectors or not text:
-        return text, []
-    try:
-        value = json.loads(text)
-    except (ValueError, RecursionError):
-        return redact_text(detectors, text)
-    hits: list[Hit] = []
-
-    def walk(node: Any) -> Any:
-        if isinstance(node, str):
-            new, found = redact_text(detectors, node)
-            hits.extend(found)
-            return new
-        if isinstance(node, list):
-            return [walk(item) for item in node]
-        if isinstance(node, dict):
-            return {walk(k): walk(v) for k, v in node.items()}
-        return node
-
-    try:
-        redacted = walk(value)
-    except RecursionError:
-        return redact_text(detectors, text)
-    return (json.dumps(redacted, ensure_ascii=False), hits) if hits else (text, [])
-
-
-def _token_ends(items: Sequence[TokenLogprob]) -> list[int]:
-    """Where each token's text ends, in characters of the decoded answer."""
-    decoder = codecs.getincrementaldecoder("utf-8")("replace")
-    ends, length = [], 0
-    for item in items:
-        length += len(decoder.decode(item.token))
-        ends.append(length)
-    return ends
-
-
-def _logprobs_kept(
-    items: list[TokenLogprob] | None, text: str, hits: Sequence[Hit], cap: int | None = None
-) -> list[TokenLogprob] | None:
-    """The log-probabilities of tokens outside the redacted spans (and within ``cap`` characters); none
-    at all when the tokens do not spell ``text`` (their offsets cannot be trusted)."""
-    if not items:
-        return items
-    ends = _token_ends(items)
-    if ends[-1] != len(text):
-        return [] if hits or cap is not None else items
-    kept, start = [], 0
-    for item, end in zip(items, ends, strict=True):
-        inside = any(h.start < end and start < h.end for h in hits)
-        if not inside and (cap is None or end <= cap):
-            kept.append(item)
-        start = end
-    return kept
-
-
-def _original_offset(position: int, hits: Sequence[Hit]) -> int:
-    """Where ``position`` of the redacted text lies in the original (a marker's inside: its start)."""
-    shift = 0
-    for hit in hits:
-        start = hit.start + shift
-        if position <= start:
-            break
-        if position < start + len(hit.detector.replacement):
-            return hit.start
-        shift += len(hit.detector.replacement) - (hit.end - hit.start)
-    return position - shift
 
 
 # ----- redacting streams -----------------------------------------------------------------------------
@@ -573,8 +497,8 @@ class PolicyStage(StageBase):
             self.record(ctx, "output", hits)
             cut = cap if cap is not None and len(text) > cap else None
             if hits or cut is not None:
-                kept_to = None if cut is None else _original_offset(cut, hits)
-                choice.logprobs = _logprobs_kept(choice.logprobs, choice.text, hits, kept_to)
+                kept_to = None if cut is None else original_offset(cut, hits)
+                choice.logprobs = logprobs_kept(choice.logprobs, choice.text, hits, kept_to)
             if cut is not None:
                 text = text[:cut]
                 choice.finish_reason = "length"
@@ -588,3 +512,43 @@ class PolicyStage(StageBase):
                 calls.append(replace(call, arguments=arguments) if found else call)
             choice.tool_calls = calls
         return answer
+
+    # ----- operations (MCP tools that run no model) ----------------------------------------------------
+    async def before_operation(self, ctx: RequestContext, op: Operation) -> Operation:
+        """Blocked text in the arguments refuses the call; detected text in them is redacted before the
+        tool sees it (a JSON string stays JSON)."""
+        policy = self.policy_for(ctx.principal)
+        if not policy.active:
+            return op
+        ctx.attrs["policy.active"] = policy
+        cap = policy.max_input_chars
+        if cap is not None and len(op.arguments) > cap:
+            self.decide(ctx, "input", "max_input_chars", "cap")
+            raise RequestError(f"the call carries {len(op.arguments)} characters; the policy allows {cap}")
+        blocked = next((d for d in policy.block if d.pattern.search(op.arguments)), None)
+        if blocked is not None:
+            self.decide(ctx, "input", blocked.rule, "block")
+            raise RefusedError(
+                f"the call was refused by the governance policy (rule {blocked.rule})", code="policy_blocked"
+            )
+        arguments, hits = redact_json(policy.input_detectors, op.arguments)
+        if not hits:
+            return op
+        self.record(ctx, "input", hits)
+        op = replace(op, arguments=arguments)
+        if "audit.operation" in ctx.attrs:
+            ctx.attrs["audit.operation"] = op
+        return op
+
+    async def after_operation(
+        self, ctx: RequestContext, op: Operation, result: OperationResult
+    ) -> OperationResult:
+        """What the tool gave (a file's text, a web page) is redacted like a model's answer."""
+        policy: Policy | None = ctx.attrs.get("policy.active")
+        if policy is None or not policy.watches_output or not result.output:
+            return result
+        output, hits = redact_json(policy.output_detectors, result.output)
+        if hits:
+            self.record(ctx, "output", hits)
+            result.output = output
+        return result

@@ -21,9 +21,14 @@ text, and ``"\\nalice@example.com"`` must not hide the address behind the ``n``.
 
 from __future__ import annotations
 
+import codecs
+import json
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
+
+from llmhost.engine.types import TokenLogprob
 
 __all__ = [
     "DETECTORS",
@@ -34,10 +39,15 @@ __all__ = [
     "candidate_start",
     "find_hits",
     "iban_valid",
+    "logprobs_kept",
     "luhn_valid",
     "marker",
     "may_match",
+    "original_offset",
+    "redact_json",
+    "redact_text",
     "render",
+    "token_ends",
 ]
 
 # Priority order: on overlapping matches of equal start and length, the earlier rule wins.
@@ -288,3 +298,83 @@ def render(text: str, start: int, end: int, hits: Iterable[Hit]) -> str:
         at = hit.end
     out.append(text[at:end])
     return "".join(out)
+
+
+# ----- redacting whole texts -------------------------------------------------------------------------
+def redact_text(detectors: Sequence[Detector], text: str) -> tuple[str, list[Hit]]:
+    """``text`` with every match replaced, and the matches (empty: ``text`` unchanged)."""
+    if not detectors or not text:
+        return text, []
+    hits = find_hits(detectors, text)
+    return (render(text, 0, len(text), hits), hits) if hits else (text, [])
+
+
+def redact_json(detectors: Sequence[Detector], text: str) -> tuple[str, list[Hit]]:
+    """Tool-call arguments: the strings (keys too) of the JSON are redacted, so the result is still
+    JSON; arguments that do not parse are redacted as plain text."""
+    if not detectors or not text:
+        return text, []
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError):
+        return redact_text(detectors, text)
+    hits: list[Hit] = []
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, str):
+            new, found = redact_text(detectors, node)
+            hits.extend(found)
+            return new
+        if isinstance(node, list):
+            return [walk(item) for item in node]
+        if isinstance(node, dict):
+            return {walk(k): walk(v) for k, v in node.items()}
+        return node
+
+    try:
+        redacted = walk(value)
+    except RecursionError:
+        return redact_text(detectors, text)
+    return (json.dumps(redacted, ensure_ascii=False), hits) if hits else (text, [])
+
+
+def token_ends(items: Sequence[TokenLogprob]) -> list[int]:
+    """Where each token's text ends, in characters of the decoded answer."""
+    decoder = codecs.getincrementaldecoder("utf-8")("replace")
+    ends, length = [], 0
+    for item in items:
+        length += len(decoder.decode(item.token))
+        ends.append(length)
+    return ends
+
+
+def logprobs_kept(
+    items: list[TokenLogprob] | None, text: str, hits: Sequence[Hit], cap: int | None = None
+) -> list[TokenLogprob] | None:
+    """The log-probabilities of tokens outside the redacted spans (and within ``cap`` characters); none
+    at all when the tokens do not spell ``text`` (their offsets cannot be trusted)."""
+    if not items:
+        return items
+    ends = token_ends(items)
+    if ends[-1] != len(text):
+        return [] if hits or cap is not None else items
+    kept, start = [], 0
+    for item, end in zip(items, ends, strict=True):
+        inside = any(h.start < end and start < h.end for h in hits)
+        if not inside and (cap is None or end <= cap):
+            kept.append(item)
+        start = end
+    return kept
+
+
+def original_offset(position: int, hits: Sequence[Hit]) -> int:
+    """Where ``position`` of the redacted text lies in the original (a marker's inside: its start)."""
+    shift = 0
+    for hit in hits:
+        start = hit.start + shift
+        if position <= start:
+            break
+        if position < start + len(hit.detector.replacement):
+            return hit.start
+        shift += len(hit.detector.replacement) - (hit.end - hit.start)
+    return position - shift

@@ -13,9 +13,10 @@ API docs any key. ``create_app`` refuses a non-loopback bind without a usable ke
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -26,7 +27,7 @@ from starlette.routing import BaseRoute
 
 from llmhost import __version__
 from llmhost.config import Settings
-from llmhost.doors import admin, anthropic, ollama, openai, responses
+from llmhost.doors import admin, anthropic, mcp, ollama, openai, responses
 from llmhost.doors.common import renderer_for, validation_info
 from llmhost.doors.http.gate import GateMiddleware, HostPolicy, origin_regex
 from llmhost.doors.openai.translate import render_error as openai_render_error
@@ -98,7 +99,10 @@ def create_app(settings: Settings, service: Service | None = None, *, preload: b
         app.state.startup_task = task
         svc.gateway.start_health_probes()
         try:
-            yield
+            async with contextlib.AsyncExitStack() as stack:
+                for run in app.state.lifespans:  # the doors' own (the MCP session manager)
+                    await stack.enter_async_context(run())
+                yield
         finally:
             if not task.done():
                 task.cancel()
@@ -112,12 +116,15 @@ def create_app(settings: Settings, service: Service | None = None, *, preload: b
     app.state.pipeline = svc.pipeline
     # Errors outside any door's routes: OpenAI's envelope unless a door claims the path.
     app.state.error_renderers = {"": openai_render_error}
+    lifespans: list[Callable[[], AbstractAsyncContextManager[None]]] = []
+    app.state.lifespans = lifespans
     install_error_handlers(app)
     openai.attach(app)
     responses.attach(app)
     anthropic.attach(app)
     ollama.attach(app)
     admin.attach(app)
+    mcp.attach(app, svc)
 
     @app.get("/health")
     async def health() -> dict[str, str]:

@@ -6,8 +6,9 @@ In order:
    address, this machine's hostname, the bind address, any IP on a wildcard bind, or a name in
    ``security.allowed_hosts``. A page on ``evil.example`` whose name was re-pointed at 127.0.0.1 sends
    ``Host: evil.example`` and is refused.
-2. **Origin check** (cross-site request forgery): a state-changing request (not GET/HEAD/OPTIONS) whose
-   ``Origin`` is neither this server's own nor in ``security.allowed_origins`` is refused. Browsers send
+2. **Origin check** (cross-site request forgery): a state-changing request (not GET/HEAD/OPTIONS), and
+   any request to ``/mcp``, whose ``Origin`` is neither this server's own nor in
+   ``security.allowed_origins`` is refused. Browsers send
    ``Origin`` on every cross-origin POST; the official clients send none.
 3. **Authentication and scope**: the secret (``Authorization: Bearer`` or ``x-api-key``) becomes a
    :class:`~llmhost.core.types.Principal` through the one :class:`~llmhost.security.auth.Authenticator`;
@@ -32,7 +33,7 @@ import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from llmhost.doors.common import ErrorRenderer, renderer_for
+from llmhost.doors.common import PRINCIPAL_KEY, ErrorRenderer, renderer_for
 from llmhost.doors.http.scopes import ANY_KEY, required_scope
 from llmhost.errors import AuthError, ErrorInfo, RefusedError, classify
 from llmhost.logs import REQUEST_ID_KEY
@@ -41,10 +42,12 @@ from llmhost.security.auth import OWNER, Authenticator, check_scope
 
 __all__ = ["PRINCIPAL_KEY", "GateMiddleware", "HostPolicy", "origin_regex"]
 
-PRINCIPAL_KEY = "llmhost.principal"
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _AUDITED_SCOPES = frozenset({"models:write", "admin"})  # state-changing calls outside the pipeline
 _WILDCARD_BINDS = frozenset({"0.0.0.0", "::", ""})
+# Paths whose Origin is checked on every method: MCP's GET opens an event stream (the MCP spec asks
+# servers to validate Origin on all its connections).
+_ORIGIN_ALWAYS = frozenset({"/mcp"})
 
 
 def origin_regex(globs: list[str]) -> str:
@@ -190,7 +193,8 @@ class GateMiddleware:
             )
             return ErrorInfo(403, "permission", message, None, "host_not_allowed")
         origin = headers.get(b"origin")
-        if scope["method"] not in _SAFE_METHODS and origin is not None and not self._origin_ok(origin, host):
+        checked = scope["method"] not in _SAFE_METHODS or scope["path"] in _ORIGIN_ALWAYS
+        if checked and origin is not None and not self._origin_ok(origin, host):
             shown = origin.decode("latin-1")
             message = f"cross-site request from origin {shown!r} refused (see security.allowed_origins)"
             return ErrorInfo(403, "permission", message, None, "origin_not_allowed")

@@ -49,6 +49,10 @@ _EXACT: dict[tuple[str, str], str | None] = {
     ("GET", "/api/providers"): "admin",
     ("GET", "/api/usage"): "admin",
     ("GET", "/api/audit"): "audit",
+    # MCP (Streamable HTTP): any key; each tool checks its own scope (llmhost.doors.mcp.gate)
+    ("POST", "/mcp"): ANY_KEY,
+    ("GET", "/mcp"): ANY_KEY,
+    ("DELETE", "/mcp"): ANY_KEY,
 }
 _PATTERNS: list[tuple[str, re.Pattern[str], str]] = [
     ("GET", re.compile(r"/v1/models/.+"), "models:read"),

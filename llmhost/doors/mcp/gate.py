@@ -1,0 +1,228 @@
+"""The MCP door's gate: who calls, which scope each tool needs, and the pipeline around every call.
+
+    tools/call (stdio or POST /mcp, after the HTTP gate authenticated the key and checked Origin)
+      -> ToolGate: the caller's principal (the HTTP gate's, or the stdio server's) -> a RequestContext
+      -> inference tools (chat, complete, embed): the tool itself runs Pipeline.run/embed
+         every other tool: Pipeline.operate (audit, auth: the tool's scope, policy, limits) around it
+      -> refusals (scope, rate limit, policy) come back as a tool error (``isError``) with the reason
+
+Tools read the call's context with :func:`current`; the gate sets it for the length of the call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import functools
+import inspect
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
+from typing import Any, TypeVar
+
+from mcp.server import MCPServer
+from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
+from mcp.server.mcpserver.exceptions import ToolError
+from mcp_types import CallToolResult, TextContent, ToolAnnotations
+
+from llmhost.core.pipeline import Pipeline
+from llmhost.core.types import Operation, OperationResult, Principal, RequestContext, new_id
+from llmhost.doors.common import PRINCIPAL_KEY
+from llmhost.errors import LLMHostError, classify
+
+__all__ = ["STATUS_KEY", "Registrar", "ToolGate", "ToolSpec", "current", "tool_error"]
+
+log = logging.getLogger(__name__)
+
+STATUS_KEY = "mcp.status"  # a failed tool's status, noted by the tool wrapper (doors.mcp.server)
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+_CURRENT: contextvars.ContextVar[RequestContext | None] = contextvars.ContextVar(
+    "llmhost_mcp_call", default=None
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ToolSpec:
+    """What the gate knows of a tool: the scope it needs, whether it runs inference itself (then the
+    pipeline sees the inference request, not an operation), and which argument names a model."""
+
+    scope: str
+    inference: bool = False
+    model_arg: str | None = None
+
+
+def current() -> RequestContext:
+    """The context of the tool call running now (set by :class:`ToolGate`)."""
+    ctx = _CURRENT.get()
+    if ctx is None:
+        raise RuntimeError("no MCP tool call is running")
+    return ctx
+
+
+def tool_error(message: str) -> CallToolResult:
+    return CallToolResult(content=[TextContent(type="text", text=message)], is_error=True)
+
+
+def _reporting(fn: F) -> F:
+    """llmhost's errors become the tool's error message (``isError``), their status noted for the
+    audit record; anything else is the SDK's "unexpected" error, which hides its text."""
+
+    @functools.wraps(fn)
+    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return await fn(*args, **kwargs)
+        except LLMHostError as exc:
+            info = classify(exc)
+            with contextlib.suppress(RuntimeError):  # outside the gate: a test calling the server itself
+                current().attrs[STATUS_KEY] = info.status
+            if info.status >= 500:
+                log.error("MCP tool %s failed: %s", fn.__name__, exc)
+            raise ToolError(info.message) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+class Registrar:
+    """Adds tools to the server and their gate specs, in one call per tool."""
+
+    def __init__(self, server: MCPServer[Any]) -> None:
+        self.server = server
+        self.specs: dict[str, ToolSpec] = {}
+
+    def tool(
+        self,
+        fn: Callable[..., Awaitable[Any]],
+        *,
+        scope: str,
+        title: str,
+        name: str | None = None,
+        inference: bool = False,
+        model_arg: str | None = None,
+        read_only: bool = True,
+        destructive: bool = False,
+        idempotent: bool = False,
+        open_world: bool = False,
+    ) -> None:
+        if not inspect.iscoroutinefunction(fn):
+            raise TypeError(f"MCP tool {fn.__name__} must be async")
+        name = name or fn.__name__
+        if name in self.specs:
+            raise ValueError(f"MCP tool {name!r} is registered twice")
+        annotations = ToolAnnotations(
+            title=title,
+            read_only_hint=read_only,
+            destructive_hint=destructive,
+            idempotent_hint=idempotent,
+            open_world_hint=open_world,
+        )
+        self.server.add_tool(
+            _reporting(fn), name=name, title=title, annotations=annotations, structured_output=True
+        )
+        self.specs[name] = ToolSpec(scope=scope, inference=inference, model_arg=model_arg)
+
+
+class ToolGate:
+    """An MCP server middleware: every ``tools/call`` runs under the caller's principal, through the
+    pipeline. ``default`` is the principal of a caller without HTTP (stdio: the machine's owner, or the
+    key ``llmhost mcp --api-key`` was given)."""
+
+    def __init__(self, pipeline: Pipeline, specs: dict[str, ToolSpec], default: Principal) -> None:
+        self.pipeline = pipeline
+        self.specs = specs
+        self.default = default
+
+    def principal_of(self, ctx: ServerRequestContext[Any, Any]) -> Principal:
+        scope = getattr(ctx.request, "scope", None)
+        if isinstance(scope, dict):
+            found = scope.get(PRINCIPAL_KEY)
+            if isinstance(found, Principal):
+                return found
+        return self.default
+
+    async def __call__(self, ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
+        if ctx.method != "tools/call" or not isinstance(ctx.params, dict):
+            return await call_next(ctx)
+        name = ctx.params.get("name")
+        spec = self.specs.get(name) if isinstance(name, str) else None
+        if spec is None:  # an unknown tool: the SDK answers it
+            return await call_next(ctx)
+        assert isinstance(name, str)
+        arguments = ctx.params.get("arguments") or {}
+        request_ctx = RequestContext(principal=self.principal_of(ctx), door="mcp", request_id=new_id("mcp"))
+        token = _CURRENT.set(request_ctx)
+        try:
+            if spec.inference:
+                return await call_next(ctx)
+            return await self._operate(ctx, call_next, request_ctx, name, spec, arguments)
+        finally:
+            _CURRENT.reset(token)
+
+    async def _operate(
+        self,
+        ctx: ServerRequestContext[Any, Any],
+        call_next: CallNext,
+        request_ctx: RequestContext,
+        name: str,
+        spec: ToolSpec,
+        arguments: Any,
+    ) -> HandlerResult:
+        model = arguments.get(spec.model_arg, "") if spec.model_arg and isinstance(arguments, dict) else ""
+        op = Operation(
+            name=name,
+            scope=spec.scope,
+            arguments=json.dumps(arguments, sort_keys=True, default=str),
+            model=model if isinstance(model, str) else "",
+        )
+        answered: dict[str, Any] = {}
+
+        async def call(op: Operation) -> OperationResult:
+            params = ctx.params
+            if op.arguments != json.dumps(arguments, sort_keys=True, default=str):  # the policy redacted them
+                params = {**(ctx.params or {}), "arguments": json.loads(op.arguments)}
+            result = await call_next(replace(ctx, params=params))
+            answered["result"] = result
+            tool_result = _tool_result(result)
+            answered["parsed"] = tool_result
+            return _as_operation_result(tool_result, int(request_ctx.attrs.get(STATUS_KEY, 400)))
+
+        try:
+            outcome = await self.pipeline.operate(request_ctx, op, call)
+        except LLMHostError as exc:
+            info = classify(exc)
+            if info.status >= 500:
+                log.error("MCP tool %s failed: %s", name, exc)
+            return tool_error(info.message)
+        parsed = answered["parsed"]
+        if isinstance(parsed, CallToolResult) and outcome.output != _output_text(parsed):
+            return _redacted(parsed, outcome.output)  # the policy rewrote what the tool gave
+        raw: HandlerResult = answered["result"]
+        return raw
+
+
+def _output_text(result: CallToolResult) -> str:
+    if result.structured_content is not None:
+        return json.dumps(result.structured_content, ensure_ascii=False)
+    return "\n".join(c.text for c in result.content if isinstance(c, TextContent))
+
+
+def _tool_result(result: HandlerResult) -> CallToolResult | None:
+    if isinstance(result, dict):
+        return CallToolResult.model_validate(result)
+    return result if isinstance(result, CallToolResult) else None
+
+
+def _as_operation_result(result: CallToolResult | None, status: int) -> OperationResult:
+    if result is None:
+        return OperationResult()
+    text = _output_text(result)
+    if result.is_error:
+        return OperationResult(error=text, status=status)
+    return OperationResult(output=text)
+
+
+def _redacted(result: CallToolResult, output: str) -> CallToolResult:
+    if result.structured_content is not None:
+        structured = json.loads(output)
+        return CallToolResult(content=[TextContent(type="text", text=output)], structured_content=structured)
+    return CallToolResult(content=[TextContent(type="text", text=output)], is_error=result.is_error)

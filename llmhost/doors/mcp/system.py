@@ -1,0 +1,81 @@
+"""The opt-in system tool groups (:mod:`llmhost.systools`): each group the config enables is served
+with its own scope (``tools:<group>``); every call is an operation through the pipeline, so it is
+authorised, rate-limited, redacted by the policy and audited. The tools are synchronous and run on a
+worker thread."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+from pydantic import BaseModel
+
+from llmhost.doors.mcp.gate import Registrar
+from llmhost.service import Service
+from llmhost.systools.base import SystemTool, ToolGroup
+
+__all__ = ["enabled_groups", "register"]
+
+
+def enabled_groups(service: Service) -> list[ToolGroup]:
+    """The tool groups the config turns on, built over their settings (a group's module, and what it
+    needs, is imported only when the group is on)."""
+    mcp = service.settings.mcp
+    groups: list[ToolGroup] = []
+    if mcp.filesystem.enabled:
+        from llmhost.systools.filesystem import FilesystemTools
+
+        groups.append(FilesystemTools(mcp.filesystem))
+    if mcp.internet.enabled:
+        from llmhost.systools.internet import InternetTools
+
+        groups.append(InternetTools(mcp.internet))
+    if mcp.database.enabled:
+        from llmhost.systools.database import DatabaseTools
+
+        groups.append(DatabaseTools(mcp.database))
+    if mcp.system.enabled:
+        from llmhost.systools.system import SystemTools
+
+        groups.append(SystemTools(mcp.system))
+    if mcp.resources.enabled:
+        from llmhost.systools.resources import ResourceTools
+
+        groups.append(ResourceTools(mcp.resources))
+    if mcp.security.enabled:
+        from llmhost.systools.secrets import SecurityTools
+
+        groups.append(SecurityTools(mcp.security))
+    return groups
+
+
+def _as_async(tool: SystemTool) -> Callable[..., Any]:
+    """An async function with the tool's own signature (the SDK reads it for the input and output
+    schemas) that runs the synchronous tool on a worker thread."""
+    func = tool.func
+
+    async def call(**kwargs: Any) -> BaseModel:
+        return await asyncio.to_thread(functools.partial(func, **kwargs))
+
+    call.__signature__ = inspect.signature(func, eval_str=True)  # type: ignore[attr-defined]
+    call.__name__ = tool.name
+    call.__qualname__ = tool.name
+    call.__doc__ = inspect.getdoc(func)
+    return call
+
+
+def register(reg: Registrar, service: Service) -> None:
+    for group in enabled_groups(service):
+        for tool in group.tools():
+            reg.tool(
+                _as_async(tool),
+                scope=group.scope,
+                title=tool.title,
+                name=tool.name,
+                read_only=tool.read_only,
+                destructive=tool.destructive,
+                open_world=tool.open_world,
+            )

@@ -1,0 +1,57 @@
+"""Plain helpers every test module may import (fixtures live in ``tests/conftest.py``)."""
+
+from __future__ import annotations
+
+import hashlib
+import socket
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    """A loopback TCP port that was free a moment ago (the OS picks it)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def run_threads(
+    target: Callable[..., T], args: Iterable[Sequence[Any]], timeout: float = 120.0
+) -> list[T]:
+    """Run ``target(*a)`` for each ``a`` in ``args`` on its own thread, all at once; return the results
+    in order. The first exception any thread raised is re-raised here (none vanishes), and a thread still
+    running after ``timeout`` seconds fails the test."""
+    calls = [tuple(a) for a in args]
+    results: list[Any] = [None] * len(calls)
+    errors: list[BaseException | None] = [None] * len(calls)
+
+    def run(index: int) -> None:
+        try:
+            results[index] = target(*calls[index])
+        except BaseException as exc:
+            errors[index] = exc
+
+    threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(len(calls))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout)
+    stuck = [i for i, thread in enumerate(threads) if thread.is_alive()]
+    if stuck:
+        raise AssertionError(f"threads {stuck} still running after {timeout} s")
+    for error in errors:
+        if error is not None:
+            raise error
+    return results
