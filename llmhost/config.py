@@ -8,9 +8,9 @@ Nested fields use ``__`` in the environment: ``LLMHOST_ENGINE__N_PARALLEL=8``.
 from __future__ import annotations
 
 import contextvars
-import tomllib
 import os
 import re
+import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
@@ -46,8 +46,8 @@ __all__ = [
     "RouteSettings",
     "Settings",
     "TargetSettings",
-    "default_config_path",
     "config_problems",
+    "default_config_path",
     "load_settings",
     "parse_duration",
     "parse_size",
@@ -87,8 +87,6 @@ class EngineSettings(BaseModel):
             "skipped without it. 0 leaves them at the process's priority."
         ),
     )
-
-
 
 
 class MemorySettings(BaseModel):

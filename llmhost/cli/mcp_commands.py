@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import sys
 from typing import Annotated
 
@@ -12,8 +13,10 @@ import typer
 
 from llmhost.cli.common import ConfigOpt, fail
 from llmhost.config import load_settings
-from llmhost.errors import AuthError, ConfigError
-from llmhost.security.auth import OWNER
+from llmhost.core.types import Principal
+from llmhost.errors import ConfigError
+from llmhost.security.auth import CONFIG_PRINCIPAL, OWNER, principal_of
+from llmhost.service import Service
 
 __all__ = ["register"]
 
@@ -53,17 +56,11 @@ def mcp(
     logging.basicConfig(
         stream=sys.stderr, level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
-    from llmhost.doors.mcp import build_server
-    from llmhost.service import Service
+    from llmhost.doors.mcp import build_server  # the MCP SDK loads only for this command
 
     service = Service(settings)
     try:
-        principal = OWNER
-        if api_key:
-            try:
-                principal = service.auth.authenticate(api_key.encode())
-            except AuthError as exc:
-                fail(str(exc))
+        principal = OWNER if not api_key else _principal_for(service, api_key)
         server = build_server(service, principal=principal)
 
         async def main() -> None:
@@ -77,6 +74,17 @@ def mcp(
         asyncio.run(main())
     finally:
         service.close()
+
+
+def _principal_for(service: Service, api_key: str) -> Principal:
+    """The key's principal: an explicit key always restricts, even where no key is required."""
+    config_key = service.settings.api_key
+    if config_key is not None and secrets.compare_digest(api_key, config_key.get_secret_value()):
+        return CONFIG_PRINCIPAL
+    key = service.keys.lookup(api_key)
+    if key is None:
+        fail("Incorrect API key provided (--api-key / LLMHOST_MCP_API_KEY): no usable key has this secret")
+    return principal_of(key)
 
 
 def register(app: typer.Typer) -> None:

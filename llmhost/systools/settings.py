@@ -51,7 +51,10 @@ class FilesystemSettings(_Group):
     max_write_bytes: Bytes = Field(1024 * 1024, description="Largest content fs_write accepts.")
     max_results: int = Field(200, ge=1, le=100_000, description="Most entries fs_list and fs_search give.")
     max_search_files: int = Field(
-        10_000, ge=1, le=10_000_000, description="Most files one fs_search looks at (then it stops)."
+        10_000,
+        ge=1,
+        le=10_000_000,
+        description="Most files one fs_search, and entries one fs_list, looks at (then it stops, truncated).",
     )
     max_hash_bytes: Bytes = Field(
         256 * 1024 * 1024, description="Largest file whose sha256 fs_stat computes (larger: no digest)."

@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 from mcp.server import MCPServer
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.server.mcpserver.exceptions import ToolError
+from mcp.shared.exceptions import MCPError
 from mcp_types import CallToolResult, TextContent, ToolAnnotations
 
 from llmhost.core.pipeline import Pipeline
@@ -35,6 +36,8 @@ __all__ = ["STATUS_KEY", "Registrar", "ToolGate", "ToolSpec", "current", "tool_e
 
 log = logging.getLogger(__name__)
 
+RESOURCE_SCOPE = "models:read"  # the resources are model cards
+INVALID_REQUEST = -32600
 STATUS_KEY = "mcp.status"  # a failed tool's status, noted by the tool wrapper (doors.mcp.server)
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 _CURRENT: contextvars.ContextVar[RequestContext | None] = contextvars.ContextVar(
@@ -141,6 +144,8 @@ class ToolGate:
         return self.default
 
     async def __call__(self, ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
+        if ctx.method == "resources/read" and not self.principal_of(ctx).may(RESOURCE_SCOPE):
+            raise MCPError(code=INVALID_REQUEST, message=f"this API key lacks the {RESOURCE_SCOPE!r} scope")
         if ctx.method != "tools/call" or not isinstance(ctx.params, dict):
             return await call_next(ctx)
         name = ctx.params.get("name")
@@ -194,7 +199,11 @@ class ToolGate:
                 log.error("MCP tool %s failed: %s", name, exc)
             return tool_error(info.message)
         parsed = answered["parsed"]
-        if isinstance(parsed, CallToolResult) and outcome.output != _output_text(parsed):
+        if (
+            isinstance(parsed, CallToolResult)
+            and not parsed.is_error
+            and outcome.output != _output_text(parsed)
+        ):
             return _redacted(parsed, outcome.output)  # the policy rewrote what the tool gave
         raw: HandlerResult = answered["result"]
         return raw

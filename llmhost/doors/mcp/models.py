@@ -228,6 +228,7 @@ async def _pull(
         result["record"] = run()
 
     task = asyncio.wrap_future(slots.submit(job))
+    reported = -1
     try:
         while not task.done() or not events.empty():
             getter: asyncio.Future[PullProgress] = asyncio.ensure_future(events.get())
@@ -237,8 +238,10 @@ async def _pull(
                 getter.cancel()
                 continue
             event = getter.result()
-            if event.total:
-                await ctx.report_progress(event.completed or 0, event.total, event.status)
+            done = event.completed or 0
+            if event.total and done > reported:  # MCP progress must grow with every notification
+                reported = done
+                await ctx.report_progress(done, event.total, event.status)
         await task
     except FetchError as exc:
         log.warning("MCP pull failed: %s", exc)

@@ -42,9 +42,9 @@ def enabled_groups(service: Service) -> list[ToolGroup]:
 
         groups.append(SystemTools(mcp.system))
     if mcp.resources.enabled:
-        from llmhost.systools.resources import ResourceTools
+        from llmhost.systools.resources import ResourcesTools
 
-        groups.append(ResourceTools(mcp.resources))
+        groups.append(ResourcesTools(mcp.resources))
     if mcp.security.enabled:
         from llmhost.systools.secrets import SecurityTools
 
