@@ -39,26 +39,34 @@ import re
 import socket
 import threading
 import time
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-__all__ = ["LOOPBACK_ALLOW_HOSTS", "Faults", "HubFile", "HubRepo", "HubServer", "LoggedRequest"]
+from tests.support import sha256_of
+
+if TYPE_CHECKING:
+    import pytest
+
+__all__ = [
+    "HUB_ENV_VARS",
+    "LOOPBACK_ALLOW_HOSTS",
+    "Faults",
+    "HubFile",
+    "HubRepo",
+    "HubServer",
+    "LoggedRequest",
+    "isolate_from_real_hub",
+    "running_hub",
+]
 
 LOOPBACK_ALLOW_HOSTS = ["127.0.0.1", "localhost"]
 """``pull_allow_hosts`` for a :class:`HubServer` on 127.0.0.1: the hub itself and its "CDN" name."""
 
 _RANGE_RE = re.compile(r"bytes=(\d+)-(\d*)\Z")
-
-
-def sha256_file(path: Path) -> str:
-    hasher = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(4 << 20):
-            hasher.update(block)
-    return hasher.hexdigest()
 
 
 @dataclass
@@ -180,7 +188,7 @@ class HubServer:
             path.write_bytes(content)
         else:
             path = Path(content)
-        return HubFile(path=path, sha256=sha256_file(path), size=path.stat().st_size, lfs=True)
+        return HubFile(path=path, sha256=sha256_of(path), size=path.stat().st_size, lfs=True)
 
     def add_repo(
         self,
@@ -456,6 +464,43 @@ class _Handler(BaseHTTPRequestHandler):
                 self.wfile.write(block)
                 offset += len(block)
                 count -= len(block)
+
+
+HUB_ENV_VARS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_ENDPOINT", "HF_HUB_OFFLINE", "HF_OIDC_RESOURCE")
+"""The environment that would point a pull at the real hub, or give it this machine's token."""
+
+
+def isolate_from_real_hub(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """For one test: pulls in this process use no hub token, endpoint or offline switch of this machine
+    (environment or ``huggingface_hub``'s token file), and retry without waiting between attempts."""
+    import huggingface_hub.constants
+
+    import llmhost.models.pull.download as pull_download
+
+    for var in HUB_ENV_VARS:
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
+    monkeypatch.setattr(pull_download, "_RETRY_BACKOFF_S", 0.0)
+
+
+@contextlib.contextmanager
+def running_hub(
+    root: Path,
+    monkeypatch: pytest.MonkeyPatch | None = None,
+    *,
+    repos: Mapping[str, Mapping[str, bytes | Path]] | None = None,
+    **options: Any,
+) -> Iterator[HubServer]:
+    """A started :class:`HubServer` in ``root`` serving ``repos`` (repo id -> files), stopped on exit:
+    the body of a ``hub`` fixture. With ``monkeypatch``, :func:`isolate_from_real_hub` too (its token
+    file path under ``root``). ``options`` go to :class:`HubServer` (``host``, ``redirect_lfs``, ...)."""
+    if monkeypatch is not None:
+        isolate_from_real_hub(monkeypatch, Path(root))
+    server = HubServer(root, **options)
+    for repo_id, files in (repos or {}).items():
+        server.add_repo(repo_id, dict(files))
+    with server:
+        yield server
 
 
 def bench(hub: HubServer, repo: str, name: str, runs: int, work: Path) -> None:

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import httpx
 
-from tests.conftest import TINY, make_service, make_settings, start_server
+from tests.conftest import TINY, LiveServer, make_service, make_settings, start_server
+from tests.support import run_threads
 
 
 def _body(max_tokens: int, stream: bool = False) -> dict[str, object]:
@@ -75,22 +76,29 @@ def test_client_disconnect_mid_stream_frees_the_slot(tmp_path: Path, tiny_model_
         service.close()
 
 
-def test_concurrent_streams_all_complete_in_full(server: object) -> None:
-    import concurrent.futures
+def test_concurrent_streams_all_complete_in_full(server: LiveServer) -> None:
+    """Eight streams at once (twice the slots): each gets every one of its 12 tokens, one chunk per
+    token, its own (the bias forces a letter per stream, so a chunk sent to the wrong stream shows),
+    then ``length`` and a usage chunk that counts the same 12."""
 
-    base = server.base_url  # type: ignore[attr-defined]
-
-    def one(i: int) -> tuple[int, str | None]:
-        n = 0
-        finish = None
-        with httpx.stream("POST", f"{base}/v1/completions", json=_body(12, True), timeout=60) as r:
+    def one(i: int) -> tuple[int, str, str | None, int | None]:
+        body = _body(12, True)
+        body["logit_bias"] = {"2": -100, str(3 + ord("a") + i): 100}
+        body["stream_options"] = {"include_usage": True}
+        chunks, text, finish, usage = 0, "", None, None
+        with httpx.stream("POST", f"{server.base_url}/v1/completions", json=body, timeout=60) as r:
+            assert r.status_code == 200
             for line in r.iter_lines():
-                if line.startswith("data: ") and line != "data: [DONE]":
-                    choice = json.loads(line[6:])["choices"][0]
-                    n += 1 if choice["text"] else 0
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                event = json.loads(line[6:])
+                if event.get("usage"):
+                    usage = event["usage"]["completion_tokens"]
+                for choice in event["choices"]:
+                    chunks += 1 if choice["text"] else 0
+                    text += choice["text"]
                     finish = choice["finish_reason"] or finish
-        return n, finish
+        return chunks, text, finish, usage
 
-    with concurrent.futures.ThreadPoolExecutor(8) as pool:
-        results = list(pool.map(one, range(8)))
-    assert all(finish == "length" for _, finish in results)
+    results = run_threads(one, [(i,) for i in range(8)], timeout=120)
+    assert results == [(12, chr(ord("a") + i) * 12, "length", 12) for i in range(8)]

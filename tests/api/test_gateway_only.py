@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -32,12 +32,12 @@ def gateway(tmp_path: Path) -> Iterator[LiveServer]:
 
 
 def test_gateway_only_server_is_ready_with_no_local_model_and_routes_to_the_provider(
-    gateway: LiveServer,
+    gateway: LiveServer, openai_client: Callable[..., openai.OpenAI]
 ) -> None:
     ready = httpx.get(f"{gateway.base_url}/ready")
     assert ready.status_code == 200 and ready.json() == {"status": "ready", "models": []}
 
-    client = openai.OpenAI(base_url=f"{gateway.base_url}/v1", api_key="unused", max_retries=0)
+    client = openai_client(gateway)
     answer = client.chat.completions.create(model="remote", messages=[{"role": "user", "content": "hi"}])
     assert answer.choices[0].message.content
     streamed = client.chat.completions.create(

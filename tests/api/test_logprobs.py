@@ -9,10 +9,8 @@ import httpx
 import openai
 import pytest
 
-from tests.api.test_openai_api import EOS, chat, client
+from tests.api.helpers import EOS, chat
 from tests.conftest import TINY, LiveServer
-
-__all__ = ["client"]  # the fixture, shared with test_openai_api
 
 
 def test_chat_logprobs_give_one_entry_per_token_with_sorted_alternatives(client: openai.OpenAI) -> None:

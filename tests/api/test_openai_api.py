@@ -12,6 +12,7 @@ import math
 import struct
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -19,24 +20,10 @@ import openai
 import pytest
 
 from llmhost.service import Service
-from tests.conftest import TINY, LiveServer, make_service, make_settings, start_server
+from tests.api.helpers import EOS, byte_token, chat
+from tests.conftest import TINY, LiveServer, ServerFactory, make_settings
 
-EOS = "2"
-
-
-def byte_token(ch: str) -> str:
-    return str(3 + ord(ch))
-
-
-@pytest.fixture
-def client(server: LiveServer) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="unused", max_retries=0)
-
-
-def chat(client: openai.OpenAI, **kw: Any) -> Any:
-    args: dict[str, Any] = {"model": TINY, "messages": [{"role": "user", "content": "Say hello"}]}
-    args.update(kw)
-    return client.chat.completions.create(**args)
+ClientFactory = Callable[..., openai.OpenAI]
 
 
 def test_chat_completion_returns_generated_text_and_usage(client: openai.OpenAI) -> None:
@@ -96,10 +83,21 @@ def test_stream_without_include_usage_has_no_usage_chunk(client: openai.OpenAI) 
     assert all(c.usage is None for c in chunks)
 
 
-def test_same_seed_gives_same_output(client: openai.OpenAI) -> None:
-    a = chat(client, max_tokens=16, temperature=1.0, seed=1234, logit_bias={EOS: -100})
-    b = chat(client, max_tokens=16, temperature=1.0, seed=1234, logit_bias={EOS: -100})
-    assert a.choices[0].message.content == b.choices[0].message.content
+def test_the_seed_decides_the_sample(client: openai.OpenAI) -> None:
+    """The same seed gives the same sample; other seeds give other samples. The tiny model's next-token
+    distribution at temperature 1 is close to uniform over 265 tokens, so two seeds agreeing on 32 tokens
+    (end of sequence banned) would be an astronomical coincidence: a seed that is dropped or replaced on
+    its way to the sampler fails here."""
+
+    def sample(seed: int) -> str:
+        resp = chat(client, max_tokens=32, temperature=1.0, seed=seed, logit_bias={EOS: -100})
+        assert resp.usage is not None and resp.usage.completion_tokens == 32
+        return str(resp.choices[0].message.content)
+
+    first = sample(1234)
+    assert sample(1234) == first
+    others = [sample(seed) for seed in (1235, 1236, 7)]
+    assert len({first, *others}) == 4, others
 
 
 def test_sampling_parameters_are_accepted(client: openai.OpenAI) -> None:
@@ -181,11 +179,46 @@ def test_models_list_and_retrieve(client: openai.OpenAI) -> None:
 
 
 def test_json_object_response_format_gives_valid_json(client: openai.OpenAI) -> None:
-    resp = chat(client, max_tokens=64, temperature=0, response_format={"type": "json_object"})
+    """JSON mode constrains the text to an object, and the grammar's end ends the answer. The bias makes
+    "}" the model's first wish at every step: the grammar must put "{" first, then accepts "}" (an
+    unconstrained model would answer "}}}..."), and after the object only a little whitespace may follow,
+    so the answer always completes well inside max_tokens."""
+    resp = chat(
+        client,
+        max_tokens=64,
+        temperature=0,
+        logit_bias={byte_token("}"): 100},
+        response_format={"type": "json_object"},
+    )
     content = resp.choices[0].message.content or ""
-    assert content.startswith("{")  # the grammar's root is an object, finished or not
-    if resp.choices[0].finish_reason == "stop":
-        assert isinstance(json.loads(content), dict)
+    assert resp.choices[0].finish_reason == "stop", content
+    assert json.loads(content) == {}
+
+
+COLOUR_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {"colour": {"type": "string", "enum": ["red", "green", "blue"]}},
+    "required": ["colour"],
+    "additionalProperties": False,
+}
+
+
+def test_json_schema_response_format_always_completes_and_validates(client: openai.OpenAI) -> None:
+    """A fixed-shape schema (one enum-valued key; the schema grammar allows one optional space between
+    parts) reaches its end within ~20 tokens whatever the model samples: every answer stops and
+    validates."""
+    for seed in (1, 2, 3):
+        resp = chat(
+            client,
+            max_tokens=64,
+            temperature=1.0,
+            seed=seed,
+            response_format={"type": "json_schema", "json_schema": {"name": "c", "schema": COLOUR_SCHEMA}},
+        )
+        content = resp.choices[0].message.content or ""
+        assert resp.choices[0].finish_reason == "stop", (seed, content)
+        answer = json.loads(content)
+        assert set(answer) == {"colour"} and answer["colour"] in {"red", "green", "blue"}, content
 
 
 # ----- errors ---------------------------------------------------------------------------------------
@@ -289,11 +322,55 @@ def test_image_content_is_rejected_clearly(client: openai.OpenAI) -> None:
     assert "image" in exc.value.message
 
 
-def test_text_content_parts_are_joined(client: openai.OpenAI) -> None:
-    resp = chat(
-        client, messages=[{"role": "user", "content": [{"type": "text", "text": "hi"}]}], max_tokens=2
+def test_text_content_parts_are_joined(client: openai.OpenAI, server: LiveServer) -> None:
+    """Text parts are joined into one message: the prompt is the one the plain string gives, counted
+    exactly (the token-counting endpoint renders the same template); usage adds up."""
+    parts = [{"type": "text", "text": "Say "}, {"type": "text", "text": "hello"}]
+    resp = chat(client, messages=[{"role": "user", "content": parts}], max_tokens=2, logit_bias={EOS: -100})
+    counted = httpx.post(
+        f"{server.base_url}/v1/messages/count_tokens",
+        json={"model": TINY, "messages": [{"role": "user", "content": "Say hello"}]},
     )
+    assert counted.status_code == 200, counted.text
+    prompt_tokens = counted.json()["input_tokens"]
+    assert prompt_tokens > len("Say hello")  # the template's markup is counted too
     assert resp.usage is not None
+    assert (resp.usage.prompt_tokens, resp.usage.completion_tokens, resp.usage.total_tokens) == (
+        prompt_tokens,
+        2,
+        prompt_tokens + 2,
+    )
+    plain = chat(client, max_tokens=2, logit_bias={EOS: -100})
+    assert plain.usage is not None and plain.usage.prompt_tokens == prompt_tokens
+
+
+def test_max_completion_tokens_caps_the_answer_and_wins_over_max_tokens(client: openai.OpenAI) -> None:
+    """``max_completion_tokens`` (OpenAI's newer name) caps the completion; given both, it wins over
+    ``max_tokens``, as the chat translation defines."""
+    for kw in ({"max_completion_tokens": 3}, {"max_completion_tokens": 3, "max_tokens": 9}):
+        resp = chat(client, temperature=0, logit_bias={EOS: -100}, **kw)
+        assert resp.choices[0].finish_reason == "length", kw
+        assert resp.usage is not None and resp.usage.completion_tokens == 3, kw
+    resp = chat(client, max_tokens=5, temperature=0, logit_bias={EOS: -100})
+    assert resp.usage is not None and resp.usage.completion_tokens == 5
+
+
+def test_a_repeated_prompt_reports_its_cached_prefix(client: openai.OpenAI) -> None:
+    """``prompt_tokens_details.cached_tokens``: 0 on a fresh server; when the same prompt comes again
+    its slot still holds the prompt, and all of it but the last token (whose logits are needed to
+    sample) is reused and reported, in a plain answer and in a stream's usage chunk."""
+    ask: dict[str, Any] = {"max_tokens": 4, "temperature": 0, "logit_bias": {EOS: -100}}
+    first = chat(client, **ask)
+    assert first.usage is not None and first.usage.prompt_tokens_details is not None
+    assert first.usage.prompt_tokens_details.cached_tokens == 0
+    again = chat(client, **ask)
+    assert again.usage is not None and again.usage.prompt_tokens_details is not None
+    assert again.usage.prompt_tokens == first.usage.prompt_tokens
+    assert again.usage.prompt_tokens_details.cached_tokens == first.usage.prompt_tokens - 1
+    chunks = list(chat(client, stream=True, stream_options={"include_usage": True}, **ask))
+    usage = chunks[-1].usage
+    assert usage is not None and usage.prompt_tokens_details is not None
+    assert usage.prompt_tokens_details.cached_tokens == first.usage.prompt_tokens - 1
 
 
 def test_unknown_route_is_404_envelope(server: LiveServer) -> None:
@@ -310,23 +387,19 @@ def test_health_and_ready(server: LiveServer) -> None:
 # ----- auth -----------------------------------------------------------------------------------------
 
 
-def test_api_key_is_required_when_configured(tmp_path: Any, tiny_model_path: Any) -> None:
-    settings = make_settings(tmp_path / "data", api_key="s3cret")
-    service = make_service(settings, tiny_model_path)
-    live = start_server(settings, service)
-    try:
-        good = openai.OpenAI(base_url=f"{live.base_url}/v1", api_key="s3cret", max_retries=0)
-        assert chat(good, max_tokens=2).usage is not None
-        bad = openai.OpenAI(base_url=f"{live.base_url}/v1", api_key="wrong", max_retries=0)
-        with pytest.raises(openai.AuthenticationError) as exc:
-            chat(bad, max_tokens=2)
-        assert isinstance(exc.value.body, dict) and exc.value.body["code"] == "invalid_api_key"
-        assert "s3cret" not in str(exc.value.body)
-        assert httpx.get(f"{live.base_url}/v1/models").status_code == 401
-        assert httpx.get(f"{live.base_url}/health").status_code == 200
-    finally:
-        live.stop()
-        service.close()
+def test_api_key_is_required_when_configured(
+    make_server: ServerFactory, openai_client: ClientFactory
+) -> None:
+    live = make_server(api_key="s3cret")
+    good = openai_client(live, api_key="s3cret")
+    assert chat(good, max_tokens=2).usage is not None
+    bad = openai_client(live, api_key="wrong")
+    with pytest.raises(openai.AuthenticationError) as exc:
+        chat(bad, max_tokens=2)
+    assert isinstance(exc.value.body, dict) and exc.value.body["code"] == "invalid_api_key"
+    assert "s3cret" not in str(exc.value.body)
+    assert httpx.get(f"{live.base_url}/v1/models").status_code == 401
+    assert httpx.get(f"{live.base_url}/health").status_code == 200
 
 
 # ----- readiness ------------------------------------------------------------------------------------

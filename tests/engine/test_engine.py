@@ -76,12 +76,40 @@ def test_greedy_output_is_the_same_alone_and_in_a_busy_batch(engine: Engine) -> 
     assert all(len(v) == 16 for v in alone.values())
 
 
-def test_seeded_sampling_is_the_same_alone_and_in_a_busy_batch(engine: Engine) -> None:
-    p = params(temperature=1.0, seed=42)
+# Both samplers that take a seed: llama.cpp's chain (any logit bias selects it) and the numpy draw of the
+# plain-temperature fast path (no bias; the end-of-sequence token may then end a sample early).
+SAMPLERS = pytest.mark.parametrize("bias", [{EOS: -100.0}, {}], ids=["chain", "draw"])
+
+
+@SAMPLERS
+def test_seeded_sampling_is_the_same_alone_and_in_a_busy_batch(
+    engine: Engine, bias: dict[int, float]
+) -> None:
+    p = params(temperature=1.0, seed=42, max_tokens=32, logit_bias=bias)
     alone = run_one(engine, "alone", prompt(1), p)[0]
-    others = [(f"o{i}", prompt(i + 10), params(temperature=1.0)) for i in range(3)]
+    assert len(alone) >= 8  # a sample long enough to tell seeds apart
+    others = [(f"o{i}", prompt(i + 10), params(temperature=1.0, logit_bias=bias)) for i in range(3)]
     batched = run_many(engine, [("seeded", prompt(1), p), *others])
     assert batched["seeded"] == alone
+
+
+@SAMPLERS
+def test_other_seeds_give_other_samples(engine: Engine, bias: dict[int, float]) -> None:
+    """The tiny model's next-token distribution at temperature 1 is close to uniform over 265 tokens,
+    so two seeds agreeing on a 32-token sample would be an astronomical coincidence: a sampler that
+    drops the seed (or replaces it with a constant) fails here."""
+    samples = [
+        tuple(
+            run_one(
+                engine,
+                f"s{seed}",
+                prompt(1),
+                params(temperature=1.0, seed=seed, max_tokens=32, logit_bias=bias),
+            )[0]
+        )
+        for seed in (1, 2, 3, 42)
+    ]
+    assert len(set(samples)) == 4, samples
 
 
 def test_more_requests_than_slots_all_complete(engine: Engine) -> None:
@@ -163,12 +191,30 @@ def test_prompt_too_long_raises_context_length(engine: Engine) -> None:
 
 
 def test_stop_unloads_cleanly_with_requests_in_flight(tiny_model_path: Path) -> None:
+    """A request that is generating when the engine stops ends with ``abort`` at the next step (it is
+    neither left open nor run to its end). The sink holds the engine thread at the first token until
+    ``stop`` has been asked for, so the order is fixed whatever the machine's load."""
     engine = make_engine(tiny_model_path)
     outs: list[RequestOutput] = []
-    engine.submit(GenerationRequest("x", prompt(1), params(max_tokens=400)), outs.append)
-    time.sleep(0.05)
-    engine.stop()
-    assert outs and outs[-1].finish_reason is FinishReason.ABORT
+    generating, release = threading.Event(), threading.Event()
+
+    def sink(out: RequestOutput) -> None:
+        outs.append(out)
+        if not generating.is_set():
+            generating.set()
+            release.wait(30)
+
+    engine.submit(GenerationRequest("x", prompt(1), params(max_tokens=400)), sink)
+    assert generating.wait(30), "no token within 30 s"
+    stopper = threading.Thread(target=engine.stop)
+    stopper.start()
+    with engine._cv:  # stop() sets the flag under this condition and notifies it
+        assert engine._cv.wait_for(lambda: engine._stopping, 30)
+    release.set()
+    stopper.join(30)
+    assert not stopper.is_alive()
+    # The output held at: its token(s), no finish; then at once the abort, with nothing generated since.
+    assert [(bool(o.token_ids), o.finish_reason) for o in outs] == [(True, None), (False, FinishReason.ABORT)]
 
 
 def test_runner_fills_a_batch_in_slot_order_whatever_order_the_scheduler_gives(tiny_model_path: Path) -> None:

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import struct
 from collections.abc import Iterator
 from pathlib import Path
 
+import hypothesis
 import pytest
+from hypothesis import strategies as st
 
 from llmhost.errors import InvalidModelFileError, ModelError, classify
 from llmhost.models.gguf_check import GGUFInfo, inspect_gguf
-from llmhost.models.registry import Registry
 from llmhost.models.store import ModelStore
 from tests.tiny_gguf import tiny_vocab, truncate_copy, write_not_gguf, write_tiny_llama_gguf, write_vocab_gguf
 
@@ -447,13 +447,6 @@ def test_a_huge_nested_array_is_rejected_fast_in_bounded_memory(tmp_path: Path) 
 # --- a rejection through the store: a 400, and nothing half-written -----------------------------------
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[ModelStore]:
-    registry = Registry(tmp_path / "store" / "llmhost.db")
-    yield ModelStore(tmp_path / "store" / "models", registry)
-    registry.close()
-
-
 def _assert_store_untouched(store: ModelStore) -> None:
     assert store.registry.list() == []
     assert list(store.blobs_dir.iterdir()) == []
@@ -548,20 +541,51 @@ def _tensor_data_start(path: Path) -> int:
     return int(gguf.GGUFReader(path).data_offset)
 
 
-try:  # property-based fuzzing when hypothesis is available
-    from hypothesis import HealthCheck, given, settings
-    from hypothesis import strategies as st
-except ImportError:  # pragma: no cover
-    pass
-else:
+@pytest.fixture(scope="module")
+def tiny_data_start(tiny_model: Path) -> int:
+    return _tensor_data_start(tiny_model)
 
-    @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-    @given(blob=st.binary(max_size=512), cut=st.integers(min_value=0, max_value=4096))
-    def test_fuzz_arbitrary_bytes_only_raise_model_error(
-        tiny_model: Path, tmp_path: Path, blob: bytes, cut: int
-    ) -> None:
-        path = tmp_path / "fuzz.gguf"
-        head = tiny_model.read_bytes()[:cut]
-        path.write_bytes(head + blob)
-        with contextlib.suppress(ModelError):
-            inspect_gguf(path)
+
+FUZZ = hypothesis.settings(
+    max_examples=60,
+    deadline=None,  # a busy core must not turn a slow example into a failure
+    suppress_health_check=[hypothesis.HealthCheck.function_scoped_fixture],
+)
+
+
+def assert_model_error_or_accepted(path: Path) -> None:
+    """``inspect_gguf(path)`` accepts the file or raises a one-line ModelError naming it; any other
+    exception escapes and fails the test (hypothesis then shrinks the input)."""
+    try:
+        inspect_gguf(path)
+    except ModelError as exc:
+        assert str(path) in str(exc)
+        assert "\n" not in str(exc)
+
+
+@FUZZ
+@hypothesis.given(blob=st.binary(max_size=512), cut=st.integers(min_value=0, max_value=4096))
+def test_fuzz_a_cut_file_with_arbitrary_bytes_after_only_raises_model_error(
+    tiny_model: Path, tmp_path: Path, blob: bytes, cut: int
+) -> None:
+    """A valid file's first ``cut`` bytes followed by arbitrary bytes."""
+    path = tmp_path / "fuzz.gguf"
+    path.write_bytes(tiny_model.read_bytes()[:cut] + blob)
+    assert_model_error_or_accepted(path)
+
+
+@FUZZ
+@hypothesis.given(draw=st.data())
+def test_fuzz_overwritten_metadata_and_tensor_info_only_raise_model_error(
+    tiny_model: Path, tiny_data_start: int, tmp_path: Path, draw: st.DataObject
+) -> None:
+    """A valid file with arbitrary bytes written over its header, metadata and tensor infos (everything
+    before the tensor data), the length kept."""
+    data = bytearray(tiny_model.read_bytes())
+    where = st.integers(min_value=4, max_value=tiny_data_start - 1)
+    patches = draw.draw(st.lists(st.tuples(where, st.binary(min_size=1, max_size=8)), min_size=1, max_size=4))
+    for pos, blob in patches:
+        data[pos : pos + len(blob)] = blob
+    path = tmp_path / "fuzz.gguf"
+    path.write_bytes(bytes(data))
+    assert_model_error_or_accepted(path)

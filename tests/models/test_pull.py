@@ -8,23 +8,22 @@ for gated repos (and success with the right token), disk full, plain URLs with `
 HTTP API makes them) reach the loopback hub only when it is allowed, hop by hop; without one (the CLI)
 they reach it as before. tests/security/test_pull_ssrf.py covers the policy over the HTTP API.
 
-Disk full is simulated two ways: ``shutil.disk_usage`` is monkeypatched to report little free space (the
-pre-check), and ``llmhost.models.pull._write_all`` is monkeypatched to raise ``ENOSPC`` part-way (a disk
-that fills up during the download).
+Disk full is simulated two ways: ``shutil.disk_usage``, as the download module alone sees it, reports
+little free space (the pre-check), and ``llmhost.models.pull._write_all`` is monkeypatched to raise
+``ENOSPC`` part-way (a disk that fills up during the download).
 """
 
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,19 +32,16 @@ import pytest
 import llmhost.models.pull.download as pull_mod
 from llmhost.errors import ModelError, RequestError
 from llmhost.models.pull import FetchError, PullProgress, default_model_name, parse_pull_spec, pull_model
-from llmhost.models.registry import Registry
 from llmhost.models.store import ModelStore
 from llmhost.net import DestinationPolicy
-from tests.hub_server import LOOPBACK_ALLOW_HOSTS, HubServer
+from tests.hub_server import LOOPBACK_ALLOW_HOSTS, HubServer, isolate_from_real_hub, running_hub
+from tests.models.conftest import PatchOnlyIn
+from tests.support import free_port, sha256_of
 from tests.tiny_gguf import write_not_gguf, write_tiny_llama_gguf
 
 REPO = "Org/Tiny-GGUF"
 TOKEN = "hf_secretTOKEN0123456789abcdef"
 REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-def sha256_of(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 @pytest.fixture(scope="module")
@@ -63,18 +59,13 @@ def ggufs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.fixture(autouse=True)
 def _no_real_hub(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """No token or endpoint from the developer's machine; no waiting between retries."""
-    for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_ENDPOINT", "HF_HUB_OFFLINE", "HF_OIDC_RESOURCE"):
-        monkeypatch.delenv(var, raising=False)
-    import huggingface_hub.constants
-
-    monkeypatch.setattr(huggingface_hub.constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
-    monkeypatch.setattr(pull_mod, "_RETRY_BACKOFF_S", 0.0)
+    isolate_from_real_hub(monkeypatch, tmp_path)
 
 
 @pytest.fixture
-def hub(tmp_path: Path, ggufs: dict[str, Path]) -> Iterator[HubServer]:
-    server = HubServer(tmp_path / "hub")
-    server.add_repo(
+def hub(hub: HubServer, ggufs: dict[str, Path]) -> HubServer:
+    """The shared loopback hub (tests/models/conftest.py) serving this module's repos."""
+    hub.add_repo(
         REPO,
         {
             "tiny-Q4_K_M.gguf": ggufs["q4"],
@@ -83,17 +74,9 @@ def hub(tmp_path: Path, ggufs: dict[str, Path]) -> Iterator[HubServer]:
             "README.md": b"# tiny\n",
         },
     )
-    server.add_repo("Org/Big-GGUF", {"big-Q4_K_M.gguf": ggufs["big"]})
-    server.add_repo("Org/Gated-GGUF", {"gated-Q4_K_M.gguf": ggufs["q4"]}, gated=True, token=TOKEN)
-    with server:
-        yield server
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[ModelStore]:
-    registry = Registry(tmp_path / "data" / "llmhost.db")
-    yield ModelStore(tmp_path / "data" / "models", registry)
-    registry.close()
+    hub.add_repo("Org/Big-GGUF", {"big-Q4_K_M.gguf": ggufs["big"]})
+    hub.add_repo("Org/Gated-GGUF", {"gated-Q4_K_M.gguf": ggufs["q4"]}, gated=True, token=TOKEN)
+    return hub
 
 
 def downloads(store: ModelStore) -> dict[str, int]:
@@ -494,11 +477,7 @@ def test_server_errors_are_retried_then_reported(hub: HubServer, store: ModelSto
 
 
 def test_unreachable_hub(store: ModelStore) -> None:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()  # nothing listens there
     with pytest.raises(ModelError, match="cannot reach the hub"):
         pull_model(store, f"hf:{REPO}", endpoint=f"http://127.0.0.1:{port}")
 
@@ -545,17 +524,15 @@ def test_gated_repo_with_hf_token_and_hf_endpoint_from_env(
     assert hub.requests[0].path == "/api/models/Org/Gated-GGUF"
 
 
-def test_disk_full_before_download(
-    hub: HubServer, store: ModelStore, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Simulated: ``shutil.disk_usage`` reports 1000 free bytes."""
-    real = pull_mod.shutil.disk_usage
+def test_disk_full_before_download(hub: HubServer, store: ModelStore, patch_only_in: PatchOnlyIn) -> None:
+    """Simulated: ``shutil.disk_usage`` reports 1000 free bytes (to the download module alone)."""
+    real = shutil.disk_usage
 
     def tiny(path: Any) -> Any:
         usage = real(path)
         return type(usage)(usage.total, usage.total - 1000, 1000)
 
-    monkeypatch.setattr(pull_mod.shutil, "disk_usage", tiny)
+    patch_only_in(pull_mod, "shutil", disk_usage=tiny)
     with pytest.raises(ModelError, match="not enough disk space"):
         pull_model(store, "hf:Org/Big-GGUF", endpoint=hub.url)
     assert_nothing_registered(store)
@@ -585,7 +562,7 @@ def test_disk_full_during_download(
 
 # ----- flushing to disk while downloading -------------------------------------------------------------
 def test_writeback_flushes_what_has_arrived_while_the_download_goes_on(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, patch_only_in: PatchOnlyIn
 ) -> None:
     flushed = threading.Event()
     calls: list[int] = []
@@ -595,7 +572,7 @@ def test_writeback_flushes_what_has_arrived_while_the_download_goes_on(
         flushed.set()
 
     monkeypatch.setattr(pull_mod, "_WRITEBACK_BYTES", 1000)
-    monkeypatch.setattr(pull_mod.os, "fdatasync", fake_sync, raising=False)
+    patch_only_in(pull_mod, "os", fdatasync=fake_sync)
     fd = os.open(tmp_path / "f", os.O_WRONLY | os.O_CREAT, 0o644)
     try:
         with pull_mod._Writeback(fd) as writeback:
@@ -608,12 +585,14 @@ def test_writeback_flushes_what_has_arrived_while_the_download_goes_on(
     assert calls == [fd] and writeback.error is None
 
 
-def test_writeback_keeps_the_first_flush_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_writeback_keeps_the_first_flush_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, patch_only_in: PatchOnlyIn
+) -> None:
     def failing_sync(fd: int) -> None:
         raise OSError(errno.EIO, os.strerror(errno.EIO))
 
     monkeypatch.setattr(pull_mod, "_WRITEBACK_BYTES", 1)
-    monkeypatch.setattr(pull_mod.os, "fdatasync", failing_sync, raising=False)
+    patch_only_in(pull_mod, "os", fdatasync=failing_sync)
     fd = os.open(tmp_path / "f", os.O_WRONLY | os.O_CREAT, 0o644)
     try:
         with pull_mod._Writeback(fd) as writeback:
@@ -712,8 +691,8 @@ def test_a_guarded_pull_checks_every_redirect_hop(
     tmp_path: Path, store: ModelStore, ggufs: dict[str, Path]
 ) -> None:
     # The hub (127.0.0.2) is allowed; its 302 goes to "localhost", which resolves to 127.0.0.1: refused.
-    with HubServer(tmp_path / "hub2", host="127.0.0.2", cdn_host="localhost") as hub:
-        hub.add_repo(REPO, {"tiny-Q4_K_M.gguf": ggufs["q4"]})
+    repos = {REPO: {"tiny-Q4_K_M.gguf": ggufs["q4"]}}
+    with running_hub(tmp_path / "hub2", repos=repos, host="127.0.0.2", cdn_host="localhost") as hub:
         guard = DestinationPolicy(["127.0.0.2"])
         with pytest.raises(FetchError, match=r"localhost resolves to 127\.0\.0\.1, which is not a public"):
             pull_model(store, f"hf:{REPO}", endpoint=hub.url, destinations=guard, retries=0)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import sqlite3
 import threading
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -35,13 +34,6 @@ def make_record(name: str = "tiny", digest: str = DIGEST_A, **changes: object) -
     }
     fields.update(changes)
     return ModelRecord(**fields)  # type: ignore[arg-type]
-
-
-@pytest.fixture
-def registry(tmp_path: Path) -> Iterator[Registry]:
-    reg = Registry(tmp_path / "llmhost.db")
-    yield reg
-    reg.close()
 
 
 def test_put_then_get_round_trips_every_field(registry: Registry) -> None:
@@ -132,10 +124,10 @@ def test_names_are_stored_literally_not_interpreted_as_sql(registry: Registry) -
     assert len(registry.list()) == 1
 
 
-def test_database_is_in_wal_mode_with_foreign_keys_on(tmp_path: Path, registry: Registry) -> None:
+def test_database_is_in_wal_mode_with_foreign_keys_on(registry: Registry) -> None:
     assert registry.journal_mode == "wal"
     # WAL is a property of the file: a fresh connection sees it too.
-    with sqlite3.connect(tmp_path / "llmhost.db") as conn:
+    with sqlite3.connect(registry.db_path) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert registry._query("PRAGMA foreign_keys")[0][0] == 1
 

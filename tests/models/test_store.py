@@ -4,27 +4,25 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC
 from pathlib import Path
 from typing import TypeVar
 
 import pytest
 
+import llmhost.models.store as store_mod
 from llmhost.errors import ModelError, ModelNotFoundError, RequestError
 from llmhost.models.registry import ModelRecord, Registry
 from llmhost.models.store import MODEL_NAME_RE, ModelStore, validate_model_name
+from tests.models.conftest import PatchOnlyIn
+from tests.support import sha256_of
 from tests.tiny_gguf import truncate_copy, write_not_gguf, write_tiny_llama_gguf
 
 T = TypeVar("T")
-
-
-def sha256_of(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def blob_listing(store: ModelStore) -> dict[str, tuple[int, int]]:
@@ -60,18 +58,6 @@ def tiny(tiny_models: tuple[Path, Path]) -> Path:
 @pytest.fixture
 def tiny2(tiny_models: tuple[Path, Path]) -> Path:
     return tiny_models[1]
-
-
-@pytest.fixture
-def registry(tmp_path: Path) -> Iterator[Registry]:
-    reg = Registry(tmp_path / "llmhost.db")
-    yield reg
-    reg.close()
-
-
-@pytest.fixture
-def store(tmp_path: Path, registry: Registry) -> ModelStore:
-    return ModelStore(tmp_path / "models", registry)
 
 
 # -- names ----------------------------------------------------------------------------------------------
@@ -300,14 +286,16 @@ def test_a_full_disk_becomes_a_model_error_and_leaves_no_trace(
     populated: tuple[ModelStore, ModelRecord, dict[str, tuple[int, int]]],
     tiny2: Path,
     monkeypatch: pytest.MonkeyPatch,
+    patch_only_in: PatchOnlyIn,
 ) -> None:
-    # Simulate ENOSPC by monkeypatching os.fsync, which runs after the data is written.
+    # Simulate ENOSPC: the store's fsync, which runs after the data is written, fails (for it alone).
     store = populated[0]
 
     def no_space(fd: int) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr("llmhost.models.store.os.fsync", no_space)
+    patch_only_in(store_mod, "os", fsync=no_space)
+    assert os.fsync is not no_space  # the process's own os is untouched
     with pytest.raises(ModelError, match="not enough disk space"):
         store.import_file(tiny2, "tiny2")
     monkeypatch.undo()
@@ -318,14 +306,15 @@ def test_a_crash_at_the_final_rename_leaves_no_trace(
     populated: tuple[ModelStore, ModelRecord, dict[str, tuple[int, int]]],
     tiny2: Path,
     monkeypatch: pytest.MonkeyPatch,
+    patch_only_in: PatchOnlyIn,
 ) -> None:
-    # Simulate the OS failing the atomic rename by monkeypatching os.replace.
+    # Simulate the OS failing the store's atomic rename (os.replace, for the store module alone).
     store = populated[0]
 
     def failing_replace(src: object, dst: object) -> None:
         raise OSError(errno.EIO, os.strerror(errno.EIO))
 
-    monkeypatch.setattr("llmhost.models.store.os.replace", failing_replace)
+    patch_only_in(store_mod, "os", replace=failing_replace)
     with pytest.raises(ModelError, match="cannot import model 'tiny'"):
         store.import_file(tiny2, "tiny")
     monkeypatch.undo()
@@ -421,7 +410,7 @@ def test_blob_path_rejects_malformed_digests(store: ModelStore, digest: str) -> 
 def test_leftover_temporary_files_from_a_dead_import_are_cleaned_up(
     tmp_path: Path, registry: Registry
 ) -> None:
-    blobs = tmp_path / "models" / "blobs"
+    blobs = tmp_path / "models" / "blobs"  # a store made below, after the files (not the fixture's)
     blobs.mkdir(parents=True)
     stale = blobs / ".import-dead.partial"
     fresh = blobs / ".import-live.partial"
@@ -434,28 +423,22 @@ def test_leftover_temporary_files_from_a_dead_import_are_cleaned_up(
     assert fresh.exists()  # may belong to an import still running in another process
 
 
-def test_adopt_file_moves_a_verified_download_into_place(tmp_path: Path) -> None:
-    registry = Registry(tmp_path / "db.sqlite")
-    store = ModelStore(tmp_path / "models", registry)
-    staged = write_tiny_llama_gguf(tmp_path / "models" / "downloads" / "x.partial", seed=11)
-    digest = hashlib.sha256(staged.read_bytes()).hexdigest()
+def test_adopt_file_moves_a_verified_download_into_place(store: ModelStore) -> None:
+    staged = write_tiny_llama_gguf(store.models_dir / "downloads" / "x.partial", seed=11)
+    digest = sha256_of(staged)
     record = store.adopt_file(staged, "adopted", sha256=digest, source="test")
     assert record.digest == f"sha256:{digest}"
     assert not staged.exists() and store.blob_path(record.digest).is_file()
-    assert registry.get("adopted").digest == record.digest
-    registry.close()
+    assert store.registry.get("adopted").digest == record.digest
 
 
-def test_adopt_file_rejects_a_non_gguf_and_registers_nothing(tmp_path: Path) -> None:
-    registry = Registry(tmp_path / "db.sqlite")
-    store = ModelStore(tmp_path / "models", registry)
-    (tmp_path / "models" / "downloads").mkdir(parents=True)
-    staged = write_not_gguf(tmp_path / "models" / "downloads" / "y.partial")
+def test_adopt_file_rejects_a_non_gguf_and_registers_nothing(store: ModelStore) -> None:
+    (store.models_dir / "downloads").mkdir(parents=True)
+    staged = write_not_gguf(store.models_dir / "downloads" / "y.partial")
     with pytest.raises(ModelError):
         store.adopt_file(staged, "bad", sha256="0" * 64, source="test")
-    assert registry.find("bad") is None and not staged.exists()
+    assert store.registry.find("bad") is None and not staged.exists()
     assert list(store.blobs_dir.iterdir()) == []
-    registry.close()
 
 
 def test_adopting_the_stored_blob_itself_keeps_it(store: ModelStore, tiny: Path) -> None:
@@ -563,8 +546,8 @@ def test_concurrent_copies_imports_and_removals_keep_the_store_consistent(
     store is forced deterministically in the next test.)
     """
     third = write_tiny_llama_gguf(tmp_path / "third.gguf", seed=5, name="tiny-three")
-    other_registry = Registry(tmp_path / "llmhost.db")
-    other = ModelStore(tmp_path / "models", other_registry)
+    other_registry = Registry(store.registry.db_path)
+    other = ModelStore(store.models_dir, other_registry)
     for reg in (store.registry, other_registry):
         for method, seconds in (("put", 0.01), ("copy", 0.001), ("find_by_digest", 0.001)):
             monkeypatch.setattr(reg, method, _slowed(getattr(reg, method), seconds))
@@ -626,40 +609,73 @@ def test_concurrent_copies_imports_and_removals_keep_the_store_consistent(
 
 
 def test_copy_waits_for_an_import_that_registers_the_file_it_would_delete(
-    tmp_path: Path, store: ModelStore, tiny: Path, monkeypatch: pytest.MonkeyPatch
+    store: ModelStore, tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The race the commit lock prevents: an import finds "c"'s file already stored (only "alias" uses
     it) and is about to register it, when a copy re-points "alias" away. Without the lock the copy would
     delete the file and "c" would name a missing file.
+
+    No timing: the import is held inside its commit until the copy is seen waiting for the lock (or, were
+    there no lock, until the copy has already re-pointed "alias"); then the order of the two registry
+    writes says whether the copy waited.
     """
     third = write_tiny_llama_gguf(tmp_path / "third.gguf", seed=5, name="tiny-three")
     store.import_file(tiny, "a")
     c = store.import_file(third, "c")
     store.copy("c", "alias")
     store.remove("c")  # "alias" is now the only name of c's file
-    other_registry = Registry(tmp_path / "llmhost.db")  # a second store on the directory, as another process
-    other = ModelStore(tmp_path / "models", other_registry)
+    other_registry = Registry(store.registry.db_path)  # a second store on the directory, as another process
+    other = ModelStore(store.models_dir, other_registry)
+    writes: list[str] = []  # the order of the two registry writes
+    progressed = threading.Condition()
     in_put, release = threading.Event(), threading.Event()
-    real_put = other_registry.put
+    real_lock, real_put, real_copy = store_mod._COMMIT_LOCK, other_registry.put, store.registry.copy
+    waiters = 0  # threads that found the commit lock taken
+
+    class WatchedLock:
+        """The store's commit lock, counting the threads that have to wait for it."""
+
+        def __enter__(self) -> None:
+            nonlocal waiters
+            if not real_lock.acquire(blocking=False):
+                with progressed:
+                    waiters += 1
+                    progressed.notify_all()
+                real_lock.acquire()
+
+        def __exit__(self, *exc_info: object) -> None:
+            real_lock.release()
 
     def held_put(record: ModelRecord) -> None:
         in_put.set()
-        assert release.wait(10)
+        assert release.wait(30)
         real_put(record)
+        writes.append("import registers c")
 
+    def noted_copy(source: str, destination: str) -> tuple[ModelRecord, ModelRecord | None]:
+        result = real_copy(source, destination)
+        with progressed:
+            writes.append(f"copy re-points {destination}")
+            progressed.notify_all()
+        return result
+
+    monkeypatch.setattr(store_mod, "_COMMIT_LOCK", WatchedLock())
     monkeypatch.setattr(other_registry, "put", held_put)
+    monkeypatch.setattr(store.registry, "copy", noted_copy)
     importer = threading.Thread(target=other.import_file, args=(third, "c"))
     importer.start()
-    assert in_put.wait(10)  # the import found the file in place and holds the commit lock
+    assert in_put.wait(30)  # the import found the file in place and holds the commit lock
     copier = threading.Thread(target=store.copy, args=("a", "alias"))
     copier.start()
-    copier.join(0.3)
-    assert copier.is_alive(), "the copy did not wait for the commit lock"
+    with progressed:
+        assert progressed.wait_for(lambda: waiters or writes, timeout=30), "the copy never got to the lock"
     release.set()
-    importer.join(10)
-    copier.join(10)
+    importer.join(30)
+    copier.join(30)
     other_registry.close()
 
+    assert not importer.is_alive() and not copier.is_alive()
+    assert writes == ["import registers c", "copy re-points alias"], "the copy did not wait for the import"
     assert store.registry.get("alias").digest == store.registry.get("a").digest
     assert store.registry.get("c").digest == c.digest
     assert sha256_of(c.path) == c.digest.removeprefix("sha256:")

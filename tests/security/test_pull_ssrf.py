@@ -37,6 +37,7 @@ from llmhost.models.store import ModelStore
 from llmhost.net import BlockedDestinationError, DestinationPolicy, is_public_address
 from tests.conftest import TINY, LiveServer, make_service, make_settings, start_server
 from tests.hub_server import HubServer
+from tests.support import free_port, sha256_of
 from tests.tiny_gguf import write_tiny_llama_gguf
 
 _PROXY_VARS = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
@@ -116,10 +117,6 @@ def serve(tmp_path: Path, tiny_model_path: Path) -> Iterator[Callable[..., LiveS
     for live, service in started:
         live.stop()
         service.close()
-
-
-def sha256_of(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def api_pull(live: LiveServer, url: str, sha256: str, **extra: Any) -> httpx.Response:
@@ -302,9 +299,7 @@ def test_failed_fetches_all_read_the_same_to_the_client(
     monkeypatch.setattr(pull_transport, "_TIMEOUT_S", 0.3)
     live = serve(pull_allow_hosts=["127.0.0.1"])
     url = hub.add_plain("pulled-Q4_K_M.gguf", gguf)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        closed_port = probe.getsockname()[1]
+    closed_port = free_port()  # nothing listens there
     silent = Listener("127.0.0.1", hold=True)
     cases: dict[str, tuple[str, int | None]] = {
         "refused": (f"http://127.0.0.1:{closed_port}/m.gguf", None),
@@ -337,9 +332,7 @@ def test_a_streamed_pull_fails_with_the_same_generic_line(
     serve: Callable[..., LiveServer],
 ) -> None:
     live = serve(pull_allow_hosts=["127.0.0.1"])
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()  # nothing listens there
     url = f"http://127.0.0.1:{port}/m.gguf"
     resp = httpx.post(f"{live.base_url}/api/pull", json={"model": url, "sha256": "6" * 64}, timeout=30)
     lines = [json.loads(line) for line in resp.text.splitlines()]

@@ -5,7 +5,7 @@ conversation that carries a call and its result must render in Gemma's template.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import openai
@@ -72,8 +72,8 @@ def gemma_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServe
 
 
 @pytest.fixture
-def client(gemma_server: LiveServer) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{gemma_server.base_url}/v1", api_key="x", max_retries=0)
+def client(gemma_server: LiveServer, openai_client: Callable[..., openai.OpenAI]) -> openai.OpenAI:
+    return openai_client(gemma_server)
 
 
 def assert_valid(call: Any, names: set[str]) -> dict[str, Any]:

@@ -11,6 +11,7 @@ window and a call needs ~100 tokens.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -67,8 +68,8 @@ def settings(tmp_path: Path) -> Settings:
 
 
 @pytest.fixture
-def client(server: LiveServer) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="unused", max_retries=0)
+def client(server: LiveServer, openai_client: Callable[..., openai.OpenAI]) -> openai.OpenAI:
+    return openai_client(server)
 
 
 def ask(client: openai.OpenAI, **kw: Any) -> Any:
