@@ -1,11 +1,12 @@
 """The gateway benchmark's own parts: the trivial upstream speaks OpenAI's JSON and SSE to the official
-client, and ``bench/gateway_compare.py``'s wrk script, wrk-output parsing, TTFB client and verdicts work.
-Nothing here runs wrk or LiteLLM."""
+client, ``bench/gateway_compare.py``'s wrk script, wrk-output parsing, TTFB client and verdicts work, and
+``bench/bench_latency.py`` runs (a few pairs; its numbers are not judged here). Nothing here runs wrk or
+LiteLLM."""
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -34,6 +35,7 @@ def _load(name: str) -> ModuleType:
 
 upstream = _load("trivial_upstream")
 gc = _load("gateway_compare")
+bench_latency = _load("bench_latency")
 
 ANSWER = "".join(upstream.CONTENT_PIECES)
 
@@ -192,15 +194,19 @@ def test_wrk_durations_convert_to_milliseconds(text: str, ms: float) -> None:
 
 
 def test_ttfb_client_times_the_first_body_byte_not_the_whole_stream() -> None:
-    # Without usage the stream is 6 writes: the head with the first chunks, then 5 more, 0.1 s apart.
-    with upstream.running_in_thread(chunk_delay=0.1) as url:
+    """Without usage the stream is 6 writes: the head with the first chunks, then 5 more, ``DELAY``
+    apart, so each stream takes at least 5 delays, and its first body byte comes before all of them.
+    A client that timed the whole stream would report at least 5 delays; the bound, half of the
+    stream's own time, leaves the first byte 2.5 delays (0.5 s) of scheduling slack."""
+    delay = 0.2
+    with upstream.running_in_thread(chunk_delay=delay) as url:
         t0 = time.perf_counter()
         times = gc.measure_ttfb(f"{url}/v1/chat/completions", gc.STREAM_BODY, {"X-Any": "1"}, 2)
         per_stream = (time.perf_counter() - t0) / 2
 
-    assert len(times) == 2
-    assert per_stream >= 0.45  # each stream was drained to its end over the kept-alive connection
-    assert statistics.median(times) < 0.25
+    assert len(times) == 2 and all(t > 0 for t in times)
+    assert per_stream >= 5 * delay * 0.99  # each stream was drained to its end over the kept-alive connection
+    assert max(times) < per_stream / 2
 
 
 def test_ttfb_client_reuses_one_connection_for_many_streams(base_url: str) -> None:
@@ -254,3 +260,14 @@ def test_verdicts_fail_on_slow_or_erroring_llmhost_and_skip_an_unmeasured_litell
 
     # added latency, ratio vs LiteLLM (not measured), errors, TTFB, upstream not the bottleneck
     assert verdicts == [False, None, False, False, True]
+
+
+def test_bench_latency_times_both_paths_and_its_check_fails_above_the_bound() -> None:
+    """The provider-latency bench still runs against the client it measures (a few pairs, no timing
+    judged): every pair timed on both paths, and ``--max-added-ms`` decides the exit status."""
+    with upstream.running_in_thread() as url:
+        timings = asyncio.run(bench_latency.measure(url, 3, warmup=1))
+    assert [t.name for t in timings] == ["answer", "stream"]
+    assert all(len(t.direct) == len(t.provider) == 3 and min(t.direct + t.provider) > 0 for t in timings)
+    assert bench_latency.main(["-n", "3", "--warmup", "1", "--max-added-ms", "1e9"]) == 0
+    assert bench_latency.main(["-n", "3", "--warmup", "1", "--max-added-ms=-1e9"]) == 1

@@ -4,13 +4,15 @@ helpers that read a provider's deltas."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator, Iterator
-from typing import Any, Literal
+import inspect
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any, Literal, ParamSpec, Protocol, TypeVar
 
 import pytest
 
 from llmhost.core.stream import ResultBuilder
 from llmhost.core.types import ChatMessage, Delta, InferenceRequest, Result, Sampling
+from llmhost.providers.base import Provider
 from tests.conftest import LiveServer
 from tests.providers.fault_server import FaultServer
 from tests.providers.wire_servers import anthropic_app, ollama_app, openai_app
@@ -20,6 +22,21 @@ OPENAI_KEY = "sk-openai-test-fedcba9876543210"
 
 
 _SAMPLING = {f.name for f in dataclasses.fields(Sampling)}
+
+P = ParamSpec("P")
+
+
+class Closeable(Protocol):
+    async def aclose(self) -> None: ...
+
+
+C = TypeVar("C", bound=Closeable)
+
+
+class MakeProvider(Protocol):
+    """``make_provider(cls, *args, **kwargs)``: ``cls(*args, **kwargs)``, closed when the test ends."""
+
+    def __call__(self, factory: Callable[P, C], /, *args: P.args, **kwargs: P.kwargs) -> C: ...
 
 
 def _request(
@@ -78,9 +95,47 @@ def check_stream_shape(deltas: list[Delta], choices: int = 1) -> None:
         assert deltas[last].finish_reason is not None  # nothing follows a choice's finish
 
 
+async def check_provider(provider: Provider, request: InferenceRequest) -> None:
+    """``provider`` keeps the :class:`Provider` protocol, which ``isinstance(x, Provider)`` does not prove
+    (it only looks for the names): each method has the protocol's parameters and is awaitable exactly
+    where the protocol's is, and, called through the protocol, ``stream`` hands back an async iterator
+    at once (not a coroutine) whose text is the ``answer``'s, and ``health`` is a bool."""
+    methods = {k: v for k, v in vars(Provider).items() if not k.startswith("_") and callable(v)}
+    assert set(methods) == {"answer", "stream", "embed", "count_tokens", "list_models", "health", "aclose"}
+    for name, spec in methods.items():
+        method = getattr(type(provider), name)
+        assert inspect.iscoroutinefunction(method) is inspect.iscoroutinefunction(spec), name
+        shape = [(p.kind, p.default) for p in inspect.signature(method).parameters.values()]
+        assert shape == [(p.kind, p.default) for p in inspect.signature(spec).parameters.values()], name
+    assert isinstance(provider.name, str) and provider.name
+    deltas = provider.stream(request)
+    assert isinstance(deltas, AsyncIterator) and not inspect.isawaitable(deltas)
+    streamed = await collect(deltas)
+    check_stream_shape(streamed)
+    result = await provider.answer(request)
+    assert isinstance(result, Result) and result.text and text_of(streamed) == result.text
+    assert await provider.health() is True
+
+
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+@pytest.fixture
+async def make_provider() -> AsyncIterator[MakeProvider]:
+    """A factory for providers (or anything else with ``aclose``: an ``UpstreamClient``): every object
+    it made is closed at the end of the test, newest first, whether the test passed or not."""
+    made: list[Closeable] = []
+
+    def make(factory: Callable[P, C], /, *args: P.args, **kwargs: P.kwargs) -> C:
+        obj = factory(*args, **kwargs)
+        made.append(obj)
+        return obj
+
+    yield make
+    for obj in reversed(made):
+        await obj.aclose()
 
 
 @pytest.fixture(scope="module")

@@ -22,6 +22,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from tests.support import free_port
+
 __all__ = [
     "Fault",
     "FaultServer",
@@ -104,7 +106,8 @@ class FaultServer:
         return self
 
     def stop(self) -> None:
-        if self._loop is not None and self._stopping is not None:
+        """Stop serving (new connections are refused); stopping again does nothing."""
+        if self._loop is not None and self._stopping is not None and self._thread.is_alive():
             self._loop.call_soon_threadsafe(self._stopping.set)
         self._thread.join(10)
 
@@ -205,9 +208,7 @@ class FaultServer:
 
 def closed_port() -> int:
     """A loopback port with nothing listening: connecting to it is refused."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return free_port()  # free a moment ago, and nothing here listens on it
 
 
 @contextlib.contextmanager

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -14,7 +13,9 @@ from llmhost.providers.base import Provider, ProviderHTTPError, ProviderStreamEr
 from tests.conftest import LiveServer
 from tests.providers.conftest import (
     ANTHROPIC_KEY,
+    MakeProvider,
     chat,
+    check_provider,
     check_stream_shape,
     collect,
     completion,
@@ -30,10 +31,8 @@ MODEL = "claude-echo-1"
 
 
 @pytest.fixture
-async def claude(anthropic_upstream: LiveServer) -> AsyncIterator[AnthropicProvider]:
-    p = AnthropicProvider("claude", anthropic_upstream.base_url, api_key=ANTHROPIC_KEY)
-    yield p
-    await p.aclose()
+def claude(anthropic_upstream: LiveServer, make_provider: MakeProvider) -> AnthropicProvider:
+    return make_provider(AnthropicProvider, "claude", anthropic_upstream.base_url, api_key=ANTHROPIC_KEY)
 
 
 def sent(upstream: LiveServer) -> dict[str, Any]:
@@ -41,8 +40,10 @@ def sent(upstream: LiveServer) -> dict[str, Any]:
     return body
 
 
-async def test_it_implements_the_provider_protocol(claude: AnthropicProvider) -> None:
-    assert isinstance(claude, Provider)
+async def test_it_keeps_the_provider_protocol(claude: AnthropicProvider) -> None:
+    """Its methods have the protocol's shape and work when called through a ``Provider``."""
+    provider: Provider = claude
+    await check_provider(provider, chat(MODEL, user("hi there")))
 
 
 async def test_a_round_trip_sends_the_documented_headers_and_translates_the_answer(
@@ -165,16 +166,15 @@ async def test_overloaded_529_is_retryable(claude: AnthropicProvider) -> None:
     assert info.value.body is not None and info.value.body["error"]["type"] == "overloaded_error"
 
 
-async def test_a_wrong_key_is_a_non_retryable_401(anthropic_upstream: LiveServer) -> None:
-    p = AnthropicProvider("claude", anthropic_upstream.base_url, api_key="sk-ant-wrong-000000")
-    try:
-        with pytest.raises(ProviderHTTPError) as info:
-            await p.answer(chat(MODEL, user("x")))
-        assert info.value.status == 401 and not info.value.retryable
-        assert "invalid x-api-key" in str(info.value)
-        assert await p.health() is False
-    finally:
-        await p.aclose()
+async def test_a_wrong_key_is_a_non_retryable_401(
+    anthropic_upstream: LiveServer, make_provider: MakeProvider
+) -> None:
+    p = make_provider(AnthropicProvider, "claude", anthropic_upstream.base_url, api_key="sk-ant-wrong-000000")
+    with pytest.raises(ProviderHTTPError) as info:
+        await p.answer(chat(MODEL, user("x")))
+    assert info.value.status == 401 and not info.value.retryable
+    assert "invalid x-api-key" in str(info.value)
+    assert await p.health() is False
 
 
 @pytest.mark.parametrize(

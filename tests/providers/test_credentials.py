@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import traceback
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,7 @@ from llmhost.providers.anthropic import AnthropicProvider
 from llmhost.providers.base import ProviderError, ProviderHTTPError
 from llmhost.providers.http import Timeouts, resolve_secret
 from llmhost.providers.openai_compat import OpenAICompatProvider
-from tests.providers.conftest import chat, user
+from tests.providers.conftest import MakeProvider, chat, user
 from tests.providers.fault_server import Fault, FaultServer, closed_port
 
 pytestmark = pytest.mark.anyio
@@ -65,25 +65,23 @@ SCENARIOS: dict[str, Scenario] = {
 
 
 @pytest.fixture(params=["openai", "anthropic"])
-async def keyed(request: pytest.FixtureRequest, faults: FaultServer) -> AsyncIterator[Callable[[str], Any]]:
-    made: list[Any] = []
-
-    def make(base_url: str) -> Any:
+def keyed(
+    request: pytest.FixtureRequest, faults: FaultServer, make_provider: MakeProvider
+) -> Callable[[str], OpenAICompatProvider | AnthropicProvider]:
+    def make(base_url: str) -> OpenAICompatProvider | AnthropicProvider:
         if request.param == "openai":
-            p: Any = OpenAICompatProvider("remote", base_url, api_key=KEY, timeouts=TIMEOUTS)
-        else:
-            p = AnthropicProvider("claude", base_url, api_key=KEY, timeouts=TIMEOUTS)
-        made.append(p)
-        return p
+            return make_provider(OpenAICompatProvider, "remote", base_url, api_key=KEY, timeouts=TIMEOUTS)
+        return make_provider(AnthropicProvider, "claude", base_url, api_key=KEY, timeouts=TIMEOUTS)
 
-    yield make
-    for p in made:
-        await p.aclose()
+    return make
 
 
 @pytest.mark.parametrize("scenario", list(SCENARIOS))
 async def test_the_key_never_appears_in_errors_or_logs(
-    scenario: str, faults: FaultServer, keyed: Callable[[str], Any], caplog: pytest.LogCaptureFixture
+    scenario: str,
+    faults: FaultServer,
+    keyed: Callable[[str], OpenAICompatProvider | AnthropicProvider],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG)  # every logger, httpx and httpcore included
     fault, call = SCENARIOS[scenario]
@@ -102,7 +100,7 @@ async def test_the_key_never_appears_in_errors_or_logs(
 
 
 async def test_a_key_echoed_in_an_error_body_is_redacted_but_the_message_kept(
-    faults: FaultServer, keyed: Callable[[str], Any]
+    faults: FaultServer, keyed: Callable[[str], OpenAICompatProvider | AnthropicProvider]
 ) -> None:
     faults.fault = SCENARIOS["401 echoing the key"][0] or Fault()
     with pytest.raises(ProviderHTTPError) as info:

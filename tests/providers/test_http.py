@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from email.utils import formatdate
 from typing import Any
 
@@ -25,6 +25,7 @@ from llmhost.providers.http import (
 from llmhost.providers.ollama import ollama_deltas
 from llmhost.providers.openai_compat import openai_sse_deltas
 from llmhost.providers.wire import MAX_BODY_BYTES, MAX_LINE_BYTES
+from tests.providers.conftest import MakeProvider
 from tests.providers.fault_server import raw_server, replying
 
 pytestmark = pytest.mark.anyio
@@ -150,18 +151,15 @@ def test_error_types_map_to_statuses() -> None:
     assert status_for_error_type("mystery") == 502
 
 
-async def test_retry_after_may_be_seconds_milliseconds_or_a_date() -> None:
-    client = UpstreamClient("p", "http://127.0.0.1:1", headers={}, timeouts=Timeouts())
-    try:
-        seconds = client.status_error(429, httpx.Headers({"retry-after": "3"}), b"")
-        assert seconds.retry_after == 3.0
-        millis = client.status_error(429, httpx.Headers({"retry-after-ms": "250"}), b"")
-        assert millis.retry_after == 0.25
-        dated = client.status_error(429, httpx.Headers({"retry-after": formatdate(usegmt=True)}), b"")
-        assert dated.retry_after is not None and dated.retry_after <= 1
-        assert client.status_error(503, httpx.Headers({}), b"").retry_after is None
-    finally:
-        await client.aclose()
+async def test_retry_after_may_be_seconds_milliseconds_or_a_date(make_provider: MakeProvider) -> None:
+    client = make_provider(UpstreamClient, "p", "http://127.0.0.1:1", headers={}, timeouts=Timeouts())
+    seconds = client.status_error(429, httpx.Headers({"retry-after": "3"}), b"")
+    assert seconds.retry_after == 3.0
+    millis = client.status_error(429, httpx.Headers({"retry-after-ms": "250"}), b"")
+    assert millis.retry_after == 0.25
+    dated = client.status_error(429, httpx.Headers({"retry-after": formatdate(usegmt=True)}), b"")
+    assert dated.retry_after is not None and dated.retry_after <= 1
+    assert client.status_error(503, httpx.Headers({}), b"").retry_after is None
 
 
 # -- framing: a malformed or oversized answer is a clean provider error --------------------------------
@@ -185,49 +183,53 @@ MALFORMED = {
 }
 
 
-def upstream(port: int, **timeouts: float) -> UpstreamClient:
-    return UpstreamClient(
-        "up", f"http://127.0.0.1:{port}/v1", headers={}, timeouts=Timeouts(**{"total": 5, **timeouts})
-    )
+@pytest.fixture
+def upstream(make_provider: MakeProvider) -> Callable[[int], UpstreamClient]:
+    """``upstream(port)``: a client for ``http://127.0.0.1:port/v1``, total timeout 5 s, closed at the end."""
+
+    def make(port: int) -> UpstreamClient:
+        url = f"http://127.0.0.1:{port}/v1"
+        return make_provider(UpstreamClient, "up", url, headers={}, timeouts=Timeouts(total=5))
+
+    return make
 
 
 @pytest.mark.parametrize("answer", MALFORMED.values(), ids=MALFORMED.keys())
-async def test_a_malformed_framing_is_a_provider_error(answer: bytes) -> None:
+async def test_a_malformed_framing_is_a_provider_error(
+    answer: bytes, upstream: Callable[[int], UpstreamClient]
+) -> None:
     async with raw_server(replying(answer)) as server:
         client = upstream(server.port)
-        try:
-            with pytest.raises(ProviderConnectionError, match="malformed"):
-                await client.request_json("POST", "/chat/completions", {})
-        finally:
-            await client.aclose()
+        with pytest.raises(ProviderConnectionError, match="malformed"):
+            await client.request_json("POST", "/chat/completions", {})
 
 
-async def test_a_malformed_chunk_after_the_stream_started_breaks_the_stream() -> None:
+async def test_a_malformed_chunk_after_the_stream_started_breaks_the_stream(
+    upstream: Callable[[int], UpstreamClient],
+) -> None:
     first = b'data: {"choices": [{"index": 0, "delta": {"content": "a"}}]}\n\n'
     answer = (_CHUNKED + f"{len(first):x}\r\n".encode() + first + b"\r\n", b"0x10\r\n" + b"x" * 16)
     async with raw_server(replying(*answer, keep_open=5)) as server:
         client = upstream(server.port)
-        try:
-            deltas = client.stream("/chat/completions", {}, openai_sse_deltas)
-            assert (await deltas.__anext__()).text == "a"
-            with pytest.raises(ProviderStreamError, match="chunk size"):
-                await deltas.__anext__()
-        finally:
-            await client.aclose()
+        deltas = client.stream("/chat/completions", {}, openai_sse_deltas)
+        assert (await deltas.__anext__()).text == "a"
+        with pytest.raises(ProviderStreamError, match="chunk size"):
+            await deltas.__anext__()
 
 
-async def test_an_answer_declared_larger_than_the_body_cap_is_refused_at_once() -> None:
+async def test_an_answer_declared_larger_than_the_body_cap_is_refused_at_once(
+    upstream: Callable[[int], UpstreamClient],
+) -> None:
     head = f"HTTP/1.1 200 OK\r\nContent-Length: {MAX_BODY_BYTES + 1}\r\n\r\n".encode()
     async with raw_server(replying(head + b"{", keep_open=10)) as server:
         client = upstream(server.port)
-        try:
-            with pytest.raises(ProviderConnectionError, match="larger than 64 MiB"):
-                await client.request_json("POST", "/chat/completions", {})
-        finally:
-            await client.aclose()
+        with pytest.raises(ProviderConnectionError, match="larger than 64 MiB"):
+            await client.request_json("POST", "/chat/completions", {})
 
 
-async def test_a_chunked_answer_growing_past_the_body_cap_is_refused() -> None:
+async def test_a_chunked_answer_growing_past_the_body_cap_is_refused(
+    upstream: Callable[[int], UpstreamClient],
+) -> None:
     piece = b"x" * (1 << 20)
     chunk = b"%x\r\n%s\r\n" % (len(piece), piece)
 
@@ -241,14 +243,13 @@ async def test_a_chunked_answer_growing_past_the_body_cap_is_refused() -> None:
 
     async with raw_server(endless) as server:
         client = upstream(server.port)
-        try:
-            with pytest.raises(ProviderConnectionError, match="larger than 64 MiB"):
-                await client.request_json("POST", "/chat/completions", {})
-        finally:
-            await client.aclose()
+        with pytest.raises(ProviderConnectionError, match="larger than 64 MiB"):
+            await client.request_json("POST", "/chat/completions", {})
 
 
-async def test_a_stream_line_longer_than_the_line_cap_is_refused() -> None:
+async def test_a_stream_line_longer_than_the_line_cap_is_refused(
+    upstream: Callable[[int], UpstreamClient],
+) -> None:
     # An SSE comment (ignored by the event parser) longer than the cap, then a good stream.
     comment = b": " + b"x" * MAX_LINE_BYTES + b"\n\n"
     good = b'data: {"choices": [{"index": 0, "delta": {"content": "a"}}]}\n\ndata: [DONE]\n\n'
@@ -256,11 +257,8 @@ async def test_a_stream_line_longer_than_the_line_cap_is_refused() -> None:
     answer = _CHUNKED + b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
     async with raw_server(replying(answer)) as server:
         client = upstream(server.port)
-        try:
-            with pytest.raises(ProviderConnectionError, match="line longer than 16 MiB"):
-                await collect(client.stream("/chat/completions", {}, openai_sse_deltas))
-        finally:
-            await client.aclose()
+        with pytest.raises(ProviderConnectionError, match="line longer than 16 MiB"):
+            await collect(client.stream("/chat/completions", {}, openai_sse_deltas))
 
 
 async def test_an_sse_event_larger_than_the_line_cap_is_refused() -> None:
@@ -274,7 +272,7 @@ async def test_an_sse_event_larger_than_the_line_cap_is_refused() -> None:
 
 @pytest.mark.parametrize("target", ["https://api.example.com/v1", "http://api.example.com/v1"])
 async def test_an_https_proxy_gets_a_tls_handshake_never_plaintext(
-    target: str, monkeypatch: pytest.MonkeyPatch
+    target: str, monkeypatch: pytest.MonkeyPatch, make_provider: MakeProvider
 ) -> None:
     async with raw_server(replying(b"HTTP/1.1 200 Connection established\r\n\r\n")) as proxy:
         for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"):
@@ -282,11 +280,10 @@ async def test_an_https_proxy_gets_a_tls_handshake_never_plaintext(
             monkeypatch.delenv(name.lower(), raising=False)
         monkeypatch.setenv("HTTPS_PROXY", f"https://user:pw@127.0.0.1:{proxy.port}")
         monkeypatch.setenv("HTTP_PROXY", f"https://user:pw@127.0.0.1:{proxy.port}")
-        client = UpstreamClient("up", target, headers={}, timeouts=Timeouts(connect=2, total=5))
-        try:
-            with pytest.raises(ProviderConnectionError):
-                await client.request_json("GET", "/models")
-        finally:
-            await client.aclose()
+        client = make_provider(
+            UpstreamClient, "up", target, headers={}, timeouts=Timeouts(connect=2, total=5)
+        )
+        with pytest.raises(ProviderConnectionError):
+            await client.request_json("GET", "/models")
     assert proxy.first_bytes and all(first == b"\x16" for first in proxy.first_bytes)
     assert proxy.requests == []  # nothing, credentials least of all, went in the clear

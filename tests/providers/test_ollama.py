@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -12,7 +11,17 @@ from llmhost.errors import RequestError
 from llmhost.providers.base import Provider, ProviderHTTPError, ProviderStreamError
 from llmhost.providers.ollama import OllamaProvider
 from tests.conftest import LiveServer
-from tests.providers.conftest import chat, check_stream_shape, collect, completion, system, text_of, user
+from tests.providers.conftest import (
+    MakeProvider,
+    chat,
+    check_provider,
+    check_stream_shape,
+    collect,
+    completion,
+    system,
+    text_of,
+    user,
+)
 from tests.providers.wire_servers import recorded
 
 pytestmark = pytest.mark.anyio
@@ -23,10 +32,8 @@ WIRE_HELLO = [{"role": "system", "content": "be brief"}, {"role": "user", "conte
 
 
 @pytest.fixture
-async def ollama(ollama_upstream: LiveServer) -> AsyncIterator[OllamaProvider]:
-    p = OllamaProvider("ollama", ollama_upstream.base_url)
-    yield p
-    await p.aclose()
+def ollama(ollama_upstream: LiveServer, make_provider: MakeProvider) -> OllamaProvider:
+    return make_provider(OllamaProvider, "ollama", ollama_upstream.base_url)
 
 
 def sent(upstream: LiveServer) -> dict[str, Any]:
@@ -34,8 +41,10 @@ def sent(upstream: LiveServer) -> dict[str, Any]:
     return body
 
 
-async def test_it_implements_the_provider_protocol(ollama: OllamaProvider) -> None:
-    assert isinstance(ollama, Provider)
+async def test_it_keeps_the_provider_protocol(ollama: OllamaProvider) -> None:
+    """Its methods have the protocol's shape and work when called through a ``Provider``."""
+    provider: Provider = ollama
+    await check_provider(provider, chat(MODEL, *HELLO))
 
 
 async def test_sampling_fields_go_into_options(ollama: OllamaProvider, ollama_upstream: LiveServer) -> None:

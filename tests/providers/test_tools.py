@@ -21,6 +21,7 @@ from tests.conftest import LiveServer
 from tests.providers.conftest import (
     ANTHROPIC_KEY,
     OPENAI_KEY,
+    MakeProvider,
     assembled,
     chat,
     check_stream_shape,
@@ -57,19 +58,20 @@ class Dialect:
 
 
 @pytest.fixture(params=["openai", "anthropic", "ollama"])
-async def dialect(request: pytest.FixtureRequest) -> AsyncIterator[Dialect]:
+def dialect(request: pytest.FixtureRequest, make_provider: MakeProvider) -> Dialect:
     upstream: LiveServer = request.getfixturevalue(f"{request.param}_upstream")
     provider: Any
     if request.param == "openai":
-        provider = OpenAICompatProvider("openai", f"{upstream.base_url}/v1", api_key=OPENAI_KEY)
+        provider = make_provider(
+            OpenAICompatProvider, "openai", f"{upstream.base_url}/v1", api_key=OPENAI_KEY
+        )
         model = "echo-1"
     elif request.param == "anthropic":
-        provider = AnthropicProvider("claude", upstream.base_url, api_key=ANTHROPIC_KEY)
+        provider = make_provider(AnthropicProvider, "claude", upstream.base_url, api_key=ANTHROPIC_KEY)
         model = "claude-echo-1"
     else:
-        provider, model = OllamaProvider("ollama", upstream.base_url), "llama3.2:1b"
-    yield Dialect(provider, upstream, model)
-    await provider.aclose()
+        provider, model = make_provider(OllamaProvider, "ollama", upstream.base_url), "llama3.2:1b"
+    return Dialect(provider, upstream, model)
 
 
 # -- what every dialect does ---------------------------------------------------------------------------
@@ -128,10 +130,10 @@ async def test_tool_choice_none_gets_text(dialect: Dialect) -> None:
 
 
 @pytest.fixture
-async def openai(openai_upstream: LiveServer) -> AsyncIterator[Dialect]:
-    provider = OpenAICompatProvider("openai", f"{openai_upstream.base_url}/v1", api_key=OPENAI_KEY)
-    yield Dialect(provider, openai_upstream, "echo-1")
-    await provider.aclose()
+def openai(openai_upstream: LiveServer, make_provider: MakeProvider) -> Dialect:
+    url = f"{openai_upstream.base_url}/v1"
+    provider = make_provider(OpenAICompatProvider, "openai", url, api_key=OPENAI_KEY)
+    return Dialect(provider, openai_upstream, "echo-1")
 
 
 async def test_openai_gets_function_tools_and_each_tool_choice(openai: Dialect) -> None:
@@ -217,10 +219,9 @@ async def test_openai_stream_fragments_of_two_calls_are_kept_apart() -> None:
 
 
 @pytest.fixture
-async def claude(anthropic_upstream: LiveServer) -> AsyncIterator[Dialect]:
-    provider = AnthropicProvider("claude", anthropic_upstream.base_url, api_key=ANTHROPIC_KEY)
-    yield Dialect(provider, anthropic_upstream, "claude-echo-1")
-    await provider.aclose()
+def claude(anthropic_upstream: LiveServer, make_provider: MakeProvider) -> Dialect:
+    provider = make_provider(AnthropicProvider, "claude", anthropic_upstream.base_url, api_key=ANTHROPIC_KEY)
+    return Dialect(provider, anthropic_upstream, "claude-echo-1")
 
 
 async def test_anthropic_gets_input_schemas_and_its_own_tool_choices(claude: Dialect) -> None:
@@ -362,10 +363,9 @@ async def test_anthropic_decoder_streams_input_json_and_gives_an_argumentless_ca
 
 
 @pytest.fixture
-async def ollama(ollama_upstream: LiveServer) -> AsyncIterator[Dialect]:
-    provider = OllamaProvider("ollama", ollama_upstream.base_url)
-    yield Dialect(provider, ollama_upstream, "llama3.2:1b")
-    await provider.aclose()
+def ollama(ollama_upstream: LiveServer, make_provider: MakeProvider) -> Dialect:
+    provider = make_provider(OllamaProvider, "ollama", ollama_upstream.base_url)
+    return Dialect(provider, ollama_upstream, "llama3.2:1b")
 
 
 async def test_ollama_gets_function_tools_and_history_with_object_arguments(ollama: Dialect) -> None:

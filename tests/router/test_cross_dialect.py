@@ -12,7 +12,7 @@ answers OpenAI-door and Ollama-door requests, streamed and not, tool calls inclu
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ from openai.types.chat import ChatCompletionMessageFunctionToolCall
 
 from llmhost.config import load_settings
 from llmhost.service import Service
-from tests.conftest import TINY, LiveServer, make_service, make_settings, start_server
+from tests.conftest import TINY, LiveServer, start_server
 from tests.providers.conftest import ANTHROPIC_KEY
 from tests.providers.wire_servers import anthropic_app
 
@@ -36,14 +36,9 @@ HI: Any = [{"role": "user", "content": "Say hello"}]
 
 
 @pytest.fixture
-def upstream(tmp_path: Path, tiny_model_path: Path) -> Iterator[LiveServer]:
+def upstream(make_server: Callable[..., LiveServer]) -> LiveServer:
     """llmhost A: the tiny local model, wide enough for a prompt that lists tools."""
-    settings = make_settings(tmp_path / "upstream", engine={"n_ctx": 2048})
-    service = make_service(settings, tiny_model_path)
-    live = start_server(settings, service)
-    yield live
-    live.stop()
-    service.close()
+    return make_server(engine={"n_ctx": 2048})
 
 
 def gateway_config(path: Path, provider: str) -> Path:
@@ -105,10 +100,6 @@ retries = 0
     service.close()
 
 
-def openai_client(live: LiveServer) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{live.base_url}/v1", api_key="unused", max_retries=0)
-
-
 def sse_payloads(response: httpx.Response) -> list[Any]:
     events = [line[6:] for line in response.text.splitlines() if line.startswith("data: ")]
     assert events[-1] == "[DONE]"
@@ -120,7 +111,9 @@ def anthropic_client(live: LiveServer) -> anthropic.Anthropic:
 
 
 # ----- any door -> an OpenAI-compatible provider (another llmhost) -----------------------------------
-def test_the_openai_door_is_answered_by_the_upstream(gateway: tuple[LiveServer, Service]) -> None:
+def test_the_openai_door_is_answered_by_the_upstream(
+    gateway: tuple[LiveServer, Service], openai_client: Callable[..., openai.OpenAI]
+) -> None:
     live, _ = gateway
     raw = openai_client(live).chat.completions.with_raw_response.create(
         model="remote", messages=HI, max_tokens=6, logit_bias={EOS: -100}
@@ -148,7 +141,7 @@ def test_the_openai_door_is_answered_by_the_upstream(gateway: tuple[LiveServer, 
 
 
 def test_a_forced_tool_call_made_upstream_comes_back_through_the_gateway(
-    gateway: tuple[LiveServer, Service],
+    gateway: tuple[LiveServer, Service], openai_client: Callable[..., openai.OpenAI]
 ) -> None:
     live, _ = gateway
     tool: Any = {
@@ -189,7 +182,9 @@ def test_a_forced_tool_call_made_upstream_comes_back_through_the_gateway(
     assert json.loads(streamed) == json.loads(call.function.arguments)
 
 
-def test_the_responses_door_is_answered_by_the_upstream(gateway: tuple[LiveServer, Service]) -> None:
+def test_the_responses_door_is_answered_by_the_upstream(
+    gateway: tuple[LiveServer, Service], openai_client: Callable[..., openai.OpenAI]
+) -> None:
     live, _ = gateway
     raw = openai_client(live).responses.with_raw_response.create(
         model="remote", input="Say hello", max_output_tokens=6
@@ -272,7 +267,9 @@ def test_an_anthropic_forced_tool_use_is_made_upstream(gateway: tuple[LiveServer
     assert isinstance(use.input, dict) and isinstance(use.input["zone"], int)
 
 
-def test_usage_rows_on_the_gateway_record_the_door(gateway: tuple[LiveServer, Service]) -> None:
+def test_usage_rows_on_the_gateway_record_the_door(
+    gateway: tuple[LiveServer, Service], openai_client: Callable[..., openai.OpenAI]
+) -> None:
     live, service = gateway
     openai_client(live).chat.completions.create(model="remote", messages=HI, max_tokens=2)
     openai_client(live).responses.create(model="remote", input="hi", max_output_tokens=2)
@@ -291,7 +288,7 @@ def test_usage_rows_on_the_gateway_record_the_door(gateway: tuple[LiveServer, Se
 
 # ----- the OpenAI and Ollama doors -> an Anthropic-dialect provider ---------------------------------
 def test_the_openai_door_is_answered_by_an_anthropic_provider(
-    claude_gateway: tuple[LiveServer, Service],
+    claude_gateway: tuple[LiveServer, Service], openai_client: Callable[..., openai.OpenAI]
 ) -> None:
     live, _ = claude_gateway
     client = openai_client(live)
@@ -326,7 +323,9 @@ def test_the_openai_door_is_answered_by_an_anthropic_provider(
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 3
 
 
-def test_an_anthropic_tool_use_is_an_openai_tool_call(claude_gateway: tuple[LiveServer, Service]) -> None:
+def test_an_anthropic_tool_use_is_an_openai_tool_call(
+    claude_gateway: tuple[LiveServer, Service], openai_client: Callable[..., openai.OpenAI]
+) -> None:
     live, _ = claude_gateway
     client = openai_client(live)
     tool: Any = {

@@ -31,13 +31,20 @@ from llmhost.core.types import (
     TokenLogprob,
     Usage,
 )
-from llmhost.errors import EngineOverloadedError, ModelNotFoundError, NotReadyError, RequestError
+from llmhost.errors import (
+    ConfigError,
+    EngineOverloadedError,
+    ModelNotFoundError,
+    NotReadyError,
+    RequestError,
+)
 from llmhost.providers.base import ProviderConnectionError, ProviderHTTPError, ProviderStreamError
 from llmhost.router.breaker import BreakerState
 from llmhost.router.cost import UsageStage, UsageStore
 from llmhost.router.gateway import Gateway
 from llmhost.router.stage import RouteStage
 from llmhost.router.strategies import Target, order_targets
+from tests.router.helpers import wait_until
 
 
 class ScriptedProvider:
@@ -179,12 +186,16 @@ def test_retry_on_the_same_target_can_succeed(tmp_path: Path) -> None:
 
 
 def test_client_errors_are_not_retried_or_failed_over(tmp_path: Path) -> None:
+    """On a route that retries, a 400 is tried once, on the first target only, and reaches the caller."""
     a = ScriptedProvider("a", [ProviderHTTPError("bad request", provider="a", status=400)])
     b = ScriptedProvider("b")
-    gw = gateway(settings_with(tmp_path, {"targets": targets("a", "b")}), {"a": a, "b": b})
-    with pytest.raises(ProviderHTTPError):
+    route = {"targets": targets("a", "b"), "retries": 2, "backoff": 0}
+    gw = gateway(settings_with(tmp_path, route), {"a": a, "b": b})
+    with pytest.raises(ProviderHTTPError, match="bad request") as info:
         run(gw.chat(chat_req()))
-    assert b.calls == []
+    assert info.value.status == 400
+    assert a.calls == ["m-a"] and b.calls == []
+    assert gw.breakers["a/m-a"].state is BreakerState.CLOSED  # the client's mistake is not the target's
 
 
 def test_fallback_completes_well_within_five_seconds(tmp_path: Path) -> None:
@@ -194,8 +205,9 @@ def test_fallback_completes_well_within_five_seconds(tmp_path: Path) -> None:
         {"a": a, "b": ScriptedProvider("b")},
     )
     started = time.perf_counter()
-    run(gw.chat(chat_req()))
-    assert time.perf_counter() - started < 5
+    response, _, _ = run(gw.chat(chat_req()))
+    assert time.perf_counter() - started < 5  # two backoffs of 0.05 s and 0.1 s: far below
+    assert response.text == "b: m-b" and a.calls == ["m-a"] * 3  # the first try, two retries, then b
 
 
 def test_breaker_opens_and_skips_the_target_then_probes_and_closes(tmp_path: Path) -> None:
@@ -211,7 +223,7 @@ def test_breaker_opens_and_skips_the_target_then_probes_and_closes(tmp_path: Pat
     assert gw.breakers["a/m-a"].state is BreakerState.OPEN
     run(gw.chat(chat_req()))
     assert a.calls == ["m-a", "m-a"]  # skipped while open
-    time.sleep(0.25)
+    wait_until(lambda: gw.breakers["a/m-a"].state is BreakerState.HALF_OPEN, what="half-open")
     _, target, _ = run(gw.chat(chat_req()))  # half-open probe succeeds
     assert target.settings.provider == "a"
     assert gw.breakers["a/m-a"].state is BreakerState.CLOSED
@@ -355,8 +367,6 @@ def test_implicit_local_route_passes_errors_through_unchanged(tmp_path: Path) ->
 
 
 def test_route_naming_an_unknown_provider_is_a_config_error(tmp_path: Path) -> None:
-    from llmhost.errors import ConfigError
-
     with pytest.raises(ConfigError, match="not in \\[providers\\]"):
         load_settings(None, data_dir=tmp_path, routes={"r": {"targets": [{"provider": "zzz", "model": "m"}]}})
 
@@ -404,5 +414,10 @@ def test_cascade_escalates_when_a_target_gives_no_logprobs(tmp_path: Path) -> No
 
 
 def test_min_logprob_must_not_be_positive(tmp_path: Path) -> None:
-    with pytest.raises(Exception, match="min_logprob"):
+    """A log-probability above 0 cannot be reached: the setting is refused as a config error that names
+    it and its bound (not a bare validation error)."""
+    with pytest.raises(ConfigError) as info:
         settings_with(tmp_path, {"targets": targets("a"), "cascade": ["logprob"], "min_logprob": 0.5})
+    assert str(info.value).splitlines()[1:] == [
+        "  routes.smart.min_logprob: Input should be less than or equal to 0"
+    ]

@@ -108,6 +108,9 @@ def test_chat_and_complete_answer_through_the_pipeline(url: str, served: tuple[L
     assert answer["model"] == TINY and answer["served_by"] == f"local/{TINY}"
     assert answer["usage"]["completion_tokens"] == 4 and answer["finish_reason"] == "length"
     assert answer["usage"]["total_tokens"] == answer["usage"]["prompt_tokens"] + 4
+    unknown = call(url, "chat", {"messages": [{"role": "user", "content": "hi"}], "model": "missing"})
+    assert unknown.is_error and "missing" in text_of(unknown)
+    assert call(url, "complete", {"prompt": "x", "max_tokens": 0}).is_error  # below the schema's minimum
     done = structured(call(url, "complete", {"prompt": "Once upon", "max_tokens": 3}))  # no model: default
     assert done["model"] == TINY and done["usage"]["completion_tokens"] == 3
     service = served[1]
@@ -119,6 +122,8 @@ def test_chat_and_complete_answer_through_the_pipeline(url: str, served: tuple[L
 def test_embed_gives_one_vector_per_input(url: str) -> None:
     out = structured(call(url, "embed", {"inputs": ["a", "bb", "ccc"]}))
     assert len(out["vectors"]) == 3 and out["dimensions"] == len(out["vectors"][0]) > 0
+    assert call(url, "embed", {"inputs": []}).is_error
+    assert "missing" in text_of(call(url, "embed", {"inputs": ["a"], "model": "missing"}))
 
 
 def test_load_and_unload_change_what_is_resident(url: str) -> None:
@@ -129,6 +134,7 @@ def test_load_and_unload_change_what_is_resident(url: str) -> None:
     assert loaded["status"] == "loaded" and loaded["loaded"]["slots"] == 4
     assert structured(call(url, "get_model_info", {"model": TINY}))["loaded"] is not None
     assert call(url, "load_model", {"model": "missing"}).is_error
+    assert "'missing' not found" in text_of(call(url, "unload_model", {"model": "missing"}))
 
 
 def test_switch_model_points_an_alias_at_another_model(url: str) -> None:
@@ -151,6 +157,7 @@ def test_monitoring_tools_report_this_machine_and_server(url: str) -> None:
     health = structured(call(url, "get_provider_health"))
     assert {"name": "local", "type": "local"} in health["providers"]
     call(url, "complete", {"prompt": "x", "max_tokens": 1})
+    assert call(url, "get_usage", {"days": -1}).is_error
     usage = structured(call(url, "get_usage", {"by": "door"}))
     assert any(row["group"] == "mcp" and row["requests"] >= 1 for row in usage["rows"])
 
@@ -162,6 +169,7 @@ def test_audit_tools_read_and_verify_the_chain_with_each_mcp_call_in_it(url: str
     assert ("mcp", "list_models") in kinds and ("mcp", "chat") in kinds
     failed = [e for e in page["entries"] if e["kind"] == "get_model_info" and e["status"] == 404]
     assert failed, "a failed tool call is audited with its status"
+    assert call(url, "get_audit_logs", {"limit": 0}).is_error
     verdict = structured(call(url, "verify_audit_log"))
     assert (
         verdict["intact"] is True and verdict["records"] >= len(page["entries"]) and verdict["breaks"] == []
