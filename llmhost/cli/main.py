@@ -320,6 +320,9 @@ def ps(config: ConfigOpt = None) -> None:
     console.print(table, soft_wrap=True)
 
 
+_MAX_USAGE_DAYS = 36_500.0  # a century, as /api/usage allows
+
+
 @app.command()
 def usage(
     by: Annotated[str, typer.Option(help="Group by model, provider, target, key, door or day.")] = "model",
@@ -329,6 +332,9 @@ def usage(
     """Summarise requests, tokens and cost from the usage log."""
     if by not in {"model", "provider", "target", "key", "door", "day"}:
         _fail("--by must be one of model, provider, target, key, door, day", 2)
+    # ``not <=``: NaN fails every comparison, so it is refused too (the HTTP route takes the same range).
+    if days is not None and not 0.0 <= days <= _MAX_USAGE_DAYS:
+        _fail(f"--days must be between 0 and {_MAX_USAGE_DAYS:g}", 2)
     settings = _settings(config)
     from llmhost.router.cost import UsageStore, since_days
 

@@ -352,7 +352,7 @@ class AuditStage(StageBase):
                 stream=ctx.stream,
                 prompt_tokens=prompt_tokens,
                 completion_tokens=completion_tokens,
-                cost=round(sum(a.cost for a in attempts), 9),
+                cost=round(float(sum(a.cost for a in attempts)), 9),  # 0.0, not 0: the row stores REAL
                 status=status,
                 error=error,
                 policy=json.dumps(decisions) if (decisions := ctx.attrs.get("policy.decisions")) else "[]",

@@ -113,6 +113,21 @@ def test_refusals_are_recorded_with_their_status(live: tuple[LiveServer, Setting
     ]  # fmt: skip
 
 
+def test_a_request_that_fails_before_any_target_keeps_the_chain_intact(
+    live: tuple[LiveServer, Settings],
+) -> None:
+    """No attempt means no cost: the record must hash 0.0 as the REAL column reads it back, not 0."""
+    server, settings = live
+    body = {"model": "no-such-model", "messages": MSG, "max_tokens": 1}
+    assert httpx.post(f"{server.base_url}/v1/chat/completions", json=body).status_code == 404
+    log = AuditLog(settings.audit_path)
+    try:
+        count, _, breaks = log.verify()
+    finally:
+        log.close()
+    assert count == 1 and breaks == []
+
+
 def test_store_content_keeps_the_text(tmp_path: Path, tiny_model_path: Path) -> None:
     settings = make_settings(tmp_path / "d", audit={"store_content": True})
     service = make_service(settings, tiny_model_path)

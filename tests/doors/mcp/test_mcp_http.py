@@ -164,6 +164,9 @@ def test_monitoring_tools_report_this_machine_and_server(url: str) -> None:
 
 def test_audit_tools_read_and_verify_the_chain_with_each_mcp_call_in_it(url: str) -> None:
     call(url, "list_models")
+    call(url, "chat", {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1})
+    call(url, "get_model_info", {"model": "no-such-model"})
+    call(url, "chat", {"messages": [{"role": "user", "content": "hi"}], "model": "no-such-model"})
     page = structured(call(url, "get_audit_logs", {"limit": 1000}))
     kinds = {(e["door"], e["kind"]) for e in page["entries"]}
     assert ("mcp", "list_models") in kinds and ("mcp", "chat") in kinds
@@ -171,6 +174,7 @@ def test_audit_tools_read_and_verify_the_chain_with_each_mcp_call_in_it(url: str
     assert failed, "a failed tool call is audited with its status"
     assert call(url, "get_audit_logs", {"limit": 0}).is_error
     verdict = structured(call(url, "verify_audit_log"))
+    assert verdict["breaks"] == []
     assert (
         verdict["intact"] is True and verdict["records"] >= len(page["entries"]) and verdict["breaks"] == []
     )
