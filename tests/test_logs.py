@@ -8,20 +8,19 @@ import logging
 import os
 import re
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
 from llmhost.logs import JsonFormatter, configure_logging, current_request_id, request_id_for
-from tests.conftest import TINY, LiveServer, make_service, make_settings, start_server
+from tests.conftest import TINY, LiveServer, ServerFactory, make_service, make_settings, start_server
 from tests.providers.fault_server import closed_port
+from tests.support import free_port
 
 KEY = "sk-logs-test-key-51c0e2"
 GENERATED = re.compile(r"req-[0-9a-f]{24}")
@@ -30,21 +29,15 @@ CHAT = {"model": TINY, "messages": [{"role": "user", "content": "hi"}], "max_tok
 
 
 @pytest.fixture
-def keyed(tmp_path: Path, tiny_model_path: Path) -> Iterator[LiveServer]:
+def keyed(make_server: ServerFactory) -> LiveServer:
     """A server with a key, a small body limit, and a route to an upstream that is down."""
     providers = {"dead": {"type": "openai", "base_url": f"http://127.0.0.1:{closed_port()}/v1"}}
-    settings = make_settings(
-        tmp_path / "data",
+    return make_server(
         api_key=KEY,
         max_request_bytes=4096,
         providers={name: {**p, "health_interval": 0} for name, p in providers.items()},
         routes={"dead": {"targets": [{"provider": "dead", "model": "m"}], "retries": 0}},
     )
-    service = make_service(settings, tiny_model_path)
-    live = start_server(settings, service)
-    yield live
-    live.stop()
-    service.close()
 
 
 def _ids(r: httpx.Response) -> list[str]:
@@ -206,9 +199,7 @@ def test_configure_logging_replaces_only_its_own_handler() -> None:
 
 # ----- llmhost serve ---------------------------------------------------------------------------------
 def test_serve_with_json_logs_writes_only_json_on_stderr_access_lines_included(tmp_path: Path) -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("LLMHOST_")}
     env.update(
         LLMHOST_DATA_DIR=str(tmp_path / "data"),

@@ -7,10 +7,8 @@ Most tests share one data dir with ``tiny`` already imported (module scope) to k
 
 from __future__ import annotations
 
-import hashlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.support import free_port, sha256_of
 from tests.tiny_gguf import truncate_copy, write_not_gguf
 
 TINY = "tiny"
@@ -84,10 +83,6 @@ def assert_one_line_error(result: subprocess.CompletedProcess[str], code: int | 
     return lines[0]
 
 
-def sha256_of(path: Path) -> str:
-    return "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 @dataclass
 class Store:
     """A data dir with ``tiny`` imported through the CLI."""
@@ -107,7 +102,7 @@ def store(tmp_path_factory: pytest.TempPathFactory, tiny_model_path: Path) -> St
     base = tmp_path_factory.mktemp("cli")
     env = cli_env(base)
     result = llmhost("import", tiny_model_path, "--name", TINY, env=env)
-    return Store(base=base, env=env, digest=sha256_of(tiny_model_path), import_result=result)
+    return Store(base=base, env=env, digest="sha256:" + sha256_of(tiny_model_path), import_result=result)
 
 
 def _no_wrap(text: str) -> str:
@@ -169,13 +164,21 @@ def test_run_streams_generated_text(store: Store) -> None:
     assert raw.stdout.strip()
 
 
-def test_run_with_the_same_seed_repeats_itself(store: Store) -> None:
-    args = ("run", TINY, "hello", "--max-tokens", "8", "--temperature", "1.0", "--seed", "42")
-    first, second = llmhost_concurrently(args, args, env=store.env)
-    assert first.returncode == 0, first.stderr
-    assert second.returncode == 0, second.stderr
+def test_run_with_the_same_seed_repeats_itself_and_other_seeds_do_not(store: Store) -> None:
+    """A seed fixes the sample, and the sample depends on it: three seeds, 16 tokens each at temperature
+    2 over the tiny model's ~300-token vocabulary, agree only when the seed is ignored (else all three
+    would have to draw the same tokens, or stop on the same first few, which is vanishingly unlikely)."""
+
+    def args(seed: int) -> tuple[str, ...]:
+        return ("run", TINY, "hello", "--max-tokens", "16", "--temperature", "2.0", "--seed", str(seed))
+
+    first, second, *others = llmhost_concurrently(args(42), args(42), args(7), args(1234), env=store.env)
+    for result in (first, second, *others):
+        assert result.returncode == 0, result.stderr
     assert first.stdout.strip()
     assert first.stdout == second.stdout
+    samples = {first.stdout, *(result.stdout for result in others)}
+    assert len(samples) > 1, samples
 
 
 def test_chat_reads_lines_until_bye(store: Store) -> None:
@@ -292,15 +295,9 @@ def test_help_lists_the_commands(tmp_path: Path) -> None:
 
 
 # ----- serve -----------------------------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture
 def serve_process(store: Store, tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], str, Path]]:
-    port = _free_port()
+    port = free_port()
     log = tmp_path / "serve.log"
     env = {**store.env, "LLMHOST_DEFAULT_MODEL": TINY}
     with open(log, "wb") as out:

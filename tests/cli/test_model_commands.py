@@ -1,72 +1,36 @@
 """``llmhost pull``, ``rm``, ``cp`` (and the ``ls``/``remove`` aliases) through typer's test runner.
 
-The commands are registered on a fresh typer app here (``register(app)``), so these tests do not depend
-on ``llmhost.cli.main`` wiring them in. Downloads come from the loopback hub of ``tests.hub_server``; the
-"running server" that ``rm`` asks about is a tiny fake ``/api/ps`` endpoint.
+The commands are registered on a fresh typer app here (``register(app)``), so most tests do not depend
+on ``llmhost.cli.main`` wiring them in (the last one checks that wiring). Downloads come from the loopback
+hub of ``tests.hub_server``; the "running server" that ``rm`` and ``cp`` ask about is a real llmhost on
+loopback (``make_server``) over the same data dir.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import socket
+import os
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
+import httpx
 import pytest
 import typer
 from typer.testing import CliRunner, Result
 
 import llmhost.models.pull.download as pull_mod
 from llmhost.cli.model_commands import register
+from tests.cli.helpers import beside, one_error_line
+from tests.conftest import TINY, ServerFactory
 from tests.hub_server import HubServer
+from tests.support import free_port, sha256_of
 from tests.tiny_gguf import write_tiny_llama_gguf
 
 REPO = "Org/Tiny-GGUF"
 NAME = "tiny-gguf:q4_k_m"
 REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class FakeServer:
-    """Answers ``GET /api/ps`` with ``models`` (what a running llmhost reports as loaded)."""
-
-    def __init__(self) -> None:
-        self.models: list[dict[str, Any]] = []
-        self.auth: list[str | None] = []
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                outer.auth.append(self.headers.get("Authorization"))
-                body = json.dumps({"models": outer.models}).encode()
-                self.send_response(200 if self.path == "/api/ps" else 404)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = int(self.httpd.server_address[1])
-        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
-        self.thread.start()
-
-    def stop(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+ADMIN_KEY = "sk-admin-cli-5e1f"
 
 
 @pytest.fixture(scope="module")
@@ -105,13 +69,6 @@ def env(tmp_path: Path, hub: HubServer, monkeypatch: pytest.MonkeyPatch) -> dict
 
 def invoke(app: typer.Typer, env: dict[str, str], *args: str) -> Result:
     return CliRunner().invoke(app, list(args), env=env, catch_exceptions=False)
-
-
-def one_error_line(result: Result) -> str:
-    assert result.exit_code == 1, (result.stdout, result.stderr)
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
-    return lines[0]
 
 
 def listed(app: typer.Typer, env: dict[str, str]) -> dict[str, str]:
@@ -162,8 +119,7 @@ def test_pull_failures_are_one_error_line(
 def test_pull_plain_url(app: typer.Typer, env: dict[str, str], hub: HubServer, tmp_path: Path) -> None:
     path = write_tiny_llama_gguf(tmp_path / "u.gguf", seed=9)
     url = hub.add_plain("u-Q4_0.gguf", path)
-    sha = hashlib.sha256(path.read_bytes()).hexdigest()
-    result = invoke(app, env, "pull", url, "--sha256", sha)
+    result = invoke(app, env, "pull", url, "--sha256", sha256_of(path))
     assert result.exit_code == 0, result.stderr
     assert set(listed(app, env)) == {"u:q4_0"}
 
@@ -179,23 +135,30 @@ def test_rm_without_a_running_server(app: typer.Typer, env: dict[str, str]) -> N
     assert "not found" in one_error_line(invoke(app, env, "rm", NAME))
 
 
-def test_rm_refuses_a_model_loaded_in_the_running_server(app: typer.Typer, env: dict[str, str]) -> None:
+def test_rm_refuses_a_model_loaded_in_the_running_server(
+    app: typer.Typer, env: dict[str, str], make_server: ServerFactory
+) -> None:
+    """``rm`` asks the running server (``/api/ps``, with the CLI's key) and refuses while it has the
+    model loaded; a server that refuses the CLI's key is an error, not "not loaded"; once unloaded, the
+    model goes."""
+    live = make_server(api_key=ADMIN_KEY)
+    env = beside(live, env, LLMHOST_API_KEY=ADMIN_KEY)
+    auth = {"Authorization": f"Bearer {ADMIN_KEY}"}
     assert invoke(app, env, "pull", f"hf:{REPO}").exit_code == 0
-    server = FakeServer()
-    try:
-        env = {**env, "LLMHOST_PORT": str(server.port), "LLMHOST_API_KEY": "sk-admin"}
-        server.models = [{"name": NAME, "model": NAME}]
-        line = one_error_line(invoke(app, env, "rm", NAME))
-        assert f"model {NAME} is in use by the running server; unload it first (POST /api/unload)" in line
-        assert NAME in listed(app, env)
-        assert server.auth == ["Bearer sk-admin"]
+    loaded = httpx.post(f"{live.base_url}/api/load", json={"model": NAME}, headers=auth, timeout=60)
+    assert loaded.status_code == 200, loaded.text
 
-        server.models = [{"name": "other", "model": "other"}]  # unloaded now
-        result = invoke(app, env, "remove", NAME)
-        assert result.exit_code == 0, result.stderr
-        assert listed(app, env) == {}
-    finally:
-        server.stop()
+    line = one_error_line(invoke(app, env, "rm", NAME))
+    assert f"model {NAME} is in use by the running server; unload it first (POST /api/unload)" in line
+    line = one_error_line(invoke(app, {**env, "LLMHOST_API_KEY": "sk-not-the-key-77"}, "rm", NAME))
+    assert f"the server on port {live.port} refused the CLI (401)" in line
+    assert set(listed(app, env)) == {TINY, NAME}
+
+    unloaded = httpx.post(f"{live.base_url}/api/unload", json={"model": NAME}, headers=auth, timeout=60)
+    assert unloaded.json() == {"status": "unloaded", "model": NAME}
+    result = invoke(app, env, "remove", NAME)
+    assert result.exit_code == 0, result.stderr
+    assert set(listed(app, env)) == {TINY}
 
 
 # ----- cp ---------------------------------------------------------------------------------------------
@@ -228,22 +191,28 @@ def test_cp_onto_an_existing_name_re_points_it(app: typer.Typer, env: dict[str, 
 
 
 def test_cp_keeps_the_old_file_while_the_running_server_has_it_loaded(
-    app: typer.Typer, env: dict[str, str], hub: HubServer
+    app: typer.Typer, env: dict[str, str], hub: HubServer, make_server: ServerFactory
 ) -> None:
+    """Re-pointing a name the running server has loaded keeps its old file (the server still runs it).
+    The server needs a key the CLI is not given: the CLI gets in with the owner token the server wrote
+    into the data dir."""
+    live = make_server(api_key=ADMIN_KEY)
+    env = beside(live, env)
+    auth = {"Authorization": f"Bearer {ADMIN_KEY}"}
     assert invoke(app, env, "pull", f"hf:{REPO}").exit_code == 0
     assert invoke(app, env, "pull", f"hf:{REPO}:Q8_0", "--name", "current").exit_code == 0
     q8 = hub.repos[REPO].files["tiny-Q8_0.gguf"].sha256
     blobs = Path(env["LLMHOST_DATA_DIR"]) / "models" / "blobs"
-    server = FakeServer()
-    try:
-        server.models = [{"name": "current", "model": "current", "digest": f"sha256:{q8}"}]
-        result = invoke(app, {**env, "LLMHOST_PORT": str(server.port)}, "cp", NAME, "current")
-    finally:
-        server.stop()
+    loaded = httpx.post(f"{live.base_url}/api/load", json={"model": "current"}, headers=auth, timeout=60)
+    assert loaded.status_code == 200 and loaded.json()["digest"] == f"sha256:{q8}", loaded.text
+
+    result = invoke(app, env, "cp", NAME, "current")
     assert result.exit_code == 0, result.stderr
     models = listed(app, env)
     assert models["current"] == models[NAME]
     assert (blobs / f"sha256-{q8}").is_file()  # no name uses it, but the server still runs it
+    ps = httpx.get(f"{live.base_url}/api/ps", headers=auth).json()["models"]
+    assert {m["name"]: m["digest"] for m in ps}["current"] == f"sha256:{q8}"
 
 
 def test_cp_errors(app: typer.Typer, env: dict[str, str]) -> None:
@@ -258,8 +227,7 @@ def test_cp_errors(app: typer.Typer, env: dict[str, str]) -> None:
 
 # ----- the real entry point, once llmhost.cli.main registers these commands ---------------------------
 def test_python_m_llmhost_pull(env: dict[str, str], tmp_path: Path) -> None:
-    import os
-
+    """``llmhost.cli.main`` registers these commands: ``--help`` lists them and ``pull`` runs."""
     full_env = {**{k: v for k, v in os.environ.items() if not k.startswith(("LLMHOST_", "HF_"))}, **env}
     full_env["XDG_CONFIG_HOME"] = str(tmp_path / "cfg")
     help_text = subprocess.run(
@@ -268,9 +236,10 @@ def test_python_m_llmhost_pull(env: dict[str, str], tmp_path: Path) -> None:
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
+        timeout=60,
     ).stdout
-    if " pull " not in help_text:
-        pytest.skip("llmhost.cli.main does not register model_commands yet")
+    words = set(help_text.replace("│", " ").split())
+    assert {"pull", "rm", "cp"} <= words, help_text
     result = subprocess.run(
         [sys.executable, "-m", "llmhost", "pull", f"hf:{REPO}"],
         env=full_env,

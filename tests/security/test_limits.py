@@ -24,6 +24,7 @@ from llmhost.security.keys import KeyStore
 from llmhost.security.limits import MemoryWindows, RedisWindows
 from tests.conftest import TINY, LiveServer, make_service, make_settings, start_server
 from tests.security.helpers import make_key as _key
+from tests.support import free_port
 
 pytestmark = pytest.mark.anyio
 
@@ -238,9 +239,7 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         binary = shutil.which("redis-server")
     if binary is None:
         pytest.skip("redis-server is not installed (apt-get install redis-server)")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     work = tmp_path_factory.mktemp("redis")
     proc = subprocess.Popen(
         [

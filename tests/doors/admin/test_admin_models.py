@@ -5,7 +5,6 @@ llmhost's own (errors in OpenAI's envelope, as they always were)."""
 from __future__ import annotations
 
 import functools
-import hashlib
 import http.server
 import json
 import threading
@@ -18,6 +17,7 @@ import pytest
 from llmhost.config import Settings
 from llmhost.service import Service
 from tests.conftest import TINY, LiveServer, make_settings
+from tests.support import sha256_of
 from tests.tiny_gguf import write_tiny_llama_gguf
 
 
@@ -34,7 +34,7 @@ def file_server(tmp_path: Path) -> Iterator[tuple[str, str]]:
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
-    digest = hashlib.sha256(model.read_bytes()).hexdigest()
+    digest = sha256_of(model)
     yield f"http://127.0.0.1:{httpd.server_address[1]}/m.gguf", digest
     httpd.shutdown()
 
@@ -54,16 +54,35 @@ def test_pull_streams_progress_then_registers(server: LiveServer, file_server: t
 
 
 def test_pull_with_a_wrong_checksum_registers_nothing(
-    server: LiveServer, file_server: tuple[str, str]
+    server: LiveServer, service: Service, file_server: tuple[str, str]
 ) -> None:
-    url, _ = file_server
-    r = httpx.post(
-        f"{server.base_url}/api/pull",
-        json={"model": url, "name": "bad", "sha256": "0" * 64, "stream": False},
-        timeout=60,
+    """A checksum that does not match the download: not streamed, Ollama's answer to a failed pull (500,
+    ``{"error": ...}`` naming both digests); streamed, the same message as the last line of a 200. Either
+    way nothing is registered and no file is kept."""
+    url, digest = file_server
+    body = {"model": url, "name": "bad", "sha256": "0" * 64}
+    message = (
+        f"checksum mismatch for m.gguf: expected sha256 {'0' * 64}, got {digest}; the download was discarded"
     )
-    assert r.status_code >= 400 and "error" in r.json()
+    r = httpx.post(f"{server.base_url}/api/pull", json={**body, "stream": False}, timeout=60)
+    assert r.status_code == 500, r.text
+    assert r.headers["content-type"] == "application/json"
+    assert r.json() == {"error": message}
+
+    with httpx.stream("POST", f"{server.base_url}/api/pull", json=body, timeout=60) as streamed:
+        assert streamed.status_code == 200
+        events = [json.loads(line) for line in streamed.iter_lines() if line]
+    assert events[-1] == {"error": message}, events
+    assert all("error" not in event for event in events[:-1]), events
+
     assert "bad" not in [m["id"] for m in httpx.get(f"{server.base_url}/v1/models").json()["data"]]
+    models_dir = service.settings.resolved_models_dir
+    assert (models_dir / "downloads").is_dir()  # where the pull staged the file
+    assert sorted((models_dir / "downloads").glob("*.partial*")) == []
+    blobs = models_dir / "blobs"
+    assert [p.name for p in blobs.iterdir()] == [
+        f"sha256-{service.registry.get(TINY).digest.removeprefix('sha256:')}"
+    ]
 
 
 def test_copy_repoints_an_alias_and_delete_refuses_a_loaded_model(server: LiveServer) -> None:
