@@ -346,7 +346,7 @@ class DatabaseTools(ToolGroup):
         ],
         params: Annotated[
             list[Param] | None,
-            Field(description="Values for the placeholders: `?` on SQLite, `%s` on PostgreSQL."),
+            Field(description="Values bound to the parameter markers: `?` on SQLite, `%s` on PostgreSQL."),
         ] = None,
         max_rows: Annotated[
             int | None, Field(ge=1, description="Return at most this many rows (never above the server cap).")

@@ -73,18 +73,18 @@ def _random_looking(m: re.Match[str]) -> bool:
     return has_digit and has_alpha and _entropy(value) >= 3.0
 
 
-_PLACEHOLDERS = re.compile(
+_DUMMY_VALUES = re.compile(
     r"(?i)^(?:x+|\*+|\.+|<.*>|\{.*\}|\$.*|%.*%|changeme|password|secret|example.*|none|null)$"
 )
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*$")
 
 
 def _generic_value(m: re.Match[str]) -> bool:
-    """A value worth reporting: 8+ characters with at least 3 bits of entropy each, not a placeholder,
-    and, unquoted, not what reads as code (``self.password``, ``db_pass``: a name without digits or a
-    dotted attribute)."""
+    """A value worth reporting: 8+ characters with at least 3 bits of entropy each, not a dummy value
+    (``${X}``, ``changeme``) and, unquoted, not what reads as code (``self.password``, ``db_pass``: a
+    name without digits or a dotted attribute)."""
     value = m["secret"]
-    if len(value) < 8 or _PLACEHOLDERS.match(value) or _entropy(value) < 3.0:
+    if len(value) < 8 or _DUMMY_VALUES.match(value) or _entropy(value) < 3.0:
         return False
     code_like = "." in value or not any(c.isdigit() for c in value)
     return bool(m["q"]) or not (_IDENTIFIER.match(value) and code_like)
@@ -163,7 +163,7 @@ _RULES: tuple[_Rule, ...] = (
         re.compile(
             r"(?P<prefix>\b[A-Za-z][A-Za-z0-9+.\-]{1,20}://)[^\s:/@]{1,128}:(?P<secret>[^\s:/@]{1,256})@"
         ),
-        lambda m: not _PLACEHOLDERS.match(m["secret"]),
+        lambda m: not _DUMMY_VALUES.match(m["secret"]),
     ),
     _Rule(
         "generic_secret",
