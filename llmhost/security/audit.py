@@ -70,6 +70,7 @@ class AuditRecord:
 
 
 _FIELDS = [f.name for f in fields(AuditRecord) if f.name not in ("seq", "hash")]
+_REAL_FIELDS = ("ts", "cost", "latency_ms")
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS audit (
     seq INTEGER PRIMARY KEY,
@@ -137,6 +138,8 @@ class AuditLog:
         """
         values = {name: getattr(record, name) for name in _FIELDS}
         values["stream"] = int(record.stream)
+        for name in _REAL_FIELDS:  # hashed as the REAL column reads back: 0.0, never 0
+            values[name] = float(values[name])
         with self._lock:
             for _ in range(1000):
                 if self._end is None:
@@ -294,40 +297,25 @@ class AuditStage(StageBase):
         op: Operation | None = ctx.attrs.pop("audit.operation", None)
         if op is None:
             return
-        output = "" if result is None else (result.error or result.output)
-        self.log.append(
-            AuditRecord(
-                ts=time.time(),
-                request_id=ctx.request_id,
-                key_id=ctx.principal.key_id or "",
-                principal=ctx.principal.name,
-                door=ctx.door,
-                route=op.model,
-                target="",
-                model=op.model,
-                kind=op.name,
-                stream=False,
-                prompt_tokens=0,
-                completion_tokens=0,
-                cost=0.0,
-                status=status,
-                error=error,
-                policy=json.dumps(decisions) if (decisions := ctx.attrs.get("policy.decisions")) else "[]",
-                latency_ms=round((time.perf_counter() - ctx.started) * 1000, 3),
-                prompt_sha256=_sha(op.arguments),
-                answer_sha256=_sha(output) if result is not None else "",
-                content=json.dumps({"prompt": op.arguments, "answer": output})
-                if self.store_content
-                else None,
-            )
+        output = None if result is None else (result.error or result.output)
+        self._append(
+            ctx,
+            route=op.model,
+            target="",
+            model=op.model,
+            kind=op.name,
+            tokens=(0, 0),
+            cost=0.0,
+            status=status,
+            error=error,
+            prompt=op.arguments,
+            answer=output,
         )
 
     def _write(self, ctx: RequestContext, answer: Answer | None, status: int, error: str) -> None:
         request: Request | None = ctx.attrs.pop("audit.request", None)
         if request is None:
             return
-        prompt = prompt_text(request)
-        answered = answer_text(answer)
         attempts = ctx.attempts
         prompt_tokens = sum(a.usage.prompt_tokens for a in attempts)
         completion_tokens = sum(a.usage.completion_tokens for a in attempts)
@@ -338,6 +326,38 @@ class AuditStage(StageBase):
         if ctx.attrs.get("counting"):
             kind = "count_tokens"
         target = ctx.target or (f"{attempts[-1].provider}/{attempts[-1].model}" if attempts else "")
+        self._append(
+            ctx,
+            route=request.model,
+            target=target,
+            model=attempts[-1].model if attempts else "",
+            kind=kind,
+            tokens=(prompt_tokens, completion_tokens),
+            cost=round(sum(a.cost for a in attempts), 9),
+            status=status,
+            error=error,
+            prompt=prompt_text(request),
+            answer=answer_text(answer) if answer is not None else None,
+        )
+
+    def _append(
+        self,
+        ctx: RequestContext,
+        *,
+        route: str,
+        target: str,
+        model: str,
+        kind: str,
+        tokens: tuple[int, int],
+        cost: float,
+        status: int,
+        error: str,
+        prompt: str,
+        answer: str | None,
+    ) -> None:
+        """One record: who (the context's principal and door), what, the outcome, and the prompt and
+        answer as hashes (the text too with ``store_content``); ``answer`` None: none was given."""
+        decisions = ctx.attrs.get("policy.decisions")
         self.log.append(
             AuditRecord(
                 ts=time.time(),
@@ -345,20 +365,22 @@ class AuditStage(StageBase):
                 key_id=ctx.principal.key_id or "",
                 principal=ctx.principal.name,
                 door=ctx.door,
-                route=request.model,
+                route=route,
                 target=target,
-                model=attempts[-1].model if attempts else "",
+                model=model,
                 kind=kind,
                 stream=ctx.stream,
-                prompt_tokens=prompt_tokens,
-                completion_tokens=completion_tokens,
-                cost=round(float(sum(a.cost for a in attempts)), 9),  # 0.0, not 0: the row stores REAL
+                prompt_tokens=tokens[0],
+                completion_tokens=tokens[1],
+                cost=cost,
                 status=status,
                 error=error,
-                policy=json.dumps(decisions) if (decisions := ctx.attrs.get("policy.decisions")) else "[]",
+                policy=json.dumps(decisions) if decisions else "[]",
                 latency_ms=round((time.perf_counter() - ctx.started) * 1000, 3),
                 prompt_sha256=_sha(prompt),
-                answer_sha256=_sha(answered) if answer is not None else "",
-                content=json.dumps({"prompt": prompt, "answer": answered}) if self.store_content else None,
+                answer_sha256=_sha(answer) if answer is not None else "",
+                content=json.dumps({"prompt": prompt, "answer": answer or ""})
+                if self.store_content
+                else None,
             )
         )
