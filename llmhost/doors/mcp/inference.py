@@ -61,6 +61,8 @@ def resolve_model(service: Service, model: str | None) -> str:
 
 MaxTokens = Annotated[int | None, Field(ge=1, le=32768, description="Most tokens to generate.")]
 Temperature = Annotated[float | None, Field(ge=0.0, le=2.0, description="Sampling temperature.")]
+Stop = Annotated[list[str] | None, Field(max_length=4, description="Stop sequences.")]
+Seed = Annotated[int | None, Field(description="Seed for repeatable sampling.")]
 Model = Annotated[
     str | None,
     Field(description="A model or route name (list_models); omitted: the 'auto' route or the default."),
@@ -79,8 +81,8 @@ def register(reg: Registrar, service: Service) -> None:
         model: Model = None,
         max_tokens: MaxTokens = 256,
         temperature: Temperature = None,
-        stop: Annotated[list[str] | None, Field(max_length=4, description="Stop sequences.")] = None,
-        seed: Annotated[int | None, Field(description="Seed for repeatable sampling.")] = None,
+        stop: Stop = None,
+        seed: Seed = None,
     ) -> Answer:
         """Ask a model: the messages go through the model's chat template; returns its answer."""
         name = resolve_model(service, model)
@@ -97,8 +99,8 @@ def register(reg: Registrar, service: Service) -> None:
         model: Model = None,
         max_tokens: MaxTokens = 256,
         temperature: Temperature = None,
-        stop: Annotated[list[str] | None, Field(max_length=4, description="Stop sequences.")] = None,
-        seed: Annotated[int | None, Field(description="Seed for repeatable sampling.")] = None,
+        stop: Stop = None,
+        seed: Seed = None,
     ) -> Answer:
         """Continue a raw prompt (no chat template), as a base model is meant to be used."""
         name = resolve_model(service, model)

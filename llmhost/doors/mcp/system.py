@@ -16,40 +16,28 @@ from pydantic import BaseModel
 from llmhost.doors.mcp.gate import Registrar
 from llmhost.service import Service
 from llmhost.systools.base import SystemTool, ToolGroup
+from llmhost.systools.database import DatabaseTools
+from llmhost.systools.filesystem import FilesystemTools
+from llmhost.systools.internet import InternetTools
+from llmhost.systools.resources import ResourcesTools
+from llmhost.systools.secrets import SecurityTools
+from llmhost.systools.system import SystemTools
 
 __all__ = ["enabled_groups", "register"]
 
 
 def enabled_groups(service: Service) -> list[ToolGroup]:
-    """The tool groups the config turns on, built over their settings (a group's module, and what it
-    needs, is imported only when the group is on)."""
+    """The tool groups the config turns on, built over their settings."""
     mcp = service.settings.mcp
-    groups: list[ToolGroup] = []
-    if mcp.filesystem.enabled:
-        from llmhost.systools.filesystem import FilesystemTools
-
-        groups.append(FilesystemTools(mcp.filesystem))
-    if mcp.internet.enabled:
-        from llmhost.systools.internet import InternetTools
-
-        groups.append(InternetTools(mcp.internet))
-    if mcp.database.enabled:
-        from llmhost.systools.database import DatabaseTools
-
-        groups.append(DatabaseTools(mcp.database))
-    if mcp.system.enabled:
-        from llmhost.systools.system import SystemTools
-
-        groups.append(SystemTools(mcp.system))
-    if mcp.resources.enabled:
-        from llmhost.systools.resources import ResourcesTools
-
-        groups.append(ResourcesTools(mcp.resources))
-    if mcp.security.enabled:
-        from llmhost.systools.secrets import SecurityTools
-
-        groups.append(SecurityTools(mcp.security))
-    return groups
+    makers: list[tuple[bool, Callable[[], ToolGroup]]] = [
+        (mcp.filesystem.enabled, lambda: FilesystemTools(mcp.filesystem)),
+        (mcp.internet.enabled, lambda: InternetTools(mcp.internet)),
+        (mcp.database.enabled, lambda: DatabaseTools(mcp.database)),
+        (mcp.system.enabled, lambda: SystemTools(mcp.system)),
+        (mcp.resources.enabled, lambda: ResourcesTools(mcp.resources)),
+        (mcp.security.enabled, lambda: SecurityTools(mcp.security)),
+    ]
+    return [make() for enabled, make in makers if enabled]
 
 
 def _as_async(tool: SystemTool) -> Callable[..., Any]:
