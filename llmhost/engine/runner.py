@@ -9,7 +9,6 @@ from __future__ import annotations
 import ctypes
 import logging
 import math
-import os
 import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -25,29 +24,9 @@ from llmhost.engine.types import SamplingParams, SchedulerOutput, TokenLogprob
 from llmhost.errors import EngineError, ModelError, NotReadyError, RequestError
 from llmhost.native import gpu_offload_supported, init_backend
 
-__all__ = ["EmbeddingRunner", "LlamaRunner", "RunnerConfig", "default_threads", "gpu_offload_supported"]
+__all__ = ["EmbeddingRunner", "LlamaRunner", "RunnerConfig", "gpu_offload_supported"]
 
 log = logging.getLogger(__name__)
-
-
-def default_threads() -> int:
-    """Physical cores usable by this process (cgroup quota and affinity respected)."""
-    try:
-        from llmhost.models.hardware import detect_hardware
-
-        return max(1, detect_hardware().default_threads)
-    except Exception:  # detection never blocks inference: fall back to /proc/cpuinfo
-        pass
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
-            lines = f.read().splitlines()
-        cores = {ln.split(":")[1].strip() for ln in lines if ln.startswith("core id")}
-        sockets = max(1, len({ln for ln in lines if ln.startswith("physical id")}))
-        if cores:
-            return max(1, min(len(cores) * sockets, os.cpu_count() or 1))
-    except OSError:
-        pass
-    return max(1, os.cpu_count() or 1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +34,7 @@ class RunnerConfig:
     n_ctx_slot: int = 4096
     n_slots: int = 4
     n_batch: int = 512
-    n_threads: int | None = None
+    n_threads: int = 1  # the model manager passes the machine's default (models.hardware) when unset
     n_gpu_layers: int | None = None
 
 
@@ -234,8 +213,7 @@ class LlamaRunner:
             # At most one logits row per slot per step: without this cap llama.cpp reserves logits for
             # every batch row (~490 MiB more compute buffer for Gemma's 262k vocabulary).
             cparams.n_outputs_max = config.n_slots
-            threads = config.n_threads or default_threads()
-            cparams.n_threads = cparams.n_threads_batch = threads
+            cparams.n_threads = cparams.n_threads_batch = config.n_threads
             # A full-size sliding-window cache keeps prefixes reusable (Gemma 3 has SWA layers).
             cparams.swa_full = True
             cparams.no_perf = True
@@ -408,14 +386,14 @@ class LlamaRunner:
 class EmbeddingRunner:
     """A second, embeddings-only context on the same model file (mean pooling, L2-normalised)."""
 
-    def __init__(self, model: Any, vocab: _Vocab, n_ctx: int, n_threads: int | None) -> None:
+    def __init__(self, model: Any, vocab: _Vocab, n_ctx: int, n_threads: int) -> None:
         self.vocab = vocab
         cparams = llama_cpp.llama_context_default_params()
         cparams.n_ctx = cparams.n_batch = cparams.n_ubatch = n_ctx
         cparams.n_seq_max = 1
         cparams.embeddings = True
         cparams.pooling_type = llama_cpp.LLAMA_POOLING_TYPE_MEAN
-        cparams.n_threads = cparams.n_threads_batch = n_threads or default_threads()
+        cparams.n_threads = cparams.n_threads_batch = n_threads
         cparams.no_perf = True
         self.ctx = llama_cpp.llama_init_from_model(model, cparams)
         if not self.ctx:

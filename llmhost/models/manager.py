@@ -225,7 +225,7 @@ class ModelManager:
                 n_ctx_slot=key.n_ctx,
                 n_slots=key.n_parallel,
                 n_batch=key.n_batch,
-                n_threads=key.n_threads,
+                n_threads=key.n_threads or self.hardware.default_threads,
                 n_gpu_layers=gpu_layers,
             ),
         )
