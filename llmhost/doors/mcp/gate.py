@@ -173,23 +173,21 @@ class ToolGate:
         arguments: Any,
     ) -> HandlerResult:
         model = arguments.get(spec.model_arg, "") if spec.model_arg and isinstance(arguments, dict) else ""
+        given = json.dumps(arguments, sort_keys=True, default=str)
         op = Operation(
-            name=name,
-            scope=spec.scope,
-            arguments=json.dumps(arguments, sort_keys=True, default=str),
-            model=model if isinstance(model, str) else "",
+            name=name, scope=spec.scope, arguments=given, model=model if isinstance(model, str) else ""
         )
         answered: dict[str, Any] = {}
 
         async def call(op: Operation) -> OperationResult:
             params = ctx.params
-            if op.arguments != json.dumps(arguments, sort_keys=True, default=str):  # the policy redacted them
+            if op.arguments != given:  # the policy redacted them
                 params = {**(ctx.params or {}), "arguments": json.loads(op.arguments)}
-            result = await call_next(replace(ctx, params=params))
-            answered["result"] = result
-            tool_result = _tool_result(result)
-            answered["parsed"] = tool_result
-            return _as_operation_result(tool_result, int(request_ctx.attrs.get(STATUS_KEY, 400)))
+            answered["result"] = result = await call_next(replace(ctx, params=params))
+            answered["parsed"] = parsed = _tool_result(result)
+            produced = _as_operation_result(parsed, int(request_ctx.attrs.get(STATUS_KEY, 400)))
+            answered["output"] = produced.output  # the stages may rewrite produced.output in place
+            return produced
 
         try:
             outcome = await self.pipeline.operate(request_ctx, op, call)
@@ -202,7 +200,7 @@ class ToolGate:
         if (
             isinstance(parsed, CallToolResult)
             and not parsed.is_error
-            and outcome.output != _output_text(parsed)
+            and outcome.output != answered["output"]
         ):
             return _redacted(parsed, outcome.output)  # the policy rewrote what the tool gave
         raw: HandlerResult = answered["result"]

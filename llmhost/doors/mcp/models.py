@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from typing import Annotated, Any
+from typing import Annotated
 
 from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ResourceNotFoundError
@@ -206,48 +206,43 @@ def register(reg: Registrar, service: Service) -> None:
 async def _pull(
     service: Service, slots: PullSlots, ctx: Context, spec: str, name: str | None, sha256: str | None
 ) -> ModelRecord:
+    """The pull on a pull thread; its progress events relayed, in order, as MCP progress
+    notifications (which must grow with each one, so repeats and restarts at 0 are dropped)."""
     loop = asyncio.get_running_loop()
-    events: asyncio.Queue[PullProgress] = asyncio.Queue()
+    events: asyncio.Queue[PullProgress | None] = asyncio.Queue()  # None: the pull has ended
+    pulled: list[ModelRecord] = []
 
     def progress(event: PullProgress) -> None:
         loop.call_soon_threadsafe(events.put_nowait, event)
 
-    def run() -> ModelRecord:
-        return pull_model(
-            service.store,
-            spec,
-            name=name,
-            sha256=sha256,
-            progress=progress,
-            destinations=DestinationPolicy(service.settings.pull_allow_hosts),
-        )
-
-    result: dict[str, Any] = {}
-
     def job() -> None:
-        result["record"] = run()
+        try:
+            pulled.append(
+                pull_model(
+                    service.store,
+                    spec,
+                    name=name,
+                    sha256=sha256,
+                    progress=progress,
+                    destinations=DestinationPolicy(service.settings.pull_allow_hosts),
+                )
+            )
+        finally:
+            loop.call_soon_threadsafe(events.put_nowait, None)
 
     task = asyncio.wrap_future(slots.submit(job))
     reported = -1
+    while (event := await events.get()) is not None:
+        done = event.completed or 0
+        if event.total and done > reported:
+            reported = done
+            await ctx.report_progress(done, event.total, event.status)
     try:
-        while not task.done() or not events.empty():
-            getter: asyncio.Future[PullProgress] = asyncio.ensure_future(events.get())
-            waiting: set[asyncio.Future[Any]] = {getter, task}
-            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-            if not getter.done():
-                getter.cancel()
-                continue
-            event = getter.result()
-            done = event.completed or 0
-            if event.total and done > reported:  # MCP progress must grow with every notification
-                reported = done
-                await ctx.report_progress(done, event.total, event.status)
         await task
     except FetchError as exc:
         log.warning("MCP pull failed: %s", exc)
         raise ProviderError(exc.public_message) from None
-    record: ModelRecord = result["record"]
-    return record
+    return pulled[0]
 
 
 def _resources_and_prompts(reg: Registrar, service: Service) -> None:
