@@ -133,14 +133,17 @@ class AuthStage(StageBase):
     name = "auth"
 
     async def before(self, ctx: RequestContext, request: Request) -> Request:
-        principal = ctx.principal
-        check_scope(principal, "inference")
-        if not model_allowed(principal.models, request.model):
-            raise RefusedError(f"this API key may not use model {request.model!r}", code="model_not_allowed")
+        check_scope(ctx.principal, "inference")
+        _check_model(ctx.principal, request.model)
         return request
 
     async def before_operation(self, ctx: RequestContext, op: Operation) -> Operation:
         check_scope(ctx.principal, op.scope)
-        if op.model and not model_allowed(ctx.principal.models, op.model):
-            raise RefusedError(f"this API key may not use model {op.model!r}", code="model_not_allowed")
+        if op.model:
+            _check_model(ctx.principal, op.model)
         return op
+
+
+def _check_model(principal: Principal, model: str) -> None:
+    if not model_allowed(principal.models, model):
+        raise RefusedError(f"this API key may not use model {model!r}", code="model_not_allowed")

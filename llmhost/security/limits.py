@@ -264,13 +264,7 @@ class LimitStage(StageBase):
             return request
         headers: dict[str, str] = {}
         if p.rpm is not None:
-            got = await self.windows.acquire(f"{p.key_id}:rpm", 1, p.rpm)
-            headers.update(_headers("requests", got))
-            if not got.admitted:
-                self.rejections["requests"] += 1
-                raise RateLimitError(
-                    f"rate limit reached for key {p.name!r}: {p.rpm} requests per minute", headers=headers
-                )
+            headers.update(await self._admit_request(p.key_id, p.name, p.rpm))
         if p.tpm is not None and not ctx.attrs.get("counting"):
             reserve = prompt_token_bound(request) + completion_token_bound(request)
             got = await self.windows.acquire(f"{p.key_id}:tpm", reserve, p.tpm)
@@ -296,14 +290,19 @@ class LimitStage(StageBase):
         p = ctx.principal
         if p.key_id is None or p.rpm is None:
             return op
-        got = await self.windows.acquire(f"{p.key_id}:rpm", 1, p.rpm)
+        await self._admit_request(p.key_id, p.name, p.rpm)
+        return op
+
+    async def _admit_request(self, key_id: str, name: str, rpm: int) -> dict[str, str]:
+        """One request into the key's ``rpm`` window: its ``x-ratelimit-*-requests`` headers, or a 429."""
+        got = await self.windows.acquire(f"{key_id}:rpm", 1, rpm)
+        headers = _headers("requests", got)
         if not got.admitted:
             self.rejections["requests"] += 1
             raise RateLimitError(
-                f"rate limit reached for key {p.name!r}: {p.rpm} requests per minute",
-                headers=_headers("requests", got),
+                f"rate limit reached for key {name!r}: {rpm} requests per minute", headers=headers
             )
-        return op
+        return headers
 
     async def on_error(self, ctx: RequestContext, exc: BaseException) -> None:
         used = sum(a.usage.prompt_tokens + a.usage.completion_tokens for a in ctx.attempts)
