@@ -18,7 +18,7 @@ from llmhost.config import load_settings
 from llmhost.service import Service
 from tests.conftest import TINY
 from tests.doors.mcp.helpers import client_for, structured, text_of
-from tests.hub_server import LOOPBACK_ALLOW_HOSTS, HubServer
+from tests.hub_server import LOOPBACK_ALLOW_HOSTS, HubServer, running_hub
 from tests.tiny_gguf import write_tiny_llama_gguf
 
 REPO = "Org/Tiny-GGUF"
@@ -97,14 +97,8 @@ def test_llmhost_mcp_with_a_wrong_key_exits_with_one_line(data_dir: Path) -> Non
 
 @pytest.fixture
 def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[HubServer]:
-    import huggingface_hub.constants
-
-    for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_HUB_OFFLINE"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
-    server = HubServer(tmp_path / "hub")
-    server.add_repo(REPO, {"tiny-Q4_K_M.gguf": write_tiny_llama_gguf(tmp_path / "q4.gguf", seed=11)})
-    with server:
+    repos = {REPO: {"tiny-Q4_K_M.gguf": write_tiny_llama_gguf(tmp_path / "q4.gguf", seed=11)}}
+    with running_hub(tmp_path / "hub", monkeypatch, repos=repos) as server:
         monkeypatch.setenv("HF_ENDPOINT", server.url)  # the server under test runs in this process
         yield server
 

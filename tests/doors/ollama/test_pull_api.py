@@ -12,7 +12,7 @@ import pytest
 
 from llmhost.config import Settings
 from tests.conftest import LiveServer, make_settings
-from tests.hub_server import LOOPBACK_ALLOW_HOSTS, HubServer
+from tests.hub_server import LOOPBACK_ALLOW_HOSTS, HubServer, running_hub
 from tests.tiny_gguf import write_tiny_llama_gguf
 
 REPO = "Org/Tiny-GGUF"
@@ -26,15 +26,9 @@ def settings(tmp_path: Path) -> Settings:
 
 @pytest.fixture
 def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[HubServer]:
-    import huggingface_hub.constants
-
-    for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_HUB_OFFLINE"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
-    server = HubServer(tmp_path / "hub")
-    server.add_repo(REPO, {"tiny-Q4_K_M.gguf": write_tiny_llama_gguf(tmp_path / "q4.gguf", seed=11)})
-    with server:
-        monkeypatch.setenv("HF_ENDPOINT", server.url)  # the server runs in this process
+    repos = {REPO: {"tiny-Q4_K_M.gguf": write_tiny_llama_gguf(tmp_path / "q4.gguf", seed=11)}}
+    with running_hub(tmp_path / "hub", monkeypatch, repos=repos) as server:
+        monkeypatch.setenv("HF_ENDPOINT", server.url)  # the server under test runs in this process
         yield server
 
 
