@@ -183,6 +183,12 @@ class LiveServer:
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
+    @property
+    def service(self) -> Service:
+        """The service behind the app (``create_app`` keeps it in ``app.state``)."""
+        service: Service = self.server.config.app.state.service
+        return service
+
     def start(self, wait_ready: bool = True) -> LiveServer:
         self.thread.start()
         deadline = time.monotonic() + 30

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -27,9 +28,7 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def run_threads(
-    target: Callable[..., T], args: Iterable[Sequence[Any]], timeout: float = 120.0
-) -> list[T]:
+def run_threads(target: Callable[..., T], args: Iterable[Sequence[Any]], timeout: float = 120.0) -> list[T]:
     """Run ``target(*a)`` for each ``a`` in ``args`` on its own thread, all at once; return the results
     in order. The first exception any thread raised is re-raised here (none vanishes), and a thread still
     running after ``timeout`` seconds fails the test."""
@@ -55,3 +54,13 @@ def run_threads(
         if error is not None:
             raise error
     return results
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
+    """Poll ``condition`` every 10 ms until it holds; fail the test if it still does not after ``timeout``
+    seconds. For states that arrive on another thread's or the clock's time, instead of a sleep."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} still false after {timeout:g} s")
+        time.sleep(0.01)

@@ -3,25 +3,15 @@ CLI at that server, and the check for a one-line error."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from typer.testing import Result
 
-from llmhost.service import Service
 from tests.conftest import LiveServer
-
-
-def service_of(live: LiveServer) -> Service:
-    """The service behind a server ``make_server`` started (its settings name the server's data dir)."""
-    app: Any = live.server.config.app  # the FastAPI app create_app built
-    service: Service = app.state.service
-    return service
 
 
 def beside(live: LiveServer, env: dict[str, str], **extra: str) -> dict[str, str]:
     """``env`` pointed at ``live``: its data dir (the CLI's store and owner token are the server's) and
     its address."""
-    data_dir = service_of(live).settings.data_dir
+    data_dir = live.service.settings.data_dir
     return {
         **env,
         "LLMHOST_DATA_DIR": str(data_dir),

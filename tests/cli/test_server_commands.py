@@ -16,7 +16,7 @@ from typer.testing import CliRunner, Result
 
 from llmhost.cli.common import human_size
 from llmhost.cli.main import app
-from tests.cli.helpers import beside, one_error_line, service_of
+from tests.cli.helpers import beside, one_error_line
 from tests.conftest import TINY, ServerFactory
 from tests.providers.fault_server import closed_port
 from tests.support import free_port
@@ -117,7 +117,7 @@ def test_usage_summarises_the_servers_requests_by_model_and_door(
         json={"model": TINY, "prompt": "hi", "stream": False, "options": {"num_predict": 2}},
         timeout=30,
     ).json()
-    service_of(live).usage.flush(timeout=30)
+    live.service.usage.flush(timeout=30)
     env = beside(live, env)
     prompt = sum(a.usage.prompt_tokens for a in answers) + ollama["prompt_eval_count"]
     completion = sum(a.usage.completion_tokens for a in answers) + ollama["eval_count"]
@@ -166,7 +166,7 @@ def test_bench_drives_the_server_and_reports_one_row(make_server: ServerFactory,
     assert (ok, errors, too_many, truncated) == ("4", "0", "0", "0")
     assert row[10] == "3.0"  # tokens per request
     assert float(row[9]) > 0  # aggregate tok/s
-    service_of(live).usage.flush(timeout=30)
+    live.service.usage.flush(timeout=30)
     (usage,) = httpx.get(f"{live.base_url}/api/usage", params={"by": "model"}).json()["rows"]
     assert (usage["model"], usage["requests"], usage["ok"], usage["completion_tokens"]) == (TINY, 4, 4, 12)
 

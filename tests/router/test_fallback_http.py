@@ -20,7 +20,7 @@ import pytest
 from tests.conftest import TINY, LiveServer
 from tests.providers.fault_server import Fault, FaultServer, Recorded, closed_port
 from tests.providers.wire_servers import openai_app, recorded
-from tests.router.helpers import wait_until
+from tests.support import wait_until
 
 ServerFactory = Callable[..., LiveServer]
 ClientFactory = Callable[..., openai.OpenAI]

@@ -44,7 +44,7 @@ from llmhost.router.cost import UsageStage, UsageStore
 from llmhost.router.gateway import Gateway
 from llmhost.router.stage import RouteStage
 from llmhost.router.strategies import Target, order_targets
-from tests.router.helpers import wait_until
+from tests.support import wait_until
 
 
 class ScriptedProvider:

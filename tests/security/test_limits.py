@@ -165,7 +165,7 @@ def test_cancelled_streams_give_their_reservation_back(live: tuple[LiveServer, S
         ) as r:
             assert r.status_code == 200, r.read()
             next(r.iter_lines())  # first event, then hang up
-    service = server.server.config.app.state.service
+    service = server.service
     key_id = KeyStore(settings.database_path).get("tpm").id
     deadline = time.monotonic() + 5
     while True:

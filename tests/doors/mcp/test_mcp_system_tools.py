@@ -98,7 +98,7 @@ def test_enabled_groups_serve_their_tools_inside_their_sandboxes(make_server, tm
 def test_each_group_needs_its_own_scope_and_every_call_is_audited(make_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     live = make_server(mcp=_all_groups(tmp_path))
     url = f"{live.base_url}/mcp"
-    service = live.server.config.app.state.service
+    service = live.service
     _, files_only = service.keys.create("files", scopes=["tools:filesystem"])
     assert not call(url, "fs_stat", {"path": "notes.txt"}, key=files_only).is_error
     for tool, arguments in (

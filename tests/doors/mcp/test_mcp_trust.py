@@ -31,7 +31,7 @@ def _post(live: LiveServer, **headers: str) -> httpx.Response:
 
 
 def _keyed(live: LiveServer, scopes: list[str], **limits: int) -> str:
-    service = live.server.config.app.state.service  # type: ignore[attr-defined]
+    service = live.service
     _, secret = service.keys.create(f"k{len(service.keys.list_keys())}", scopes=scopes, **limits)
     return str(secret)
 
@@ -76,7 +76,7 @@ def test_a_key_may_call_only_the_tools_its_scopes_allow(make_server) -> None:  #
 
 def test_a_key_limited_to_some_models_cannot_load_others(make_server) -> None:  # type: ignore[no-untyped-def]
     live = make_server()
-    service = live.server.config.app.state.service  # type: ignore[attr-defined]
+    service = live.service
     _, secret = service.keys.create("narrow", scopes=["models:write", "inference"], models=["other-*"])
     result = call(f"{live.base_url}/mcp", "load_model", {"model": TINY}, key=secret)
     assert result.is_error and f"may not use model {TINY!r}" in text_of(result)

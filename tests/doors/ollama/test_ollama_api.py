@@ -7,7 +7,6 @@ JSON-schema ``format`` with one allowed string forces known text when a test nee
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from llmhost import __version__
 from llmhost.config import load_settings
 from llmhost.service import Service
 from tests.conftest import TINY, LiveServer, make_service, make_settings, start_server
+from tests.support import wait_until
 from tests.tiny_gguf import write_tiny_llama_gguf
 
 FORCED = {"type": "string", "enum": ["abcdefghijklmnop"]}  # the grammar writes "abcdefghijklmnop"
@@ -33,15 +33,6 @@ def client(server: LiveServer) -> ollama.Client:
 
 def loaded(server: LiveServer) -> dict[str, dict[str, Any]]:
     return {m["name"]: m for m in httpx.get(f"{server.base_url}/api/ps").json()["models"]}
-
-
-def wait_until(condition: Any, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return bool(condition())
 
 
 # ----- /api/chat -------------------------------------------------------------------------------------------
@@ -218,7 +209,7 @@ def test_keep_alive_sets_how_long_the_model_stays_after_a_request(
         client.generate(model=TINY, prompt="hi", keep_alive=0, options={"num_predict": 1}, stream=True)
     )
     assert chunks[-1].done
-    assert wait_until(lambda: TINY not in loaded(server))
+    wait_until(lambda: TINY not in loaded(server), timeout=5.0, what=f"{TINY} unloaded")
 
 
 def test_a_first_request_reports_the_load_duration(client: ollama.Client) -> None:
