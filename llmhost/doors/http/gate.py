@@ -144,19 +144,17 @@ class GateMiddleware:
         self, scope: Scope, body: bytes, receive: Receive, send: Send, audit: AuditLog
     ) -> None:
         """A model-management or admin call (pull, copy, delete, load, unload): outside the pipeline,
-        so its audit record is written here, once the call has ended, with the status it answered."""
+        so its audit record is written here, with the status it answered, before the answer's last
+        byte goes out (a client that has its answer finds the record there)."""
         status = 0
+        written = False
         started = time.perf_counter()
 
-        async def tracking_send(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = int(message["status"])
-            await send(message)
-
-        try:
-            await self.app(scope, _replay(body, receive), tracking_send)
-        finally:
+        def record() -> None:
+            nonlocal written
+            if written:
+                return
+            written = True
             principal = scope.get(PRINCIPAL_KEY) or OWNER
             model = _model_named(body)
             audit.append(
@@ -182,6 +180,19 @@ class GateMiddleware:
                     answer_sha256="",
                 )
             )
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                record()
+            await send(message)
+
+        try:
+            await self.app(scope, _replay(body, receive), tracking_send)
+        finally:
+            record()  # an app that failed without answering
 
     def _check(self, scope: Scope, headers: dict[bytes, bytes]) -> ErrorInfo | None:
         """The refusal for this request, or None; the principal is left in ``scope``."""
