@@ -26,8 +26,9 @@ services:
 	    { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q redis-server >/dev/null 2>&1; }; }; } || \
 	  echo "redis-server is not installed (apt-get install redis-server): the Redis tests will be skipped"
 
+# One worker per core (-n auto); tests are handed out one at a time, so a slow file does not hold a worker.
 test: setup services
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --dist load
 
 lint: setup
 	$(BIN)/ruff check llmhost tests bench

@@ -115,6 +115,17 @@ def _secret_watch() -> Iterator[SecretWatch]:
             root.removeHandler(WATCH)
 
 
+@pytest.fixture(autouse=True)
+def _no_secret_logged_by_this_test(_secret_watch: SecretWatch) -> Iterator[None]:
+    """The watch, per test: a record holding a secret fails the test that logged it (set up first, torn
+    down last, so its fixtures' records count too). This also holds when the suite runs in several
+    processes (``pytest -n``), where a worker's session status does not reach the summary."""
+    seen = len(_secret_watch.leaks)
+    yield
+    if len(_secret_watch.leaks) > seen:
+        pytest.fail("a log record held a secret:\n" + "\n".join(_secret_watch.leaks[seen:]), pytrace=False)
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if WATCH.leaks and session.exitstatus == pytest.ExitCode.OK:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
