@@ -237,17 +237,26 @@ def cpu_busy(interval: float = 2.0) -> float:
     return 0.0 if total <= 0 else 1.0 - (idle1 - idle0) / total
 
 
-def _cpu_ticks(pids: list[int]) -> tuple[int, int, int]:
-    """(all CPU ticks, busy ticks, ticks used by ``pids``) since boot."""
+# Servers this benchmark runs: their CPU time and this process's (the load generator) are "ours"; any
+# other process's is contention. Servers that ended leave their last reading in ``_ENDED_TICKS``.
+SERVER_PIDS: set[int] = set()
+_ENDED_TICKS = 0
+
+
+def _process_ticks(pid: int) -> int:
+    with suppress(OSError, ValueError, IndexError):
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        rest = stat[stat.rindex(")") + 2 :].split()
+        return int(rest[11]) + int(rest[12])  # utime + stime
+    return 0
+
+
+def _cpu_ticks() -> tuple[int, int, int]:
+    """(all CPU ticks, busy ticks, ticks used by this process and every server it ran) since boot."""
     fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
     total = sum(fields)
     busy = total - fields[3] - (fields[4] if len(fields) > 4 else 0)
-    own = 0
-    for pid in pids:
-        with suppress(OSError, ValueError, IndexError):
-            stat = Path(f"/proc/{pid}/stat").read_text()
-            rest = stat[stat.rindex(")") + 2 :].split()
-            own += int(rest[11]) + int(rest[12])  # utime + stime
+    own = _ENDED_TICKS + sum(_process_ticks(pid) for pid in (os.getpid(), *SERVER_PIDS))
     return total, busy, own
 
 
@@ -313,10 +322,10 @@ def running(
                     raise RuntimeError(f"{name} not ready after 300 s (log: {log_path})")
                 time.sleep(0.25)
             print(f"{name} ready in {time.monotonic() - t0:.1f}s on {base} (log: {log_path})", flush=True)
-            pids = [os.getpid(), proc.pid]
-            before = _cpu_ticks(pids)
+            SERVER_PIDS.add(proc.pid)
+            before = _cpu_ticks()
             yield base
-            after = _cpu_ticks(pids)
+            after = _cpu_ticks()
             total = after[0] - before[0]
             foreign = (after[1] - before[1]) - (after[2] - before[2])
             FOREIGN.append(max(0.0, foreign / total) if total > 0 else 0.0)
@@ -325,6 +334,10 @@ def running(
                 print(f"warning: {msg}", flush=True)
                 CONTENTION.append(msg)
         finally:
+            if proc.pid in SERVER_PIDS:  # its CPU time stays counted as ours once it is gone
+                global _ENDED_TICKS
+                _ENDED_TICKS += _process_ticks(proc.pid)
+                SERVER_PIDS.discard(proc.pid)
             proc.terminate()
             try:
                 proc.wait(timeout=20)
