@@ -3,14 +3,16 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
-# Build llama.cpp with every core; add e.g. CMAKE_ARGS="-DGGML_CUDA=on" for CUDA.
+# Build llama.cpp with every core; add e.g. CMAKE_ARGS="-DGGML_CUDA=on" for CUDA. The wheel is built once
+# per CPU and CMAKE_ARGS by scripts/llama-wheel.sh (native, without Intel AMX: see the script).
 export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc 2>/dev/null || echo 2)
 
 .PHONY: setup services serve test lint format bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml scripts/llama-wheel.sh scripts/llama-cmake-args.sh
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet --force-reinstall --no-deps "$$(scripts/llama-wheel.sh $(BIN)/python)"
 	$(BIN)/python -m pip install --progress-bar off -e '.[dev]'
 	touch $(STAMP)
 

@@ -49,7 +49,7 @@ LOG_DIR = CACHE / "logs"
 RESULTS = ROOT / "bench" / "results"
 BUILD_SCRIPT = ROOT / "bench" / "build_llama_server.sh"
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"
-LLAMA_SERVER_BIN = CACHE / f"llama-server-{LLAMA_CPP_PYTHON_VERSION}" / "llama-server"
+LLAMA_SERVER_BIN = CACHE / f"llama-server-{LLAMA_CPP_PYTHON_VERSION}-noamx" / "llama-server"
 
 MODEL = "gemma3:270m"
 THREADS = 2

@@ -427,6 +427,15 @@ class _EngineFamilies:
             "Tokens generated (rate(): the model's aggregate tokens per second).",
             labels=labels,
         )
+        self.steps = CounterMetricFamily(
+            "llmhost_model_decode_steps", "Decode calls the model's step loop made.", labels=labels
+        )
+        self.passes = CounterMetricFamily(
+            "llmhost_model_decode_passes",
+            "Passes over the weights those calls took (llama.cpp's micro-batches: one per run of "
+            "consecutive slots; passes / steps near 1 is a well-packed batch).",
+            labels=labels,
+        )
 
     def add(self, values: list[str], stats: EngineStats) -> None:
         self.ttft.add_metric(values, stats.ttft.cumulative(), stats.ttft.total)
@@ -434,9 +443,11 @@ class _EngineFamilies:
         self.prompt.add_metric(values, stats.prompt_tokens)
         self.hits.add_metric(values, stats.prefix_hit_tokens)
         self.generated.add_metric(values, stats.generation_tokens)
+        self.steps.add_metric(values, stats.steps)
+        self.passes.add_metric(values, stats.passes)
 
     def families(self) -> list[Metric]:
-        return [self.ttft, self.tpot, self.prompt, self.hits, self.generated]
+        return [self.ttft, self.tpot, self.prompt, self.hits, self.generated, self.steps, self.passes]
 
 
 class Metrics:

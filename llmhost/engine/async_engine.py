@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from llmhost.engine.detokenizer import TextStream
+from llmhost.engine.layout import micro_batches
 from llmhost.engine.runner import LlamaRunner
 from llmhost.engine.sampling import check_logit_bias
 from llmhost.engine.scheduler import Scheduler, Sequence
@@ -181,6 +182,9 @@ class Engine:
                     self.stats.prompt_tokens += seq.num_prompt_tokens
                     self.stats.prefix_hit_tokens += seq.num_computed
                 batch = self.scheduler.schedule()
+                if batch.chunks:
+                    self.stats.steps += 1
+                    self.stats.passes += len(micro_batches(batch.layout(), self.runner.n_ubatch))
             self._emit(emits)
             if not batch.chunks:
                 continue

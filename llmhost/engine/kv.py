@@ -4,6 +4,10 @@ Each slot is one llama.cpp sequence id. A free slot remembers which tokens its K
 new request that shares a prefix with them (same system prompt, a chat that continues) starts computing
 after the shared part instead of from zero.
 
+Which free slot a request takes also decides how fast every step runs: llama.cpp decodes one run of
+consecutive slots per pass over the weights (:mod:`llmhost.engine.layout`), so a slot next to a busy
+one is worth more than a few shared prompt tokens; a slot that bridges two busy runs, more still.
+
 Reuse crosses callers, but the figure reported back (``cached_tokens``) does not: a slot also remembers,
 per cache scope (the caller's API key), how much of its cached prefix that scope itself computed, and a
 request is told only that part. Otherwise one key could learn, from its own usage figures, how much of a
@@ -32,6 +36,11 @@ def common_prefix_length(a: list[int], b: list[int]) -> int:
 
 # Scopes a slot remembers at most (the longest own prefixes are kept).
 _MAX_SCOPES = 32
+
+# What one more run of busy slots costs, in prompt tokens of reuse: a pass over the weights per step for
+# the life of a request (~10 ms of a 2-core step, for ~100+ steps) against a prefill token saved once
+# (~2 ms). A cached prefix longer than this still wins over adjacency (a chat that goes on).
+RUN_COST_TOKENS = 256
 
 
 @dataclass(slots=True)
@@ -78,18 +87,26 @@ class SlotTable:
         free = [slot for slot in self._slots if not slot.busy]
         if not free:
             raise RuntimeError("no free slot")  # the scheduler checks n_free first
-        best, best_len = free[0], -1
+        best, best_len, best_score = free[0], -1, -(2**62)
         for slot in free:
             shared = common_prefix_length(slot.cached, prompt) if self.prefix_reuse else 0
-            # Longest shared prefix wins; among equals, the least recently used slot.
-            if shared > best_len or (shared == best_len and slot.last_used < best.last_used):
-                best, best_len = slot, shared
+            # Reuse, less the cost of a new run of busy slots (plus one for a slot that bridges two);
+            # among equals, the least recently used slot.
+            score = shared - RUN_COST_TOKENS * self._new_runs(slot.index)
+            if score > best_score or (score == best_score and slot.last_used < best.last_used):
+                best, best_len, best_score = slot, shared, score
         best.busy = True
         self._clock += 1
         best.last_used = self._clock
         reuse = max(min(best_len, len(prompt) - 1), 0) if self.prefix_reuse else 0
         best.truncate(reuse)
         return best.index, reuse, min(reuse, best.own.get(scope, 0))
+
+    def _new_runs(self, index: int) -> int:
+        """How many runs of busy slots taking ``index`` adds: 1 alone, 0 next to one, -1 between two."""
+        left = index > 0 and self._slots[index - 1].busy
+        right = index + 1 < len(self._slots) and self._slots[index + 1].busy
+        return 1 - left - right
 
     def release(self, index: int, resident_tokens: list[int], scope: str = "") -> None:
         """Free a slot, remembering the tokens whose KV cells it still holds.

@@ -208,7 +208,7 @@ class LlamaRunner:
             cparams = llama_cpp.llama_context_default_params()
             cparams.n_ctx = config.n_ctx_slot * config.n_slots
             cparams.n_batch = config.n_batch
-            cparams.n_ubatch = min(config.n_batch, 512)
+            cparams.n_ubatch = self.n_ubatch = min(config.n_batch, 512)
             cparams.n_seq_max = config.n_slots
             # At most one logits row per slot per step: without this cap llama.cpp reserves logits for
             # every batch row (~490 MiB more compute buffer for Gemma's 262k vocabulary).

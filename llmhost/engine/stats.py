@@ -69,6 +69,8 @@ class EngineStats:
     prompt_tokens: int = 0
     prefix_hit_tokens: int = 0
     generation_tokens: int = 0
+    steps: int = 0  # decode calls
+    passes: int = 0  # llama.cpp micro-batches those calls were cut into (llmhost.engine.layout)
     ttft: Histogram = field(default_factory=lambda: Histogram(TTFT_BUCKETS))
     tpot: Histogram = field(default_factory=lambda: Histogram(TPOT_BUCKETS))
 
@@ -77,6 +79,8 @@ class EngineStats:
             self.prompt_tokens,
             self.prefix_hit_tokens,
             self.generation_tokens,
+            self.steps,
+            self.passes,
             self.ttft.copy(),
             self.tpot.copy(),
         )

@@ -98,6 +98,10 @@ class SchedulerOutput:
     def num_tokens(self) -> int:
         return sum(len(chunk.tokens) for chunk in self.chunks)
 
+    def layout(self) -> list[tuple[int, int]]:
+        """``(slot, n_tokens)`` per chunk, what :func:`llmhost.engine.layout.micro_batches` reads."""
+        return [(chunk.slot, len(chunk.tokens)) for chunk in self.chunks]
+
 
 @dataclass(frozen=True, slots=True)
 class TokenLogprob:
