@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import compare  # bench/ is not a package: run as a script, its folder is on sys.path
+import httpx
 from compare import LLAMA_SERVER, LLMHOST, RESULTS, BenchResult, fresh_prompts, load, summary, warm_up
 
 SLOTS = 32
@@ -47,6 +48,21 @@ def waves_of(spec: str, quick: bool) -> list[Wave]:
     return [Wave(n, (2 if quick else 4) if n == 1 else n) for n in sizes]
 
 
+def engine_counters(base: str) -> tuple[float, float]:
+    """llmhost's decode steps and passes so far (``/metrics``): passes per step says how well packed
+    each step's batch was (1.0: one pass over the weights per step)."""
+    text = httpx.get(f"{base.removesuffix('/v1')}/metrics", timeout=10).text
+    found = {"llmhost_model_decode_steps_total": 0.0, "llmhost_model_decode_passes_total": 0.0}
+    for line in text.splitlines():
+        name = line.split("{", 1)[0].split(" ", 1)[0]
+        if name in found:
+            found[name] += float(line.rsplit(" ", 1)[1])
+    return found["llmhost_model_decode_steps_total"], found["llmhost_model_decode_passes_total"]
+
+
+PASSES: dict[tuple[int, int], float] = {}  # (round, streams) -> llmhost's passes per decode step
+
+
 def run(rounds: int, waves: list[Wave], max_tokens: int) -> dict[tuple[int, int, str], BenchResult]:
     compare.SLOTS = SLOTS  # the llmhost launcher reads it for n_parallel
     model_file = compare.model_path()
@@ -65,6 +81,7 @@ def run(rounds: int, waves: list[Wave], max_tokens: int) -> dict[tuple[int, int,
             order = [LLMHOST, LLAMA_SERVER] if rnd % 2 == 0 else [LLAMA_SERVER, LLMHOST]
             for wave in waves:
                 for server in order:
+                    before = engine_counters(bases[server]) if server == LLMHOST else (0.0, 0.0)
                     r = load(
                         bases[server],
                         concurrency=wave.concurrency,
@@ -73,8 +90,15 @@ def run(rounds: int, waves: list[Wave], max_tokens: int) -> dict[tuple[int, int,
                         max_tokens=max_tokens,
                     )
                     results[(rnd, wave.concurrency, server)] = r
+                    note = ""
+                    if server == LLMHOST:
+                        steps, passes = (
+                            b - a for a, b in zip(before, engine_counters(bases[server]), strict=True)
+                        )
+                        PASSES[(rnd, wave.concurrency)] = passes / steps if steps else 0.0
+                        note = f", {PASSES[(rnd, wave.concurrency)]:.2f} passes/step"
                     print(
-                        f"  round {rnd + 1} {wave.concurrency:>3} streams {server:<13} {summary(r)}",
+                        f"  round {rnd + 1} {wave.concurrency:>3} streams {server:<13} {summary(r)}{note}",
                         flush=True,
                     )
     return results
@@ -90,8 +114,8 @@ def table(results: dict[tuple[int, int, str], BenchResult], rounds: int, waves: 
     lines = [
         "| streams | llmhost agg tok/s per round | llama-server agg tok/s per round "
         "| aggregate llmhost/peer min / median / max | TTFT p95 llmhost/peer min / median / max "
-        "| complete (ok / requests, truncated, 429) |",
-        "|---:|---|---|---|---|---|",
+        "| complete (ok / requests, truncated, 429) | llmhost passes/step per round |",
+        "|---:|---|---|---|---|---|---|",
     ]
     for wave in waves:
         own = [results[(r, wave.concurrency, LLMHOST)] for r in range(rounds)]
@@ -103,10 +127,11 @@ def table(results: dict[tuple[int, int, str], BenchResult], rounds: int, waves: 
             if a.ttft_p95 is not None and b.ttft_p95
         ]
         done = ", ".join(f"{a.n_ok}/{wave.requests} {a.n_truncated} {a.n_429}" for a in own)
+        packed = " / ".join(f"{PASSES.get((r, wave.concurrency), 0.0):.2f}" for r in range(rounds))
         lines.append(
             f"| {wave.concurrency} | {' / '.join(f'{a.aggregate_tps:.1f}' for a in own)} "
             f"| {' / '.join(f'{b.aggregate_tps:.1f}' for b in peer)} | {_spread(agg)} | {_spread(ttft)} "
-            f"| {done} |"
+            f"| {done} | {packed} |"
         )
     return lines
 

@@ -6,8 +6,9 @@ and ``update_from_output()`` takes the sampled tokens back (vLLM's split). Each 
 1. waiting requests take free slots (FIFO), reusing a cached prefix when a slot has one (whoever put it
    there; ``cached_tokens`` reports only the part the request's own cache scope computed);
 2. every sequence that is generating feeds its newest token (one token each);
-3. prompts still being prefilled share what is left of the token budget, in arrival order, so a long
-   prompt is split into chunks across steps and running streams keep flowing.
+3. prompts still being prefilled share what is left of the token budget, so a long prompt is split into
+   chunks across steps and running streams keep flowing; the prompts of one run of consecutive slots
+   take equal chunks, which llama.cpp decodes in one pass over the weights (:mod:`llmhost.engine.layout`).
 """
 
 from __future__ import annotations
@@ -172,18 +173,40 @@ class Scheduler:
                 pos = seq.num_computed
                 chunks.append(ScheduledChunk(seq.request_id, seq.slot, seq.tokens[pos : pos + 1], pos, True))
                 budget -= 1
-        for seq in self.running:
-            if seq.is_prefilling and budget > 0:
-                pos = seq.num_computed
-                take = min(seq.num_prompt_tokens - pos, budget)
-                end = pos + take
-                chunk = ScheduledChunk(
-                    seq.request_id, seq.slot, seq.tokens[pos:end], pos, end == seq.num_prompt_tokens
-                )
-                chunks.append(chunk)
-                budget -= take
+        chunks += self._prefill_chunks(budget)
         self._scheduled = chunks
         return SchedulerOutput(chunks)
+
+    def _prefill_chunks(self, budget: int) -> list[ScheduledChunk]:
+        """Prompt chunks for the rest of the budget, shaped for llama.cpp's split: the prefilling
+        sequences of one run of consecutive slots take the same number of tokens each (one pass over
+        the weights for all of them, where unequal chunks cost a pass per length), runs in the order
+        their oldest request arrived."""
+        prefilling = sorted((seq for seq in self.running if seq.is_prefilling), key=lambda seq: seq.slot)
+        runs: list[list[Sequence]] = []
+        for seq in prefilling:
+            if runs and seq.slot == runs[-1][-1].slot + 1:
+                runs[-1].append(seq)
+            else:
+                runs.append([seq])
+        arrival = {id(seq): i for i, seq in enumerate(self.running)}
+        runs.sort(key=lambda run: min(arrival[id(seq)] for seq in run))
+        chunks: list[ScheduledChunk] = []
+        for run in runs:
+            if budget <= 0:
+                break
+            run = run[:budget]
+            take = min(min(seq.num_prompt_tokens - seq.num_computed for seq in run), budget // len(run))
+            for seq in run:
+                pos = seq.num_computed
+                end = pos + take
+                chunks.append(
+                    ScheduledChunk(
+                        seq.request_id, seq.slot, seq.tokens[pos:end], pos, end == seq.num_prompt_tokens
+                    )
+                )
+            budget -= take * len(run)
+        return chunks
 
     def update_from_output(self, sampled: dict[str, int], is_eog: Callable[[int], bool]) -> list[StepResult]:
         """Account for the step just decoded; append sampled tokens; finish what is done."""

@@ -92,3 +92,40 @@ def test_a_long_cached_prefix_still_beats_adjacency() -> None:
     assert (slot, reuse) == (6, len(long_prompt))
     # A short shared prefix does not: the bridging slot wins.
     assert table.acquire([1, 5, 5])[0] == 2
+
+
+def test_prompts_of_consecutive_slots_prefill_in_equal_chunks() -> None:
+    s = Scheduler(n_slots=8, n_ctx_slot=512, max_batch_tokens=512, max_waiting=8)
+    for i, n in enumerate((20, 24, 28, 32)):
+        s.add(GenerationRequest(f"p{i}", [1] + [50 + i] * (n - 1), SamplingParams(max_tokens=4)))
+    s.admit()
+    out = s.schedule()
+    assert [(c.slot, len(c.tokens), c.sample) for c in out.chunks] == [
+        (0, 20, True),
+        (1, 20, False),
+        (2, 20, False),
+        (3, 20, False),
+    ]
+    assert len(micro_batches(out.layout(), 512)) == 1
+
+
+def test_a_wave_of_32_unequal_prompts_takes_one_pass_per_run_of_prompt_chunks_and_one_more() -> None:
+    rng = random.Random(3)
+    s = Scheduler(n_slots=32, n_ctx_slot=512, max_batch_tokens=512, max_waiting=64)
+    for i in range(32):
+        s.add(_request(i, 16))
+    worst = 0
+    while s.has_work:
+        s.admit()
+        out = s.schedule()
+        # One pass per run of busy slots (decode tokens and the first token of every prompt chunk), one
+        # for the rest of each run of consecutive prefilling slots, cut to equal lengths. Unequal cuts
+        # took up to 18 passes in one step of this wave.
+        runs = count_runs(c.slot for c in out.chunks)
+        prompt_runs = count_runs(c.slot for c in out.chunks if len(c.tokens) > 1)
+        assert len(micro_batches(out.layout(), 512)) <= runs + prompt_runs
+        worst = max(worst, len(micro_batches(out.layout(), 512)))
+        s.update_from_output(
+            {c.request_id: 500 + rng.randint(0, 9) for c in out.chunks if c.sample}, lambda t: t == EOS
+        )
+    assert worst <= 4
