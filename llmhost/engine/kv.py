@@ -37,9 +37,12 @@ def common_prefix_length(a: list[int], b: list[int]) -> int:
 # Scopes a slot remembers at most (the longest own prefixes are kept).
 _MAX_SCOPES = 32
 
-# What one more run of busy slots costs, in prompt tokens of reuse: a pass over the weights per step for
-# the life of a request (~10 ms of a 2-core step, for ~100+ steps) against a prefill token saved once
-# (~2 ms). A cached prefix longer than this still wins over adjacency (a chat that goes on).
+# What one more run of busy slots costs, in prompt tokens of reuse. Measured on two cores (Gemma 3 270M,
+# bench/pass_probe.py): a pass costs ~16 ms a step (8 sequences: 51 ms in one pass, 164 ms in eight), a
+# prefill token ~1.6 ms, so over a 128-token answer a new run costs the machine about what a
+# 1,300-token prefix saves. But the prefix is also that request's own time to first token, so a cached
+# prefix longer than this (a chat that goes on, a shared system prompt) still wins over adjacency; a
+# few shared template tokens do not.
 RUN_COST_TOKENS = 256
 
 
