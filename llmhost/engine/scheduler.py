@@ -183,6 +183,8 @@ class Scheduler:
         the weights for all of them, where unequal chunks cost a pass per length), runs in the order
         their oldest request arrived."""
         prefilling = sorted((seq for seq in self.running if seq.is_prefilling), key=lambda seq: seq.slot)
+        if not prefilling or budget <= 0:
+            return []
         runs: list[list[Sequence]] = []
         for seq in prefilling:
             if runs and seq.slot == runs[-1][-1].slot + 1:
