@@ -60,16 +60,18 @@ def engine_counters(base: str) -> tuple[float, float]:
     return found["llmhost_model_decode_steps_total"], found["llmhost_model_decode_passes_total"]
 
 
-PASSES: dict[tuple[int, int], float] = {}  # (round, streams) -> llmhost's passes per decode step
+Results = dict[tuple[int, int, str], BenchResult]  # (round, streams, server) -> the wave's figures
+Passes = dict[tuple[int, int], float]  # (round, streams) -> llmhost's passes per decode step
 
 
-def run(rounds: int, waves: list[Wave], max_tokens: int) -> dict[tuple[int, int, str], BenchResult]:
+def run(rounds: int, waves: list[Wave], max_tokens: int) -> tuple[Results, Passes]:
     compare.SLOTS = SLOTS  # the llmhost launcher reads it for n_parallel
     model_file = compare.model_path()
     binary = compare.wait_llama_server_build(compare.start_llama_server_build())
     if binary is None:
         raise SystemExit("llama-server could not be built (see bench/build_llama_server.sh)")
-    results: dict[tuple[int, int, str], BenchResult] = {}
+    results: Results = {}
+    packing: Passes = {}
     with ExitStack() as stack:
         bases = {
             LLMHOST: stack.enter_context(compare.llmhost_server(model_file)),
@@ -95,13 +97,13 @@ def run(rounds: int, waves: list[Wave], max_tokens: int) -> dict[tuple[int, int,
                         steps, passes = (
                             b - a for a, b in zip(before, engine_counters(bases[server]), strict=True)
                         )
-                        PASSES[(rnd, wave.concurrency)] = passes / steps if steps else 0.0
-                        note = f", {PASSES[(rnd, wave.concurrency)]:.2f} passes/step"
+                        packing[(rnd, wave.concurrency)] = passes / steps if steps else 0.0
+                        note = f", {packing[(rnd, wave.concurrency)]:.2f} passes/step"
                     print(
                         f"  round {rnd + 1} {wave.concurrency:>3} streams {server:<13} {summary(r)}{note}",
                         flush=True,
                     )
-    return results
+    return results, packing
 
 
 def _spread(values: list[float]) -> str:
@@ -110,7 +112,7 @@ def _spread(values: list[float]) -> str:
     return f"{min(values):.2f} / **{statistics.median(values):.2f}** / {max(values):.2f}"
 
 
-def table(results: dict[tuple[int, int, str], BenchResult], rounds: int, waves: list[Wave]) -> list[str]:
+def table(results: Results, packing: Passes, rounds: int, waves: list[Wave]) -> list[str]:
     lines = [
         "| streams | llmhost agg tok/s per round | llama-server agg tok/s per round "
         "| aggregate llmhost/peer min / median / max | TTFT p95 llmhost/peer min / median / max "
@@ -127,7 +129,7 @@ def table(results: dict[tuple[int, int, str], BenchResult], rounds: int, waves: 
             if a.ttft_p95 is not None and b.ttft_p95
         ]
         done = ", ".join(f"{a.n_ok}/{wave.requests} {a.n_truncated} {a.n_429}" for a in own)
-        packed = " / ".join(f"{PASSES.get((r, wave.concurrency), 0.0):.2f}" for r in range(rounds))
+        packed = " / ".join(f"{packing.get((r, wave.concurrency), 0.0):.2f}" for r in range(rounds))
         lines.append(
             f"| {wave.concurrency} | {' / '.join(f'{a.aggregate_tps:.1f}' for a in own)} "
             f"| {' / '.join(f'{b.aggregate_tps:.1f}' for b in peer)} | {_spread(agg)} | {_spread(ttft)} "
@@ -149,7 +151,7 @@ def main() -> int:
     max_tokens = 16 if args.quick else MAX_TOKENS
     info = compare.machine_info()
     t0 = time.monotonic()
-    results = run(args.rounds, waves, max_tokens)
+    results, packing = run(args.rounds, waves, max_tokens)
     lines = [
         f"# llmhost vs llama-server, {SLOTS} slots ({dt.date.today().isoformat()})",
         "",
@@ -157,7 +159,7 @@ def main() -> int:
         f"- {args.rounds} rounds, order alternating; {max_tokens} tokens per request, fresh "
         f"~{PROMPT_TOKENS}-token prompts; ratios are llmhost / llama-server per round",
         "",
-        *(table_lines := table(results, args.rounds, waves)),
+        *(table_lines := table(results, packing, args.rounds, waves)),
     ]
     expected = {w.concurrency: w.requests for w in waves}
     incomplete = sorted(

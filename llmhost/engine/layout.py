@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-__all__ = ["count_runs", "micro_batches"]
+__all__ = ["micro_batches"]
 
 
 def micro_batches(chunks: Iterable[tuple[int, int]], n_ubatch: int) -> list[tuple[tuple[int, ...], int]]:
@@ -39,9 +39,3 @@ def micro_batches(chunks: Iterable[tuple[int, int]], n_ubatch: int) -> list[tupl
                 del remaining[slot]
         passes.append((tuple(run), take))
     return passes
-
-
-def count_runs(slots: Iterable[int]) -> int:
-    """How many runs of consecutive numbers ``slots`` makes (the passes a decode-only step costs)."""
-    ordered = sorted(set(slots))
-    return sum(1 for i, slot in enumerate(ordered) if i == 0 or slot != ordered[i - 1] + 1)

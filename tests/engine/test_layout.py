@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Iterable
 
 from llmhost.engine import kv
-from llmhost.engine.layout import count_runs, micro_batches
+from llmhost.engine.layout import micro_batches
 from llmhost.engine.scheduler import Scheduler
 from llmhost.engine.types import GenerationRequest, SamplingParams
 
 EOS = 2
+
+
+def count_runs(slots: Iterable[int]) -> int:
+    """How many runs of consecutive numbers ``slots`` makes (the passes a decode-only step costs)."""
+    return len(micro_batches([(slot, 1) for slot in set(slots)], 512))
 
 
 def test_decode_tokens_of_consecutive_slots_are_one_pass() -> None:
