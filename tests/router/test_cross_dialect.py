@@ -273,17 +273,37 @@ def test_usage_rows_on_the_gateway_record_the_door(
     gateway: tuple[LiveServer, Service], openai_client: Callable[..., openai.OpenAI]
 ) -> None:
     live, service = gateway
-    openai_client(live).chat.completions.create(model="remote", messages=HI, max_tokens=2)
-    openai_client(live).responses.create(model="remote", input="hi", max_output_tokens=2)
-    ollama.Client(host=live.base_url).chat(model="remote", messages=HI, options={"num_predict": 2})
-    ollama.Client(host=live.base_url).generate(model="remote", prompt="hi", options={"num_predict": 2})
-    anthropic_client(live).messages.create(model="remote", max_tokens=2, messages=HI)
+    # A random-weight model may end on its first token, so each row must match what its client was told.
+    chat = openai_client(live).chat.completions.create(model="remote", messages=HI, max_tokens=2)
+    response = openai_client(live).responses.create(model="remote", input="hi", max_output_tokens=2)
+    ollama_chat = ollama.Client(host=live.base_url).chat(
+        model="remote", messages=HI, options={"num_predict": 2}
+    )
+    generated = ollama.Client(host=live.base_url).generate(
+        model="remote", prompt="hi", options={"num_predict": 2}
+    )
+    message = anthropic_client(live).messages.create(model="remote", max_tokens=2, messages=HI)
+    assert chat.usage and response.usage
+    told = {
+        "openai": (chat.usage.prompt_tokens, chat.usage.completion_tokens),
+        "responses": (response.usage.input_tokens, response.usage.output_tokens),
+        "ollama": (
+            (ollama_chat.prompt_eval_count or 0) + (generated.prompt_eval_count or 0),
+            (ollama_chat.eval_count or 0) + (generated.eval_count or 0),
+        ),
+        # Anthropic's input_tokens leaves out the prompt tokens read from the prefix cache.
+        "anthropic": (
+            message.usage.input_tokens + (message.usage.cache_read_input_tokens or 0),
+            message.usage.output_tokens,
+        ),
+    }
     doors = {"openai": 1, "responses": 1, "ollama": 2, "anthropic": 1}
     service.usage.flush()
     rows = {row["door"]: row for row in service.usage.summary("door")}
     assert {door: row["requests"] for door, row in rows.items()} == doors
-    for row in rows.values():
-        assert row["ok"] == row["requests"] and row["prompt_tokens"] > 0 and row["completion_tokens"] > 0
+    for door, row in rows.items():
+        assert row["ok"] == row["requests"] and row["prompt_tokens"] > 0
+        assert (row["prompt_tokens"], row["completion_tokens"]) == told[door]
     [target] = service.usage.summary("target")
     assert target["target"] == TARGET and target["requests"] == sum(doors.values())
 
