@@ -436,6 +436,16 @@ class _EngineFamilies:
             "consecutive slots; passes / steps near 1 is a well-packed batch).",
             labels=labels,
         )
+        self.drafted = CounterMetricFamily(
+            "llmhost_model_draft_tokens",
+            'Tokens drafted for speculative decoding (speculative = "ngram").',
+            labels=labels,
+        )
+        self.accepted = CounterMetricFamily(
+            "llmhost_model_draft_accepted_tokens",
+            "Drafted tokens the model agreed with (acceptance: divide by llmhost_model_draft_tokens_total).",
+            labels=labels,
+        )
 
     def add(self, values: list[str], stats: EngineStats) -> None:
         self.ttft.add_metric(values, stats.ttft.cumulative(), stats.ttft.total)
@@ -445,9 +455,21 @@ class _EngineFamilies:
         self.generated.add_metric(values, stats.generation_tokens)
         self.steps.add_metric(values, stats.steps)
         self.passes.add_metric(values, stats.passes)
+        self.drafted.add_metric(values, stats.draft_tokens)
+        self.accepted.add_metric(values, stats.draft_accepted)
 
     def families(self) -> list[Metric]:
-        return [self.ttft, self.tpot, self.prompt, self.hits, self.generated, self.steps, self.passes]
+        return [
+            self.ttft,
+            self.tpot,
+            self.prompt,
+            self.hits,
+            self.generated,
+            self.steps,
+            self.passes,
+            self.drafted,
+            self.accepted,
+        ]
 
 
 class Metrics:

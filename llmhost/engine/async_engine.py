@@ -43,7 +43,7 @@ class _Live:
     pending_logprobs: list[TokenLogprob] = field(default_factory=list)
     submitted: float = field(default_factory=time.perf_counter)
     first_token_at: float | None = None
-    steps_after_first: int = 0
+    tokens_after_first: int = 0
 
 
 class Engine:
@@ -60,6 +60,7 @@ class Engine:
             n_ctx_slot=runner.n_ctx_slot,
             max_batch_tokens=runner.n_batch,
             max_waiting=max_queue,
+            max_draft_tokens=runner.n_draft_rows,
         )
         self._live: dict[str, _Live] = {}
         self._aborts: list[str] = []
@@ -202,38 +203,51 @@ class Engine:
                 emits = self._postprocess(sampled)
             self._emit(emits)
 
-    def _postprocess(self, sampled: dict[str, int]) -> list[tuple[Sink, RequestOutput]]:
+    def _postprocess(self, sampled: dict[str, list[int]]) -> list[tuple[Sink, RequestOutput]]:
         emits: list[tuple[Sink, RequestOutput]] = []
         now = time.perf_counter()
         stats = self.stats
+        for chunk in self.scheduler.scheduled:
+            if chunk.n_draft:
+                stats.draft_tokens += chunk.n_draft
+                stats.draft_accepted += len(sampled.get(chunk.request_id, ())) - 1
         for result in self.scheduler.update_from_output(sampled, self.runner.vocab.is_eog):
             seq = result.sequence
             live = self._live.get(seq.request_id)
             if live is None:
                 continue
-            # Each result is one sampled token (an end-of-generation one included): the first ends the
-            # wait for the first token, the others are decode steps.
+            # Each sampled token (an end-of-generation one included): the first ends the wait for the
+            # first token, the others are the decode tokens that time per output token counts.
             if live.first_token_at is None:
                 live.first_token_at = now
                 stats.ttft.observe(now - live.submitted)
+                live.tokens_after_first += result.n_sampled - 1
             else:
-                live.steps_after_first += 1
+                live.tokens_after_first += result.n_sampled
+            logprobs = self.runner.logprobs.get(seq.request_id, ())
             text = ""
-            if result.new_token is not None:
+            for i, token in enumerate(result.new_tokens):
                 stats.generation_tokens += 1
-                live.pending_ids.append(result.new_token)
-                logprob = self.runner.logprobs.get(seq.request_id)
-                if logprob is not None:
-                    live.pending_logprobs.append(logprob)
-                text = live.text.feed(self.runner.vocab.piece(result.new_token))
-                if live.text.stopped and not result.finished:
-                    self.scheduler.finish(seq.request_id, FinishReason.STOP)
+                live.pending_ids.append(token)
+                if i < len(logprobs):
+                    live.pending_logprobs.append(logprobs[i])
+                text += live.text.feed(self.runner.vocab.piece(token))
+                if live.text.stopped:
+                    # A stop string inside an accepted draft: what came after it was never generated.
+                    extra = len(result.new_tokens) - i - 1
+                    if extra:
+                        self.scheduler.drop_tail(seq, extra)
+                        if seq.finish_reason is FinishReason.LENGTH:
+                            seq.finish_reason = FinishReason.STOP
+                    if seq.finish_reason is None:
+                        self.scheduler.finish(seq.request_id, FinishReason.STOP)
+                    break
             reason = seq.finish_reason
             if reason is not None:
                 text += live.text.flush()
                 self._release(seq)
-                if live.steps_after_first and live.first_token_at is not None:
-                    stats.tpot.observe((now - live.first_token_at) / live.steps_after_first)
+                if live.tokens_after_first and live.first_token_at is not None:
+                    stats.tpot.observe((now - live.first_token_at) / live.tokens_after_first)
             if text or reason is not None:
                 emits.append((live.sink, self._output(seq, live, text, reason)))
         return emits

@@ -20,7 +20,7 @@ import llama_cpp
 import numpy as np
 
 from llmhost.engine.sampling import SequenceSampler, token_logprobs
-from llmhost.engine.types import SamplingParams, SchedulerOutput, TokenLogprob
+from llmhost.engine.types import SamplingParams, ScheduledChunk, SchedulerOutput, TokenLogprob
 from llmhost.errors import EngineError, ModelError, NotReadyError, RequestError
 from llmhost.native import gpu_offload_supported, init_backend
 
@@ -36,6 +36,9 @@ class RunnerConfig:
     n_batch: int = 512
     n_threads: int = 1  # the model manager passes the machine's default (models.hardware) when unset
     n_gpu_layers: int | None = None
+    # Logits rows a step keeps beyond one per slot, for speculative drafts (each drafted token needs
+    # its own row: n_vocab floats, 1 MiB for Gemma's 262k vocabulary). 0 turns speculation off.
+    n_draft_rows: int = 32
 
 
 def _load_model(path: Path, n_gpu_layers: int | None) -> Any:
@@ -210,9 +213,10 @@ class LlamaRunner:
             cparams.n_batch = config.n_batch
             cparams.n_ubatch = self.n_ubatch = min(config.n_batch, 512)
             cparams.n_seq_max = config.n_slots
-            # At most one logits row per slot per step: without this cap llama.cpp reserves logits for
-            # every batch row (~490 MiB more compute buffer for Gemma's 262k vocabulary).
-            cparams.n_outputs_max = config.n_slots
+            # One logits row per slot per step, plus the rows for drafts: without a cap llama.cpp reserves
+            # logits for every batch row (~490 MiB more compute buffer for Gemma's 262k vocabulary).
+            self.n_draft_rows = max(0, min(config.n_draft_rows, config.n_batch - config.n_slots))
+            cparams.n_outputs_max = config.n_slots + self.n_draft_rows
             cparams.n_threads = cparams.n_threads_batch = config.n_threads
             # A full-size sliding-window cache keeps prefixes reusable (Gemma 3 has SWA layers).
             cparams.swa_full = True
@@ -237,7 +241,7 @@ class LlamaRunner:
         self._samplers: dict[int, SequenceSampler] = {}
         self._want_logprobs: dict[int, int] = {}
         # Log-probabilities of the tokens sampled by the last step, for the requests that asked.
-        self.logprobs: dict[str, TokenLogprob] = {}
+        self.logprobs: dict[str, list[TokenLogprob]] = {}
         self._embedder: EmbeddingRunner | None = None
         self._embedder_lock = threading.Lock()
         self._closing = False
@@ -275,10 +279,17 @@ class LlamaRunner:
         llama_cpp.llama_memory_seq_rm(self.memory, slot, -1, -1)
 
     # ----- one step ----------------------------------------------------------------------------------
-    def step(self, output: SchedulerOutput) -> dict[str, int]:
-        """Decode every scheduled chunk in one call; return the sampled token per sequence that needs one."""
+    def step(self, output: SchedulerOutput) -> dict[str, list[int]]:
+        """Decode every scheduled chunk in one call; return the tokens sampled per sequence that needs one.
+
+        A chunk with a draft is verified here: its positions are sampled in order with the sequence's own
+        sampler, each from the logits after the tokens before it, and accepted while the sampled token
+        is the drafted one. The sequence gets the accepted tokens and the first token that differs (or
+        the one after a wholly accepted draft), the same tokens plain decoding would sample one step
+        at a time, and the KV cells of the rejected tail are dropped.
+        """
         n = 0
-        sample_at: list[tuple[str, int, int]] = []
+        sample_at: list[tuple[ScheduledChunk, int]] = []
         # In slot order: with a per-sequence KV cache (kv_unified off), llama.cpp packs a batch into one
         # micro-batch only when its sequence ids come in order; out of order it splits the batch into
         # several, each reading all the weights again (8 streams: 10.5 -> 17 tok/s each when sorted).
@@ -290,8 +301,9 @@ class LlamaRunner:
             for i in range(n, n + k):
                 self._seq_ptrs[i][0] = chunk.slot
             if chunk.sample:
-                self._logits[n + k - 1] = 1
-                sample_at.append((chunk.request_id, chunk.slot, n + k - 1))
+                first = n + k - 1 - chunk.n_draft
+                self._logits[first : n + k] = 1
+                sample_at.append((chunk, first))
             n += k
         if n == 0:
             return {}
@@ -300,19 +312,33 @@ class LlamaRunner:
         if rc != 0:
             reason = "no room left in the KV cache" if rc == 1 else f"llama_decode returned {rc}"
             raise EngineError(f"decode failed: {reason}")
-        sampled: dict[str, int] = {}
+        sampled: dict[str, list[int]] = {}
         self.logprobs.clear()
-        for request_id, slot, idx in sample_at:
-            sampler = self._samplers[slot]
-            token = sampled[request_id] = sampler.sample(self.ctx, idx)
-            top = self._want_logprobs.get(slot)
-            if top is not None:
-                logprob, best = token_logprobs(sampler.logits(self.ctx, idx), token, top)
-                piece = self.vocab.piece
-                self.logprobs[request_id] = TokenLogprob(
-                    piece(token), logprob, tuple((piece(t), lp) for t, lp in best)
-                )
+        for chunk, first in sample_at:
+            tokens = sampled[chunk.request_id] = self._sample(chunk, first)
+            rejected = chunk.n_draft - (len(tokens) - 1)
+            if rejected:
+                kept = chunk.start_pos + len(chunk.tokens) - rejected
+                llama_cpp.llama_memory_seq_rm(self.memory, chunk.slot, kept, -1)
         return sampled
+
+    def _sample(self, chunk: ScheduledChunk, first: int) -> list[int]:
+        sampler = self._samplers[chunk.slot]
+        top = self._want_logprobs.get(chunk.slot)
+        draft = chunk.tokens[len(chunk.tokens) - chunk.n_draft :]
+        tokens: list[int] = []
+        for i in range(chunk.n_draft + 1):
+            token = sampler.sample(self.ctx, first + i)
+            tokens.append(token)
+            if top is not None:
+                logprob, best = token_logprobs(sampler.logits(self.ctx, first + i), token, top)
+                piece = self.vocab.piece
+                self.logprobs.setdefault(chunk.request_id, []).append(
+                    TokenLogprob(piece(token), logprob, tuple((piece(t), lp) for t, lp in best))
+                )
+            if i == chunk.n_draft or token != draft[i] or self.vocab.is_eog(token):
+                break
+        return tokens
 
     # ----- use from other threads --------------------------------------------------------------------
     @contextmanager

@@ -5,7 +5,9 @@ and ``update_from_output()`` takes the sampled tokens back (vLLM's split). Each 
 
 1. waiting requests take free slots (FIFO), reusing a cached prefix when a slot has one (whoever put it
    there; ``cached_tokens`` reports only the part the request's own cache scope computed);
-2. every sequence that is generating feeds its newest token (one token each);
+2. every sequence that is generating feeds its newest token (one token each), and a speculative one
+   (``speculative = "ngram"``) also the draft its own earlier text suggests (:mod:`llmhost.engine.ngram`),
+   within a per-step cap on drafted tokens (each needs a logits row);
 3. prompts still being prefilled share what is left of the token budget, so a long prompt is split into
    chunks across steps and running streams keep flowing; the prompts of one run of consecutive slots
    take equal chunks, which llama.cpp decodes in one pass over the weights (:mod:`llmhost.engine.layout`).
@@ -19,6 +21,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from llmhost.engine.kv import SlotTable
+from llmhost.engine.ngram import NgramIndex
 from llmhost.engine.types import FinishReason, GenerationRequest, ScheduledChunk, SchedulerOutput
 from llmhost.errors import ContextLengthError, EngineOverloadedError, RequestError
 
@@ -45,6 +48,7 @@ class Sequence:
     cached_tokens: int = 0
     finish_reason: FinishReason | None = None
     max_total_tokens: int = 0
+    ngrams: NgramIndex | None = None  # a speculative sequence's n-gram index, built on first use
 
     @property
     def request_id(self) -> str:
@@ -84,11 +88,13 @@ class Admission:
 
 @dataclass(slots=True)
 class StepResult:
-    """What changed for one sequence after a step."""
+    """What changed for one sequence after a step: the tokens it gained (several when a draft was
+    accepted; none when it ended on an end-of-generation token) and how many it sampled."""
 
     sequence: Sequence
-    new_token: int | None
+    new_tokens: tuple[int, ...]
     finished: bool
+    n_sampled: int = 1
 
 
 @dataclass
@@ -100,6 +106,7 @@ class Scheduler:
     max_batch_tokens: int
     max_waiting: int = 64
     prefix_reuse: bool = True
+    max_draft_tokens: int = 0  # drafted tokens a step may check (the runner's spare logits rows)
     waiting: collections.deque[Sequence] = field(default_factory=collections.deque)
     running: list[Sequence] = field(default_factory=list)
     _by_id: dict[str, Sequence] = field(default_factory=dict)
@@ -165,17 +172,37 @@ class Scheduler:
 
     def schedule(self) -> SchedulerOutput:
         """Pick the tokens for the next decode step within the token budget."""
+        generating = [seq for seq in self.running if not seq.is_prefilling]
         budget = self.max_batch_tokens
+        # Drafts take only what the newest tokens of the others leave.
+        draft_room = min(self.max_draft_tokens, budget - len(generating))
         chunks: list[ScheduledChunk] = []
         # Generating sequences first: one token each keeps every stream moving.
-        for seq in self.running:
-            if not seq.is_prefilling and budget > 0:
-                pos = seq.num_computed
-                chunks.append(ScheduledChunk(seq.request_id, seq.slot, seq.tokens[pos : pos + 1], pos, True))
-                budget -= 1
+        for seq in generating:
+            if budget <= 0:
+                break
+            pos = seq.num_computed
+            draft = self._draft(seq, draft_room)
+            draft_room -= len(draft)
+            tokens = seq.tokens[pos : pos + 1] + draft
+            chunks.append(ScheduledChunk(seq.request_id, seq.slot, tokens, pos, True, len(draft)))
+            budget -= len(tokens)
         chunks += self._prefill_chunks(budget)
         self._scheduled = chunks
         return SchedulerOutput(chunks)
+
+    def _draft(self, seq: Sequence, room: int) -> list[int]:
+        """A speculative sequence's draft: as long as its request allows, the room left this step, and
+        the tokens it may still add (the token sampled after the draft is one of them)."""
+        params = seq.request.params
+        if params.speculative != "ngram" or room <= 0:
+            return []
+        n = min(params.draft_max, room, seq.max_total_tokens - len(seq.tokens) - 1)
+        if n <= 0:
+            return []
+        if seq.ngrams is None:
+            seq.ngrams = NgramIndex()
+        return seq.ngrams.draft(seq.tokens, n)
 
     def _prefill_chunks(self, budget: int) -> list[ScheduledChunk]:
         """Prompt chunks for the rest of the budget, shaped for llama.cpp's split: the prefilling
@@ -210,32 +237,55 @@ class Scheduler:
             budget -= take * len(run)
         return chunks
 
-    def update_from_output(self, sampled: dict[str, int], is_eog: Callable[[int], bool]) -> list[StepResult]:
-        """Account for the step just decoded; append sampled tokens; finish what is done."""
+    def update_from_output(
+        self, sampled: dict[str, list[int]], is_eog: Callable[[int], bool]
+    ) -> list[StepResult]:
+        """Account for the step just decoded; append sampled tokens; finish what is done.
+
+        ``sampled`` holds each sequence's tokens in order: one, or with a draft, the drafted tokens the
+        runner accepted and then the token it sampled after them (whose own KV cell is not computed yet).
+        """
         results: list[StepResult] = []
         for chunk in self._scheduled:
             seq = self._by_id.get(chunk.request_id)
             if seq is None or seq.status is not SequenceStatus.RUNNING:
                 continue  # aborted while the step ran
-            seq.num_computed += len(chunk.tokens)
-            token = sampled.get(chunk.request_id)
-            if token is None:
+            tokens = sampled.get(chunk.request_id)
+            if not tokens:
+                seq.num_computed += len(chunk.tokens)
                 continue
+            accepted = len(tokens) - 1
+            seq.num_computed += len(chunk.tokens) - chunk.n_draft + accepted
             reason: FinishReason | None = None
             params = seq.request.params
-            if (is_eog(token) and not params.ignore_eos) or token in params.stop_token_ids:
-                reason = FinishReason.STOP
-            else:
+            new: list[int] = []
+            for token in tokens:
+                if (is_eog(token) and not params.ignore_eos) or token in params.stop_token_ids:
+                    reason = FinishReason.STOP
+                    break
                 seq.tokens.append(token)
+                new.append(token)
                 if len(seq.tokens) >= seq.max_total_tokens:
                     reason = FinishReason.LENGTH
+                    break
+            # Ended inside an accepted draft: the cells past the kept tokens are the next request's to drop.
+            seq.num_computed = min(seq.num_computed, len(seq.tokens))
             if reason is not None:
                 self.finish(seq.request_id, reason)
-            results.append(
-                StepResult(seq, None if reason is FinishReason.STOP else token, reason is not None)
-            )
+            results.append(StepResult(seq, tuple(new), reason is not None, len(tokens)))
         self._scheduled = []
         return results
+
+    @property
+    def scheduled(self) -> list[ScheduledChunk]:
+        """The chunks of the step being decoded (until :meth:`update_from_output`)."""
+        return self._scheduled
+
+    def drop_tail(self, seq: Sequence, n: int) -> None:
+        """Forget a sequence's last ``n`` tokens (sampled past a stop string in an accepted draft); KV
+        cells past the kept tokens are the next request's to drop."""
+        del seq.tokens[len(seq.tokens) - n :]
+        seq.num_computed = min(seq.num_computed, len(seq.tokens))
 
     def finish(self, request_id: str, reason: FinishReason) -> Sequence | None:
         """End a sequence (done, stop string, client gone); its slot is free for the next step."""

@@ -71,6 +71,8 @@ class EngineStats:
     generation_tokens: int = 0
     steps: int = 0  # decode calls
     passes: int = 0  # llama.cpp micro-batches those calls were cut into (llmhost.engine.layout)
+    draft_tokens: int = 0  # tokens drafted for speculative decoding (llmhost.engine.ngram)
+    draft_accepted: int = 0  # of those, the ones the model agreed with
     ttft: Histogram = field(default_factory=lambda: Histogram(TTFT_BUCKETS))
     tpot: Histogram = field(default_factory=lambda: Histogram(TPOT_BUCKETS))
 
@@ -81,6 +83,8 @@ class EngineStats:
             self.generation_tokens,
             self.steps,
             self.passes,
+            self.draft_tokens,
+            self.draft_accepted,
             self.ttft.copy(),
             self.tpot.copy(),
         )

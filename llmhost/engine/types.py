@@ -51,6 +51,10 @@ class SamplingParams:
     grammar_triggers: tuple[str, ...] = ()
     ignore_eos: bool = False
     logprobs: int | None = None  # None: off; N: each token's log-probability and its N likeliest rivals
+    # Speculative decoding: "ngram" drafts the next tokens from the sequence's own earlier text
+    # (llmhost.engine.ngram) and checks them all in one decode call; the output is the same.
+    speculative: str | None = None
+    draft_max: int = 8  # most tokens drafted a step
 
 
 @dataclass(eq=False, slots=True)
@@ -79,6 +83,8 @@ class ScheduledChunk:
     """Tokens of one sequence to feed in this step, starting at KV position ``start_pos``.
 
     ``sample`` is true when this chunk ends at the sequence's newest token, so its logits are needed.
+    The last ``n_draft`` tokens are a speculative draft: logits are needed at each of them too, and the
+    runner samples position by position while the draft agrees with what it samples.
     """
 
     request_id: str
@@ -86,6 +92,7 @@ class ScheduledChunk:
     tokens: list[int]
     start_pos: int
     sample: bool
+    n_draft: int = 0
 
 
 @dataclass(frozen=True, slots=True)

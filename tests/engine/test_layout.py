@@ -59,7 +59,7 @@ def _wave(s: Scheduler, first: int, n: int, rng: random.Random, runs: list[int])
         out = s.schedule()
         if len(out.chunks) == n and all(len(c.tokens) == 1 for c in out.chunks):
             runs.append(count_runs(c.slot for c in out.chunks))
-        s.update_from_output({c.request_id: 500 for c in out.chunks if c.sample}, lambda t: t == EOS)
+        s.update_from_output({c.request_id: [500] for c in out.chunks if c.sample}, lambda t: t == EOS)
 
 
 def test_a_small_wave_after_busy_waves_decodes_in_one_pass_per_step() -> None:
@@ -132,6 +132,6 @@ def test_a_wave_of_32_unequal_prompts_takes_one_pass_per_run_of_prompt_chunks_an
         assert len(micro_batches(out.layout(), 512)) <= runs + prompt_runs
         worst = max(worst, len(micro_batches(out.layout(), 512)))
         s.update_from_output(
-            {c.request_id: 500 + rng.randint(0, 9) for c in out.chunks if c.sample}, lambda t: t == EOS
+            {c.request_id: [500 + rng.randint(0, 9)] for c in out.chunks if c.sample}, lambda t: t == EOS
         )
     assert worst <= 4

@@ -26,7 +26,7 @@ def make(n_slots: int = 2, n_ctx: int = 64, budget: int = 16, max_waiting: int =
 def step(s: Scheduler, tokens: dict[str, int]) -> list[str]:
     s.admit()
     out = s.schedule()
-    sampled = {c.request_id: tokens.get(c.request_id, 99) for c in out.chunks if c.sample}
+    sampled = {c.request_id: [tokens.get(c.request_id, 99)] for c in out.chunks if c.sample}
     return [r.sequence.request_id for r in s.update_from_output(sampled, is_eog) if r.finished]
 
 
@@ -36,7 +36,7 @@ def test_prompt_is_prefilled_then_one_token_per_step() -> None:
     s.admit()
     out = s.schedule()
     assert [(c.request_id, len(c.tokens), c.start_pos, c.sample) for c in out.chunks] == [("a", 5, 0, True)]
-    s.update_from_output({"a": 50}, is_eog)
+    s.update_from_output({"a": [50]}, is_eog)
     out = s.schedule()
     assert [(c.tokens, c.start_pos) for c in out.chunks] == [([50], 5)]
 
@@ -50,13 +50,13 @@ def test_long_prompt_is_chunked_and_running_streams_keep_flowing() -> None:
     out = s.schedule()
     # "a" decodes its one token first; "b" gets the rest of the budget and no logits yet.
     assert [(c.request_id, len(c.tokens), c.sample) for c in out.chunks] == [("a", 1, True), ("b", 7, False)]
-    s.update_from_output({"a": 60}, is_eog)
+    s.update_from_output({"a": [60]}, is_eog)
     chunks_b = []
     for _ in range(3):
         out = s.schedule()
         chunks_b += [c for c in out.chunks if c.request_id == "b"]
         assert any(c.request_id == "a" for c in out.chunks)
-        s.update_from_output({c.request_id: 60 for c in out.chunks if c.sample}, is_eog)
+        s.update_from_output({c.request_id: [60] for c in out.chunks if c.sample}, is_eog)
     assert [c.start_pos for c in chunks_b] == [7, 14, 20]
     assert chunks_b[1].sample is True and len(chunks_b[1].tokens) == 6
 
@@ -140,7 +140,7 @@ def test_abort_during_a_step_is_ignored_by_the_update() -> None:
     s.admit()
     s.schedule()
     seq = s.finish("a", FinishReason.ABORT)
-    assert s.update_from_output({"a": 5}, is_eog) == []
+    assert s.update_from_output({"a": [5]}, is_eog) == []
     assert seq is not None and seq.status is SequenceStatus.FINISHED
 
 

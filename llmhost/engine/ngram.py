@@ -1,0 +1,55 @@
+"""Prompt-lookup (n-gram) drafts for speculative decoding: no draft model, only the sequence itself.
+
+When the text being written repeats something already in the context (code edited in place, an answer
+that quotes its sources, a JSON object echoing its input), the tokens that followed the last occurrence
+of the newest few tokens are a good guess at what comes next. The engine feeds that guess to the model
+with the newest token and checks every drafted position in the same decode call (see
+:meth:`llmhost.engine.runner.LlamaRunner.step`), so one pass over the weights can yield several tokens.
+
+The index maps each n-gram of the sequence to the position after its latest occurrence and grows with
+the sequence, so finding a draft costs a few dictionary lookups a step, whatever the context length.
+Longer n-grams are tried first (a three-token match is a better guess than a one-token one), as in
+prompt-lookup decoding and llama.cpp's ``ngram-simple``.
+"""
+
+from __future__ import annotations
+
+__all__ = ["NGRAM_MAX", "NGRAM_MIN", "NgramIndex"]
+
+NGRAM_MAX = 3  # the longest n-gram looked up
+NGRAM_MIN = 2  # the shortest: single-token matches guess wrong too often to be worth their logits rows
+
+
+class NgramIndex:
+    """Where each n-gram (``NGRAM_MIN`` to ``NGRAM_MAX`` tokens) of a token list last occurred."""
+
+    __slots__ = ("_follow", "_indexed")
+
+    def __init__(self) -> None:
+        # _follow[n][gram] = index of the token that followed the latest earlier occurrence of gram.
+        self._follow: dict[int, dict[tuple[int, ...], int]] = {n: {} for n in range(NGRAM_MIN, NGRAM_MAX + 1)}
+        self._indexed = 0  # n-grams ending before this index are in the maps
+
+    def _extend(self, tokens: list[int]) -> None:
+        # Index the n-grams that have a following token; the newest one (the lookup key) stays out, so
+        # a lookup never finds the very occurrence it is looking from.
+        end = len(tokens) - 1
+        for i in range(self._indexed, end):
+            for n, follow in self._follow.items():
+                if i + 1 >= n:
+                    follow[tuple(tokens[i + 1 - n : i + 1])] = i + 1
+        self._indexed = max(self._indexed, end)
+
+    def draft(self, tokens: list[int], max_len: int) -> list[int]:
+        """Up to ``max_len`` tokens that followed the latest earlier occurrence of the longest matching
+        tail of ``tokens`` (which only ever grows between calls); empty when nothing matches."""
+        if max_len <= 0:
+            return []
+        self._extend(tokens)
+        for n in range(NGRAM_MAX, NGRAM_MIN - 1, -1):
+            if len(tokens) <= n:
+                continue
+            start = self._follow[n].get(tuple(tokens[-n:]))
+            if start is not None:
+                return tokens[start : start + max_len]
+        return []
