@@ -37,6 +37,7 @@ from llmhost.systools.settings import McpSettings
 from llmhost.units import Duration, Size, parse_duration, parse_size
 
 __all__ = [
+    "DEFAULT_DRAFT_MAX",
     "BreakerSettings",
     "EngineSettings",
     "MemorySettings",
@@ -104,6 +105,10 @@ class MemorySettings(BaseModel):
     max_loaded: int = Field(8, ge=1, description="Most models resident at once.")
 
 
+DEFAULT_DRAFT_MAX = 16
+"""Most tokens drafted per step for a model whose ``draft_max`` is unset (speculative decoding)."""
+
+
 class ModelSettings(BaseModel):
     """Per-model overrides, keyed by model name: ``[models."gemma3:270m"]``."""
 
@@ -122,10 +127,27 @@ class ModelSettings(BaseModel):
     top_k: int | None = Field(None, ge=0, description="Default top-k.")
     min_p: float | None = Field(None, ge=0.0, le=1.0, description="Default min-p.")
     repeat_penalty: float | None = Field(None, gt=0.0, description="Default repeat penalty.")
+    speculative: Literal["ngram", "none"] | None = Field(
+        None,
+        description=(
+            "`ngram`: speculative decoding for this model's requests (drafts from each request's own text; "
+            "the same output); `none` or unset: off. A request's own `speculative` wins."
+        ),
+    )
+    draft_max: int | None = Field(
+        None, ge=1, le=64, description=f"Most tokens drafted a step (default {DEFAULT_DRAFT_MAX})."
+    )
 
     def sampling_defaults(self) -> dict[str, float | int]:
+        """The sampling fields set here (speculative decoding changes no output, so it is not one)."""
         fields = ("temperature", "top_p", "top_k", "min_p", "repeat_penalty")
         return {k: v for k in fields if (v := getattr(self, k)) is not None}
+
+    @property
+    def resolved_draft_max(self) -> int:
+        """``draft_max``, else :data:`DEFAULT_DRAFT_MAX`: it applies whether this model or a request
+        turned speculative decoding on."""
+        return self.draft_max if self.draft_max is not None else DEFAULT_DRAFT_MAX
 
 
 class ProviderSettings(BaseModel):

@@ -1,6 +1,6 @@
 """Where settings come from: a TOML file, then ``LLMHOST_*`` environment variables (``__`` nests), then
-CLI flags, each layer over the one below; and per-model sampling defaults (``[models."X"]``) reaching the
-requests of a live server, where a value the request gives wins."""
+CLI flags, each layer over the one below; and per-model sampling defaults and speculative decoding
+(``[models."X"]``) reaching the requests of a live server, where a value the request gives wins."""
 
 from __future__ import annotations
 
@@ -11,11 +11,19 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
+from prometheus_client.parser import text_string_to_metric_families
+from pydantic import ValidationError
 from typer.testing import CliRunner, Result
 
 from llmhost.cli.main import app
-from llmhost.config import default_config_path, load_settings
-from tests.conftest import TINY, ServerFactory
+from llmhost.config import (
+    DEFAULT_DRAFT_MAX,
+    ModelSettings,
+    config_problems,
+    default_config_path,
+    load_settings,
+)
+from tests.conftest import TINY, LiveServer, ServerFactory
 
 
 @pytest.fixture(autouse=True)
@@ -95,6 +103,27 @@ def test_the_file_named_by_the_flag_beats_llmhost_config_which_beats_the_default
     assert load_settings(write_toml(tmp_path / "flag.toml", "port = 3333\n"), data_dir=data_dir).port == 3333
 
 
+# ----- per-model speculative decoding ----------------------------------------------------------------
+def test_a_models_speculative_is_ngram_none_or_unset_and_its_draft_max_1_to_64() -> None:
+    assert ModelSettings().speculative is None
+    assert ModelSettings(speculative="ngram").speculative == "ngram"
+    assert ModelSettings(speculative="none").speculative == "none"
+    with pytest.raises(ValidationError, match="speculative"):
+        ModelSettings(speculative="fast")  # type: ignore[arg-type]
+    assert ModelSettings().resolved_draft_max == DEFAULT_DRAFT_MAX
+    assert [ModelSettings(draft_max=n).resolved_draft_max for n in (1, 64)] == [1, 64]
+    for n in (0, 65):
+        with pytest.raises(ValidationError, match="draft_max"):
+            ModelSettings(draft_max=n)
+    # A TOML file with both wrong: one problem per key, by its path.
+    text = f'[models."{TINY}"]\nspeculative = "fast"\ndraft_max = 0\n'
+    assert [path for path, _ in config_problems(text)] == [
+        f"models.{TINY}.speculative",
+        f"models.{TINY}.draft_max",
+    ]
+    assert config_problems(f'[models."{TINY}"]\nspeculative = "ngram"\ndraft_max = 24\n') == []
+
+
 # ----- the layers through the real CLI -----------------------------------------------------------------
 def invoke(env: dict[str, str], *args: str | Path) -> Result:
     return CliRunner().invoke(app, [str(a) for a in args], env=env, catch_exceptions=False)
@@ -129,16 +158,19 @@ def test_show_reports_settings_from_the_file_and_nested_environment_variables(
     tmp_path: Path, tiny_model_path: Path
 ) -> None:
     """``llmhost show`` prints the settings a model will run with: ``[engine]`` from the file with one
-    field from ``LLMHOST_ENGINE__…``, and the ``[models."tiny"]`` defaults with one from the environment."""
+    field from ``LLMHOST_ENGINE__…``, and the ``[models."tiny"]`` defaults with one from the environment
+    (speculative decoding too)."""
     toml = write_toml(
         tmp_path / "llmhost.toml",
-        '[engine]\nn_ctx = 1024\nn_parallel = 5\n[models."tiny"]\ntemperature = 0.5\ntop_k = 7\n',
+        '[engine]\nn_ctx = 1024\nn_parallel = 5\n[models."tiny"]\ntemperature = 0.5\ntop_k = 7\n'
+        'speculative = "ngram"\n',
     )
     env = {
         "LLMHOST_DATA_DIR": str(tmp_path / "data"),
         "LLMHOST_CONFIG": str(toml),
         "LLMHOST_ENGINE__N_PARALLEL": "3",
         "LLMHOST_MODELS__tiny__TOP_K": "9",
+        "LLMHOST_MODELS__tiny__DRAFT_MAX": "24",
         "COLUMNS": "200",
     }
     imported = invoke(env, "import", tiny_model_path, "--name", TINY)
@@ -151,6 +183,7 @@ def test_show_reports_settings_from_the_file_and_nested_environment_variables(
     }
     assert fields["slots x context"] == "3 x 1024 tokens"
     assert fields["sampling"] == "temperature=0.5, top_k=9"
+    assert fields["speculative"] == "ngram, draft_max=24"
 
 
 # ----- per-model sampling defaults on a live server ---------------------------------------------------
@@ -212,3 +245,40 @@ def test_model_settings_from_the_environment_reach_the_loaded_model(
     live = make_server()
     (entry,) = httpx.get(f"{live.base_url}/api/ps").json()["models"]
     assert (entry["name"], entry["context_length"], entry["slots"]) == (TINY, 256, 2)
+
+
+def drafted(live: LiveServer) -> float:
+    """``llmhost_model_draft_tokens_total`` of the tiny model, from ``/metrics``."""
+    text = httpx.get(f"{live.base_url}/metrics", timeout=10).text
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "llmhost_model_draft_tokens_total" and sample.labels.get("model") == TINY
+    )
+
+
+def test_a_models_speculative_ngram_drafts_for_its_requests_unless_one_says_none(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, make_server: ServerFactory
+) -> None:
+    """``speculative = "ngram"`` in the file turns drafting on for every request to ``tiny`` that does not
+    say otherwise, with the answers of plain decoding; a request's ``"none"`` turns it off. ``/api/show``
+    lists it among the model's parameters."""
+    toml = write_toml(tmp_path / "llmhost.toml", f'[models."{TINY}"]\nspeculative = "ngram"\ndraft_max = 4\n')
+    monkeypatch.setenv("LLMHOST_CONFIG", str(toml))
+    live = make_server()
+
+    def complete(**extra: Any) -> str:
+        body = {"model": TINY, "prompt": "The cat sat on the mat. " * 6, "max_tokens": 24, "temperature": 0}
+        r = httpx.post(
+            f"{live.base_url}/v1/completions", json={**body, "ignore_eos": True, **extra}, timeout=60
+        )
+        assert r.status_code == 200, r.text
+        return str(r.json()["choices"][0]["text"])
+
+    off = complete(speculative="none")
+    assert drafted(live) == 0
+    assert complete() == off
+    assert 0 < drafted(live) <= 24
+    shown = httpx.post(f"{live.base_url}/api/show", json={"model": TINY}).json()
+    assert 'speculative                    "ngram"' in shown["parameters"]

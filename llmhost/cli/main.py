@@ -21,7 +21,7 @@ from llmhost.cli.common import human_size as _human_size
 from llmhost.cli.common import new_service as _service
 from llmhost.cli.common import settings_for as _settings
 from llmhost.cli.common import with_service as _with_service
-from llmhost.core.types import ChatMessage, Delta, InferenceRequest, RequestContext, Sampling
+from llmhost.core.types import ChatMessage, Delta, InferenceRequest, RequestContext, Sampling, Speculative
 from llmhost.errors import ModelNotFoundError
 from llmhost.logs import configure_logging
 from llmhost.models.default import DEFAULT_MODEL_NAME
@@ -98,8 +98,19 @@ def serve(
         service.close()
 
 
-def _sampling(max_tokens: int | None, temperature: float | None, seed: int | None) -> Sampling:
-    return Sampling(max_tokens=max_tokens, temperature=temperature, seed=seed)
+SpeculativeOpt = Annotated[
+    Speculative | None,
+    typer.Option(
+        "--speculative",
+        help="Speculative decoding on a local model: ngram (the same output) or none (default: the model's).",
+    ),
+]
+
+
+def _sampling(
+    max_tokens: int | None, temperature: float | None, seed: int | None, speculative: Speculative | None
+) -> Sampling:
+    return Sampling(max_tokens=max_tokens, temperature=temperature, seed=seed, speculative=speculative)
 
 
 def _cli_context() -> RequestContext:
@@ -140,6 +151,7 @@ def run(
         float | None, typer.Option(min=0.0, max=2.0, help="Sampling temperature (default: the model's).")
     ] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed for reproducible output.")] = None,
+    speculative: SpeculativeOpt = None,
     raw: Annotated[
         bool, typer.Option("--raw", help="Send the prompt as is, without the chat template.")
     ] = False,
@@ -148,7 +160,7 @@ def run(
     """Generate an answer to one prompt, streaming tokens as they come (through the same pipeline as
     the HTTP API: routes, per-model defaults and usage rows apply)."""
     settings = _settings(config)
-    sampling = _sampling(max_tokens, temperature, seed)
+    sampling = _sampling(max_tokens, temperature, seed, speculative)
 
     def go(service: Service) -> None:
         _ensure_model(service, model)
@@ -178,11 +190,12 @@ def chat(
     temperature: Annotated[
         float | None, typer.Option(min=0.0, max=2.0, help="Sampling temperature (default: the model's).")
     ] = None,
+    speculative: SpeculativeOpt = None,
     config: ConfigOpt = None,
 ) -> None:
     """Chat interactively; /bye or Ctrl-D ends the session."""
     settings = _settings(config)
-    sampling = _sampling(max_tokens, temperature, None)
+    sampling = _sampling(max_tokens, temperature, None, speculative)
 
     def go(service: Service) -> None:
         _ensure_model(service, model)
@@ -277,6 +290,8 @@ def show(
     defaults = ms.sampling_defaults()
     if defaults:
         rows.append(("sampling", ", ".join(f"{k}={v}" for k, v in defaults.items())))
+    if ms.speculative == "ngram":
+        rows.append(("speculative", f"ngram, draft_max={ms.resolved_draft_max}"))
     width = max(len(key) for key, _ in rows) + 2
     sys.stdout.write("".join(f"{key:<{width}}{value}\n" for key, value in rows))
 

@@ -36,6 +36,7 @@ __all__ = [
     "ResponseFormat",
     "Result",
     "Sampling",
+    "Speculative",
     "TokenLogprob",
     "Tool",
     "ToolCall",
@@ -48,6 +49,7 @@ __all__ = [
 Role = Literal["system", "user", "assistant", "tool"]
 FinishReason = Literal["stop", "length", "tool_calls"]
 RequestKind = Literal["chat", "completion"]
+Speculative = Literal["ngram", "none"]  # a request's speculative decoding: n-gram drafts, or off
 
 
 def new_id(prefix: str) -> str:
@@ -197,6 +199,9 @@ class Sampling:
     ignore_eos: bool = False
     logprobs: int | None = None  # None: off; N: each token's log-probability and its N likeliest rivals
     n: int = 1
+    # Speculative decoding, a local-engine speed option (remote providers never get it): "ngram" on,
+    # "none" off even where the model turns it on, None the model's setting.
+    speculative: Speculative | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,10 +14,24 @@ prompt-lookup decoding and llama.cpp's ``ngram-simple``.
 
 from __future__ import annotations
 
-__all__ = ["NGRAM_MAX", "NGRAM_MIN", "NgramIndex"]
+__all__ = ["DRAFT_START", "NGRAM_MAX", "NGRAM_MIN", "NgramIndex", "adapt_draft"]
 
 NGRAM_MAX = 3  # the longest n-gram looked up
 NGRAM_MIN = 2  # the shortest: single-token matches guess wrong too often to be worth their logits rows
+DRAFT_START = 8  # a sequence's first draft length, before it adapts
+
+
+def adapt_draft(length: int, drafted: int, accepted: int, most: int) -> int:
+    """The next draft length after a draft of ``drafted`` tokens had ``accepted`` of them taken.
+
+    Every drafted token costs a logits row whether it is kept or not (on two CPU cores ~5 ms each for
+    Gemma 3's 262k vocabulary, against ~12 ms for a whole one-token step), so the length follows how
+    well drafts have been doing: two longer after a draft taken whole, one shorter after a miss
+    (Hugging Face's heuristic schedule for assisted generation).
+    """
+    if accepted >= drafted:
+        return min(length + 2, most)
+    return max(length - 1, 1)
 
 
 class NgramIndex:

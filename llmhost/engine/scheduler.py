@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from llmhost.engine.kv import SlotTable
-from llmhost.engine.ngram import NgramIndex
+from llmhost.engine.ngram import DRAFT_START, NgramIndex, adapt_draft
 from llmhost.engine.types import FinishReason, GenerationRequest, ScheduledChunk, SchedulerOutput
 from llmhost.errors import ContextLengthError, EngineOverloadedError, RequestError
 
@@ -49,6 +49,7 @@ class Sequence:
     finish_reason: FinishReason | None = None
     max_total_tokens: int = 0
     ngrams: NgramIndex | None = None  # a speculative sequence's n-gram index, built on first use
+    draft_len: int = DRAFT_START  # how many tokens its next draft may have (see ``_adapt_draft``)
 
     @property
     def request_id(self) -> str:
@@ -197,7 +198,7 @@ class Scheduler:
         params = seq.request.params
         if params.speculative != "ngram" or room <= 0:
             return []
-        n = min(params.draft_max, room, seq.max_total_tokens - len(seq.tokens) - 1)
+        n = min(seq.draft_len, params.draft_max, room, seq.max_total_tokens - len(seq.tokens) - 1)
         if n <= 0:
             return []
         if seq.ngrams is None:
@@ -256,6 +257,10 @@ class Scheduler:
                 continue
             accepted = len(tokens) - 1
             seq.num_computed += len(chunk.tokens) - chunk.n_draft + accepted
+            if chunk.n_draft:
+                seq.draft_len = adapt_draft(
+                    seq.draft_len, chunk.n_draft, accepted, seq.request.params.draft_max
+                )
             reason: FinishReason | None = None
             params = seq.request.params
             new: list[int] = []

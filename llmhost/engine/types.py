@@ -54,7 +54,7 @@ class SamplingParams:
     # Speculative decoding: "ngram" drafts the next tokens from the sequence's own earlier text
     # (llmhost.engine.ngram) and checks them all in one decode call; the output is the same.
     speculative: str | None = None
-    draft_max: int = 8  # most tokens drafted a step
+    draft_max: int = 16  # most tokens drafted a step
 
 
 @dataclass(eq=False, slots=True)

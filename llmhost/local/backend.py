@@ -28,7 +28,7 @@ from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from llmhost.config import Settings
+from llmhost.config import ModelSettings, Settings
 from llmhost.engine.async_engine import OutputStream
 from llmhost.engine.types import GenerationRequest, SamplingParams
 from llmhost.errors import EngineError, NotReadyError, RequestError
@@ -99,9 +99,10 @@ class LocalBackend:
         finally:
             self.models.release(model)
 
-    def sampling_defaults(self, name: str) -> dict[str, float | int]:
-        """Per-model sampling defaults from the config, for fields a request leaves unset."""
-        return self.settings.model_settings(name).sampling_defaults()
+    def model_settings(self, name: str) -> ModelSettings:
+        """The config's ``[models."NAME"]`` table: sampling defaults for fields a request leaves unset,
+        and the model's speculative decoding setting."""
+        return self.settings.model_settings(name)
 
     # ----- prompt preparation (worker threads) -------------------------------------------------------
     def prompt_byte_limit(self, model: LoadedModel) -> int:

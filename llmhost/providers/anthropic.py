@@ -11,7 +11,8 @@ input_schema}``; ``tool_choice`` auto / required / a named tool / none becomes `
 response format becomes ``output_config.format`` (structured outputs). What the API cannot express
 (``n`` > 1, logprobs, a JSON response without a schema, token-id prompts) is refused up front with a
 :class:`~llmhost.errors.RequestError`; OpenAI-only sampling knobs (``seed``, penalties,
-``logit_bias``, ``min_p``) are dropped. Completions are sent as one user message.
+``logit_bias``, ``min_p``) are dropped, and so is ``speculative`` (llmhost's local-engine speed option,
+a field the API would refuse). Completions are sent as one user message.
 
 Answer: ``stop_reason`` ``end_turn``/``stop_sequence``/``pause_turn``/``refusal`` -> ``stop`` (with the
 matched ``stop_sequence``), ``max_tokens``/``model_context_window_exceeded`` -> ``length``,

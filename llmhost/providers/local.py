@@ -1,8 +1,8 @@
 """The local provider: llmhost's own engine behind the :class:`Provider` protocol.
 
 It turns typed requests into engine requests (chat template, sampling parameters with the model's
-configured defaults, a grammar for ``response_format``, ``n`` parallel sequences) and engine outputs
-into :class:`Delta` objects.
+configured defaults, speculative decoding as the request or else the model's settings ask, a grammar
+for ``response_format``, ``n`` parallel sequences) and engine outputs into :class:`Delta` objects.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import json
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
+from llmhost.config import ModelSettings
 from llmhost.core.stream import ResultBuilder
 from llmhost.core.types import (
     Delta,
@@ -59,29 +60,31 @@ def grammar_for(response_format: ResponseFormat) -> str | None:
         raise RequestError(f"unsupported JSON schema: {exc}", param="response_format") from exc
 
 
-def _pick(value: float | None, defaults: dict[str, float | int], key: str, fallback: float) -> float:
-    return float(value if value is not None else defaults.get(key, fallback))
+def _pick(value: float | None, default: float | None, fallback: float) -> float:
+    return value if value is not None else default if default is not None else fallback
 
 
 def engine_sampling(
     s: Sampling,
-    defaults: dict[str, float | int],
+    model_settings: ModelSettings,
     *,
     grammar: str | None = None,
     seed_offset: int = 0,
     lazy_triggers: tuple[str, ...] | None = None,
 ) -> SamplingParams:
-    """Request sampling -> engine sampling; the model's configured defaults fill unset fields."""
+    """Request sampling -> engine sampling; the model's settings fill the fields the request leaves unset,
+    ``speculative`` included (a request's ``"none"`` turns off what the model turns on)."""
+    speculative = (s.speculative or model_settings.speculative) == "ngram"
     return SamplingParams(
         max_tokens=s.max_tokens,
-        temperature=_pick(s.temperature, defaults, "temperature", 1.0),
-        top_p=_pick(s.top_p, defaults, "top_p", 1.0),
-        top_k=int(_pick(s.top_k, defaults, "top_k", 0)),
-        min_p=_pick(s.min_p, defaults, "min_p", 0.0),
+        temperature=_pick(s.temperature, model_settings.temperature, 1.0),
+        top_p=_pick(s.top_p, model_settings.top_p, 1.0),
+        top_k=int(_pick(s.top_k, model_settings.top_k, 0)),
+        min_p=_pick(s.min_p, model_settings.min_p, 0.0),
         seed=None if s.seed is None else s.seed + seed_offset,
         presence_penalty=s.presence_penalty,
         frequency_penalty=s.frequency_penalty,
-        repeat_penalty=_pick(s.repeat_penalty, defaults, "repeat_penalty", 1.0),
+        repeat_penalty=_pick(s.repeat_penalty, model_settings.repeat_penalty, 1.0),
         logit_bias=dict(s.logit_bias),
         stop=s.stop,
         grammar=grammar,
@@ -89,6 +92,8 @@ def engine_sampling(
         grammar_triggers=lazy_triggers or (),
         ignore_eos=s.ignore_eos,
         logprobs=s.logprobs,
+        speculative="ngram" if speculative else None,
+        draft_max=model_settings.resolved_draft_max,
     )
 
 
@@ -107,8 +112,8 @@ def _uses_tools(request: InferenceRequest) -> bool:
     return bool(request.tools) and request.tool_choice.mode != "none"
 
 
-def _plan(request: InferenceRequest, defaults: dict[str, float | int], syntax: ToolSyntax | None) -> ChatPlan:
-    """Template input and sampling for ``request`` on ``model``: a tool grammar (forced for
+def _plan(request: InferenceRequest, model_settings: ModelSettings, syntax: ToolSyntax | None) -> ChatPlan:
+    """Template input and sampling for ``request``: a tool grammar (forced for
     ``required`` / a named tool, lazy for ``auto``) unless the request asked for a JSON format."""
     defaults_grammar = grammar_for(request.response_format)
     tools = to_template_tools(request.tools) if _uses_tools(request) else None
@@ -119,7 +124,9 @@ def _plan(request: InferenceRequest, defaults: dict[str, float | int], syntax: T
         if tg is not None and (forced or defaults_grammar is None):
             grammar, triggers = tg.grammar, (tg.triggers if tg.lazy else None)
     params = [
-        engine_sampling(request.sampling, defaults, grammar=grammar, seed_offset=i, lazy_triggers=triggers)
+        engine_sampling(
+            request.sampling, model_settings, grammar=grammar, seed_offset=i, lazy_triggers=triggers
+        )
         for i in range(request.sampling.n)
     ]
     return ChatPlan(to_template_messages(request.messages, syntax=syntax), tools, params)
@@ -170,12 +177,13 @@ class LocalProvider:
 
     async def _start(self, request: InferenceRequest) -> tuple[list[Generation], ToolSyntax | None]:
         """Accept the request on the engine: one generation per choice (``n``)."""
-        defaults = self.backend.sampling_defaults(request.model)
+        model_settings = self.backend.model_settings(request.model)
         if request.kind == "completion":
             grammar = grammar_for(request.response_format)
             n = request.sampling.n
             params = [
-                engine_sampling(request.sampling, defaults, grammar=grammar, seed_offset=i) for i in range(n)
+                engine_sampling(request.sampling, model_settings, grammar=grammar, seed_offset=i)
+                for i in range(n)
             ]
             prompt = request.prompt if isinstance(request.prompt, str) else list(request.prompt)
             return await self.backend.complete(request.model, prompt, params, request.cache_scope), None
@@ -187,7 +195,7 @@ class LocalProvider:
             nonlocal syntax
             if _uses_tools(request):
                 syntax = detect_syntax(model.template.source, model.record.architecture, model.name)
-            return _plan(request, defaults, syntax)
+            return _plan(request, model_settings, syntax)
 
         return await self.backend.chat(request.model, plan, request.cache_scope), syntax
 
@@ -267,7 +275,7 @@ class LocalProvider:
 
     async def count_tokens(self, request: InferenceRequest) -> int:
         if request.kind == "chat":
-            defaults = self.backend.sampling_defaults(request.model)
+            model_settings = self.backend.model_settings(request.model)
             if request.tools:
                 validate_tools(request.tools, request.tool_choice)
 
@@ -275,7 +283,7 @@ class LocalProvider:
                 syntax = None
                 if _uses_tools(request):
                     syntax = detect_syntax(model.template.source, model.record.architecture, model.name)
-                return _plan(request, defaults, syntax)
+                return _plan(request, model_settings, syntax)
 
             return await self.backend.count_chat_tokens(request.model, plan)
         if isinstance(request.prompt, str):

@@ -10,7 +10,8 @@ from the call they answer when the door did not say) and ``tool_call_id``. Ollam
 ``tool_choice``: ``none`` leaves the tools out, ``required`` and a named tool are refused, like ``n`` > 1,
 since Ollama cannot force them. Completions use ``/api/generate`` with ``raw: true`` (they continue
 the prompt as given, without a chat template); ``logit_bias`` and ``ignore_eos`` have no Ollama option
-and are dropped. Ollama has no token counting API.
+and are dropped, as is ``speculative`` (llmhost's local-engine speed option). Ollama has no token
+counting API.
 
 Answer: ``done_reason`` ``length`` -> ``length``, a message with tool calls -> ``tool_calls``, anything
 else -> ``stop``; ``prompt_eval_count`` and ``eval_count`` -> usage. Streams are NDJSON: each line's

@@ -7,6 +7,8 @@ answers; every :class:`~llmhost.core.types.Sampling` field that is set (``max_to
 ``repeat_penalty`` and ``ignore_eos`` as the extensions vLLM, llama.cpp and llmhost take), ``logprobs``
 (chat: ``logprobs: true`` + ``top_logprobs``; completions: ``logprobs: N``), ``response_format``
 (``json_object`` / ``json_schema``), ``tools`` / ``tool_choice`` / ``parallel_tool_calls``, ``user``.
+``speculative`` is never sent: it is llmhost's local-engine speed option, and OpenAI refuses unknown
+fields.
 
 Answer: choices -> :class:`~llmhost.core.types.Choice` (``tool_calls``/``function_call`` finish ->
 ``tool_calls``, ``length`` -> ``length``, anything else -> ``stop``; the matched stop string when the

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from llmhost.engine.async_engine import Engine
-from llmhost.engine.ngram import NgramIndex
+from llmhost.engine.ngram import NgramIndex, adapt_draft
 from llmhost.engine.scheduler import Scheduler
 from llmhost.engine.types import FinishReason, GenerationRequest, SamplingParams
 from tests.engine.test_engine import EOS, make_engine, params, run_many, run_one
@@ -55,7 +55,7 @@ def test_the_index_drafts_what_followed_the_latest_longest_match() -> None:
 def decoding(max_tokens: int, room: int) -> Scheduler:
     """A scheduler whose one speculative sequence has its prompt (LOOP[:20]) and first token done."""
     s = Scheduler(n_slots=2, n_ctx_slot=512, max_batch_tokens=64, max_draft_tokens=room)
-    p = SamplingParams(max_tokens=max_tokens, temperature=0.0, speculative="ngram", draft_max=8)
+    p = SamplingParams(max_tokens=max_tokens, temperature=0.0, speculative="ngram", draft_max=16)
     s.add(GenerationRequest("a", LOOP[:20], p))
     s.admit()
     s.schedule()
@@ -193,3 +193,15 @@ def test_concurrent_speculative_and_plain_streams_keep_their_outputs(tiny_model_
     finally:
         engine.stop()
     assert together == alone
+
+
+def test_the_draft_length_follows_how_well_drafts_do() -> None:
+    assert adapt_draft(8, 8, 8, 16) == 10  # taken whole: two longer
+    assert adapt_draft(15, 4, 4, 16) == 16  # never past the request's most
+    assert adapt_draft(8, 8, 3, 16) == 7  # a miss: one shorter
+    assert adapt_draft(1, 1, 0, 16) == 1  # never below one
+    s = decoding(max_tokens=64, room=32)
+    [chunk] = s.schedule().chunks
+    first = chunk.n_draft
+    s.update_from_output({"a": [*chunk.tokens[1:], 99]}, lambda t: False)
+    assert s.get("a") is not None and s.get("a").draft_len == first + 2  # type: ignore[union-attr]

@@ -7,6 +7,7 @@ on any block or tool, ``metadata`` beyond ``user_id``, ``service_tier``, ``conta
 model here produces signed thinking blocks, and Claude Code works with thinking off. Unknown content
 block types are refused with a 400 that names them. A ``content`` or ``system`` given as a string is
 read as one text block, so errors point into the block list rather than at a ``str`` branch.
+``speculative`` is llmhost's own field (the SDK sends it with ``extra_body``).
 """
 
 from __future__ import annotations
@@ -259,4 +260,11 @@ class MessagesRequest(CountTokensRequest):
     temperature: float | None = Field(default=None, ge=0.0, le=1.0)
     top_p: float | None = Field(default=None, ge=0.0, le=1.0)
     top_k: int | None = Field(default=None, ge=0)
+    speculative: Literal["ngram", "none"] | None = Field(
+        default=None,
+        description=(
+            "llmhost extension (the SDK sends it in `extra_body`): `ngram` speculative decoding (the same "
+            "output), `none` off; unset: the model's setting. Local models only."
+        ),
+    )
     metadata: Metadata | None = None

@@ -353,6 +353,7 @@ def messages_request(body: wire.MessagesRequest) -> InferenceRequest:
         top_p=body.top_p,
         top_k=body.top_k,
         stop=tuple(body.stop_sequences or ()),
+        speculative=body.speculative,
     )
     return _request(body, sampling, body.metadata.user_id if body.metadata else None)
 

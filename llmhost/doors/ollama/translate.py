@@ -2,11 +2,12 @@
 
 Requests: ``options`` become :class:`Sampling` (``num_predict`` -> ``max_tokens``, ``temperature``,
 ``top_k``, ``top_p``, ``min_p``, ``seed``, ``stop``, ``repeat_penalty``, ``presence_penalty``,
-``frequency_penalty``; ``num_predict`` <= 0 and ``seed`` < 0 mean unset, as in Ollama; options that set
-up the runner (``num_ctx``, ``num_gpu``, ...) and unknown ones are ignored). ``format`` ``"json"`` or a
-JSON schema becomes a :class:`ResponseFormat`; ``images`` (base64) become image parts; ``role: tool``
-messages answer the assistant's calls by ``tool_call_id``, else by ``tool_name``, else in order (ids are
-generated where a client sent none, so the core types always pair calls and answers).
+``frequency_penalty``; ``num_predict`` <= 0 and ``seed`` < 0 mean unset, as in Ollama; llmhost's own
+``speculative``, ``"ngram"`` or ``"none"``; options that set up the runner (``num_ctx``, ``num_gpu``,
+...) and unknown ones are ignored). ``format`` ``"json"`` or a JSON schema becomes a
+:class:`ResponseFormat`; ``images`` (base64) become image parts; ``role: tool`` messages answer the
+assistant's calls by ``tool_call_id``, else by ``tool_name``, else in order (ids are generated where a
+client sent none, so the core types always pair calls and answers).
 
 Answers: ``done_reason`` is ``length`` when the token limit ended the answer, else ``stop`` (tool calls
 too, as Ollama reports them). Counts come from the usage; durations (nanoseconds) are measured here, at
@@ -145,6 +146,9 @@ def sampling(
         stop = tuple(s for s in items if s)
     if top_logprobs is not None and not 0 <= top_logprobs <= 20:
         raise RequestError("top_logprobs must be between 0 and 20", param="top_logprobs")
+    speculative = opts.get("speculative")
+    if speculative not in (None, "ngram", "none"):
+        raise RequestError('option "speculative" must be "ngram" or "none"', param="options.speculative")
     num_predict = ints.get("num_predict")
     seed = ints.get("seed")
     top_k = ints.get("top_k")
@@ -160,6 +164,7 @@ def sampling(
         frequency_penalty=floats.get("frequency_penalty", 0.0),
         stop=stop,
         logprobs=(top_logprobs or 0) if logprobs else None,
+        speculative=speculative,
     )
 
 

@@ -118,6 +118,13 @@ class _SamplingFields(_Lenient):
     ignore_eos: bool = Field(
         False, description="llama.cpp extension: generate past end-of-generation tokens."
     )
+    speculative: Literal["ngram", "none"] | None = Field(
+        None,
+        description=(
+            "llmhost extension: `ngram` speculative decoding (the same output), `none` "
+            "off; unset: the model's setting. Local models only."
+        ),
+    )
     n: int = Field(1, ge=1, le=128)
     stream: bool = False
     stream_options: StreamOptions | None = None

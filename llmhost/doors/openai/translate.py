@@ -171,6 +171,7 @@ def _sampling(req: wire.ChatCompletionRequest | wire.CompletionRequest, logprobs
         ignore_eos=req.ignore_eos,
         logprobs=logprobs,
         n=req.n,
+        speculative=req.speculative,
     )
 
 

@@ -272,6 +272,13 @@ class ResponseCreateRequest(_InputFields):
     temperature: float | None = Field(None, ge=0.0, le=2.0)
     top_p: float | None = Field(None, gt=0.0, le=1.0)
     top_logprobs: int | None = Field(None, ge=0, le=20)
+    speculative: Literal["ngram", "none"] | None = Field(
+        None,
+        description=(
+            "llmhost extension: `ngram` speculative decoding (the same output), `none` "
+            "off; unset: the model's setting. Local models only."
+        ),
+    )
     store: bool | None = None
     stream: bool | None = None
     stream_options: StreamOptions | None = None

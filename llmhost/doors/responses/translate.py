@@ -306,6 +306,7 @@ def inference_request(
             temperature=body.temperature,
             top_p=body.top_p,
             logprobs=(body.top_logprobs or 0) if want_logprobs else None,
+            speculative=body.speculative,
         )
         user = body.user or body.safety_identifier
     return InferenceRequest(
