@@ -200,7 +200,12 @@ class Engine:
                 continue
             self.steps += 1
             with self._cv:
-                emits = self._postprocess(sampled)
+                try:
+                    emits = self._postprocess(sampled)
+                except Exception as exc:  # a bug here must fail the step's requests, not stop the loop
+                    log.exception("processing a decode step failed")
+                    failed = [self.scheduler.get(c.request_id) for c in batch.chunks]
+                    emits = [self._fail(seq, exc) for seq in failed if seq is not None]
             self._emit(emits)
 
     def _postprocess(self, sampled: dict[str, list[int]]) -> list[tuple[Sink, RequestOutput]]:

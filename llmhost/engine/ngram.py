@@ -8,7 +8,7 @@ with the newest token and checks every drafted position in the same decode call 
 
 The index maps each n-gram of the sequence to the position after its latest occurrence and grows with
 the sequence, so finding a draft costs a few dictionary lookups a step, whatever the context length.
-Longer n-grams are tried first (a three-token match is a better guess than a one-token one), as in
+Longer n-grams are tried first (a four-token match is a better guess than a three-token one), as in
 prompt-lookup decoding and llama.cpp's ``ngram-simple``.
 """
 
@@ -16,8 +16,8 @@ from __future__ import annotations
 
 __all__ = ["DRAFT_START", "NGRAM_MAX", "NGRAM_MIN", "NgramIndex", "adapt_draft"]
 
-NGRAM_MAX = 3  # the longest n-gram looked up
-NGRAM_MIN = 2  # the shortest: single-token matches guess wrong too often to be worth their logits rows
+NGRAM_MAX = 4  # the longest n-gram looked up
+NGRAM_MIN = 3  # shorter matches guess wrong too often (in prose too) to be worth their logits rows
 DRAFT_START = 8  # a sequence's first draft length, before it adapts
 
 
@@ -65,5 +65,8 @@ class NgramIndex:
                 continue
             start = self._follow[n].get(tuple(tokens[-n:]))
             if start is not None:
-                return tokens[start : start + max_len]
+                # The text since that occurrence is taken to repeat with that period: in a loop the latest
+                # occurrence is right behind the tail, and the draft goes round it as often as it fits.
+                period = len(tokens) - start
+                return [tokens[start + i % period] for i in range(max_len)]
         return []

@@ -234,3 +234,22 @@ def test_runner_fills_a_batch_in_slot_order_whatever_order_the_scheduler_gives(t
         assert set(sampled) == {"r0", "r1", "r2", "r3"}
     finally:
         runner.close()
+
+
+def test_a_failure_after_a_step_fails_its_requests_and_the_loop_goes_on(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = engine.scheduler.update_from_output
+    calls = {"n": 0}
+
+    def broken(*args: object, **kw: object) -> object:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("a bug after the decode call")
+        return real(*args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(engine.scheduler, "update_from_output", broken)
+    outs = list(engine.generate_sync(GenerationRequest("bad", prompt(1), params())))
+    assert outs[-1].error is not None and "a bug after the decode call" in str(outs[-1].error)
+    ids, last = run_one(engine, "good", prompt(2), params())
+    assert len(ids) == 16 and last.finish_reason is FinishReason.LENGTH

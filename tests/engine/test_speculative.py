@@ -41,15 +41,21 @@ def spec_engine(tiny_model_path: Path) -> Iterator[Engine]:
 
 def test_the_index_drafts_what_followed_the_latest_longest_match() -> None:
     index = NgramIndex()
-    tokens = [1, 2, 3, 4, 9, 2, 3, 5, 6, 7, 2, 3]
-    # "2 3" occurred twice before; the latest (followed by 5 6 7) wins.
+    tokens = [1, 2, 3, 4, 9, 8, 2, 3, 4, 5, 6, 7, 2, 3, 4]
+    # "2 3 4" occurred twice before; the latest (followed by 5 6 7) wins.
     assert index.draft(tokens, 3) == [5, 6, 7]
-    tokens += [4]
-    # Now "2 3 4" (three tokens) matches the first occurrence, the longest n-gram first.
-    assert index.draft(tokens, 2) == [9, 2]
-    tokens += [8]
-    assert index.draft(tokens, 4) == []  # "3 4 8", "4 8": never seen
-    assert index.draft([1, 2], 4) == [] and index.draft(tokens, 0) == []
+    tokens += [9]
+    # Now "2 3 4 9" (four tokens) matches the first occurrence: the longest n-gram first.
+    assert index.draft(tokens, 2) == [8, 2]
+    tokens += [7]
+    assert index.draft(tokens, 4) == []  # "4 9 7", "3 4 9 7": never seen
+    assert index.draft([1, 2, 3], 4) == [] and index.draft(tokens, 0) == []
+
+
+def test_a_loop_is_drafted_round_and_round() -> None:
+    # In a loop the latest occurrence is right behind the tail: the draft repeats the period.
+    assert NgramIndex().draft([7, 5, 5, 5, 5], 4) == [5, 5, 5, 5]
+    assert NgramIndex().draft([1, 8, 9, 8, 9, 8, 9], 5) == [8, 9, 8, 9, 8]
 
 
 def decoding(max_tokens: int, room: int) -> Scheduler:
@@ -147,7 +153,7 @@ def stop_inside_a_draft(engine: Engine, tokens: list[int], bias: dict[int, float
             text += piece(token)
             if i == len(out.token_ids) - 1 or not piece(token):
                 continue
-            for n in (1, 2, 3):
+            for n in range(1, 13):
                 stop = text[-n:]
                 if (
                     len(stop) == n
