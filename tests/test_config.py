@@ -11,7 +11,6 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
-from prometheus_client.parser import text_string_to_metric_families
 from pydantic import ValidationError
 from typer.testing import CliRunner, Result
 
@@ -23,7 +22,8 @@ from llmhost.config import (
     default_config_path,
     load_settings,
 )
-from tests.conftest import TINY, LiveServer, ServerFactory
+from tests.conftest import TINY, ServerFactory
+from tests.doors.test_speculative import drafted
 
 
 @pytest.fixture(autouse=True)
@@ -245,17 +245,6 @@ def test_model_settings_from_the_environment_reach_the_loaded_model(
     live = make_server()
     (entry,) = httpx.get(f"{live.base_url}/api/ps").json()["models"]
     assert (entry["name"], entry["context_length"], entry["slots"]) == (TINY, 256, 2)
-
-
-def drafted(live: LiveServer) -> float:
-    """``llmhost_model_draft_tokens_total`` of the tiny model, from ``/metrics``."""
-    text = httpx.get(f"{live.base_url}/metrics", timeout=10).text
-    return sum(
-        sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-        if sample.name == "llmhost_model_draft_tokens_total" and sample.labels.get("model") == TINY
-    )
 
 
 def test_a_models_speculative_ngram_drafts_for_its_requests_unless_one_says_none(
