@@ -49,7 +49,7 @@ class Sequence:
     finish_reason: FinishReason | None = None
     max_total_tokens: int = 0
     ngrams: NgramIndex | None = None  # a speculative sequence's n-gram index, built on first use
-    draft_len: int = DRAFT_START  # how many tokens its next draft may have (see ``_adapt_draft``)
+    draft_len: int = DRAFT_START  # how many tokens its next draft may have (see ``ngram.adapt_draft``)
 
     @property
     def request_id(self) -> str:
