@@ -11,7 +11,7 @@ import pytest
 
 from llmhost.engine.async_engine import Engine
 from llmhost.engine.ngram import NgramIndex, adapt_draft
-from llmhost.engine.scheduler import Scheduler
+from llmhost.engine.scheduler import SPECULATE_BELOW, Scheduler
 from llmhost.engine.types import FinishReason, GenerationRequest, SamplingParams
 from tests.engine.test_engine import EOS, make_engine, params, run_many, run_one
 
@@ -211,3 +211,18 @@ def test_the_draft_length_follows_how_well_drafts_do() -> None:
     first = chunk.n_draft
     s.update_from_output({"a": [*chunk.tokens[1:], 99]}, lambda t: False)
     assert s.get("a") is not None and s.get("a").draft_len == first + 2  # type: ignore[union-attr]
+
+
+def test_drafts_stop_while_many_streams_decode() -> None:
+    def drafts(n_streams: int) -> list[int]:
+        s = Scheduler(n_slots=16, n_ctx_slot=512, max_batch_tokens=256, max_draft_tokens=64)
+        p = SamplingParams(max_tokens=64, temperature=0.0, speculative="ngram")
+        for i in range(n_streams):
+            s.add(GenerationRequest(f"r{i}", LOOP[:20], p))
+        s.admit()
+        s.schedule()
+        s.update_from_output({f"r{i}": [LOOP[20]] for i in range(n_streams)}, lambda t: False)
+        return [c.n_draft for c in s.schedule().chunks]
+
+    assert all(n > 0 for n in drafts(SPECULATE_BELOW - 1))
+    assert drafts(SPECULATE_BELOW) == [0] * SPECULATE_BELOW
