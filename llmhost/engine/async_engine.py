@@ -212,12 +212,11 @@ class Engine:
         emits: list[tuple[Sink, RequestOutput]] = []
         now = time.perf_counter()
         stats = self.stats
-        for chunk in self.scheduler.scheduled:
-            if chunk.n_draft:
-                stats.draft_tokens += chunk.n_draft
-                stats.draft_accepted += len(sampled.get(chunk.request_id, ())) - 1
         for result in self.scheduler.update_from_output(sampled, self.runner.vocab.is_eog):
             seq = result.sequence
+            if result.n_drafted:
+                stats.draft_tokens += result.n_drafted
+                stats.draft_accepted += result.n_sampled - 1
             live = self._live.get(seq.request_id)
             if live is None:
                 continue

@@ -285,8 +285,10 @@ class LlamaRunner:
         A chunk with a draft is verified here: its positions are sampled in order with the sequence's own
         sampler, each from the logits after the tokens before it, and accepted while the sampled token
         is the drafted one. The sequence gets the accepted tokens and the first token that differs (or
-        the one after a wholly accepted draft), the same tokens plain decoding would sample one step
-        at a time, and the KV cells of the rejected tail are dropped.
+        the one after a wholly accepted draft) -- the tokens plain decoding would sample one step at a
+        time from the same logits (llama.cpp's quantized CPU kernels give a chunk's rows slightly
+        different logits than single-token steps, so a near-tie can still go the other way) -- and the
+        KV cells of the rejected tail are dropped.
         """
         n = 0
         sample_at: list[tuple[ScheduledChunk, int]] = []

@@ -98,12 +98,14 @@ class Admission:
 @dataclass(slots=True)
 class StepResult:
     """What changed for one sequence after a step: the tokens it gained (several when a draft was
-    accepted; none when it ended on an end-of-generation token) and how many it sampled."""
+    accepted; none when it ended on an end-of-generation token), how many it sampled, and how many
+    tokens it had drafted (``n_sampled - 1`` of them were accepted)."""
 
     sequence: Sequence
     new_tokens: tuple[int, ...]
     finished: bool
     n_sampled: int = 1
+    n_drafted: int = 0
 
 
 @dataclass
@@ -287,14 +289,9 @@ class Scheduler:
             seq.num_computed = min(seq.num_computed, len(seq.tokens))
             if reason is not None:
                 self.finish(seq.request_id, reason)
-            results.append(StepResult(seq, tuple(new), reason is not None, len(tokens)))
+            results.append(StepResult(seq, tuple(new), reason is not None, len(tokens), chunk.n_draft))
         self._scheduled = []
         return results
-
-    @property
-    def scheduled(self) -> list[ScheduledChunk]:
-        """The chunks of the step being decoded (until :meth:`update_from_output`)."""
-        return self._scheduled
 
     def drop_tail(self, seq: Sequence, n: int) -> None:
         """Forget a sequence's last ``n`` tokens (sampled past a stop string in an accepted draft); KV
