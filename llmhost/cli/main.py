@@ -378,13 +378,22 @@ def usage(
 
 @app.command("import")
 def import_model(
-    path: Annotated[Path, typer.Argument(help="A local GGUF file.")],
+    path: Annotated[
+        Path, typer.Argument(help="A local GGUF file, or a Hugging Face BERT-family folder to convert.")
+    ],
     name: Annotated[str, typer.Option("--name", "-n", help="Name to register it under.")],
     config: ConfigOpt = None,
 ) -> None:
-    """Validate a local GGUF file, copy it into the store and register it."""
+    """Validate a local GGUF file, copy it into the store and register it.
+
+    A Hugging Face folder (config.json, model.safetensors, tokenizer.json) of a BERT embedding model,
+    such as a sentence-transformers download, is converted to GGUF first (no torch needed).
+    """
     settings = _settings(config)
-    record = _with_service(settings, lambda s: s.store.import_file(path, name))
+    if path.is_dir():
+        record = _with_service(settings, lambda s: s.store.import_hf_folder(path, name))
+    else:
+        record = _with_service(settings, lambda s: s.store.import_file(path, name))
     console.print(
         f"imported {record.name} ({_human_size(record.size_bytes)}, {record.digest})", highlight=False
     )

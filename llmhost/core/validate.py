@@ -7,6 +7,7 @@ all of them, so a rule here holds for the CLI as much as for any API.
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 
 from llmhost.core.stage import Request, StageBase
 from llmhost.core.types import EmbedRequest, InferenceRequest, RequestContext
@@ -55,10 +56,20 @@ def check_tools(request: InferenceRequest) -> None:
 
 
 class ValidateStage(StageBase):
+    """Checks what no door may let through; an embedding request without a model gets
+    ``default_embedding_model`` (``[embeddings] model``)."""
+
     name = "validate"
+
+    def __init__(self, default_embedding_model: str = "") -> None:
+        self.default_embedding_model = default_embedding_model
 
     async def before(self, ctx: RequestContext, request: Request) -> Request:
         if isinstance(request, EmbedRequest):
+            if not request.model:
+                if not self.default_embedding_model:
+                    raise RequestError("you must provide a model", param="model")
+                request = replace(request, model=self.default_embedding_model)
             if not request.inputs or any(len(x) == 0 for x in request.inputs):
                 raise RequestError("input must be a non-empty string or array", param="input")
             if len(request.inputs) > MAX_EMBED_INPUTS:

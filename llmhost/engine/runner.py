@@ -8,23 +8,23 @@ from __future__ import annotations
 
 import ctypes
 import logging
-import math
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import llama_cpp
 import numpy as np
 
+from llmhost.engine.embedding import BorrowGate, EmbeddingRunner
 from llmhost.engine.sampling import SequenceSampler, token_logprobs
 from llmhost.engine.types import SamplingParams, ScheduledChunk, SchedulerOutput, TokenLogprob
-from llmhost.errors import EngineError, ModelError, NotReadyError, RequestError
-from llmhost.native import gpu_offload_supported, init_backend
+from llmhost.engine.vocab import Vocab, load_model
+from llmhost.errors import EngineError, ModelError, NotReadyError
+from llmhost.native import gpu_offload_supported
 
-__all__ = ["EmbeddingRunner", "LlamaRunner", "RunnerConfig", "gpu_offload_supported"]
+__all__ = ["LlamaRunner", "RunnerConfig", "gpu_offload_supported"]
 
 log = logging.getLogger(__name__)
 
@@ -41,158 +41,6 @@ class RunnerConfig:
     n_draft_rows: int = 32
 
 
-def _load_model(path: Path, n_gpu_layers: int | None) -> Any:
-    init_backend()
-    params = llama_cpp.llama_model_default_params()
-    if n_gpu_layers is None:
-        n_gpu_layers = -1 if llama_cpp.llama_supports_gpu_offload() else 0
-    params.n_gpu_layers = 2**31 - 1 if n_gpu_layers < 0 else n_gpu_layers
-    model = llama_cpp.llama_model_load_from_file(str(path).encode(), params)
-    if not model:
-        raise ModelError(f"llama.cpp could not load {path} (see LLMHOST_LLAMA_VERBOSE=1 for details)")
-    return model
-
-
-# Token attributes that make a token "special": llama.cpp matches their text only with parse_special.
-_SPECIAL_ATTRS = llama_cpp.LLAMA_TOKEN_ATTR_CONTROL | llama_cpp.LLAMA_TOKEN_ATTR_UNKNOWN
-_C_SPACE = " \t\n\v\f\r"  # what C's isspace() strips next to an lstrip/rstrip token
-
-
-class _Vocab:
-    """Tokenizer helpers shared by the generation and embedding runners."""
-
-    def __init__(self, model: Any) -> None:
-        self.vocab = llama_cpp.llama_model_get_vocab(model)
-        self.n_vocab = int(llama_cpp.llama_vocab_n_tokens(self.vocab))
-        self._pieces: dict[int, bytes] = {}
-        self._eog: dict[int, bool] = {}
-        self._attrs: dict[int, int] = {}
-
-    def tokenize(self, text: str, *, add_special: bool = True, parse_special: bool = False) -> list[int]:
-        data = text.encode("utf-8")
-        cap = len(data) + 16
-        buf = (llama_cpp.llama_token * cap)()
-        n = llama_cpp.llama_tokenize(self.vocab, data, len(data), buf, cap, add_special, parse_special)
-        if n < 0:
-            cap = -n
-            buf = (llama_cpp.llama_token * cap)()
-            n = llama_cpp.llama_tokenize(self.vocab, data, len(data), buf, cap, add_special, parse_special)
-        if n < 0:
-            raise EngineError("tokenization failed")
-        return list(buf[:n])
-
-    def attr(self, token: int) -> int:
-        attr = self._attrs.get(token)
-        if attr is None:
-            attr = self._attrs[token] = int(llama_cpp.llama_vocab_get_attr(self.vocab, token))
-        return attr
-
-    def special_texts(self, text: str) -> set[str]:
-        """The texts of the control (and unknown) tokens that ``text`` would turn into if it were
-        tokenized with special-token parsing, as a template's markup is."""
-        ids = set(self.tokenize(text, add_special=False, parse_special=True))
-        return {self.token_text(t) for t in ids if self.attr(t) & _SPECIAL_ATTRS}
-
-    def tokenize_literal(self, text: str, literals: Mapping[str, str], *, add_special: bool) -> list[int]:
-        """Tokenize ``text`` with special-token parsing, where each key of ``literals`` (a stand-in
-        character standing in for user text) reads as its value, tokenized as plain text.
-
-        The text is cut where llama.cpp's own tokenizer would cut it (at each control token, longest
-        first, honouring lstrip/rstrip), the stand-ins are put back in the plain pieces, and each
-        piece is tokenized on its own -- as llama.cpp tokenizes each piece between special tokens, so
-        with no stand-ins the result is the same as ``tokenize(text, parse_special=True)``.
-        """
-        specials: dict[str, int] = {}
-        for t in self.tokenize(text, add_special=False, parse_special=True):
-            if self.attr(t) & _SPECIAL_ATTRS:
-                specials.setdefault(self.token_text(t), t)
-        fragments: list[str | int] = [text]
-        for special in sorted(specials, key=len, reverse=True):
-            token = specials[special]
-            lstrip = bool(self.attr(token) & llama_cpp.LLAMA_TOKEN_ATTR_LSTRIP)
-            rstrip = bool(self.attr(token) & llama_cpp.LLAMA_TOKEN_ATTR_RSTRIP)
-            split: list[str | int] = []
-            for fragment in fragments:
-                if isinstance(fragment, int):
-                    split.append(fragment)
-                    continue
-                start = 0
-                while (match := fragment.find(special, start)) >= 0:
-                    left = fragment[start:match]
-                    if lstrip:
-                        left = left.rstrip(_C_SPACE)
-                    if left:
-                        split.append(left)
-                    split.append(token)
-                    start = match + len(special)
-                    if rstrip:
-                        while start < len(fragment) and fragment[start] in _C_SPACE:
-                            start += 1
-                if start < len(fragment):
-                    split.append(fragment[start:])
-            fragments = split
-        tokens: list[int] = []
-        if add_special and self.adds_bos:
-            tokens.append(self.bos)
-        for fragment in fragments:
-            if isinstance(fragment, int):
-                tokens.append(fragment)
-                continue
-            for mark, literal in literals.items():
-                fragment = fragment.replace(mark, literal)
-            tokens += self.tokenize(fragment, add_special=False, parse_special=False)
-        if add_special and self.adds_eos:
-            tokens.append(self.eos)
-        return tokens
-
-    def piece(self, token: int) -> bytes:
-        """The bytes a token stands for; control tokens render as nothing."""
-        cached = self._pieces.get(token)
-        if cached is None:
-            # A buffer per call: prompt preparation in worker threads reads pieces too.
-            buf = ctypes.create_string_buffer(256)
-            n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, False)
-            if n < 0:
-                big = ctypes.create_string_buffer(-n)
-                n = llama_cpp.llama_token_to_piece(self.vocab, token, big, len(big), 0, False)
-                cached = big.raw[:n]
-            else:
-                cached = buf.raw[:n]
-            self._pieces[token] = cached
-        return cached
-
-    def detokenize(self, tokens: list[int]) -> str:
-        return b"".join(self.piece(t) for t in tokens).decode("utf-8", errors="replace")
-
-    def is_eog(self, token: int) -> bool:
-        eog = self._eog.get(token)
-        if eog is None:
-            eog = self._eog[token] = bool(llama_cpp.llama_vocab_is_eog(self.vocab, token))
-        return eog
-
-    @property
-    def bos(self) -> int:
-        return int(llama_cpp.llama_vocab_bos(self.vocab))
-
-    @property
-    def eos(self) -> int:
-        return int(llama_cpp.llama_vocab_eos(self.vocab))
-
-    @property
-    def adds_bos(self) -> bool:
-        return bool(llama_cpp.llama_vocab_get_add_bos(self.vocab))
-
-    @property
-    def adds_eos(self) -> bool:
-        return bool(llama_cpp.llama_vocab_get_add_eos(self.vocab))
-
-    def token_text(self, token: int) -> str:
-        if token < 0:
-            return ""
-        raw = llama_cpp.llama_vocab_get_text(self.vocab, token)
-        return raw.decode("utf-8", errors="replace") if raw else ""
-
-
 class LlamaRunner:
     """One loaded model with a context of ``n_slots`` sequences of ``n_ctx_slot`` tokens each.
 
@@ -204,9 +52,9 @@ class LlamaRunner:
     def __init__(self, path: Path, config: RunnerConfig) -> None:
         self.path = path
         self.config = config
-        self.model = _load_model(path, config.n_gpu_layers)
+        self.model = load_model(path, config.n_gpu_layers)
         try:
-            self.vocab = _Vocab(self.model)
+            self.vocab = Vocab(self.model)
             self.n_ctx_train = int(llama_cpp.llama_model_n_ctx_train(self.model))
             cparams = llama_cpp.llama_context_default_params()
             cparams.n_ctx = config.n_ctx_slot * config.n_slots
@@ -244,9 +92,8 @@ class LlamaRunner:
         self.logprobs: dict[str, list[TokenLogprob]] = {}
         self._embedder: EmbeddingRunner | None = None
         self._embedder_lock = threading.Lock()
-        self._closing = False
-        self._borrowers = 0
-        self._borrow_cv = threading.Condition()
+        self._gate = BorrowGate()
+        self._stop_embedding = threading.Event()  # set when an unload begins: a batch stops between decodes
 
     # ----- metadata ----------------------------------------------------------------------------------
     def meta(self, key: str) -> str | None:
@@ -350,21 +197,13 @@ class LlamaRunner:
         Raises :class:`NotReadyError` (503, retry) once an unload has begun; :meth:`close` waits until
         every block has left, so no borrower ever touches freed memory.
         """
-        with self._borrow_cv:
-            if self._closing:
-                raise NotReadyError("the model was unloaded; retry the request")
-            self._borrowers += 1
-        try:
+        with self._gate.borrow():
             yield self
-        finally:
-            with self._borrow_cv:
-                self._borrowers -= 1
-                self._borrow_cv.notify_all()
 
     @property
     def closing(self) -> bool:
         """True once an unload has begun: long work in :meth:`borrow` should stop at the next step."""
-        return self._closing
+        return self._gate.closing
 
     @property
     def n_ctx_embed(self) -> int:
@@ -374,33 +213,28 @@ class LlamaRunner:
     def embedder(self) -> EmbeddingRunner:
         """The embeddings context for this model, created on first use (call inside :meth:`borrow`)."""
         with self._embedder_lock:
-            if self._closing:
+            if self.closing:
                 raise NotReadyError("the model was unloaded; retry the request")
             if self._embedder is None:
                 self._embedder = EmbeddingRunner(
-                    self.model, self.vocab, self.n_ctx_embed, self.config.n_threads
+                    self.model,
+                    self.n_ctx_embed,
+                    self.config.n_threads,
+                    pooling=llama_cpp.LLAMA_POOLING_TYPE_MEAN,
+                    causal=True,
                 )
             return self._embedder
 
     def embed_many(self, token_lists: list[list[int]]) -> list[list[float]]:
         """Embed each token list; an unload that begins meanwhile stops it between inputs."""
         with self.borrow():
-            embedder = self.embedder()
-            vectors = []
-            for tokens in token_lists:
-                if self._closing:
-                    raise NotReadyError("the model was unloaded while embedding; retry the request")
-                vectors.append(embedder.embed(tokens))
-            return vectors
+            return self.embedder().embed_many(token_lists, self._stop_embedding)
 
     def close(self) -> None:
         """Free the model; waits for the :meth:`borrow` blocks in flight (new ones are refused)."""
-        with self._borrow_cv:
-            if self._closing:
-                return
-            self._closing = True
-            while self._borrowers:
-                self._borrow_cv.wait()
+        self._stop_embedding.set()
+        if not self._gate.close():
+            return
         with self._embedder_lock:
             if self._embedder is not None:
                 self._embedder.close()
@@ -409,57 +243,3 @@ class LlamaRunner:
         llama_cpp.llama_batch_free(self._batch)
         llama_cpp.llama_free(self.ctx)
         llama_cpp.llama_model_free(self.model)
-
-
-class EmbeddingRunner:
-    """A second, embeddings-only context on the same model file (mean pooling, L2-normalised)."""
-
-    def __init__(self, model: Any, vocab: _Vocab, n_ctx: int, n_threads: int) -> None:
-        self.vocab = vocab
-        cparams = llama_cpp.llama_context_default_params()
-        cparams.n_ctx = cparams.n_batch = cparams.n_ubatch = n_ctx
-        cparams.n_seq_max = 1
-        cparams.embeddings = True
-        cparams.pooling_type = llama_cpp.LLAMA_POOLING_TYPE_MEAN
-        cparams.n_threads = cparams.n_threads_batch = n_threads
-        cparams.no_perf = True
-        self.ctx = llama_cpp.llama_init_from_model(model, cparams)
-        if not self.ctx:
-            raise ModelError("llama.cpp could not create an embeddings context")
-        self.n_ctx = n_ctx
-        self.n_embd = int(llama_cpp.llama_model_n_embd(model))
-        self.memory = llama_cpp.llama_get_memory(self.ctx)
-        self._batch = llama_cpp.llama_batch_init(n_ctx, 0, 1)
-        self._lock = threading.Lock()
-
-    def embed(self, tokens: list[int]) -> list[float]:
-        if not tokens:
-            raise RequestError("input must not be empty", param="input")
-        if len(tokens) > self.n_ctx:
-            raise RequestError(
-                f"input is {len(tokens)} tokens, more than the {self.n_ctx} this model embeds at once",
-                param="input",
-            )
-        with self._lock:
-            llama_cpp.llama_memory_clear(self.memory, True)
-            batch = self._batch
-            for i, token in enumerate(tokens):
-                batch.token[i] = token
-                batch.pos[i] = i
-                batch.n_seq_id[i] = 1
-                batch.seq_id[i][0] = 0
-                batch.logits[i] = 1
-            batch.n_tokens = len(tokens)
-            rc = llama_cpp.llama_decode(self.ctx, batch)
-            if rc != 0:
-                raise EngineError(f"embedding decode failed: llama_decode returned {rc}")
-            ptr = llama_cpp.llama_get_embeddings_seq(self.ctx, 0)
-            if not ptr:
-                raise EngineError("llama.cpp returned no embedding")
-            values = [float(ptr[i]) for i in range(self.n_embd)]
-        norm = math.sqrt(sum(v * v for v in values)) or 1.0
-        return [v / norm for v in values]
-
-    def close(self) -> None:
-        llama_cpp.llama_batch_free(self._batch)
-        llama_cpp.llama_free(self.ctx)

@@ -32,6 +32,7 @@ from llmhost.config import ModelSettings, Settings
 from llmhost.engine.async_engine import OutputStream
 from llmhost.engine.types import GenerationRequest, SamplingParams
 from llmhost.errors import EngineError, NotReadyError, RequestError
+from llmhost.local.embed_cache import EmbeddingCache, cache_key, pack, unpack
 from llmhost.models.manager import LoadedModel, ModelManager
 from llmhost.models.registry import ModelRecord, Registry
 
@@ -79,22 +80,46 @@ class Generation:
 class LocalBackend:
     """Runs requests on the resident models; ``ready`` turns true once the default model is loaded."""
 
-    def __init__(self, settings: Settings, registry: Registry, models: ModelManager) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        registry: Registry,
+        models: ModelManager,
+        *,
+        embedded: Mapping[str, Callable[[], ModelRecord]] | None = None,
+        embed_cache: EmbeddingCache | None = None,
+    ) -> None:
         self.settings = settings
         self.registry = registry
         self.models = models
+        # Models that import themselves into the store on first use (the embedded embedding model).
+        self.embedded = dict(embedded or {})
+        self.embed_cache = embed_cache
         self.ready = False
+
+    def has_model(self, name: str) -> bool:
+        """Whether ``name`` is a local model: registered, or embedded and importable on first use."""
+        return name in self.embedded or self.registry.find(name) is not None
 
     def list_models(self) -> list[ModelRecord]:
         return self.registry.list()
 
     @contextlib.asynccontextmanager
-    async def using(self, name: str) -> AsyncIterator[LoadedModel]:
-        """Hold the model ``name`` points at (loading it if needed) for the duration of the block."""
+    async def using(self, name: str, *, generate: bool = True) -> AsyncIterator[LoadedModel]:
+        """Hold the model ``name`` points at (loading it if needed) for the duration of the block;
+        ``generate`` refuses an embedding-only model (400)."""
         if not self.ready:
             raise NotReadyError("the server is still loading its default model; retry shortly")
+        if name in self.embedded and self.registry.find(name) is None:
+            await asyncio.to_thread(self.embedded[name])
         model = await asyncio.to_thread(self.models.acquire, name)
         try:
+            if generate and model.embedding_only:
+                raise RequestError(
+                    f"model '{name}' is an embedding model: it cannot generate text (use it with the "
+                    "embeddings endpoints)",
+                    param="model",
+                )
             yield model
         finally:
             self.models.release(model)
@@ -243,6 +268,7 @@ class LocalBackend:
             for i, p in enumerate(params):
                 rid = request_id if i == 0 else f"{request_id}-{i}"
                 request = GenerationRequest(rid, tokens, p, cache_scope=cache_scope)
+                assert model.engine is not None  # `using` refuses embedding-only models
                 try:
                     stream = model.engine.stream(request)
                 except EngineError as exc:
@@ -259,12 +285,29 @@ class LocalBackend:
         return generations
 
     async def embed(self, name: str, inputs: Sequence[str | list[int]]) -> tuple[list[list[float]], int]:
-        """Embed each input; return the vectors and the total number of input tokens."""
-        async with self.using(name) as model:
-            token_lists = await asyncio.to_thread(self._embedding_tokens, model, inputs)
-            # The hold keeps the model loaded; a forced unload stops the batch between inputs (503).
-            vectors = await asyncio.to_thread(model.runner.embed_many, token_lists)
-            return vectors, sum(len(t) for t in token_lists)
+        """Embed each input; return the vectors and the total number of input tokens. Inputs the
+        embedding cache holds for this model file are not computed again."""
+        async with self.using(name, generate=False) as model:
+            cache = self.embed_cache
+            keys = [cache_key(model.record.digest, x) for x in inputs] if cache is not None else []
+            hits = await asyncio.to_thread(cache.get_many, keys) if cache is not None else {}
+            vectors: list[list[float]] = [[] for _ in inputs]
+            counts = [0] * len(inputs)
+            for i, (blob, n_tokens) in hits.items():
+                vectors[i], counts[i] = unpack(blob), n_tokens
+            todo = [i for i in range(len(inputs)) if i not in hits]
+            if todo:
+                token_lists = await asyncio.to_thread(
+                    self._embedding_tokens, model, [inputs[i] for i in todo]
+                )
+                # The hold keeps the model loaded; a forced unload stops the batch between decodes (503).
+                computed = await asyncio.to_thread(model.runner.embed_many, token_lists)
+                for i, tokens, vector in zip(todo, token_lists, computed, strict=True):
+                    vectors[i], counts[i] = vector, len(tokens)
+                if cache is not None:
+                    entries = [(keys[i], (pack(vectors[i]), counts[i])) for i in todo]
+                    await asyncio.to_thread(cache.put_many, entries)
+            return vectors, sum(counts)
 
     def _embedding_tokens(self, model: LoadedModel, inputs: Sequence[str | list[int]]) -> list[list[int]]:
         runner = model.runner

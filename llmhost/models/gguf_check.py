@@ -101,6 +101,11 @@ class GGUFInfo:
     license: str | None  # general.license
     metadata: Mapping[str, MetadataValue] = field(default_factory=lambda: MappingProxyType({}))
 
+    @property
+    def embedding_only(self) -> bool:
+        """An embedding model (BERT and its kin): its attention is not causal, so it cannot generate."""
+        return self.metadata.get(f"{self.architecture}.attention.causal") is False
+
 
 class _Truncated(Exception):
     """Raised inside the reader when a read would go past the end of the file."""

@@ -28,11 +28,12 @@ from dataclasses import dataclass, field
 
 from llmhost.config import ModelSettings, Settings
 from llmhost.engine.async_engine import Engine
+from llmhost.engine.embedding import EncoderRunner
 from llmhost.engine.runner import LlamaRunner, RunnerConfig
 from llmhost.errors import ConflictError, ModelError, NotReadyError
-from llmhost.models.gguf_check import inspect_gguf_cached
+from llmhost.models.gguf_check import GGUFInfo, inspect_gguf_cached
 from llmhost.models.hardware import HardwareInfo, detect_hardware
-from llmhost.models.memory import estimate_memory
+from llmhost.models.memory import estimate_embedding_memory, estimate_memory
 from llmhost.models.registry import ModelRecord, Registry
 from llmhost.models.templates import ChatTemplate, resolve_chat_template
 
@@ -55,13 +56,14 @@ class RuntimeKey:
 
 @dataclass(eq=False)
 class LoadedModel:
-    """A model in memory, ready to serve."""
+    """A model in memory, ready to serve: a generative model has a runner and the engine that drives it;
+    an embedding-only model (BERT) has an :class:`EncoderRunner` and no engine."""
 
     name: str
     key: RuntimeKey
     record: ModelRecord
-    runner: LlamaRunner
-    engine: Engine
+    runner: LlamaRunner | EncoderRunner
+    engine: Engine | None
     template: ChatTemplate
     settings: ModelSettings
     memory_bytes: int
@@ -98,12 +100,35 @@ class LoadedModel:
         return tuple(texts), frozenset(ids)
 
     @property
+    def embedding_only(self) -> bool:
+        return self.engine is None
+
+    @property
+    def active_requests(self) -> int:
+        return self.engine.active_requests if self.engine is not None else self.refs
+
+    @property
+    def last_used(self) -> float:
+        """``time.monotonic()`` of the last work done."""
+        if self.engine is not None:
+            return self.engine.last_used
+        assert isinstance(self.runner, EncoderRunner)
+        return self.runner.last_used
+
+    @property
     def idle(self) -> bool:
-        return self.refs == 0 and self.engine.active_requests == 0
+        return self.refs == 0 and self.active_requests == 0
 
     @property
     def idle_seconds(self) -> float:
-        return 0.0 if not self.idle else max(0.0, time.monotonic() - self.engine.last_used)
+        return 0.0 if not self.idle else max(0.0, time.monotonic() - self.last_used)
+
+    def stop(self) -> None:
+        """End the engine's loop (open requests end with ``abort``) and free the model."""
+        if self.engine is not None:
+            self.engine.stop()
+        else:
+            self.runner.close()
 
     @property
     def expires_in(self) -> float | None:
@@ -203,12 +228,14 @@ class ModelManager:
     def _load(self, name: str, record: ModelRecord, key: RuntimeKey) -> LoadedModel:
         ms = self.settings.model_settings(name)
         info = inspect_gguf_cached(record.path, record.digest, self.settings.data_dir / "cache" / "gguf-info")
+        if info.embedding_only:
+            return self._load_encoder(name, record, key, info, ms)
         estimate = estimate_memory(
             info, n_ctx_total=key.n_ctx * key.n_parallel, n_seq=key.n_parallel, n_batch=key.n_batch
         )
         need = estimate.total_bytes
         gpu_layers = key.n_gpu_layers
-        on_gpu = bool(self.hardware.gpus) and self.hardware.llama_gpu_offload and (gpu_layers or -1) != 0
+        on_gpu = self._on_gpu(key)
         budget = self.vram_budget if on_gpu else self.ram_budget
         where = "VRAM" if on_gpu else "RAM"
         if need > budget:
@@ -246,6 +273,34 @@ class ModelManager:
         )
         return LoadedModel(name, key, record, runner, engine, template, ms, need, on_gpu, keep_alive, elapsed)
 
+    def _load_encoder(
+        self, name: str, record: ModelRecord, key: RuntimeKey, info: GGUFInfo, ms: ModelSettings
+    ) -> LoadedModel:
+        """An embedding-only model: one embeddings context, no generation slots and no engine."""
+        n_tokens = max(min(info.context_length or 512, 8192), EncoderRunner.MIN_BATCH_TOKENS)
+        need = estimate_embedding_memory(info, n_tokens=n_tokens).total_bytes
+        on_gpu = (
+            bool(self.hardware.gpus) and self.hardware.llama_gpu_offload and (key.n_gpu_layers or -1) != 0
+        )
+        budget = self.vram_budget if on_gpu else self.ram_budget
+        if need > budget:
+            raise ModelError(f"model '{name}' needs about {_gib(need)}, more than the {_gib(budget)} budget")
+        self._make_room(need, on_gpu, name)
+        started = time.perf_counter()
+        runner = EncoderRunner(
+            record.path,
+            n_threads=key.n_threads or self.hardware.default_threads,
+            n_gpu_layers=key.n_gpu_layers,
+        )
+        template = resolve_chat_template(record.architecture, record.chat_template, ms.chat_template)
+        keep_alive = ms.keep_alive if ms.keep_alive is not None else self.settings.memory.keep_alive
+        elapsed = time.perf_counter() - started
+        log.info("loaded embedding model %s in %.2fs (~%s)", name, elapsed, _gib(need))
+        return LoadedModel(name, key, record, runner, None, template, ms, need, on_gpu, keep_alive, elapsed)
+
+    def _on_gpu(self, key: RuntimeKey) -> bool:
+        return bool(self.hardware.gpus) and self.hardware.llama_gpu_offload and (key.n_gpu_layers or -1) != 0
+
     def _used(self, on_gpu: bool) -> int:
         return sum(m.memory_bytes for m in self._loaded.values() if m.on_gpu == on_gpu)
 
@@ -262,7 +317,7 @@ class ModelManager:
                 # Evicting a model on the other device frees nothing unless we are over the count.
                 idle = sorted(
                     (m for m in self._loaded.values() if m.idle and (m.on_gpu == on_gpu or not over_memory)),
-                    key=lambda m: m.engine.last_used,
+                    key=lambda m: m.last_used,
                 )
                 victim = idle[0] if idle else None
                 if victim is not None:
@@ -276,7 +331,7 @@ class ModelManager:
                     self._lock.wait(0.25)
                     continue
             log.info("evicting %s to make room for %s", victim.name, name)
-            victim.engine.stop()
+            victim.stop()
 
     # ----- unloading ---------------------------------------------------------------------------------
     def unload(self, name: str, *, force: bool = False) -> bool:
@@ -292,11 +347,10 @@ class ModelManager:
                 return False
             if not model.idle and not force:
                 raise ConflictError(
-                    f"model '{name}' is serving {model.engine.active_requests} request(s); "
-                    "try again when idle"
+                    f"model '{name}' is serving {model.active_requests} request(s); try again when idle"
                 )
             del self._loaded[key]
-        model.engine.stop()
+        model.stop()
         log.info("unloaded %s", name)
         return True
 
@@ -317,7 +371,7 @@ class ModelManager:
                     del self._loaded[m.key]
             for m in expired:
                 log.info("unloading %s after %.0fs idle", m.name, m.keep_alive)
-                m.engine.stop()
+                m.stop()
             with self._lock:
                 if self._closed:
                     return
@@ -330,7 +384,7 @@ class ModelManager:
             self._loaded.clear()
             self._lock.notify_all()
         for m in models:
-            m.engine.stop()
+            m.stop()
         self._reaper.join(timeout=5)
 
 

@@ -52,7 +52,14 @@ from pathlib import Path
 
 from llmhost.models.gguf_check import GGUFInfo
 
-__all__ = ["MemoryEstimate", "estimate_memory", "max_ctx_per_slot", "max_slots", "read_vocab_size"]
+__all__ = [
+    "MemoryEstimate",
+    "estimate_embedding_memory",
+    "estimate_memory",
+    "max_ctx_per_slot",
+    "max_slots",
+    "read_vocab_size",
+]
 
 MiB = 1 << 20
 VOCAB_TABLE_BYTES_PER_TOKEN = 224
@@ -234,6 +241,20 @@ def estimate_memory(
     samplers = SAMPLER_BYTES_PER_TOKEN * vocab * n_seq
     compute = activations + masks + logits + output_buffer + samplers + FIXED_OVERHEAD_BYTES
     return MemoryEstimate(weights_bytes=weights, kv_cache_bytes=kv, compute_bytes=compute)
+
+
+def estimate_embedding_memory(info: GGUFInfo, *, n_tokens: int) -> MemoryEstimate:
+    """Estimate an embedding-only model (BERT): weights and one embeddings context of ``n_tokens``
+    tokens a decode (:class:`~llmhost.engine.embedding.EncoderRunner`), with no KV cache. The KQ
+    scores are counted in full (``4 x n_tokens^2 x n_head``), as without flash attention."""
+    vocab = _vocab_size(info)
+    n_embd = info.embedding_length or _int(info, "embedding_length") or 0
+    n_head = _int(info, "attention.head_count") or 0
+    n_ff = _int(info, "feed_forward_length") or 4 * n_embd
+    weights = info.size_bytes + VOCAB_TABLE_BYTES_PER_TOKEN * vocab
+    activations = 4 * n_tokens * (2 * n_ff + 4 * n_embd)
+    scores = 4 * n_tokens * n_tokens * n_head
+    return MemoryEstimate(weights, 0, activations + scores + FIXED_OVERHEAD_BYTES)
 
 
 def max_slots(

@@ -24,11 +24,13 @@ deleted, unless the caller says it is loaded (``in_use``): it then stays on disk
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import logging
 import os
 import re
+import shutil
 import sys
 import tempfile
 import threading
@@ -169,6 +171,37 @@ class ModelStore:
             default_license=default_license,
             progress=progress,
         )
+
+    def import_hf_folder(
+        self,
+        folder: Path,
+        name: str,
+        *,
+        source: str | None = None,
+        default_license: str | None = None,
+        title: str | None = None,
+    ) -> ModelRecord:
+        """Convert the Hugging Face BERT-family folder ``folder`` to a GGUF (:mod:`llmhost.models.convert`)
+        and import that as ``name``; ``title`` is the GGUF's ``general.name`` (default: from the folder's
+        config). Raises :class:`InvalidModelFileError` for a folder it cannot convert; on any error
+        nothing changes."""
+        from llmhost.models.convert import convert_hf_folder  # numpy + safetensors: only when converting
+
+        validate_model_name(name)
+        folder = Path(folder)
+        work = Path(tempfile.mkdtemp(prefix=".convert-", dir=self.models_dir))
+        try:
+            converted = convert_hf_folder(folder, work / "model.gguf", name=title)
+            return self.import_file(
+                converted.path,
+                name,
+                source=source if source is not None else f"convert:{folder.resolve()}",
+                default_license=default_license,
+            )
+        except OSError as exc:
+            raise _disk_error(exc, name, work) from exc
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
 
     def import_parts(
         self,
@@ -422,6 +455,10 @@ class ModelStore:
 
     def _remove_stale_temp_files(self) -> None:
         cutoff = time.time() - _STALE_TEMP_AGE_S
+        for folder in self.models_dir.glob(".convert-*"):  # a conversion killed midway
+            with contextlib.suppress(OSError):
+                if folder.stat().st_mtime < cutoff:
+                    shutil.rmtree(folder, ignore_errors=True)
         for path in self.blobs_dir.glob(f"{_TEMP_PREFIX}*{_TEMP_SUFFIX}"):
             try:
                 if path.stat().st_mtime < cutoff:

@@ -39,6 +39,7 @@ _MEASURE = textwrap.dedent(
     from pathlib import Path
 
     import llmhost.engine.runner as r
+    from llmhost.native import init_backend
     from llmhost.engine.types import SamplingParams, ScheduledChunk, SchedulerOutput
 
     def rss() -> int:
@@ -48,7 +49,7 @@ _MEASURE = textwrap.dedent(
         raise SystemExit("no VmRSS")
 
     path, n_ctx, n_slots = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
-    r.init_backend()
+    init_backend()
     before = rss()
     runner = r.LlamaRunner(path, r.RunnerConfig(n_ctx_slot=n_ctx, n_slots=n_slots, n_batch=512, n_threads=2))
     nb = runner.n_batch

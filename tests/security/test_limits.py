@@ -212,7 +212,8 @@ def test_a_budget_survives_a_restart(tmp_path: Path, tiny_model_path: Path) -> N
     routes = {"paid": {"targets": [{"provider": "local", "model": TINY, "output_price": 1_000_000}]}}
     settings = make_settings(tmp_path / "d", routes=routes)
     secret = _key(settings, "two", budget=2)
-    body = {**CHAT, "model": "paid", "max_tokens": 1}
+    # Each answer is one token ($1): the random-weight model's end token (id 2) is ruled out.
+    body = {**CHAT, "model": "paid", "max_tokens": 1, "logit_bias": {"2": -100}}
     for expected in ([200, 200], [429]):  # the second run is a fresh process's view of the same data dir
         service = make_service(settings, tiny_model_path)
         server = start_server(settings, service)

@@ -189,7 +189,7 @@ async def generate(body: wire.GenerateRequest, request: Request) -> Response:
 @router.post("/embed", response_model=None)
 async def embed(body: wire.EmbedRequest, request: Request) -> JSONResponse:
     service = _service(request)
-    model = translate.require_model(body.model)
+    model = translate.require_model(body.model or service.settings.embeddings.model)
     keep_alive = parse_keep_alive(body.keep_alive)
     inputs = translate.embed_inputs(body.input)
     if body.dimensions is not None and body.dimensions < 0:
@@ -217,7 +217,7 @@ async def embed(body: wire.EmbedRequest, request: Request) -> JSONResponse:
 async def embeddings(body: wire.EmbeddingsRequest, request: Request) -> JSONResponse:
     """The older single-prompt embedding route."""
     service = _service(request)
-    model = translate.require_model(body.model)
+    model = translate.require_model(body.model or service.settings.embeddings.model)
     keep_alive = parse_keep_alive(body.keep_alive)
     if not body.prompt:
         await _load(service, model, keep_alive)

@@ -166,7 +166,7 @@ class CompletionRequest(_SamplingFields):
 
 
 class EmbeddingRequest(_Lenient):
-    model: str = Field(min_length=1)
+    model: str = ""  # none: the default embedding model ([embeddings] model)
     input: str | list[str] | list[int] | list[list[int]]
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = Field(None, ge=1)
