@@ -8,8 +8,8 @@ Two jobs, both needing ``sentence-transformers`` (and torch), which llmhost itse
     against it (cosine >= 0.99) without torch.
 ``--rounds N`` (default)
     Speed, interleaved rounds: one-input latency (median of 20 calls) and batch throughput (a corpus of
-    sentences, embedded in one call per batch), llmhost's engine in this process vs sentence-transformers
-    on the same threads, and the ratio.
+    sentences in one call), llmhost's EncoderRunner vs sentence-transformers with the same threads, each
+    side in a fresh process per round, and the ratio.
 
 Run with a Python that has both llmhost (``pip install -e .``) and sentence-transformers, e.g.::
 
@@ -22,11 +22,12 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 import zipfile
 from pathlib import Path
-from typing import Any
 
 SENTENCES = [
     "This is a test.",
@@ -92,63 +93,78 @@ def _corpus(n: int) -> list[str]:
     return [" ".join(words[(i * 7) % len(words) :][: 8 + i % 24]) + f" #{i}" for i in range(n)]
 
 
-def bench(rounds: int, n_corpus: int, threads: int) -> None:
-    import torch
-    from sentence_transformers import SentenceTransformer
-
-    from llmhost.engine.embedding import EncoderRunner
-    from llmhost.models.convert import convert_hf_folder
-
-    torch.set_num_threads(threads)
+def measure(side: str, n_corpus: int, threads: int, folder: Path, gguf: Path) -> dict[str, float]:
+    """One side's figures, in a process of its own (torch's and llama.cpp's OpenMP threads would
+    otherwise spin against each other): one-input latency (median of 20) and batch inputs/s."""
     corpus = _corpus(n_corpus)
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = _package_folder(Path(tmp))
-        gguf = convert_hf_folder(folder, Path(tmp) / "minilm.gguf").path
-        st = SentenceTransformer(str(folder), device="cpu")
+    if side == "llmhost":
+        from llmhost.engine.embedding import EncoderRunner
+
         runner = EncoderRunner(gguf, n_threads=threads, n_gpu_layers=0)
         vocab = runner.vocab
 
-        def ours_one() -> None:
+        def one() -> None:
             runner.embed_many([vocab.tokenize(SENTENCES[1], add_special=True)])
 
-        def ours_batch() -> None:
+        def batch() -> None:
             runner.embed_many([vocab.tokenize(s, add_special=True) for s in corpus])
 
-        def st_one() -> None:
+    else:
+        import torch
+        from sentence_transformers import SentenceTransformer
+
+        torch.set_num_threads(threads)
+        st = SentenceTransformer(str(folder), device="cpu")
+
+        def one() -> None:
             st.encode([SENTENCES[1]], normalize_embeddings=True)
 
-        def st_batch() -> None:
+        def batch() -> None:
             st.encode(corpus, normalize_embeddings=True, batch_size=32)
 
-        results: dict[str, list[float]] = {k: [] for k in ("ours_one", "st_one", "ours_batch", "st_batch")}
-        ours_one(), st_one(), ours_batch(), st_batch()  # warm up
+    one(), batch()  # warm up
+    times = []
+    for _ in range(20):
+        t = time.perf_counter()
+        one()
+        times.append(time.perf_counter() - t)
+    t = time.perf_counter()
+    batch()
+    return {"one_s": statistics.median(times), "batch_per_s": len(corpus) / (time.perf_counter() - t)}
+
+
+def bench(rounds: int, n_corpus: int, threads: int) -> None:
+    from llmhost.models.convert import convert_hf_folder
+
+    results: dict[str, list[dict[str, float]]] = {"llmhost": [], "sentence-transformers": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = _package_folder(Path(tmp))
+        gguf = convert_hf_folder(folder, Path(tmp) / "minilm.gguf").path
         for r in range(rounds):
-            for name, fn in (("ours_one", ours_one), ("st_one", st_one)):
-                times = []
-                for _ in range(20):
-                    t = time.perf_counter()
-                    fn()
-                    times.append(time.perf_counter() - t)
-                results[name].append(statistics.median(times))
-            for name, fn in (("ours_batch", ours_batch), ("st_batch", st_batch)):
-                t = time.perf_counter()
-                fn()
-                results[name].append(len(corpus) / (time.perf_counter() - t))
+            order = list(results) if r % 2 == 0 else list(reversed(results))
+            for side in order:
+                args = [sys.executable, __file__, "--measure", side, "--corpus", str(n_corpus)]
+                args += ["--threads", str(threads), "--folder", str(folder), "--gguf", str(gguf)]
+                out = subprocess.run(args, check=True, capture_output=True, text=True).stdout
+                results[side].append(json.loads(out.strip().splitlines()[-1]))
+            ours, theirs = results["llmhost"][-1], results["sentence-transformers"][-1]
             print(
-                f"round {r + 1}: one input {results['ours_one'][-1] * 1e3:.1f} ms vs "
-                f"{results['st_one'][-1] * 1e3:.1f} ms; batch {results['ours_batch'][-1]:.0f} vs "
-                f"{results['st_batch'][-1]:.0f} inputs/s"
+                f"round {r + 1}: one input {ours['one_s'] * 1e3:.1f} ms vs {theirs['one_s'] * 1e3:.1f} ms; "
+                f"batch {ours['batch_per_s']:.0f} vs {theirs['batch_per_s']:.0f} inputs/s"
             )
-        runner.close()
-    med: dict[str, Any] = {k: statistics.median(v) for k, v in results.items()}
-    print(f"\nall-MiniLM-L6-v2, {threads} threads, {len(corpus)} inputs of 8-31 words, median of {rounds}")
+    med = {
+        side: {k: statistics.median(x[k] for x in runs) for k in ("one_s", "batch_per_s")}
+        for side, runs in results.items()
+    }
+    ours, theirs = med["llmhost"], med["sentence-transformers"]
+    print(f"\nall-MiniLM-L6-v2, {threads} threads, {n_corpus} inputs of 8-31 words, median of {rounds}")
     print(
-        f"  one input:  llmhost {med['ours_one'] * 1e3:.1f} ms, "
-        f"sentence-transformers {med['st_one'] * 1e3:.1f} ms"
+        f"  one input:  llmhost {ours['one_s'] * 1e3:.1f} ms, "
+        f"sentence-transformers {theirs['one_s'] * 1e3:.1f} ms"
     )
     print(
-        f"  batch:      llmhost {med['ours_batch']:.0f} inputs/s, sentence-transformers "
-        f"{med['st_batch']:.0f} inputs/s, ratio {med['ours_batch'] / med['st_batch']:.2f}x"
+        f"  batch:      llmhost {ours['batch_per_s']:.0f} inputs/s, sentence-transformers "
+        f"{theirs['batch_per_s']:.0f} inputs/s, ratio {ours['batch_per_s'] / theirs['batch_per_s']:.2f}x"
     )
 
 
@@ -160,8 +176,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--corpus", type=int, default=512, help="inputs in the batch test")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--measure", choices=["llmhost", "sentence-transformers"], help=argparse.SUPPRESS)
+    parser.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--gguf", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.write_reference:
+    if args.measure:
+        print(json.dumps(measure(args.measure, args.corpus, args.threads, args.folder, args.gguf)))
+    elif args.write_reference:
         write_reference(args.write_reference)
     else:
         bench(args.rounds, args.corpus, args.threads)
