@@ -189,8 +189,9 @@ class RouteSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    strategy: Literal["priority", "cost", "latency", "round_robin", "weighted"] = Field(
-        "priority", description="How targets are ordered for each request."
+    strategy: Literal["priority", "cost", "latency", "round_robin", "weighted", "ensemble"] = Field(
+        "priority",
+        description="How targets are ordered for each request; `ensemble` asks them all at once.",
     )
     targets: list[TargetSettings] = Field(min_length=1, description="Ordered list of targets.")
     retries: int = Field(1, ge=0, le=10, description="Extra attempts per target on retryable errors.")
@@ -204,6 +205,22 @@ class RouteSettings(BaseModel):
         le=0.0,
         description="The `logprob` check escalates when the answer's mean token log-probability is lower.",
     )
+    aggregate: Literal["vote", "judge", "best_of", "first", "all"] = Field(
+        "vote", description="`ensemble`: how the targets' answers become one (see Ensembles)."
+    )
+    judge: str | None = Field(None, description="`ensemble` with `judge`: the model or route that judges.")
+    judge_merge: bool = Field(False, description="The judge writes one answer from all instead of picking.")
+    member_timeout: float | None = Field(
+        None, gt=0, description="`ensemble`: seconds a target may take before it drops out."
+    )
+
+    @model_validator(mode="after")
+    def _ensemble_fields(self) -> RouteSettings:
+        if self.strategy == "ensemble" and self.aggregate == "judge" and not self.judge:
+            raise ValueError('an ensemble route with aggregate = "judge" needs `judge` (a model or route)')
+        if self.strategy == "ensemble" and self.cascade:
+            raise ValueError("an ensemble route cannot also cascade")
+        return self
 
 
 class BreakerSettings(BaseModel):

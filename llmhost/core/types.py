@@ -322,6 +322,7 @@ class Result:
     usage: Usage = field(default_factory=Usage)
     created: int = field(default_factory=lambda: int(time.time()))
     target: str = ""
+    ensemble: dict[str, Any] | None = None  # an ensemble's account: members, their answers, the winner
 
     @property
     def text(self) -> str:

@@ -22,7 +22,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
-from llmhost.config import Settings, TargetSettings
+from llmhost.apps.ensemble import EnsembleSpec, Member, run_ensemble
+from llmhost.config import RouteSettings, Settings, TargetSettings
 from llmhost.core.stream import deltas_of
 from llmhost.core.types import (
     Attempt,
@@ -58,6 +59,7 @@ class Route:
     cascade: list[str] = field(default_factory=list)
     explicit: bool = True
     min_logprob: float = -1.0
+    settings: RouteSettings | None = None  # the [routes.NAME] table (ensemble fields), None if implicit
 
 
 def is_retryable(exc: BaseException) -> bool:
@@ -111,6 +113,7 @@ class Gateway:
                 list(cfg.cascade),
                 True,
                 cfg.min_logprob,
+                cfg,
             )
         self._health_task: asyncio.Task[None] | None = None
 
@@ -138,6 +141,11 @@ class Gateway:
         """A whole answer. A `logprob` cascade asks targets for log-probabilities and hides them again
         from a client that did not ask."""
         route = ctx.route or self.resolve(request.model)
+        if route.strategy == "ensemble":
+            return await self._ensemble(ctx, route, request)
+        return await self._answer_on(ctx, route, request)
+
+    async def _answer_on(self, ctx: RequestContext, route: Route, request: InferenceRequest) -> Result:
         asked = request.sampling.logprobs
         if "logprob" in route.cascade and asked is None:
             request = replace(request, sampling=replace(request.sampling, logprobs=0))
@@ -168,7 +176,7 @@ class Gateway:
     async def open_stream(self, ctx: RequestContext, request: InferenceRequest) -> AsyncIterator[Delta]:
         """Open a stream; it has produced its first output (or failed over) when this returns."""
         route = ctx.route or self.resolve(request.model)
-        if route.cascade:  # cascades decide on whole answers
+        if route.cascade or route.strategy == "ensemble":  # these decide on whole answers
             return deltas_of(await self.answer(ctx, request))
 
         async def call(provider: Provider, target: Target) -> tuple[AsyncIterator[Delta], list[Delta], float]:
@@ -189,6 +197,33 @@ class Gateway:
             ctx, route, call, lambda *_: True, stream=True
         )
         return self._committed(ctx, route, target, ctx.tier, iterator, buffered, started)
+
+    async def _ensemble(self, ctx: RequestContext, route: Route, request: InferenceRequest) -> Result:
+        """An ``ensemble`` route: every target at once, each with its breaker and retries, combined by
+        the route's aggregate (:mod:`llmhost.apps.ensemble`); each target's usage is its own row."""
+        cfg = route.settings
+        assert cfg is not None
+
+        def member(target: Target) -> Member:
+            single = Route(route.name, "priority", [target], route.retries, route.backoff, settings=None)
+
+            async def call(req: InferenceRequest) -> Result:
+                return await self._answer_on(ctx, single, req)
+
+            return Member(target.key, call)
+
+        judge = None
+        if cfg.judge:
+            judge_route = self.resolve(cfg.judge)
+
+            async def ask_judge(req: InferenceRequest) -> Result:
+                return await self._answer_on(ctx, judge_route, replace(req, model=cfg.judge or ""))
+
+            judge = Member(cfg.judge, ask_judge)
+        spec = EnsembleSpec(cfg.aggregate, judge, cfg.judge_merge, cfg.member_timeout)
+        result = await run_ensemble([member(t) for t in route.targets], request, spec, name=route.name)
+        ctx.target = result.target
+        return result
 
     async def embed(self, ctx: RequestContext, request: EmbedRequest) -> Embeddings:
         route = ctx.route or self.resolve(request.model)

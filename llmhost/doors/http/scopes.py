@@ -25,6 +25,7 @@ _EXACT: dict[tuple[str, str], str | None] = {
     ("POST", "/v1/chat/completions"): "inference",
     ("POST", "/v1/completions"): "inference",
     ("POST", "/v1/embeddings"): "inference",
+    ("POST", "/v1/ensemble"): "inference",
     # Anthropic
     ("POST", "/v1/messages"): "inference",
     ("POST", "/v1/messages/count_tokens"): "inference",

@@ -155,6 +155,24 @@ class ChatCompletionRequest(_SamplingFields):
     parallel_tool_calls: bool | None = None
 
 
+class EnsembleRequest(ChatCompletionRequest):
+    """llmhost's ``POST /v1/ensemble``: a chat request asked of several models at once."""
+
+    model: str = Field("", description="The name the answer is given under (default: ensemble).")
+    models: list[str] = Field(min_length=1, max_length=16, description="The members: models or routes.")
+    aggregate: Literal["vote", "judge", "best_of", "first", "all"] = "vote"
+    judge: str | None = Field(None, description="The judging model or route (aggregate judge).")
+    merge: bool = Field(False, description="The judge writes one answer from all instead of picking.")
+    timeout: float | None = Field(None, gt=0, le=3600, description="Seconds a member may take.")
+
+    @field_validator("models")
+    @classmethod
+    def _named(cls, models: list[str]) -> list[str]:
+        if any(not m for m in models):
+            raise ValueError("every member must name a model")
+        return models
+
+
 class CompletionRequest(_SamplingFields):
     prompt: str | list[str] | list[int] | list[list[int]]
     max_tokens: int | None = Field(16, ge=1)  # OpenAI's default for the legacy endpoint

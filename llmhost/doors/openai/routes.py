@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from llmhost.core.types import new_id
+from llmhost.apps.ensemble import EnsembleSpec, Member, run_ensemble
+from llmhost.core.stream import deltas_of
+from llmhost.core.types import InferenceRequest, RequestContext, Result, new_id
 from llmhost.doors.common import context_for, door_route, pipeline_of
 from llmhost.doors.openai import protocol as wire
 from llmhost.doors.openai import translate
@@ -97,6 +100,33 @@ async def embeddings(body: wire.EmbeddingRequest, request: Request) -> JSONRespo
         )
     response = translate.embeddings_response(result, body.encoding_format)
     return JSONResponse(response, headers=target_header(result.target))
+
+
+@router.post("/ensemble", response_model=None)
+async def ensemble(body: wire.EnsembleRequest, request: Request) -> JSONResponse | StreamingResponse:
+    """Ask every model in ``models`` at once, each through the whole pipeline as a request of its own
+    (the key's model rules, limits, usage and audit apply per member), and combine the answers."""
+    name = body.model or "ensemble"
+    req = translate.chat_request(body.model_copy(update={"model": name}))
+    pipeline, ctx = pipeline_of(request), context_for(request, "openai")
+
+    def member(model: str) -> Member:
+        async def call(r: InferenceRequest) -> Result:
+            child = RequestContext(principal=ctx.principal, door=ctx.door, request_id=ctx.request_id)
+            return await pipeline.run(child, replace(r, model=model))
+
+        return Member(model, call)
+
+    judge = member(body.judge) if body.judge else None
+    spec = EnsembleSpec(body.aggregate, judge, body.merge, body.timeout)
+    result = await run_ensemble([member(m) for m in body.models], req, spec, name=name)
+    if not body.stream:
+        return JSONResponse(translate.chat_response(result), headers=target_header(result.target))
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    events = translate.sse_chat(deltas_of(result), result.id, name, result.created, include_usage)
+    return StreamingResponse(
+        events, media_type="text/event-stream", headers={**SSE_HEADERS, **target_header(result.target)}
+    )
 
 
 def _now() -> int:

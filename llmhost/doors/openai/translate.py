@@ -310,7 +310,7 @@ def _chat_choice(choice: Choice) -> dict[str, Any]:
 
 
 def chat_response(result: Result) -> dict[str, Any]:
-    return {
+    body = {
         "id": result.id,
         "object": "chat.completion",
         "created": result.created,
@@ -319,6 +319,9 @@ def chat_response(result: Result) -> dict[str, Any]:
         "choices": [_chat_choice(c) for c in result.choices],
         "usage": _usage(result.usage),
     }
+    if result.ensemble is not None:  # llmhost extension: how an ensemble reached its answer
+        body["ensemble"] = result.ensemble
+    return body
 
 
 def completion_response(result: Result) -> dict[str, Any]:
@@ -338,6 +341,7 @@ def completion_response(result: Result) -> dict[str, Any]:
             for c in result.choices
         ],
         "usage": _usage(result.usage),
+        **({"ensemble": result.ensemble} if result.ensemble is not None else {}),
     }
 
 

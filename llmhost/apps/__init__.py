@@ -1,0 +1,1 @@
+"""Apps built on the pipeline: ensembles (later: diagnose, agents)."""
