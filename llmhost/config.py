@@ -39,8 +39,10 @@ from llmhost.units import Duration, Size, parse_duration, parse_size
 __all__ = [
     "DEFAULT_DRAFT_MAX",
     "BreakerSettings",
+    "DiagnoseSettings",
     "EmbeddingSettings",
     "EngineSettings",
+    "GrpcSettings",
     "MemorySettings",
     "ModelSettings",
     "PolicySettings",
@@ -329,6 +331,34 @@ class EmbeddingSettings(BaseModel):
     )
 
 
+class DiagnoseSettings(BaseModel):
+    """``[diagnose]``: the diagnose engine (``POST /v1/diagnose``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field("", description='Model or route that writes suggestions; "": the default model.')
+    embedding_model: str = Field(
+        "", description='Model for example selection and de-duplication; "": [embeddings] model.'
+    )
+    min_confidence: float = Field(0.6, ge=0.0, le=1.0, description="Suggestions below this are dropped.")
+    examples: int = Field(3, ge=0, le=10, description="Solved examples shown to the model per diagnosis.")
+    dedup_similarity: float = Field(
+        0.9, gt=0.0, le=1.0, description="Cosine similarity at which two suggestions are one."
+    )
+    cache_entries: int = Field(1000, ge=0, description="Diagnoses the response cache keeps (0: off).")
+    cache_ttl: float = Field(3600.0, gt=0, description="Seconds a cached diagnosis is served.")
+    concurrency: int = Field(4, ge=1, le=64, description="Documents of a batch diagnosed at once.")
+
+
+class GrpcSettings(BaseModel):
+    """``[grpc]``: the diagnose engine's gRPC service, beside the HTTP server (same host, same keys)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(False, description="Serve gRPC (Diagnose, BatchDiagnose, GetModelInfo, Health).")
+    port: int = Field(50051, ge=0, le=65535, description="Its port (0: any free port, logged at start).")
+
+
 RedactRule = Literal["email", "phone", "card", "iban", "api_key", "jwt", "bearer", "pii", "secrets", "all"]
 
 
@@ -428,6 +458,8 @@ class Settings(BaseSettings):
     )
     engine: EngineSettings = Field(default_factory=EngineSettings)
     embeddings: EmbeddingSettings = Field(default_factory=EmbeddingSettings)
+    diagnose: DiagnoseSettings = Field(default_factory=DiagnoseSettings)
+    grpc: GrpcSettings = Field(default_factory=GrpcSettings)
     memory: MemorySettings = Field(default_factory=MemorySettings)
     models: dict[str, ModelSettings] = Field(default_factory=dict, description="Per-model overrides.")
     providers: dict[str, ProviderSettings] = Field(default_factory=dict, description="Remote backends.")

@@ -11,6 +11,8 @@ import logging
 import time
 from collections.abc import Sequence
 
+from llmhost.apps.diagnose.engine import DiagnoseEngine, DiagnoseOptions
+from llmhost.apps.diagnose.store import DiagnoseStore
 from llmhost.config import Settings
 from llmhost.core.pipeline import Pipeline
 from llmhost.core.stage import Stage
@@ -85,6 +87,11 @@ class Service:
             UsageStage(self.usage),
         )
         self.pipeline = Pipeline(self.gateway, stages)
+        dg = settings.diagnose
+        self.diagnoses = DiagnoseStore(settings.data_dir / "diagnose.db")
+        self.diagnose = DiagnoseEngine(
+            self.pipeline, self.diagnoses, cache_entries=dg.cache_entries, cache_ttl=dg.cache_ttl
+        )
 
     @property
     def ready(self) -> bool:
@@ -114,7 +121,21 @@ class Service:
             await asyncio.to_thread(self.models.load, self.settings.default_model)
         self.local.ready = True
 
+    def diagnose_options(
+        self, *, model: str | None = None, min_confidence: float | None = None, examples: int | None = None
+    ) -> DiagnoseOptions:
+        """The diagnose engine's options from ``[diagnose]``, with a request's own overrides."""
+        dg = self.settings.diagnose
+        return DiagnoseOptions(
+            model=model or dg.model or self.settings.default_model,
+            embedding_model=dg.embedding_model or self.settings.embeddings.model,
+            min_confidence=dg.min_confidence if min_confidence is None else min_confidence,
+            examples=dg.examples if examples is None else examples,
+            dedup_similarity=dg.dedup_similarity,
+        )
+
     def close(self) -> None:
+        self.diagnoses.close()
         self.models.close()
         if self.embed_cache is not None:
             self.embed_cache.close()

@@ -441,13 +441,21 @@ def bench(
 
 
 def _register_commands() -> None:
-    from llmhost.cli import audit_commands, doctor, key_commands, mcp_commands, model_commands
+    from llmhost.cli import (
+        audit_commands,
+        diagnose_commands,
+        doctor,
+        key_commands,
+        mcp_commands,
+        model_commands,
+    )
 
     model_commands.register(app)
     doctor.register(app)
     key_commands.register(app)
     audit_commands.register(app)
     mcp_commands.register(app)
+    diagnose_commands.register(app)
 
 
 _register_commands()

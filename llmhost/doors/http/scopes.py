@@ -26,6 +26,10 @@ _EXACT: dict[tuple[str, str], str | None] = {
     ("POST", "/v1/completions"): "inference",
     ("POST", "/v1/embeddings"): "inference",
     ("POST", "/v1/ensemble"): "inference",
+    # the diagnose engine
+    ("POST", "/v1/diagnose"): "inference",
+    ("POST", "/v1/diagnose/batch"): "inference",
+    ("GET", "/v1/diagnose/model"): "models:read",
     # Anthropic
     ("POST", "/v1/messages"): "inference",
     ("POST", "/v1/messages/count_tokens"): "inference",
@@ -59,6 +63,8 @@ _PATTERNS: list[tuple[str, re.Pattern[str], str]] = [
     ("GET", re.compile(r"/v1/models/.+"), "models:read"),
     ("GET", re.compile(r"/v1/responses/[^/]+(/input_items)?"), "inference"),
     ("DELETE", re.compile(r"/v1/responses/[^/]+"), "inference"),
+    ("GET", re.compile(r"/v1/diagnose/[^/]+"), "inference"),
+    ("POST", re.compile(r"/v1/diagnose/[^/]+/feedback"), "inference"),
     ("POST", re.compile(r"/v1/responses/[^/]+/cancel"), "inference"),
 ]
 

@@ -1,0 +1,1 @@
+"""The diagnose engine: diagnostics documents in, ranked and validated repair suggestions out."""
