@@ -41,6 +41,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from llmhost.errors import InvalidModelFileError, ModelError, RequestError
+from llmhost.models.convert import convert_hf_folder
 from llmhost.models.gguf_check import GGUFInfo, inspect_gguf
 from llmhost.models.registry import ModelRecord, Registry
 
@@ -185,8 +186,6 @@ class ModelStore:
         and import that as ``name``; ``title`` is the GGUF's ``general.name`` (default: from the folder's
         config). Raises :class:`InvalidModelFileError` for a folder it cannot convert; on any error
         nothing changes."""
-        from llmhost.models.convert import convert_hf_folder  # numpy + safetensors: only when converting
-
         validate_model_name(name)
         folder = Path(folder)
         work = Path(tempfile.mkdtemp(prefix=".convert-", dir=self.models_dir))
