@@ -228,6 +228,9 @@ def test_an_output_that_is_not_json_is_reported_not_raised(live: LiveServer, ora
     oracle.reset(oracle_says("I think you should restart it."))
     d = _diagnose(live, {**DOC, "summary": "prose"}).json()
     assert d["suggestions"] == [] and "not JSON" in d["problem"]
+    again = _diagnose(live, {**DOC, "summary": "prose"}).json()
+    assert again["cached"] is False and again["id"] != d["id"]  # a failed answer is not cached
+    assert len([x for x in oracle.requests if x.path == "/v1/chat/completions"]) == 2
 
 
 def test_the_model_info_lists_templates_and_examples(live: LiveServer) -> None:

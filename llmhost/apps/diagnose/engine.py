@@ -19,6 +19,7 @@ For one document, top to bottom:
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
 import string
@@ -88,12 +89,20 @@ class Templates:
                 text = string.Template(path.read_text(encoding="utf-8"))
                 self.versions[category] = (version, f"{category}.v{version}", text)
 
+    def name(self, category: str) -> str:
+        """The template's name for ``category`` (``error.v1``)."""
+        return self._get(category)[1]
+
     def render(self, category: str, **values: str) -> tuple[str, str]:
-        """The prompt and the template's name (``error.v1``)."""
+        """The prompt and the template's name."""
+        version = self._get(category)
+        return version[2].substitute(**values), version[1]
+
+    def _get(self, category: str) -> tuple[int, str, string.Template]:
         version = self.versions.get(category)
         if version is None:
             raise RequestError(f"no prompt template for category {category!r}", param="category")
-        return version[2].substitute(**values), version[1]
+        return version
 
 
 # ----- contradictions ------------------------------------------------------------------------------------
@@ -179,8 +188,7 @@ class DiagnoseEngine:
         started = time.perf_counter()
         text = serialize(doc)
         category = doc.resolved_category
-        _, template_name = self.templates.render(category, examples="", document="", components="")
-        key = hashlib.sha256(f"{options}\0{template_name}\0{text}".encode()).hexdigest()
+        key = hashlib.sha256(f"{options}\0{self.templates.name(category)}\0{text}".encode()).hexdigest()
         hit = self._cache.get(key)
         if hit is not None and self.clock() - hit.at <= self.cache_ttl:
             self._cache.move_to_end(key)
@@ -237,12 +245,13 @@ class DiagnoseEngine:
             "latency_s": round(time.perf_counter() - started, 3),
             "cached": False,
         }
+        await asyncio.to_thread(self.store.add, answer, ctx().principal.name)
         if problem:
-            answer["problem"] = problem
-        self.store.add(answer, ctx().principal.name)
-        self._cache[key] = _Cached(self.clock(), answer)
-        while len(self._cache) > self.cache_entries:
-            self._cache.popitem(last=False)
+            answer["problem"] = problem  # not cached: the next try may parse
+        else:
+            self._cache[key] = _Cached(self.clock(), answer)
+            while len(self._cache) > self.cache_entries:
+                self._cache.popitem(last=False)
         return answer
 
 
