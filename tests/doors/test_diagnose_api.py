@@ -6,6 +6,7 @@ stream; feedback; ``GET /v1/diagnose/model``; and ``llmhost diagnose report`` on
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -105,23 +106,32 @@ def oracle() -> Iterator[FaultServer]:
     server.stop()
 
 
+@contextlib.contextmanager
+def serving_oracle(
+    data_dir: Path, tiny_model_path: Path, oracle: FaultServer, **overrides: Any
+) -> Iterator[LiveServer]:
+    """A server whose diagnose model is the route ``diag`` to the scripted ``oracle`` upstream;
+    ``overrides`` are more settings (a ``diagnose`` table merges with ``model = "diag"``)."""
+    providers = {"oracle": {"type": "openai", "base_url": f"{oracle.base_url}/v1", "health_interval": 0}}
+    routes = {"diag": {"targets": [{"provider": "oracle", "model": "m"}], "retries": 0}}
+    diagnose = {"model": "diag", **overrides.pop("diagnose", {})}
+    settings = make_settings(data_dir, providers=providers, routes=routes, diagnose=diagnose, **overrides)
+    service = make_service(settings, tiny_model_path)
+    server = start_server(settings, service)
+    try:
+        yield server
+    finally:
+        server.stop()
+        service.close()
+
+
 @pytest.fixture(scope="module")
 def live(
     tmp_path_factory: pytest.TempPathFactory, tiny_model_path: Path, oracle: FaultServer
 ) -> Iterator[LiveServer]:
-    providers = {"oracle": {"type": "openai", "base_url": f"{oracle.base_url}/v1", "health_interval": 0}}
-    routes = {"diag": {"targets": [{"provider": "oracle", "model": "m"}], "retries": 0}}
-    settings = make_settings(
-        tmp_path_factory.mktemp("diagnose") / "data",
-        providers=providers,
-        routes=routes,
-        diagnose={"model": "diag", "examples": 2},
-    )
-    service = make_service(settings, tiny_model_path)
-    server = start_server(settings, service)
-    yield server
-    server.stop()
-    service.close()
+    data_dir = tmp_path_factory.mktemp("diagnose") / "data"
+    with serving_oracle(data_dir, tiny_model_path, oracle, diagnose={"examples": 2}) as server:
+        yield server
 
 
 def _diagnose(live: LiveServer, doc: dict[str, Any] = DOC, **extra: Any) -> httpx.Response:

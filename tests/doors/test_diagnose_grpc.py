@@ -15,8 +15,8 @@ import pytest
 
 from llmhost.doors.grpc.server import protos, services
 from llmhost.security.keys import KeyStore
-from tests.conftest import LiveServer, make_service, make_settings, start_server
-from tests.doors.test_diagnose_api import DOC, SUGGESTIONS, oracle_says
+from tests.conftest import LiveServer
+from tests.doors.test_diagnose_api import DOC, SUGGESTIONS, oracle_says, serving_oracle
 from tests.providers.fault_server import FaultServer
 
 
@@ -32,20 +32,10 @@ def oracle() -> Iterator[FaultServer]:
 def live(
     tmp_path_factory: pytest.TempPathFactory, tiny_model_path: Path, oracle: FaultServer
 ) -> Iterator[LiveServer]:
-    providers = {"oracle": {"type": "openai", "base_url": f"{oracle.base_url}/v1", "health_interval": 0}}
-    routes = {"diag": {"targets": [{"provider": "oracle", "model": "m"}], "retries": 0}}
-    settings = make_settings(
-        tmp_path_factory.mktemp("grpc") / "data",
-        providers=providers,
-        routes=routes,
-        diagnose={"model": "diag", "examples": 1},
-        grpc={"enabled": True, "port": 0},
-    )
-    service = make_service(settings, tiny_model_path)
-    server = start_server(settings, service)
-    yield server
-    server.stop()
-    service.close()
+    data_dir = tmp_path_factory.mktemp("grpc") / "data"
+    overrides: dict[str, Any] = {"diagnose": {"examples": 1}, "grpc": {"enabled": True, "port": 0}}
+    with serving_oracle(data_dir, tiny_model_path, oracle, **overrides) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
