@@ -24,12 +24,17 @@ setup: $(STAMP)
 serve: setup
 	$(BIN)/llmhost serve
 
-# Servers the tests start on loopback (redis-server for shared rate limits), from Debian's packages.
+# Servers and programs the tests start on loopback, from Debian's packages: redis-server (shared rate
+# limits) and Chromium (the web dashboard's end-to-end tests, driven by Playwright without a download).
 services:
 	@command -v redis-server >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
 	  { apt-get install -y -q redis-server >/dev/null 2>&1 || \
 	    { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q redis-server >/dev/null 2>&1; }; }; } || \
 	  echo "redis-server is not installed (apt-get install redis-server): the Redis tests will be skipped"
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  { apt-get install -y -q chromium >/dev/null 2>&1 || \
+	    { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1; }; }; } || \
+	  echo "chromium is not installed (apt-get install chromium): the web dashboard tests will be skipped"
 
 # One worker per core (-n auto); tests are handed out one at a time, so a slow file does not hold a worker.
 test: setup services

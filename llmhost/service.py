@@ -11,6 +11,7 @@ import logging
 import time
 from collections.abc import Sequence
 
+from llmhost.apps.agents import AgentGenerator, Agents, AgentStage, AgentStore, Checks, Toolbox, safe_exists
 from llmhost.apps.diagnose.engine import DiagnoseEngine, DiagnoseOptions
 from llmhost.apps.diagnose.store import DiagnoseStore
 from llmhost.config import Settings
@@ -73,11 +74,21 @@ class Service:
             is_local_model=self.local.has_model,
         )
         self.policy = PolicyStage.from_settings(settings)
+        # Agents: their store, the tools their loops call (llmhost's own MCP server is wired in by the
+        # MCP door: Service.toolbox.own), and the stage that turns an agent's name into its request.
+        self.agent_store = AgentStore(settings.data_dir / "agents.db", settings.data_dir / "runs.db")
+        self.toolbox = Toolbox(None, None)
+        checks = Checks(
+            model_exists=safe_exists(self.gateway.resolve), policies=lambda: set(settings.policies)
+        )
+        self.agents = Agents(self.agent_store, self.toolbox, checks)
+        self.agent_stage = AgentStage(self.agents)
         # The stages, in order: the one place that says what every request goes through.
         audit = (AuditStage(self.audit, store_content=settings.audit.store_content),)
         stages: tuple[Stage, ...] = (
             *(audit if settings.audit.enabled else ()),  # first, so it sees every outcome last
             AuthStage(),
+            self.agent_stage,  # an agent's name becomes its request; every request leaves a run
             ValidateStage(settings.embeddings.model),
             *((self.policy,) if self.policy.enabled else ()),  # redaction, blocked text, size caps
             *extra_stages,
@@ -86,7 +97,8 @@ class Service:
             BudgetStage(self.ledger),
             UsageStage(self.usage),
         )
-        self.pipeline = Pipeline(self.gateway, stages)
+        self.pipeline = Pipeline(AgentGenerator(self.gateway, self.toolbox), stages)
+        self.toolbox.pipeline = self.pipeline
         dg = settings.diagnose
         self.diagnoses = DiagnoseStore(settings.data_dir / "diagnose.db")
         self.diagnose = DiagnoseEngine(
@@ -135,6 +147,8 @@ class Service:
         )
 
     def close(self) -> None:
+        self.agents.close()
+        self.agent_store.close()
         self.diagnoses.close()
         self.models.close()
         if self.embed_cache is not None:

@@ -442,6 +442,7 @@ def bench(
 
 def _register_commands() -> None:
     from llmhost.cli import (
+        agent_commands,
         audit_commands,
         diagnose_commands,
         doctor,
@@ -456,6 +457,7 @@ def _register_commands() -> None:
     audit_commands.register(app)
     mcp_commands.register(app)
     diagnose_commands.register(app)
+    agent_commands.register(app)
 
 
 _register_commands()

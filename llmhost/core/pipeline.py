@@ -1,10 +1,13 @@
 """The one pipeline every door calls: its stages, in order, for whole answers and for streams.
 
     door (openai · anthropic · ollama · responses · admin · cli) translates its wire format to core types
-      -> stages' before(), in order:  audit -> auth -> validate -> policy -> route -> limits -> budget
-      -> generate: the gateway calls the route's targets (breakers, retries, fallback, cascade)
+      -> stages' before(), in order:  audit -> auth -> agents -> validate -> policy -> route -> limits
+         -> budget
+      -> generate: the gateway calls the route's targets (breakers, retries, fallback, cascade); an
+         agent whose tools the server runs loops over it (llmhost.apps.agents.loop)
       -> stages' on_delta(), per streamed delta
-      -> stages' after(), in reverse: usage -> budget, limits (settle) -> policy (output) -> audit
+      -> stages' after(), in reverse: usage -> budget, limits (settle) -> policy (output) -> agents (the
+         run record) -> audit
     door translates the Result / Deltas back to its wire format
 
 Operations (``Pipeline.operate``: MCP tools that run no model) pass the same stages through their

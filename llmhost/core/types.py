@@ -323,6 +323,7 @@ class Result:
     created: int = field(default_factory=lambda: int(time.time()))
     target: str = ""
     ensemble: dict[str, Any] | None = None  # an ensemble's account: members, their answers, the winner
+    citations: list[dict[str, Any]] | None = None  # an agent's retrieved sources, numbered as cited
 
     @property
     def text(self) -> str:

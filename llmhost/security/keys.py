@@ -33,6 +33,11 @@ SCOPES = (
     "admin",
     "metrics",
     "audit",
+    # Document collections for retrieval (llmhost.apps.datasets) and agents (llmhost.apps.agents).
+    "datasets:read",
+    "datasets:write",
+    "agents:read",
+    "agents:write",
     # The opt-in MCP tool groups (llmhost.systools), one scope each.
     "tools:filesystem",
     "tools:internet",

@@ -10,7 +10,7 @@ from llmhost.core.types import Tool, ToolChoice
 from llmhost.errors import RequestError
 from llmhost.toolcalls.grammar import arguments_grammar, grammar_parses
 
-__all__ = ["validate_tools"]
+__all__ = ["enforceable", "validate_tools"]
 
 _NAME = re.compile(r"[a-zA-Z0-9_-]{1,64}")
 
@@ -42,6 +42,16 @@ def validate_tools(tools: Sequence[Tool], choice: ToolChoice) -> None:
             raise RequestError(
                 f"tool_choice names the function {choice.name!r}, which is not in tools", param="tool_choice"
             )
+
+
+def enforceable(tool: Tool) -> bool:
+    """Whether ``validate_tools`` takes this tool (a valid name, parameters the grammar handles): what
+    an agent's loop offers of the tools an MCP server lists."""
+    try:
+        validate_tools([tool], ToolChoice())
+    except RequestError:
+        return False
+    return True
 
 
 def _describe(choice: ToolChoice) -> str:

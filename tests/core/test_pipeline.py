@@ -41,6 +41,7 @@ def test_stage_names_read_in_order(service: Service) -> None:
     assert service.pipeline.stage_names == (
         "audit",
         "auth",
+        "agents",
         "validate",
         "route",
         "limits",

@@ -27,7 +27,7 @@ from starlette.routing import BaseRoute
 
 from llmhost import __version__
 from llmhost.config import Settings
-from llmhost.doors import admin, anthropic, diagnose, grpc, mcp, ollama, openai, responses
+from llmhost.doors import admin, agents, anthropic, diagnose, grpc, mcp, ollama, openai, responses
 from llmhost.doors.common import renderer_for, validation_info
 from llmhost.doors.http.gate import GateMiddleware, HostPolicy, origin_regex
 from llmhost.doors.openai.translate import render_error as openai_render_error
@@ -125,6 +125,7 @@ def create_app(settings: Settings, service: Service | None = None, *, preload: b
     ollama.attach(app)
     admin.attach(app)
     diagnose.attach(app)
+    agents.attach(app)
     grpc.attach(app, svc)
     mcp.attach(app, svc)
 

@@ -16,7 +16,8 @@ In order:
    left in the ASGI scope for the doors' request contexts; the pipeline's "auth" stage checks it again.
 4. **Body limit**: the body is read here (up to ``max_request_bytes``; more is 413, chunked or not) and
    handed on whole. A body from a non-browser client is JSON whatever it declares (``curl -d`` sends a
-   form content type); a browser's is taken as declared, so a ``text/plain`` form post cannot pass as JSON.
+   form content type), unless it is a ``multipart/form-data`` upload; a browser's is taken as declared,
+   so a ``text/plain`` form post cannot pass as JSON.
 
 Refusals come out in the envelope of the dialect the path belongs to (``serve_errors``).
 """
@@ -130,8 +131,11 @@ class GateMiddleware:
         if body is None:
             await self._refuse(scope, receive, send, _too_large(self.max_body))
             return
-        if not _from_browser(headers) and not headers.get(b"content-type", b"").startswith(
-            b"application/json"
+        declared = headers.get(b"content-type", b"")
+        if (
+            not _from_browser(headers)
+            and not declared.startswith(b"application/json")
+            and not declared.startswith(b"multipart/form-data")  # file uploads (datasets)
         ):
             raw = [(k, v) for k, v in scope["headers"] if k != b"content-type"]
             scope = {**scope, "headers": [*raw, (b"content-type", b"application/json")]}

@@ -54,6 +54,11 @@ _EXACT: dict[tuple[str, str], str | None] = {
     ("GET", "/api/providers"): "admin",
     ("GET", "/api/usage"): "admin",
     ("GET", "/api/audit"): "audit",
+    # agents (llmhost.apps.agents), their runs, feedback and scorecards
+    ("GET", "/v1/agents"): "agents:read",
+    ("POST", "/v1/agents"): "agents:write",
+    ("POST", "/v1/feedback"): "inference",
+    ("GET", "/v1/scorecards"): "agents:read",
     # MCP (Streamable HTTP): any key; each tool checks its own scope (llmhost.doors.mcp.gate)
     ("POST", "/mcp"): ANY_KEY,
     ("GET", "/mcp"): ANY_KEY,
@@ -66,6 +71,9 @@ _PATTERNS: list[tuple[str, re.Pattern[str], str]] = [
     ("GET", re.compile(r"/v1/diagnose/[^/]+"), "inference"),
     ("POST", re.compile(r"/v1/diagnose/[^/]+/feedback"), "inference"),
     ("POST", re.compile(r"/v1/responses/[^/]+/cancel"), "inference"),
+    ("GET", re.compile(r"/v1/agents/[^/]+(/runs(/[^/]+)?|/scorecard)?"), "agents:read"),
+    ("PUT", re.compile(r"/v1/agents/[^/]+"), "agents:write"),
+    ("DELETE", re.compile(r"/v1/agents/[^/]+"), "agents:write"),
 ]
 
 

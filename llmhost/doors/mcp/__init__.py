@@ -15,7 +15,7 @@ from mcp.server.streamable_http_manager import StreamableHTTPASGIApp
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.routing import Route
 
-from llmhost.doors.mcp.server import build_server
+from llmhost.doors.mcp.server import build_server, own_tools
 from llmhost.errors import ErrorInfo
 from llmhost.service import Service
 
@@ -41,6 +41,7 @@ def attach(app: FastAPI, service: Service) -> None:
     app's lifetime (``app.state.lifespans``)."""
     if not service.settings.mcp.enabled:
         return
+    service.toolbox.own = own_tools(service)  # agents' tool_groups call these tools in-process
     server = build_server(service)
     # Host and Origin are the HTTP gate's checks, for every door alike.
     server.streamable_http_app(

@@ -53,6 +53,7 @@ class ToolSpec:
     scope: str
     inference: bool = False
     model_arg: str | None = None
+    group: str = ""  # the tool group it belongs to (what an agent's ``tool_groups`` names)
 
 
 def current() -> RequestContext:
@@ -92,6 +93,7 @@ class Registrar:
     def __init__(self, server: MCPServer[Any]) -> None:
         self.server = server
         self.specs: dict[str, ToolSpec] = {}
+        self.group = ""  # the group the tools registered next belong to
 
     def tool(
         self,
@@ -122,7 +124,7 @@ class Registrar:
         self.server.add_tool(
             _reporting(fn), name=name, title=title, annotations=annotations, structured_output=True
         )
-        self.specs[name] = ToolSpec(scope=scope, inference=inference, model_arg=model_arg)
+        self.specs[name] = ToolSpec(scope=scope, inference=inference, model_arg=model_arg, group=self.group)
 
 
 class ToolGate:

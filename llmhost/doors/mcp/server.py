@@ -13,13 +13,25 @@ from typing import Any
 from mcp.server import MCPServer
 
 from llmhost import __version__
+from llmhost.apps.agents import OwnTools
 from llmhost.core.types import Principal
 from llmhost.doors.mcp import inference, models, monitoring, security, system
 from llmhost.doors.mcp.gate import Registrar, ToolGate
 from llmhost.security.auth import OWNER
 from llmhost.service import Service
 
-__all__ = ["build_server"]
+__all__ = ["GROUPS", "build_server", "own_tools"]
+
+# The tool groups, each registered by one module; the opt-in system groups (llmhost.systools) take
+# their own names (filesystem, internet, database, system, resources, security).
+GROUPS = (
+    ("inference", inference),
+    ("models", models),
+    ("monitoring", monitoring),
+    ("audit", security),  # audit log and config checks (the system "security" group is another)
+    ("system", system),
+)
+_MAX_SERVERS = 64
 
 INSTRUCTIONS = (
     "llmhost runs language models on this machine. Use list_models to see what is installed and "
@@ -30,6 +42,11 @@ INSTRUCTIONS = (
 
 def build_server(service: Service, *, principal: Principal = OWNER) -> MCPServer[Any]:
     """The MCP server over ``service``; ``principal`` is whom a call without HTTP runs as (stdio)."""
+    server, _ = _build(service, principal)
+    return server
+
+
+def _build(service: Service, principal: Principal) -> tuple[MCPServer[Any], dict[str, str]]:
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
     server: MCPServer[Any] = MCPServer(
@@ -39,10 +56,24 @@ def build_server(service: Service, *, principal: Principal = OWNER) -> MCPServer
     # (llmhost.logs) decides how records are written, so that is undone.
     root.handlers[:], root.level = handlers, level
     reg = Registrar(server)
-    inference.register(reg, service)
-    models.register(reg, service)
-    monitoring.register(reg, service)
-    security.register(reg, service)
-    system.register(reg, service)
+    for group, module in GROUPS:
+        reg.group = group
+        module.register(reg, service)
     server.middleware.append(ToolGate(service.pipeline, reg.specs, principal))
-    return server
+    return server, {name: spec.group for name, spec in reg.specs.items()}
+
+
+def own_tools(service: Service) -> OwnTools:
+    """llmhost's own MCP server for an agent's tool loop, built once per principal (each call then
+    passes its gate as that principal), with each tool's group."""
+    built: dict[Principal, tuple[MCPServer[Any], dict[str, str]]] = {}
+
+    def get(principal: Principal) -> tuple[MCPServer[Any], dict[str, str]]:
+        found = built.get(principal)
+        if found is None:
+            if len(built) >= _MAX_SERVERS:
+                built.clear()
+            found = built[principal] = _build(service, principal)
+        return found
+
+    return get

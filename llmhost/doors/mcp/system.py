@@ -57,6 +57,7 @@ def _as_async(tool: SystemTool) -> Callable[..., Any]:
 
 def register(reg: Registrar, service: Service) -> None:
     for group in enabled_groups(service):
+        reg.group = group.name
         for tool in group.tools():
             reg.tool(
                 _as_async(tool),

@@ -71,7 +71,7 @@ def _local_names(service: Service) -> list[ModelRecord]:
 
 
 def tags(service: Service) -> list[dict[str, Any]]:
-    """``/api/tags``' models: local ones, then the gateway's routes."""
+    """``/api/tags``' models: local ones, then the gateway's routes and the agents."""
     out = [
         {
             "name": r.name,
@@ -84,9 +84,10 @@ def tags(service: Service) -> list[dict[str, Any]]:
         for r in _local_names(service)
     ]
     started = rfc3339(service.started_at)
+    names = [*service.gateway.public_models(), *(a.name for a in service.agents.all())]
     out += [
         {"name": n, "model": n, "modified_at": started, "size": 0, "digest": "", "details": route_details()}
-        for n in service.gateway.public_models()
+        for n in names
     ]
     return out
 

@@ -243,7 +243,7 @@ async def show(body: wire.ShowRequest, request: Request) -> dict[str, Any]:
     shown = await asyncio.to_thread(catalog.show_model, service, name)
     if shown is not None:
         return shown
-    if name in service.gateway.public_models():
+    if name in service.gateway.public_models() or service.agents.find(name) is not None:
         return catalog.show_route(service, name)
     raise ModelNotFoundError(name)
 

@@ -9,6 +9,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from llmhost.apps.agents import CITATIONS_KEY
 from llmhost.apps.ensemble import EnsembleSpec, Member, run_ensemble
 from llmhost.core.stream import deltas_of
 from llmhost.core.types import InferenceRequest, RequestContext, Result, new_id
@@ -40,6 +41,10 @@ def model_cards(service: Service) -> list[dict[str, Any]]:
         {"id": n, "object": "model", "created": started, "owned_by": "llmhost-route"}
         for n in service.gateway.public_models()
     ]
+    cards += [
+        {"id": a.name, "object": "model", "created": started, "owned_by": "llmhost-agent"}
+        for a in service.agents.all()
+    ]
     return cards
 
 
@@ -68,7 +73,8 @@ async def chat_completions(
     # The stream has its first output (or failed over, or failed) before the 200 goes out.
     deltas = await pipeline.stream(ctx, req)
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
-    events = translate.sse_chat(deltas, new_id("chatcmpl"), body.model, _now(), include_usage)
+    citations = ctx.attrs.get(CITATIONS_KEY)
+    events = translate.sse_chat(deltas, new_id("chatcmpl"), body.model, _now(), include_usage, citations)
     headers = {**SSE_HEADERS, **target_header(ctx.target or "")}
     return StreamingResponse(events, media_type="text/event-stream", headers=headers)
 

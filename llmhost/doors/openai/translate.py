@@ -321,6 +321,8 @@ def chat_response(result: Result) -> dict[str, Any]:
     }
     if result.ensemble is not None:  # llmhost extension: how an ensemble reached its answer
         body["ensemble"] = result.ensemble
+    if result.citations is not None:  # llmhost extension: an agent's retrieved sources, as numbered
+        body["citations"] = result.citations
     return body
 
 
@@ -374,9 +376,15 @@ def _error_event(exc: BaseException) -> bytes:
 
 
 async def sse_chat(
-    deltas: AsyncIterator[Delta], id_: str, model: str, created: int, include_usage: bool
+    deltas: AsyncIterator[Delta],
+    id_: str,
+    model: str,
+    created: int,
+    include_usage: bool,
+    citations: list[dict[str, Any]] | None = None,
 ) -> AsyncIterator[bytes]:
-    """``chat.completion.chunk`` events, ``[DONE]`` last; a failure mid-stream as one error event."""
+    """``chat.completion.chunk`` events, ``[DONE]`` last; a failure mid-stream as one error event.
+    An agent's ``citations`` (llmhost extension) ride on the first chunk."""
     head = (
         f'{{"id":"{id_}","object":"chat.completion.chunk","created":{created},'
         f'"model":{stream_json(model).decode()},"system_fingerprint":null,'
@@ -405,7 +413,11 @@ async def sse_chat(
                 continue
             if d.index not in started:
                 started.add(d.index)
-                yield chunk(d.index, {"role": "assistant", "content": ""})
+                first = chunk(d.index, {"role": "assistant", "content": ""})
+                if citations and len(started) == 1:
+                    extra = b',"citations":' + stream_json(citations) + b"}\n\n"
+                    first = first[: -len(b"}\n\n")] + extra
+                yield first
             if d.text or d.logprobs:
                 yield chunk(
                     d.index, {"content": d.text}, None, chat_logprobs(d.logprobs) if d.logprobs else None

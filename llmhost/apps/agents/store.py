@@ -1,0 +1,313 @@
+"""Agents (``<data_dir>/agents.db``), their runs and the feedback on them (``<data_dir>/runs.db``), in
+SQLite (WAL). Two files: the server keeps the agents in memory and reloads them when their file
+changes, which the stream of run records must not set off.
+
+A *run* is one inference request as the "agents" stage saw it: every request gets one (with an empty
+``agent`` when it named a model), so the scorecards of agents and of models read one table. Runs are
+written by a batching thread (the request never waits for SQLite); ``flush`` waits for them.
+Feedback is one row per (run, rater): a rater who reports again replaces their earlier verdict.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import sqlite3
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from llmhost.apps.agents.spec import AgentSpec
+from llmhost.errors import ConflictError, NotFoundError, RequestError
+
+__all__ = ["AgentRecord", "AgentStore", "Feedback", "RunRecord"]
+
+log = logging.getLogger(__name__)
+
+_AGENTS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS agents (
+    name    TEXT PRIMARY KEY,
+    spec    TEXT NOT NULL,
+    created REAL NOT NULL,
+    updated REAL NOT NULL
+);
+"""
+_RUNS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    id                TEXT PRIMARY KEY,
+    agent             TEXT NOT NULL,
+    model             TEXT NOT NULL,
+    door              TEXT NOT NULL,
+    principal         TEXT NOT NULL,
+    key_id            TEXT NOT NULL,
+    created           REAL NOT NULL,
+    status            TEXT NOT NULL,
+    error             TEXT NOT NULL,
+    latency_ms        REAL NOT NULL,
+    prompt_tokens     INTEGER NOT NULL,
+    completion_tokens INTEGER NOT NULL,
+    cost              REAL NOT NULL,
+    stream            INTEGER NOT NULL,
+    steps             TEXT NOT NULL,
+    tool_calls        TEXT NOT NULL,
+    retrieved         TEXT NOT NULL,
+    policy            TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS runs_agent ON runs (agent, created);
+CREATE INDEX IF NOT EXISTS runs_model ON runs (model, created);
+CREATE TABLE IF NOT EXISTS feedback (
+    run_id  TEXT NOT NULL,
+    rater   TEXT NOT NULL,
+    thumbs  TEXT,
+    rating  INTEGER,
+    comment TEXT NOT NULL,
+    created REAL NOT NULL,
+    PRIMARY KEY (run_id, rater)
+);
+"""
+_RUN_COLUMNS = (
+    "id, agent, model, door, principal, key_id, created, status, error, latency_ms, prompt_tokens, "
+    "completion_tokens, cost, stream, steps, tool_calls, retrieved, policy"
+)
+_JSON_FIELDS = ("steps", "tool_calls", "retrieved", "policy")
+_BATCH_WAIT_S = 0.05
+
+
+@dataclass(frozen=True, slots=True)
+class AgentRecord:
+    spec: AgentSpec
+    created: float
+    updated: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"object": "agent", **self.spec.model_dump(), "created": self.created, "updated": self.updated}
+
+
+@dataclass(slots=True)
+class RunRecord:
+    """One request: who, which agent and model, how it went, and (for agents) what the loop did."""
+
+    id: str
+    agent: str  # "" for a request that named a model
+    model: str  # the model or route the request was answered on
+    door: str
+    principal: str
+    key_id: str
+    created: float
+    status: str  # "ok" or the error's kind
+    error: str
+    latency_ms: float
+    prompt_tokens: int
+    completion_tokens: int
+    cost: float
+    stream: bool
+    steps: list[dict[str, Any]] = field(default_factory=list)
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
+    retrieved: list[dict[str, Any]] = field(default_factory=list)
+    policy: list[dict[str, Any]] = field(default_factory=list)
+
+    def row(self) -> tuple[Any, ...]:
+        values = asdict(self)
+        for name in _JSON_FIELDS:
+            values[name] = json.dumps(values[name], ensure_ascii=False)
+        values["stream"] = int(self.stream)
+        return tuple(values[c.strip()] for c in _RUN_COLUMNS.split(","))
+
+
+@dataclass(frozen=True, slots=True)
+class Feedback:
+    run_id: str
+    rater: str
+    thumbs: str | None
+    rating: int | None
+    comment: str
+    created: float
+
+
+class AgentStore:
+    def __init__(self, path: Path, runs_path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.runs_path = runs_path
+        self._db = _connect(path)
+        self._db.executescript(_AGENTS_SCHEMA)
+        self._runs = _connect(runs_path)
+        self._runs.executescript(_RUNS_SCHEMA)
+        self._lock = threading.Lock()
+        self._queue: queue.SimpleQueue[RunRecord | None] = queue.SimpleQueue()
+        self._pending = 0
+        self._idle = threading.Condition()
+        self._writer = threading.Thread(target=self._write_loop, name="llmhost-runs", daemon=True)
+        self._writer.start()
+
+    # ----- agents ------------------------------------------------------------------------------------
+    def create(self, spec: AgentSpec) -> AgentRecord:
+        now = time.time()
+        with self._lock:
+            try:
+                self._db.execute(
+                    "INSERT INTO agents (name, spec, created, updated) VALUES (?, ?, ?, ?)",
+                    (spec.name, spec.model_dump_json(), now, now),
+                )
+            except sqlite3.IntegrityError:
+                raise ConflictError(f"an agent named {spec.name!r} already exists") from None
+        return AgentRecord(spec, now, now)
+
+    def replace(self, spec: AgentSpec) -> AgentRecord:
+        old = self.get(spec.name)
+        now = time.time()
+        with self._lock:
+            self._db.execute(
+                "UPDATE agents SET spec = ?, updated = ? WHERE name = ?",
+                (spec.model_dump_json(), now, spec.name),
+            )
+        return AgentRecord(spec, old.created, now)
+
+    def find(self, name: str) -> AgentRecord | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT spec, created, updated FROM agents WHERE name = ?", (name,)
+            ).fetchone()
+        if row is None:
+            return None
+        return AgentRecord(AgentSpec.model_validate_json(row[0]), float(row[1]), float(row[2]))
+
+    def get(self, name: str) -> AgentRecord:
+        found = self.find(name)
+        if found is None:
+            raise NotFoundError(f"no agent named {name!r}", param="name", code="agent_not_found")
+        return found
+
+    def all(self) -> list[AgentRecord]:
+        with self._lock:
+            rows = self._db.execute("SELECT spec, created, updated FROM agents ORDER BY name").fetchall()
+        return [AgentRecord(AgentSpec.model_validate_json(r[0]), float(r[1]), float(r[2])) for r in rows]
+
+    def names(self) -> set[str]:
+        with self._lock:
+            return {str(r[0]) for r in self._db.execute("SELECT name FROM agents")}
+
+    def delete(self, name: str) -> None:
+        with self._lock:
+            gone = self._db.execute("DELETE FROM agents WHERE name = ?", (name,)).rowcount
+        if not gone:
+            raise NotFoundError(f"no agent named {name!r}", param="name", code="agent_not_found")
+
+    # ----- runs --------------------------------------------------------------------------------------
+    def record(self, run: RunRecord) -> None:
+        with self._idle:
+            self._pending += 1
+        self._queue.put(run)
+
+    def _write_loop(self) -> None:
+        db = _connect(self.runs_path)
+        sql = f"INSERT OR REPLACE INTO runs ({_RUN_COLUMNS}) VALUES ({', '.join('?' * 18)})"
+        try:
+            while True:
+                item = self._queue.get()
+                if item is not None:
+                    time.sleep(_BATCH_WAIT_S)  # let a batch gather
+                batch = [item]
+                while len(batch) < 500:
+                    try:
+                        batch.append(self._queue.get_nowait())
+                    except queue.Empty:
+                        break
+                rows = [r.row() for r in batch if r is not None]
+                if rows:
+                    try:
+                        db.execute("BEGIN")
+                        db.executemany(sql, rows)
+                        db.execute("COMMIT")
+                    except sqlite3.Error:
+                        log.exception("could not record %d runs", len(rows))
+                        if db.in_transaction:
+                            db.execute("ROLLBACK")
+                with self._idle:
+                    self._pending -= len(rows)
+                    self._idle.notify_all()
+                if None in batch:
+                    return
+        finally:
+            db.close()
+
+    def flush(self, timeout: float = 5.0) -> None:
+        """Wait until every recorded run is in the database."""
+        with self._idle:
+            self._idle.wait_for(lambda: self._pending <= 0, timeout)
+
+    def runs(
+        self, *, agent: str | None = None, model: str | None = None, since: float = 0.0, limit: int = 1000
+    ) -> list[RunRecord]:
+        """Runs newest first, of one agent (``agent``) or answered on one model, since a time."""
+        where: list[str] = ["created >= ?"]
+        args: list[Any] = [since]
+        if agent is not None:
+            where.append("agent = ?")
+            args.append(agent)
+        if model is not None:
+            where.append("model = ?")
+            args.append(model)
+        sql = f"SELECT {_RUN_COLUMNS} FROM runs WHERE {' AND '.join(where)} ORDER BY created DESC LIMIT ?"
+        with self._lock:
+            rows = self._runs.execute(sql, (*args, limit)).fetchall()
+        return [_run(r) for r in rows]
+
+    def run(self, run_id: str) -> RunRecord:
+        with self._lock:
+            row = self._runs.execute(f"SELECT {_RUN_COLUMNS} FROM runs WHERE id = ?", (run_id,)).fetchone()
+        if row is None:
+            raise NotFoundError(f"no run {run_id!r}", param="run_id", code="run_not_found")
+        return _run(row)
+
+    # ----- feedback ----------------------------------------------------------------------------------
+    def add_feedback(self, fb: Feedback) -> None:
+        if fb.thumbs is None and fb.rating is None:
+            raise RequestError("feedback needs thumbs or a rating", param="thumbs")
+        with self._lock:
+            self._runs.execute(
+                "INSERT OR REPLACE INTO feedback (run_id, rater, thumbs, rating, comment, created)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (fb.run_id, fb.rater, fb.thumbs, fb.rating, fb.comment, fb.created),
+            )
+
+    def feedback(self, run_ids: list[str]) -> dict[str, list[Feedback]]:
+        """The feedback on each of ``run_ids``."""
+        found: dict[str, list[Feedback]] = {}
+        with self._lock:
+            for start in range(0, len(run_ids), 500):
+                part = run_ids[start : start + 500]
+                rows = self._runs.execute(
+                    "SELECT run_id, rater, thumbs, rating, comment, created FROM feedback"
+                    f" WHERE run_id IN ({', '.join('?' * len(part))})",
+                    part,
+                ).fetchall()
+                for r in rows:
+                    found.setdefault(str(r[0]), []).append(Feedback(*r))
+        return found
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._writer.join(timeout=10)
+        with self._lock:
+            self._db.close()
+            self._runs.close()
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=NORMAL")
+    return db
+
+
+def _run(row: tuple[Any, ...]) -> RunRecord:
+    names = [c.strip() for c in _RUN_COLUMNS.split(",")]
+    values = dict(zip(names, row, strict=True))
+    for name in _JSON_FIELDS:
+        values[name] = json.loads(values[name])
+    values["stream"] = bool(values["stream"])
+    return RunRecord(**values)
