@@ -305,6 +305,17 @@ class AuditSettings(BaseModel):
     )
 
 
+class DatasetSettings(BaseModel):
+    """``[datasets]``: how documents added to a dataset are cut into chunks (a dataset may set its own)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    chunk_tokens: int = Field(
+        256, ge=16, le=8192, description="Most embedding-model tokens per chunk (all-MiniLM reads 256)."
+    )
+    chunk_overlap: int = Field(32, ge=0, le=4096, description="Tokens each chunk repeats of the one before.")
+
+
 class EmbeddingSettings(BaseModel):
     """``[embeddings]``: the model for requests that name none, and the cache of computed vectors."""
 
@@ -458,6 +469,7 @@ class Settings(BaseSettings):
     )
     engine: EngineSettings = Field(default_factory=EngineSettings)
     embeddings: EmbeddingSettings = Field(default_factory=EmbeddingSettings)
+    datasets: DatasetSettings = Field(default_factory=DatasetSettings)
     diagnose: DiagnoseSettings = Field(default_factory=DiagnoseSettings)
     grpc: GrpcSettings = Field(default_factory=GrpcSettings)
     memory: MemorySettings = Field(default_factory=MemorySettings)

@@ -12,6 +12,7 @@ import time
 from collections.abc import Sequence
 
 from llmhost.apps.agents import AgentGenerator, Agents, AgentStage, AgentStore, Checks, Toolbox, safe_exists
+from llmhost.apps.datasets import Datasets, DatasetStore
 from llmhost.apps.diagnose.engine import DiagnoseEngine, DiagnoseOptions
 from llmhost.apps.diagnose.store import DiagnoseStore
 from llmhost.config import Settings
@@ -104,6 +105,17 @@ class Service:
         self.diagnose = DiagnoseEngine(
             self.pipeline, self.diagnoses, cache_entries=dg.cache_entries, cache_ttl=dg.cache_ttl
         )
+        ds = settings.datasets
+        self.datasets = Datasets(
+            DatasetStore(settings.data_dir / "datasets.db"),
+            self.pipeline,
+            default_embedding_model=settings.embeddings.model,
+            count_tokens=self.local.word_tokens,
+            chunk_tokens=ds.chunk_tokens,
+            chunk_overlap=ds.chunk_overlap,
+        )
+        self.agent_stage.retriever = self.datasets  # agents answer from their datasets
+        checks.dataset_exists = self.datasets.exists
 
     @property
     def ready(self) -> bool:
@@ -147,6 +159,7 @@ class Service:
         )
 
     def close(self) -> None:
+        self.datasets.close()
         self.agents.close()
         self.agent_store.close()
         self.diagnoses.close()

@@ -19,7 +19,7 @@ from llmhost.cli.common import ConfigOpt, console, err_console, settings_for
 from llmhost.cli.common import fail as _fail
 from llmhost.config import Settings
 from llmhost.errors import LLMHostError
-from llmhost.security.keys import SCOPES, ApiKey, KeyStore, parse_duration
+from llmhost.security.keys import SCOPES, KeyStore, parse_duration
 
 __all__ = ["register"]
 
@@ -40,22 +40,6 @@ def _split(value: str | None) -> list[str] | None:
 
 def _when(ts: float | None) -> str:
     return "-" if ts is None else dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-
-
-def _as_dict(key: ApiKey) -> dict[str, object]:
-    return {
-        "id": key.id,
-        "name": key.name,
-        "scopes": sorted(key.scopes),
-        "models": list(key.models),
-        "rpm": key.rpm,
-        "tpm": key.tpm,
-        "budget": key.budget,
-        "created": key.created,
-        "expires": key.expires,
-        "revoked": key.revoked,
-        "policy": key.policy,
-    }
 
 
 _SCOPES_HELP = f"Comma-separated, from: {', '.join(SCOPES)}, or * (default: inference,models:read)."
@@ -120,7 +104,7 @@ def list_keys(
         store.close()
     if as_json:
         for key in keys:
-            print(json.dumps({**_as_dict(key), "secrets": hints[key.id]}))
+            print(json.dumps({**key.as_dict(), "secrets": hints[key.id]}))
         return
     table = Table(
         "NAME", "ID", "SCOPES", "MODELS", "RPM", "TPM", "BUDGET", "POLICY", "EXPIRES", "STATE", box=None

@@ -444,6 +444,7 @@ def _register_commands() -> None:
     from llmhost.cli import (
         agent_commands,
         audit_commands,
+        dataset_commands,
         diagnose_commands,
         doctor,
         key_commands,
@@ -458,6 +459,7 @@ def _register_commands() -> None:
     mcp_commands.register(app)
     diagnose_commands.register(app)
     agent_commands.register(app)
+    dataset_commands.register(app)
 
 
 _register_commands()

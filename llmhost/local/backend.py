@@ -309,6 +309,20 @@ class LocalBackend:
                     await asyncio.to_thread(cache.put_many, entries)
             return vectors, sum(counts)
 
+    async def word_tokens(self, name: str, words: Sequence[str]) -> list[int] | None:
+        """How many of embedding model ``name``'s tokens each word takes (no special tokens), for
+        chunking by tokens; ``None`` when ``name`` is not a local model."""
+        if not self.has_model(name):
+            return None
+        async with self.using(name, generate=False) as model:
+
+            def count() -> list[int]:
+                with model.runner.borrow():
+                    vocab = model.runner.vocab
+                    return [len(vocab.tokenize(w, add_special=False)) for w in words]
+
+            return await asyncio.to_thread(count)
+
     def _embedding_tokens(self, model: LoadedModel, inputs: Sequence[str | list[int]]) -> list[list[int]]:
         runner = model.runner
         limit = runner.n_ctx_embed * BYTES_PER_TOKEN_LIMIT

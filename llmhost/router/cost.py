@@ -6,22 +6,18 @@ Rows are written by a background thread in small batches, so the request path on
 from __future__ import annotations
 
 import datetime as dt
-import logging
 import operator
-import queue
 import sqlite3
-import threading
 import time
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
 
+from llmhost.batching import BatchWriter
 from llmhost.core.stage import Answer, StageBase
 from llmhost.core.types import RequestContext
 
 __all__ = ["UsageRecord", "UsageStage", "UsageStore", "cost_of", "since_days"]
-
-log = logging.getLogger(__name__)
 
 GroupBy = Literal["model", "provider", "day", "key", "target", "door"]
 
@@ -54,7 +50,6 @@ class UsageRecord:
 
 _COLUMNS = [f.name for f in fields(UsageRecord)]
 _row = operator.attrgetter(*_COLUMNS)  # a record's values in column order (astuple deep-copies: slow)
-_BATCH_WAIT_S = 0.05
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS usage (
     id INTEGER PRIMARY KEY,
@@ -103,59 +98,20 @@ class UsageStore:
             for column, ddl in _ADDED_COLUMNS.items():
                 if column not in have:
                     conn.execute(ddl)
-        self._queue: queue.SimpleQueue[UsageRecord | None] = queue.SimpleQueue()
-        self._pending = 0
-        self._idle = threading.Condition()
-        self._thread = threading.Thread(target=self._write_loop, name="llmhost-usage", daemon=True)
-        self._thread.start()
+        sql = f"INSERT INTO usage ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' for _ in _COLUMNS)})"
+        self._writer: BatchWriter[UsageRecord] = BatchWriter(self._connect, sql, _row, name="usage")
 
     def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.db_path, timeout=30, isolation_level=None)
+        conn = sqlite3.connect(self.db_path, timeout=30, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA journal_mode=WAL")
         return conn
 
     def record(self, rec: UsageRecord) -> None:
-        with self._idle:
-            self._pending += 1
-        self._queue.put(rec)
-
-    def _write_loop(self) -> None:
-        conn = self._connect()
-        sql = f"INSERT INTO usage ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' for _ in _COLUMNS)})"
-        try:
-            while True:
-                item = self._queue.get()
-                if item is not None:
-                    # Let a batch gather, asleep: waking for every row as it came cost the event loop
-                    # ~10% of a busy gateway's CPU (GIL hand-offs), for nothing.
-                    time.sleep(_BATCH_WAIT_S)
-                batch = [item]
-                while len(batch) < 500:
-                    try:
-                        batch.append(self._queue.get_nowait())
-                    except queue.Empty:
-                        break
-                rows = [_row(r) for r in batch if r is not None]
-                if rows:
-                    try:
-                        conn.execute("BEGIN")
-                        conn.executemany(sql, rows)
-                        conn.execute("COMMIT")
-                    except sqlite3.Error:
-                        log.exception("could not record %d usage rows", len(rows))
-                        conn.execute("ROLLBACK") if conn.in_transaction else None
-                with self._idle:
-                    self._pending -= len(rows)
-                    self._idle.notify_all()
-                if None in batch:
-                    return
-        finally:
-            conn.close()
+        self._writer.put(rec)
 
     def flush(self, timeout: float = 5.0) -> None:
         """Wait until every recorded row is in the database."""
-        with self._idle:
-            self._idle.wait_for(lambda: self._pending <= 0, timeout)
+        self._writer.flush(timeout)
 
     def summary(self, group_by: GroupBy = "model", since: float | None = None) -> list[dict[str, Any]]:
         """Requests, tokens, cost and latency per group, newest data included."""
@@ -191,8 +147,7 @@ class UsageStore:
         return float(row[0])
 
     def close(self) -> None:
-        self._queue.put(None)
-        self._thread.join(timeout=10)
+        self._writer.close()
 
 
 def since_days(days: float) -> float:

@@ -112,6 +112,22 @@ class ApiKey:
     revoked: float | None
     policy: str | None = None  # a [policies.NAME] of the config; None: the default [policy]
 
+    def as_dict(self) -> dict[str, Any]:
+        """Every field, as JSON values (what ``llmhost keys list --json`` and ``GET /api/keys`` show)."""
+        return {
+            "id": self.id,
+            "name": self.name,
+            "scopes": sorted(self.scopes),
+            "models": list(self.models),
+            "rpm": self.rpm,
+            "tpm": self.tpm,
+            "budget": self.budget,
+            "policy": self.policy,
+            "created": self.created,
+            "expires": self.expires,
+            "revoked": self.revoked,
+        }
+
     def usable(self, now: float | None = None) -> bool:
         now = time.time() if now is None else now
         return self.revoked is None and (self.expires is None or self.expires > now)

@@ -264,7 +264,13 @@ def test_usage_rows_name_the_key_id_never_the_secret(keyed: tuple[LiveServer, Se
 
 def test_every_route_has_an_explicit_scope(server: LiveServer) -> None:
     app = server.server.config.app
-    admin_paths = {"/api/providers", "/api/usage"}
+    admin_paths = {
+        "/api/providers",
+        "/api/usage",
+        "/api/keys",
+        "/api/keys/{key_id}/revoke",
+        "/api/keys/{key_id}/rotate",
+    }
     for route in _all_routes(app.router.routes):
         methods = getattr(route, "methods", None) or {"GET"}
         path = getattr(route, "path", "")

@@ -41,6 +41,8 @@ class Retriever(Protocol):
         self, ctx: RequestContext, names: Sequence[str], query: str, k: int = 5
     ) -> Sequence[Any]: ...
 
+    def exists(self, name: str) -> bool: ...
+
 
 class AgentStage(StageBase):
     name = "agents"
@@ -122,8 +124,11 @@ class AgentStage(StageBase):
         question = next((m.content for m in reversed(request.messages) if m.role == "user" and m.content), "")
         if not question or self.retriever is None:
             return ""
+        names = [n for n in agent.datasets if self.retriever.exists(n)]  # one removed since: skipped
+        if not names:
+            return ""
         child = RequestContext(principal=ctx.principal, door=ctx.door, request_id=new_id("retrieve"))
-        hits = await self.retriever.search(child, agent.datasets, question, agent.retrieval_k)
+        hits = await self.retriever.search(child, names, question, agent.retrieval_k)
         lines = []
         for n, hit in enumerate(hits, start=1):
             cite = {

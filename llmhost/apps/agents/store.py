@@ -11,8 +11,6 @@ Feedback is one row per (run, rater): a rater who reports again replaces their e
 from __future__ import annotations
 
 import json
-import logging
-import queue
 import sqlite3
 import threading
 import time
@@ -21,11 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from llmhost.apps.agents.spec import AgentSpec
+from llmhost.batching import BatchWriter
 from llmhost.errors import ConflictError, NotFoundError, RequestError
 
 __all__ = ["AgentRecord", "AgentStore", "Feedback", "RunRecord"]
-
-log = logging.getLogger(__name__)
 
 _AGENTS_SCHEMA = """
 CREATE TABLE IF NOT EXISTS agents (
@@ -73,7 +70,6 @@ _RUN_COLUMNS = (
     "completion_tokens, cost, stream, steps, tool_calls, retrieved, policy"
 )
 _JSON_FIELDS = ("steps", "tool_calls", "retrieved", "policy")
-_BATCH_WAIT_S = 0.05
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,11 +133,10 @@ class AgentStore:
         self._runs = _connect(runs_path)
         self._runs.executescript(_RUNS_SCHEMA)
         self._lock = threading.Lock()
-        self._queue: queue.SimpleQueue[RunRecord | None] = queue.SimpleQueue()
-        self._pending = 0
-        self._idle = threading.Condition()
-        self._writer = threading.Thread(target=self._write_loop, name="llmhost-runs", daemon=True)
-        self._writer.start()
+        sql = f"INSERT OR REPLACE INTO runs ({_RUN_COLUMNS}) VALUES ({', '.join('?' * 18)})"
+        self._writer: BatchWriter[RunRecord] = BatchWriter(
+            lambda: _connect(self.runs_path), sql, RunRecord.row, name="runs"
+        )
 
     # ----- agents ------------------------------------------------------------------------------------
     def create(self, spec: AgentSpec) -> AgentRecord:
@@ -198,46 +193,11 @@ class AgentStore:
 
     # ----- runs --------------------------------------------------------------------------------------
     def record(self, run: RunRecord) -> None:
-        with self._idle:
-            self._pending += 1
-        self._queue.put(run)
-
-    def _write_loop(self) -> None:
-        db = _connect(self.runs_path)
-        sql = f"INSERT OR REPLACE INTO runs ({_RUN_COLUMNS}) VALUES ({', '.join('?' * 18)})"
-        try:
-            while True:
-                item = self._queue.get()
-                if item is not None:
-                    time.sleep(_BATCH_WAIT_S)  # let a batch gather
-                batch = [item]
-                while len(batch) < 500:
-                    try:
-                        batch.append(self._queue.get_nowait())
-                    except queue.Empty:
-                        break
-                rows = [r.row() for r in batch if r is not None]
-                if rows:
-                    try:
-                        db.execute("BEGIN")
-                        db.executemany(sql, rows)
-                        db.execute("COMMIT")
-                    except sqlite3.Error:
-                        log.exception("could not record %d runs", len(rows))
-                        if db.in_transaction:
-                            db.execute("ROLLBACK")
-                with self._idle:
-                    self._pending -= len(rows)
-                    self._idle.notify_all()
-                if None in batch:
-                    return
-        finally:
-            db.close()
+        self._writer.put(run)
 
     def flush(self, timeout: float = 5.0) -> None:
         """Wait until every recorded run is in the database."""
-        with self._idle:
-            self._idle.wait_for(lambda: self._pending <= 0, timeout)
+        self._writer.flush(timeout)
 
     def runs(
         self, *, agent: str | None = None, model: str | None = None, since: float = 0.0, limit: int = 1000
@@ -290,8 +250,7 @@ class AgentStore:
         return found
 
     def close(self) -> None:
-        self._queue.put(None)
-        self._writer.join(timeout=10)
+        self._writer.close()
         with self._lock:
             self._db.close()
             self._runs.close()

@@ -27,7 +27,19 @@ from starlette.routing import BaseRoute
 
 from llmhost import __version__
 from llmhost.config import Settings
-from llmhost.doors import admin, agents, anthropic, diagnose, grpc, mcp, ollama, openai, responses
+from llmhost.doors import (
+    admin,
+    agents,
+    anthropic,
+    datasets,
+    diagnose,
+    grpc,
+    mcp,
+    ollama,
+    openai,
+    responses,
+    web,
+)
 from llmhost.doors.common import renderer_for, validation_info
 from llmhost.doors.http.gate import GateMiddleware, HostPolicy, origin_regex
 from llmhost.doors.openai.translate import render_error as openai_render_error
@@ -126,6 +138,8 @@ def create_app(settings: Settings, service: Service | None = None, *, preload: b
     admin.attach(app)
     diagnose.attach(app)
     agents.attach(app)
+    datasets.attach(app)
+    web.attach(app)
     grpc.attach(app, svc)
     mcp.attach(app, svc)
 
@@ -163,6 +177,7 @@ def create_app(settings: Settings, service: Service | None = None, *, preload: b
         origins=settings.security.allowed_origins,
         renderers=app.state.error_renderers,
         audit=svc.audit if settings.audit.enabled else None,
+        sessions=app.state.web_sessions,
     )
     # Outside the gate: preflights carry no key. Only allowed origins get CORS headers.
     app.add_middleware(

@@ -14,6 +14,11 @@ In order:
    :class:`~llmhost.core.types.Principal` through the one :class:`~llmhost.security.auth.Authenticator`;
    the route's scope (:mod:`llmhost.doors.http.scopes`) must be among the principal's. The principal is
    left in the ASGI scope for the doors' request contexts; the pipeline's "auth" stage checks it again.
+   A request with neither header but with the web dashboard's session cookie
+   (:mod:`llmhost.doors.web.sessions`) is authenticated with the secret its session holds, again on every
+   request (a revoked key's sessions stop working at once). Such a request, when it changes state, must
+   carry an ``Origin`` that is this server's own: a missing one is refused too (cross-site request
+   forgery rides on cookies; a client that sends its key in a header is not exposed to it).
 4. **Body limit**: the body is read here (up to ``max_request_bytes``; more is 413, chunked or not) and
    handed on whole. A body from a non-browser client is JSON whatever it declares (``curl -d`` sends a
    form content type), unless it is a ``multipart/form-data`` upload; a browser's is taken as declared,
@@ -36,6 +41,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llmhost.doors.common import PRINCIPAL_KEY, ErrorRenderer, renderer_for
 from llmhost.doors.http.scopes import ANY_KEY, required_scope
+from llmhost.doors.web.sessions import SessionStore, cookie_token
 from llmhost.errors import AuthError, ErrorInfo, RefusedError, classify
 from llmhost.logs import REQUEST_ID_KEY
 from llmhost.security.audit import AuditLog, AuditRecord
@@ -101,8 +107,10 @@ class GateMiddleware:
         origins: list[str],
         renderers: dict[str, ErrorRenderer],
         audit: AuditLog | None = None,
+        sessions: SessionStore | None = None,
     ) -> None:
         self.app = app
+        self.sessions = sessions
         self.audit = audit
         self.renderers = renderers
         self.max_body = max_body
@@ -216,8 +224,14 @@ class GateMiddleware:
         scope_needed = required_scope(scope["method"], scope["path"])
         if scope_needed is None:
             return None
+        secret = _secret(headers)
+        if secret is None and self.sessions is not None:
+            foreign = checked and not _own_origin(origin, host)
+            refusal, secret = self._session_secret(self.sessions, headers, foreign)
+            if refusal is not None:
+                return refusal
         try:
-            principal = self.auth.authenticate(_secret(headers))
+            principal = self.auth.authenticate(secret)
             if scope_needed != ANY_KEY:
                 check_scope(principal, scope_needed)
         except (AuthError, RefusedError) as exc:
@@ -225,15 +239,40 @@ class GateMiddleware:
         scope[PRINCIPAL_KEY] = principal
         return None
 
+    def _session_secret(
+        self, sessions: SessionStore, headers: dict[bytes, bytes], foreign: bool
+    ) -> tuple[ErrorInfo | None, bytes | None]:
+        """The secret of the dashboard session the cookie names (None: no cookie, or an ended session on
+        a server that needs no key), or the refusal: an ended session, or a state-changing request whose
+        ``Origin`` is missing or not this server's (``foreign``)."""
+        token = cookie_token(headers.get(b"cookie", b""))
+        if token is None:
+            return None, None
+        secret = sessions.secret_for(token)
+        if secret is None and self.auth.required:
+            message = "your dashboard session has ended (idle, logged out or restarted); log in again"
+            return ErrorInfo(401, "authentication", message, None, "session_expired"), None
+        if secret is not None and foreign:
+            message = (
+                "a request that changes state with the dashboard's session cookie must come from this "
+                "server's own pages (its Origin header)"
+            )
+            return ErrorInfo(403, "permission", message, None, "origin_required"), None
+        return None, secret
+
     def _origin_ok(self, origin: bytes, host: str) -> bool:
-        text = origin.decode("latin-1")
-        if text.split("://", 1)[-1] == host:  # the server's own pages (the dashboard)
+        if _own_origin(origin, host):  # the server's own pages (the dashboard)
             return True
-        return self._origin is not None and self._origin.fullmatch(text) is not None
+        return self._origin is not None and self._origin.fullmatch(origin.decode("latin-1")) is not None
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send, info: ErrorInfo) -> None:
         response = renderer_for(self.renderers, scope["path"])(info)
         await response(scope, receive, send)
+
+
+def _own_origin(origin: bytes | None, host: str) -> bool:
+    """Whether ``Origin`` names this server as the request's ``Host`` does (its own pages)."""
+    return origin is not None and origin.decode("latin-1").split("://", 1)[-1] == host
 
 
 def _model_named(body: bytes) -> str:

@@ -54,26 +54,48 @@ _EXACT: dict[tuple[str, str], str | None] = {
     ("GET", "/api/providers"): "admin",
     ("GET", "/api/usage"): "admin",
     ("GET", "/api/audit"): "audit",
+    # the dashboard's admin JSON (llmhost.doors.admin: status, keys, audit)
+    ("GET", "/api/status"): "metrics",
+    ("GET", "/api/keys"): "admin",
+    ("POST", "/api/keys"): "admin",
+    ("GET", "/api/audit/verify"): "audit",
+    ("GET", "/api/audit/recent"): "audit",
+    # datasets (llmhost.apps.datasets)
+    ("GET", "/v1/datasets"): "datasets:read",
+    ("POST", "/v1/datasets"): "datasets:write",
     # agents (llmhost.apps.agents), their runs, feedback and scorecards
     ("GET", "/v1/agents"): "agents:read",
     ("POST", "/v1/agents"): "agents:write",
     ("POST", "/v1/feedback"): "inference",
     ("GET", "/v1/scorecards"): "agents:read",
+    # the web dashboard: its pages and assets are public (they hold no data; every call they make
+    # carries the session cookie and passes this table like any other client's)
+    ("GET", "/ui"): None,
+    ("GET", "/ui/"): None,
+    ("POST", "/ui/login"): None,
+    ("POST", "/ui/logout"): None,
+    ("GET", "/ui/session"): None,
     # MCP (Streamable HTTP): any key; each tool checks its own scope (llmhost.doors.mcp.gate)
     ("POST", "/mcp"): ANY_KEY,
     ("GET", "/mcp"): ANY_KEY,
     ("DELETE", "/mcp"): ANY_KEY,
 }
-_PATTERNS: list[tuple[str, re.Pattern[str], str]] = [
+_PATTERNS: list[tuple[str, re.Pattern[str], str | None]] = [
     ("GET", re.compile(r"/v1/models/.+"), "models:read"),
     ("GET", re.compile(r"/v1/responses/[^/]+(/input_items)?"), "inference"),
     ("DELETE", re.compile(r"/v1/responses/[^/]+"), "inference"),
     ("GET", re.compile(r"/v1/diagnose/[^/]+"), "inference"),
     ("POST", re.compile(r"/v1/diagnose/[^/]+/feedback"), "inference"),
     ("POST", re.compile(r"/v1/responses/[^/]+/cancel"), "inference"),
+    ("GET", re.compile(r"/v1/datasets/[^/]+(/documents(/[^/]+)?)?"), "datasets:read"),
+    ("POST", re.compile(r"/v1/datasets/[^/]+/search"), "datasets:read"),
+    ("POST", re.compile(r"/v1/datasets/[^/]+/documents"), "datasets:write"),
+    ("DELETE", re.compile(r"/v1/datasets/[^/]+(/documents/[^/]+)?"), "datasets:write"),
     ("GET", re.compile(r"/v1/agents/[^/]+(/runs(/[^/]+)?|/scorecard)?"), "agents:read"),
     ("PUT", re.compile(r"/v1/agents/[^/]+"), "agents:write"),
     ("DELETE", re.compile(r"/v1/agents/[^/]+"), "agents:write"),
+    ("GET", re.compile(r"/ui/(assets/.+)"), None),
+    ("POST", re.compile(r"/api/keys/[^/]+/(revoke|rotate)"), "admin"),
 ]
 
 
