@@ -24,9 +24,13 @@ setup: $(STAMP)
 serve: setup
 	$(BIN)/llmhost serve
 
-# Servers and programs the tests start on loopback, from Debian's packages: redis-server (shared rate
-# limits) and Chromium (the web dashboard's end-to-end tests, driven by Playwright without a download).
+# Servers and programs the tests start on loopback, from Debian's packages: PostgreSQL 15 (the stores on
+# PostgreSQL, the database tools), redis-server (shared rate limits) and Chromium (the web dashboard's end-to-end tests, driven by Playwright without a download).
 services:
+	@test -x /usr/lib/postgresql/15/bin/initdb || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  { apt-get install -y -q postgresql-15 >/dev/null 2>&1 || \
+	    { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q postgresql-15 >/dev/null 2>&1; }; }; } || \
+	  echo "PostgreSQL 15 is not installed (apt-get install postgresql-15): the PostgreSQL tests will be skipped"
 	@command -v redis-server >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
 	  { apt-get install -y -q redis-server >/dev/null 2>&1 || \
 	    { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q redis-server >/dev/null 2>&1; }; }; } || \

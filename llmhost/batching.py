@@ -1,4 +1,4 @@
-"""``BatchWriter``: rows appended from the request path, written to SQLite by a thread in batches.
+"""``BatchWriter``: rows appended from the request path, written to the database by a thread in batches.
 
 The request path only puts a row on a queue; the thread sleeps a moment after the first row of a batch
 (waking for every row cost a busy gateway ~10% of a core in GIL hand-offs), takes up to 500, and writes
@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import logging
 import queue
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, Generic, TypeVar
+
+from llmhost.storage import DB_ERRORS, Database
 
 __all__ = ["BatchWriter"]
 
@@ -28,7 +29,7 @@ MAX_BATCH = 500
 class BatchWriter(Generic[T]):
     def __init__(
         self,
-        connect: Callable[[], sqlite3.Connection],
+        connect: Callable[[], Database],
         sql: str,
         row: Callable[[T], Sequence[Any]],
         *,
@@ -65,13 +66,9 @@ class BatchWriter(Generic[T]):
                 rows = [self._row(r) for r in batch if r is not None]
                 if rows:
                     try:
-                        conn.execute("BEGIN")
-                        conn.executemany(self._sql, rows)
-                        conn.execute("COMMIT")
-                    except sqlite3.Error:
+                        conn.executemany(self._sql, rows)  # one transaction
+                    except DB_ERRORS:
                         log.exception("could not record %d %s rows", len(rows), self._name)
-                        if conn.in_transaction:
-                            conn.execute("ROLLBACK")
                 with self._idle:
                     self._pending -= len(rows)
                     self._idle.notify_all()

@@ -451,6 +451,14 @@ class Settings(BaseSettings):
         description="Where llmhost keeps its database and models.",
     )
     models_dir: Path | None = Field(None, description="Model files; default: <data_dir>/models.")
+    database_url: SecretStr | None = Field(
+        None,
+        description=(
+            "postgresql://user:password@host:port/db to keep the registry, keys, usage, audit log, stored "
+            "responses, agents and runs in PostgreSQL (shared by every instance that names it); unset: "
+            "SQLite files in data_dir."
+        ),
+    )
     default_model: str = Field(
         "gemma3:270m",
         description='Model loaded at start and used by `make serve`; "" loads none (a gateway-only server).',
@@ -466,6 +474,16 @@ class Settings(BaseSettings):
     )
     access_log: bool = Field(
         True, description="One log line per HTTP request (uvicorn's access log); off saves CPU."
+    )
+    drain_seconds: float = Field(
+        30.0,
+        ge=0,
+        le=86_400,
+        description=(
+            "On SIGTERM or SIGINT, how long `llmhost serve` lets running requests and streams finish: "
+            "/ready turns 503 and new requests get 503 with Retry-After meanwhile; streams still "
+            "running after it are cut. A second signal exits at once."
+        ),
     )
     engine: EngineSettings = Field(default_factory=EngineSettings)
     embeddings: EmbeddingSettings = Field(default_factory=EmbeddingSettings)
@@ -513,6 +531,15 @@ class Settings(BaseSettings):
         # `LLMHOST_API_KEY=` must not read as "a key is set" and leave a public bind open.
         return value if value is not None and value.get_secret_value().strip() else None
 
+    @field_validator("database_url", mode="after")
+    @classmethod
+    def _database_url_is_postgres(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value().strip():
+            return None
+        if not value.get_secret_value().startswith(("postgresql://", "postgres://")):
+            raise ValueError("database_url must be a postgresql:// URL (unset: SQLite files in data_dir)")
+        return value
+
     @model_validator(mode="after")
     def _routes_name_known_providers(self) -> Settings:
         for route_name, route in self.routes.items():
@@ -541,6 +568,12 @@ class Settings(BaseSettings):
     @property
     def audit_path(self) -> Path:
         return self.data_dir / "audit.db"
+
+    def database_for(self, sqlite_file: str) -> str:
+        """Where a store keeps its tables: ``database_url`` when set, else ``<data_dir>/<sqlite_file>``."""
+        if self.database_url is not None:
+            return self.database_url.get_secret_value()
+        return str(self.data_dir / sqlite_file)
 
     @classmethod
     def settings_customise_sources(

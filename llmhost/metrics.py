@@ -24,9 +24,9 @@ reaches a metric.
 
 from __future__ import annotations
 
+import collections
 import logging
 import re
-import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
@@ -48,6 +48,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from llmhost import __version__
 from llmhost.engine.stats import EngineStats, Histogram
 from llmhost.router.breaker import BreakerState
+from llmhost.router.cost import UsageRecord
 from llmhost.service import Service
 
 __all__ = ["BREAKER_STATE_VALUES", "CONTENT_TYPE", "HTTPMetricsMiddleware", "HTTPStats", "Metrics"]
@@ -169,47 +170,32 @@ def _template_of(route: object) -> str | None:
 
 
 class _UsageTotals:
-    """Running totals of the usage log rows appended since this object was created."""
+    """Running totals of the usage rows this process recorded (fed by the usage store as it records:
+    with a shared PostgreSQL usage table, every instance counts only its own attempts)."""
 
     def __init__(self, service: Service) -> None:
-        self._db_path = service.usage.db_path
         self._lock = threading.Lock()
-        self._last_id = 0
+        self._pending: collections.deque[UsageRecord] = collections.deque()
         # (route, provider, target, status) -> attempts
         self.requests: dict[tuple[str, str, str, str], int] = {}
         # (route, provider, target) -> [prompt, completion, cached tokens, cost]
         self.tokens: dict[tuple[str, str, str], list[float]] = {}
         self.latency: dict[tuple[str, str, str], Histogram] = {}
-        try:
-            conn = self._connect()
-            try:
-                self._last_id = conn.execute("SELECT COALESCE(MAX(id), 0) FROM usage").fetchone()[0]
-            finally:
-                conn.close()
-        except sqlite3.Error:
-            log.warning("metrics: cannot read the usage log %s", self._db_path, exc_info=True)
-
-    def _connect(self) -> sqlite3.Connection:
-        return sqlite3.connect(f"file:{self._db_path}?mode=ro", uri=True, timeout=1.0)
+        service.usage.listeners.append(self._pending.append)  # a deque's append is thread-safe
 
     def refresh(self) -> None:
-        """Add the rows written since the last refresh (the writer batches, so it lags by ~50 ms)."""
+        """Fold in the rows recorded since the last refresh."""
         with self._lock:
-            try:
-                conn = self._connect()
-                try:
-                    rows = conn.execute(
-                        "SELECT id, model, provider, target_model, status, prompt_tokens, completion_tokens,"
-                        " cached_tokens, cost, latency_ms FROM usage WHERE id > ? ORDER BY id",
-                        (self._last_id,),
-                    ).fetchall()
-                finally:
-                    conn.close()
-            except sqlite3.Error:
-                log.warning("metrics: cannot read the usage log %s", self._db_path, exc_info=True)
-                return
-            for row_id, route, provider, model, status, prompt, completion, cached, cost, ms in rows:
-                self._last_id = row_id
+            while self._pending:
+                r = self._pending.popleft()
+                route, provider, model, status = r.model, r.provider, r.target_model, r.status
+                prompt, completion, cached, cost, ms = (
+                    r.prompt_tokens,
+                    r.completion_tokens,
+                    r.cached_tokens,
+                    r.cost,
+                    r.latency_ms,
+                )
                 target = (route, provider, f"{provider}/{model}")
                 key = (*target, status)
                 self.requests[key] = self.requests.get(key, 0) + 1

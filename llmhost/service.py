@@ -26,6 +26,7 @@ from llmhost.models.default_embedding import DEFAULT_EMBEDDING_MODEL_NAME, ensur
 from llmhost.models.manager import ModelManager
 from llmhost.models.registry import ModelRecord, Registry
 from llmhost.models.store import ModelStore
+from llmhost.providers.base import Provider
 from llmhost.providers.local import LocalProvider
 from llmhost.router.cost import UsageStage, UsageStore
 from llmhost.router.factory import build_providers
@@ -46,20 +47,28 @@ log = logging.getLogger(__name__)
 class Service:
     """Owns the registry, the model store, the resident models, the gateway and the pipeline."""
 
-    def __init__(self, settings: Settings, *, extra_stages: Sequence[Stage] = ()) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        extra_stages: Sequence[Stage] = (),
+        local_provider: Provider | None = None,
+    ) -> None:
+        """``local_provider`` answers for the local models instead of this process's engine (the model
+        replicas of a Ray Serve deployment: ``llmhost.scale``)."""
         self.settings = settings
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        self.registry = Registry(settings.database_path)
+        self.registry = Registry(settings.database_for("llmhost.db"))
         self.store = ModelStore(settings.resolved_models_dir, self.registry)
         self.models = ModelManager(settings, self.registry)
-        self.usage = UsageStore(settings.database_path)
-        self.keys = KeyStore(settings.database_path)
+        self.usage = UsageStore(settings.database_for("llmhost.db"))
+        self.keys = KeyStore(settings.database_for("llmhost.db"))
         config_key = settings.api_key.get_secret_value() if settings.api_key is not None else None
         self.auth = Authenticator(self.keys, config_key)
         redis_url = settings.limits.redis_url
         self.windows: Windows = RedisWindows(redis_url) if redis_url else MemoryWindows()
         self.ledger = Ledger(self.usage.spent)
-        self.audit = AuditLog(settings.audit_path, synchronous=settings.audit.synchronous)
+        self.audit = AuditLog(settings.database_for("audit.db"), synchronous=settings.audit.synchronous)
         embedded = {DEFAULT_EMBEDDING_MODEL_NAME: self.prepare_embedding_model}
         emb = settings.embeddings
         self.embed_cache = make_cache(
@@ -71,13 +80,13 @@ class Service:
         self.started_at = time.time()
         self.gateway = Gateway(
             settings,
-            build_providers(settings, LocalProvider(self.local)),
+            build_providers(settings, local_provider or LocalProvider(self.local)),
             is_local_model=self.local.has_model,
         )
         self.policy = PolicyStage.from_settings(settings)
         # Agents: their store, the tools their loops call (llmhost's own MCP server is wired in by the
         # MCP door: Service.toolbox.own), and the stage that turns an agent's name into its request.
-        self.agent_store = AgentStore(settings.data_dir / "agents.db", settings.data_dir / "runs.db")
+        self.agent_store = AgentStore(settings.database_for("agents.db"), settings.database_for("runs.db"))
         self.toolbox = Toolbox(None, None)
         checks = Checks(
             model_exists=safe_exists(self.gateway.resolve), policies=lambda: set(settings.policies)

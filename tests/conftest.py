@@ -21,6 +21,7 @@ from llmhost.config import Settings, load_settings
 from llmhost.security import auth
 from llmhost.security.keys import KeyStore
 from llmhost.service import Service
+from tests.postgres import PostgresServer, start_postgres
 from tests.support import free_port
 from tests.tiny_gguf import write_tiny_llama_gguf
 
@@ -295,3 +296,23 @@ def openai_client() -> Iterator[Callable[..., Any]]:
     yield make
     for client in clients:
         client.close()
+
+
+# ----- storage on both databases ---------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One PostgreSQL 15 server per test process (each xdist worker starts its own), on loopback."""
+    server = start_postgres()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_target(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Where a store keeps its tables, once per backend: a SQLite file, then a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        return str(tmp_path / "store.db")
+    server: PostgresServer = request.getfixturevalue("postgres_server")
+    return server.new_database()

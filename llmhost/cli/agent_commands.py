@@ -30,7 +30,7 @@ agents_app = typer.Typer(
 
 def _store(config: Path | None) -> AgentStore:
     settings = settings_for(config)
-    return AgentStore(settings.data_dir / "agents.db", settings.data_dir / "runs.db")
+    return AgentStore(settings.database_for("agents.db"), settings.database_for("runs.db"))
 
 
 def _spec(data: dict[str, Any]) -> AgentSpec:

@@ -20,6 +20,7 @@ from llmhost.cli.common import fail as _fail
 from llmhost.config import load_settings
 from llmhost.errors import ConfigError
 from llmhost.security.audit import AuditLog, AuditRecord
+from llmhost.storage import DB_ERRORS
 
 __all__ = ["register"]
 
@@ -32,9 +33,13 @@ def _log(config: Path | None) -> AuditLog:
     except ConfigError as exc:
         _fail(str(exc).replace("\n", "; "), 2)
         raise
-    if not settings.audit_path.exists():
+    if settings.database_url is None and not settings.audit_path.exists():
         _fail(f"no audit log at {settings.audit_path} (it is made by the first request a server answers)")
-    return AuditLog(settings.audit_path)
+    try:
+        return AuditLog(settings.database_for("audit.db"))
+    except DB_ERRORS as exc:
+        _fail(f"cannot open the audit log: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
+        raise
 
 
 def _line(r: AuditRecord) -> str:

@@ -86,12 +86,12 @@ def _model_lines(settings: Settings, hw: HardwareInfo, on_gpu: bool) -> list[str
         _row("default model", f"{name} is not imported yet (`llmhost serve` imports the embedded one)")
     ]
     missing.append(_row("", "so there is no memory estimate"))
-    if not settings.database_path.is_file():
+    if settings.database_url is None and not settings.database_path.is_file():
         return missing
     try:
         from llmhost.models.registry import Registry
 
-        with Registry(settings.database_path) as registry:
+        with Registry(settings.database_for("llmhost.db")) as registry:
             record = registry.find(name)
         if record is None:
             return missing

@@ -31,7 +31,7 @@ def _settings(config: Path | None) -> Settings:
 
 
 def _store(config: Path | None) -> KeyStore:
-    return KeyStore(_settings(config).database_path)
+    return KeyStore(_settings(config).database_for("llmhost.db"))
 
 
 def _split(value: str | None) -> list[str] | None:
@@ -65,7 +65,7 @@ def create(
     if policy is not None and policy not in settings.policies:
         known = ", ".join(sorted(settings.policies)) or "none is configured"
         _fail(f"no policy named {policy!r} in the config's [policies] ({known})")
-    store = KeyStore(settings.database_path)
+    store = KeyStore(settings.database_for("llmhost.db"))
     try:
         key, secret = store.create(
             name,

@@ -354,7 +354,7 @@ def usage(
     from llmhost.router.cost import UsageStore, since_days
 
     with _errors():
-        store = UsageStore(settings.database_path)
+        store = UsageStore(settings.database_for("llmhost.db"))
         try:
             rows = store.summary(by, since_days(days) if days is not None else None)  # type: ignore[arg-type]
         finally:

@@ -1,4 +1,4 @@
-"""The model registry: one SQLite row per model name, pointing at a content-addressed blob.
+"""The model registry: one row per model name (SQLite or PostgreSQL), pointing at a content-addressed blob.
 
 A :class:`ModelRecord` is what ``llmhost list``/``show`` print and what the engine needs to load a model
 (path, architecture, context length, chat template). Files themselves live in :mod:`llmhost.models.store`;
@@ -6,21 +6,19 @@ the registry only records them.
 
 Storage notes:
 
-* SQLite in WAL mode, ``foreign_keys=ON``, parameterised SQL only. The SQL sticks to what PostgreSQL also
-  speaks (``INSERT ... ON CONFLICT ... DO UPDATE``, ISO-8601 text timestamps) so a PostgreSQL-backed
-  registry can replace this class behind the same API.
+* :mod:`llmhost.storage`: SQLite in WAL mode (the default) or PostgreSQL (``database_url``), parameterised
+  SQL both speak (``INSERT ... ON CONFLICT ... DO UPDATE``, ISO-8601 text timestamps).
 * Schema versions are tracked per component in a ``schema_version`` table rather than in
-  ``PRAGMA user_version``, because other components (keys, audit, usage) may share the same database file
-  and each migrates its own tables.
-* One connection, opened with ``check_same_thread=False`` and guarded by a lock: the registry is used from
-  the asyncio thread and from worker threads, and every call is short.
+  ``PRAGMA user_version``, because other components (keys, audit, usage) share the same database and
+  each migrates its own tables.
+* One connection guarded by a lock: the registry is used from the asyncio thread and from worker
+  threads, and every call is short.
 """
 
 from __future__ import annotations
 
 import builtins
 import dataclasses
-import sqlite3
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,10 +28,12 @@ from pathlib import Path
 from typing import Any
 
 from llmhost.errors import ModelError, ModelNotFoundError
+from llmhost.storage import DB_ERRORS, Database, DatabaseTarget, SchemaError, Transaction, migrate
 
 __all__ = ["SCHEMA_VERSION", "ModelRecord", "Registry"]
 
 _COMPONENT = "models"
+_OPEN_ERRORS: tuple[type[Exception], ...] = (*DB_ERRORS, OSError)
 
 # Each entry migrates the schema from version i to i + 1; append, never edit a released one.
 _MIGRATIONS: tuple[tuple[str, ...], ...] = (
@@ -136,7 +136,7 @@ def _to_row(record: ModelRecord) -> tuple[Any, ...]:
     )
 
 
-def _from_row(row: sqlite3.Row | tuple[Any, ...]) -> ModelRecord:
+def _from_row(row: tuple[Any, ...]) -> ModelRecord:
     (name, digest, path, size, arch, params, quant, ctx, template, lic, source, created) = tuple(row)
     created_at = datetime.fromisoformat(created)
     if created_at.tzinfo is None:
@@ -160,82 +160,49 @@ def _from_row(row: sqlite3.Row | tuple[Any, ...]) -> ModelRecord:
 class Registry:
     """Model records in a SQLite database; safe to share between threads."""
 
-    def __init__(self, db_path: Path) -> None:
-        self.db_path = Path(db_path)
+    def __init__(self, target: DatabaseTarget) -> None:
+        self.db_path = target if isinstance(target, str) and "://" in target else Path(target)
         self._lock = threading.RLock()
-        self._conn: sqlite3.Connection | None = None
+        self._db: Database | None = None
+        label = target if isinstance(target, Path) else "the configured database"
         try:
-            if str(self.db_path) != ":memory:":
-                self.db_path.parent.mkdir(parents=True, exist_ok=True)
-            # isolation_level=None: we issue BEGIN/COMMIT ourselves, so a transaction is exactly what we say.
-            self._conn = sqlite3.connect(
-                str(self.db_path), timeout=10.0, isolation_level=None, check_same_thread=False
-            )
-            self._conn.execute("PRAGMA foreign_keys=ON")
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._migrate()
-        except (sqlite3.Error, OSError) as exc:
+            self._db = Database(target)
+            migrate(self._db, _COMPONENT, _MIGRATIONS)
+        except SchemaError as exc:
             self.close()
-            raise ModelError(f"cannot open the model registry at {self.db_path}: {exc}") from exc
+            raise ModelError(str(exc).replace("the models tables", "the model registry")) from exc
+        except _OPEN_ERRORS as exc:
+            self.close()
+            raise ModelError(f"cannot open the model registry at {label}: {exc}") from exc
         except BaseException:
             self.close()
             raise
 
     # -- plumbing -------------------------------------------------------------------------------------
 
-    def _connection(self) -> sqlite3.Connection:
-        if self._conn is None:
+    def _database(self) -> Database:
+        if self._db is None:
             raise ModelError("the model registry is closed")
-        return self._conn
+        return self._db
 
     @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        """Hold the lock and run the body in one ``BEGIN IMMEDIATE`` transaction (write lock up front)."""
+    def _transaction(self) -> Iterator[Transaction]:
+        """Hold the lock and run the body in one transaction (the write lock up front on SQLite)."""
         with self._lock:
-            conn = self._connection()
+            db = self._database()
             try:
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    yield conn
-                except BaseException:
-                    conn.execute("ROLLBACK")
-                    raise
-                conn.execute("COMMIT")
-            except sqlite3.Error as exc:
-                raise ModelError(f"model registry error ({self.db_path}): {exc}") from exc
+                with db.transaction() as tx:
+                    yield tx
+            except DB_ERRORS as exc:
+                raise ModelError(f"model registry error ({db.label}): {exc}") from exc
 
     def _query(self, sql: str, params: tuple[Any, ...] = ()) -> builtins.list[tuple[Any, ...]]:
         with self._lock:
-            conn = self._connection()
+            db = self._database()
             try:
-                return conn.execute(sql, params).fetchall()
-            except sqlite3.Error as exc:
-                raise ModelError(f"model registry error ({self.db_path}): {exc}") from exc
-
-    def _migrate(self) -> None:
-        with self._transaction() as conn:
-            conn.execute(
-                "CREATE TABLE IF NOT EXISTS schema_version ("
-                "component TEXT PRIMARY KEY, version INTEGER NOT NULL)"
-            )
-            row = conn.execute(
-                "SELECT version FROM schema_version WHERE component = ?", (_COMPONENT,)
-            ).fetchone()
-            current = 0 if row is None else int(row[0])
-            if current > SCHEMA_VERSION:
-                raise ModelError(
-                    f"the model registry at {self.db_path} has schema version {current}, newer than this "
-                    f"llmhost understands ({SCHEMA_VERSION}); upgrade llmhost"
-                )
-            for statements in _MIGRATIONS[current:]:
-                for statement in statements:
-                    conn.execute(statement)
-            if current != SCHEMA_VERSION:
-                conn.execute(
-                    "INSERT INTO schema_version (component, version) VALUES (?, ?) "
-                    "ON CONFLICT (component) DO UPDATE SET version = excluded.version",
-                    (_COMPONENT, SCHEMA_VERSION),
-                )
+                return db.query(sql, params)
+            except DB_ERRORS as exc:
+                raise ModelError(f"model registry error ({db.label}): {exc}") from exc
 
     @property
     def journal_mode(self) -> str:
@@ -263,8 +230,8 @@ class Registry:
 
     def put(self, record: ModelRecord) -> None:
         """Insert ``record``, or replace the record already registered under its name, in one transaction."""
-        with self._transaction() as conn:
-            conn.execute(_UPSERT, _to_row(record))
+        with self._transaction() as tx:
+            tx.execute(_UPSERT, _to_row(record))
 
     def copy(self, source: str, destination: str) -> tuple[ModelRecord, ModelRecord | None]:
         """Register ``destination`` for ``source``'s blob, in one transaction.
@@ -273,13 +240,13 @@ class Registry:
         had before, or ``None``. Raises :class:`ModelNotFoundError` when ``source`` is not registered. Only
         rows change: deleting a blob nobody uses any more is :meth:`ModelStore.copy`'s job.
         """
-        with self._transaction() as conn:
-            row = conn.execute(f"{_SELECT} WHERE name = ?", (source,)).fetchone()
+        with self._transaction() as tx:
+            row = tx.execute(f"{_SELECT} WHERE name = ?", (source,)).fetchone()
             if row is None:
                 raise ModelNotFoundError(source)
-            old = conn.execute(f"{_SELECT} WHERE name = ?", (destination,)).fetchone()
+            old = tx.execute(f"{_SELECT} WHERE name = ?", (destination,)).fetchone()
             record = dataclasses.replace(_from_row(row), name=destination, created_at=datetime.now(UTC))
-            conn.execute(_UPSERT, _to_row(record))
+            tx.execute(_UPSERT, _to_row(record))
         return record, None if old is None else _from_row(old)
 
     def remove(self, name: str) -> ModelRecord:
@@ -287,19 +254,19 @@ class Registry:
 
         Only the row goes: deleting an unreferenced blob is :meth:`ModelStore.remove`'s job.
         """
-        with self._transaction() as conn:
-            row = conn.execute(f"{_SELECT} WHERE name = ?", (name,)).fetchone()
+        with self._transaction() as tx:
+            row = tx.execute(f"{_SELECT} WHERE name = ?", (name,)).fetchone()
             if row is None:
                 raise ModelNotFoundError(name)
-            conn.execute("DELETE FROM models WHERE name = ?", (name,))
+            tx.execute("DELETE FROM models WHERE name = ?", (name,))
         return _from_row(row)
 
     def close(self) -> None:
         """Close the database connection; further calls raise :class:`ModelError`. Idempotent."""
         with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
+            if self._db is not None:
+                self._db.close()
+                self._db = None
 
     def __enter__(self) -> Registry:
         return self

@@ -1,4 +1,4 @@
-"""Usage and cost accounting: one row per request in SQLite, summaries by key/model/provider/day.
+"""Usage and cost accounting: one row per request (SQLite or PostgreSQL), summaries by key/model/day.
 
 Rows are written by a background thread in small batches, so the request path only appends to a queue.
 """
@@ -7,15 +7,15 @@ from __future__ import annotations
 
 import datetime as dt
 import operator
-import sqlite3
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, fields
-from pathlib import Path
 from typing import Any, Literal
 
 from llmhost.batching import BatchWriter
 from llmhost.core.stage import Answer, StageBase
 from llmhost.core.types import RequestContext
+from llmhost.storage import Database, DatabaseTarget, add_missing_columns, migrate
 
 __all__ = ["UsageRecord", "UsageStage", "UsageStore", "cost_of", "since_days"]
 
@@ -50,8 +50,8 @@ class UsageRecord:
 
 _COLUMNS = [f.name for f in fields(UsageRecord)]
 _row = operator.attrgetter(*_COLUMNS)  # a record's values in column order (astuple deep-copies: slow)
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS usage (
+_USAGE_V1 = (
+    """CREATE TABLE IF NOT EXISTS usage (
     id INTEGER PRIMARY KEY,
     ts REAL NOT NULL,
     model TEXT NOT NULL,
@@ -68,46 +68,55 @@ CREATE TABLE IF NOT EXISTS usage (
     stream INTEGER NOT NULL,
     door TEXT NOT NULL DEFAULT '',
     principal TEXT NOT NULL DEFAULT ''
-);
-CREATE INDEX IF NOT EXISTS usage_ts ON usage (ts);
-"""
+)""",
+    "CREATE INDEX IF NOT EXISTS usage_ts ON usage (ts)",
+)
+# Append, never edit. Version 1 is also what databases made before versions were tracked get: the table
+# as it was then, plus the columns added since.
+MIGRATIONS = (
+    _USAGE_V1,
+    add_missing_columns(
+        "usage", {"door": "TEXT NOT NULL DEFAULT ''", "principal": "TEXT NOT NULL DEFAULT ''"}
+    ),
+    # A key's spend is summed when its budget is first checked, on every instance that serves it.
+    ("CREATE INDEX IF NOT EXISTS usage_api_key ON usage (api_key)",),
+)
 _GROUP_EXPR = {
     "model": "model",
     "provider": "provider",
     "target": "provider || '/' || target_model",
     "key": "COALESCE(api_key, '-')",
-    "day": "date(ts, 'unixepoch')",
+    "day": {
+        "sqlite": "date(ts, 'unixepoch')",
+        "postgresql": "to_char(to_timestamp(ts) AT TIME ZONE 'UTC', 'YYYY-MM-DD')",
+    },
     "door": "door",
-}
-# Columns added after the first release, for databases created before them.
-_ADDED_COLUMNS = {
-    "door": "ALTER TABLE usage ADD COLUMN door TEXT NOT NULL DEFAULT ''",
-    "principal": "ALTER TABLE usage ADD COLUMN principal TEXT NOT NULL DEFAULT ''",
 }
 
 
 class UsageStore:
     """Append-only usage log with a batching writer thread."""
 
-    def __init__(self, db_path: Path) -> None:
-        self.db_path = db_path
-        db_path.parent.mkdir(parents=True, exist_ok=True)
-        with self._connect() as conn:
-            conn.executescript(_SCHEMA)
-            have = {row[1] for row in conn.execute("PRAGMA table_info(usage)")}
-            for column, ddl in _ADDED_COLUMNS.items():
-                if column not in have:
-                    conn.execute(ddl)
+    def __init__(self, target: DatabaseTarget) -> None:
+        self.target = target
+        self._db = Database(target)  # reads; the writer thread has a connection of its own
+        try:
+            migrate(self._db, "usage", MIGRATIONS)
+        except BaseException:
+            self._db.close()
+            raise
         sql = f"INSERT INTO usage ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' for _ in _COLUMNS)})"
         self._writer: BatchWriter[UsageRecord] = BatchWriter(self._connect, sql, _row, name="usage")
+        self.listeners: list[Callable[[UsageRecord], object]] = []
+        """Called with every record as it is recorded (the Prometheus totals of this process)."""
 
-    def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.db_path, timeout=30, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA journal_mode=WAL")
-        return conn
+    def _connect(self) -> Database:
+        return Database(self.target)
 
     def record(self, rec: UsageRecord) -> None:
         self._writer.put(rec)
+        for listener in self.listeners:
+            listener(rec)
 
     def flush(self, timeout: float = 5.0) -> None:
         """Wait until every recorded row is in the database."""
@@ -116,23 +125,26 @@ class UsageStore:
     def summary(self, group_by: GroupBy = "model", since: float | None = None) -> list[dict[str, Any]]:
         """Requests, tokens, cost and latency per group, newest data included."""
         expr = _GROUP_EXPR[group_by]
+        if isinstance(expr, dict):
+            expr = expr[self._db.dialect]
         where, args = ("WHERE ts >= ?", (since,)) if since is not None else ("", ())
         sql = (
-            f"SELECT {expr} AS grp, COUNT(*), SUM(status = 'ok'), SUM(prompt_tokens), SUM(completion_tokens),"
-            f" SUM(cached_tokens), SUM(cost), AVG(latency_ms) FROM usage {where} GROUP BY grp ORDER BY grp"
+            f"SELECT {expr} AS grp, COUNT(*), SUM(CASE WHEN status = 'ok' THEN 1 ELSE 0 END),"
+            f" SUM(prompt_tokens), SUM(completion_tokens), SUM(cached_tokens), SUM(cost), AVG(latency_ms)"
+            f" FROM usage {where} GROUP BY grp ORDER BY grp"
         )
-        with self._connect() as conn:
-            rows = conn.execute(sql, args).fetchall()
+        rows = self._db.query(sql, args)
         return [
             {
                 group_by: r[0],
-                "requests": r[1],
-                "ok": r[2] or 0,
-                "prompt_tokens": r[3] or 0,
-                "completion_tokens": r[4] or 0,
-                "cached_tokens": r[5] or 0,
-                "cost": round(r[6] or 0.0, 6),
-                "avg_latency_ms": round(r[7] or 0.0, 1),
+                # int()/float(): PostgreSQL's SUM over BIGINT is a NUMERIC (Decimal in Python).
+                "requests": int(r[1]),
+                "ok": int(r[2] or 0),
+                "prompt_tokens": int(r[3] or 0),
+                "completion_tokens": int(r[4] or 0),
+                "cached_tokens": int(r[5] or 0),
+                "cost": round(float(r[6] or 0.0), 6),
+                "avg_latency_ms": round(float(r[7] or 0.0), 1),
             }
             for r in rows
         ]
@@ -140,14 +152,12 @@ class UsageStore:
     def spent(self, key_id: str) -> float:
         """USD a key has spent, every recorded row included (waits for the writer's queue first)."""
         self.flush()
-        with self._connect() as conn:
-            row = conn.execute(
-                "SELECT COALESCE(SUM(cost), 0) FROM usage WHERE api_key = ?", (key_id,)
-            ).fetchone()
-        return float(row[0])
+        row = self._db.query_one("SELECT COALESCE(SUM(cost), 0) FROM usage WHERE api_key = ?", (key_id,))
+        return 0.0 if row is None else float(row[0])
 
     def close(self) -> None:
         self._writer.close()
+        self._db.close()
 
 
 def since_days(days: float) -> float:

@@ -23,17 +23,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sqlite3
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, fields
-from pathlib import Path
 from typing import Any, Literal
 
 from llmhost.core.stage import Answer, Request, StageBase
 from llmhost.core.types import Embeddings, EmbedRequest, Operation, OperationResult, RequestContext, Result
-from llmhost.errors import classify
+from llmhost.errors import ConflictError, classify
+from llmhost.storage import INTEGRITY_ERRORS, Database, DatabaseTarget, migrate
 
 __all__ = ["AuditLog", "AuditRecord", "AuditStage", "Break"]
 
@@ -71,8 +70,7 @@ class AuditRecord:
 
 _FIELDS = [f.name for f in fields(AuditRecord) if f.name not in ("seq", "hash")]
 _REAL_FIELDS = ("ts", "cost", "latency_ms")
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS audit (
+_SCHEMA = """CREATE TABLE IF NOT EXISTS audit (
     seq INTEGER PRIMARY KEY,
     ts REAL NOT NULL,
     request_id TEXT NOT NULL,
@@ -96,8 +94,13 @@ CREATE TABLE IF NOT EXISTS audit (
     content TEXT,
     prev TEXT NOT NULL,
     hash TEXT NOT NULL
-);
-"""
+)"""
+MIGRATIONS = (
+    (_SCHEMA,),
+    # ``llmhost audit --key`` and the dashboard read one key's records, newest first.
+    ("CREATE INDEX IF NOT EXISTS audit_key ON audit (key_id, seq)",),
+)
+"""The audit table's migrations (append, never edit); version 1 is also what older databases get."""
 
 
 def record_hash(seq: int, values: dict[str, Any]) -> str:
@@ -117,12 +120,13 @@ class Break:
 class AuditLog:
     """The ``audit`` table: append, read, verify."""
 
-    def __init__(self, db_path: Path, *, synchronous: Literal["normal", "full"] = "normal") -> None:
-        db_path.parent.mkdir(parents=True, exist_ok=True)
-        self._conn = sqlite3.connect(db_path, timeout=30, isolation_level=None, check_same_thread=False)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute(f"PRAGMA synchronous={synchronous.upper()}")
-        self._conn.executescript(_SCHEMA)
+    def __init__(self, target: DatabaseTarget, *, synchronous: Literal["normal", "full"] = "normal") -> None:
+        self._db = Database(target, synchronous=synchronous)
+        try:
+            migrate(self._db, "audit", MIGRATIONS)
+        except BaseException:
+            self._db.close()
+            raise
         self._lock = threading.Lock()
         self._end: tuple[int, str] | None = None  # (seq, hash) of the chain's last row, once read
         marks = ", ".join("?" for _ in _FIELDS)
@@ -132,9 +136,10 @@ class AuditLog:
         """Write one record at the chain's end; returns its ``seq`` and hash.
 
         One INSERT, atomic by itself: the chain's end is remembered, and ``seq`` being the primary key
-        makes the insert fail if another process (a CLI ``llmhost run``, a second server) appended
-        meanwhile; then the end is read again and the record re-linked. So the chain stays linear
-        across processes without a read inside a write transaction on every request.
+        makes the insert fail if another process (a CLI ``llmhost run``, a second server on the same
+        PostgreSQL database) appended meanwhile; then the end is read again and the record re-linked. So
+        the chain stays linear across processes and hosts without a read inside a write transaction on
+        every request.
         """
         values = {name: getattr(record, name) for name in _FIELDS}
         values["stream"] = int(record.stream)
@@ -143,21 +148,19 @@ class AuditLog:
         with self._lock:
             for _ in range(1000):
                 if self._end is None:
-                    last = self._conn.execute(
-                        "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1"
-                    ).fetchone()
+                    last = self._db.query_one("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")
                     self._end = (int(last[0]), str(last[1])) if last else (0, GENESIS)
                 seq, prev = self._end[0] + 1, self._end[1]
                 values["prev"] = prev
                 digest = record_hash(seq, values)
                 try:
-                    self._conn.execute(self._insert, (seq, *(values[k] for k in _FIELDS), digest))
-                except sqlite3.IntegrityError:
+                    self._db.execute(self._insert, (seq, *(values[k] for k in _FIELDS), digest))
+                except INTEGRITY_ERRORS:
                     self._end = None  # someone else wrote row ``seq``: link after theirs
                     continue
                 self._end = (seq, digest)
                 return seq, digest
-        raise sqlite3.OperationalError("could not append to the audit log: it keeps changing under us")
+        raise ConflictError("could not append to the audit log: it keeps changing under us")
 
     def rows(
         self, *, after: int = 0, limit: int = 100, newest: bool = False, key_id: str | None = None
@@ -169,7 +172,7 @@ class AuditLog:
         order = "DESC" if newest else "ASC"
         sql = f"SELECT seq, {', '.join(_FIELDS)}, hash FROM audit {where} ORDER BY seq {order} LIMIT ?"
         with self._lock:
-            found = self._conn.execute(sql, (*args, limit)).fetchall()
+            found = self._db.query(sql, (*args, limit))
         records = [self._record(r) for r in found]
         return list(reversed(records)) if newest else records
 
@@ -181,8 +184,8 @@ class AuditLog:
         return AuditRecord(**values)
 
     def _raw(self) -> Iterator[tuple[Any, ...]]:
-        cursor = self._conn.execute(f"SELECT seq, {', '.join(_FIELDS)}, hash FROM audit ORDER BY rowid")
-        yield from cursor
+        # seq is the table's rowid in SQLite, so this is the order rows were stored in.
+        yield from self._db.query(f"SELECT seq, {', '.join(_FIELDS)}, hash FROM audit ORDER BY seq")
 
     def verify(self, head: tuple[int, str] | None = None) -> tuple[int, str, list[Break]]:
         """Walk the chain: (rows checked, head hash, the breaks found; empty when it holds)."""
@@ -215,7 +218,7 @@ class AuditLog:
 
     def close(self) -> None:
         with self._lock:
-            self._conn.close()
+            self._db.close()
 
 
 # ----- the stage -------------------------------------------------------------------------------------

@@ -5,8 +5,9 @@ rotated. Only its SHA-256 is stored: with 256 bits of entropy a fast hash is as 
 reason GitHub and OpenAI store tokens this way) and a lookup costs microseconds. A key may hold several
 secrets: ``rotate`` adds a new one and leaves the old one valid for a grace period.
 
-The server keeps the keys in memory and re-reads them when another process (``llmhost keys ...``) has
-committed a change: SQLite's ``PRAGMA data_version`` tells, for the price of one pragma per lookup.
+The server keeps the keys in memory and re-reads them when another process (``llmhost keys ...``, a
+second instance on the same PostgreSQL database) has committed a change: every write counts a change of
+component ``keys`` (:meth:`llmhost.storage.Transaction.touch`), for the price of one row read per lookup.
 """
 
 from __future__ import annotations
@@ -15,14 +16,20 @@ import fnmatch
 import hashlib
 import json
 import secrets
-import sqlite3
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from llmhost.errors import ConflictError, NotFoundError, RequestError
+from llmhost.storage import (
+    INTEGRITY_ERRORS,
+    Database,
+    DatabaseTarget,
+    Transaction,
+    add_missing_columns,
+    migrate,
+)
 
 __all__ = ["SCOPES", "ApiKey", "KeyStore", "hash_secret", "model_allowed", "parse_duration"]
 
@@ -49,8 +56,8 @@ SCOPES = (
 ALL = "*"
 SECRET_PREFIX = "llmh_"
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS api_keys (
+_KEYS_V1 = (
+    """CREATE TABLE IF NOT EXISTS api_keys (
     id TEXT PRIMARY KEY,
     name TEXT NOT NULL,
     scopes TEXT NOT NULL,
@@ -62,18 +69,19 @@ CREATE TABLE IF NOT EXISTS api_keys (
     expires REAL,
     revoked REAL,
     policy TEXT
-);
-CREATE UNIQUE INDEX IF NOT EXISTS api_keys_active_name ON api_keys (name) WHERE revoked IS NULL;
-CREATE TABLE IF NOT EXISTS api_key_secrets (
+)""",
+    "CREATE UNIQUE INDEX IF NOT EXISTS api_keys_active_name ON api_keys (name) WHERE revoked IS NULL",
+    """CREATE TABLE IF NOT EXISTS api_key_secrets (
     hash TEXT PRIMARY KEY,
     key_id TEXT NOT NULL REFERENCES api_keys (id),
     hint TEXT NOT NULL,
     created REAL NOT NULL,
     expires REAL
-);
-"""
-# Columns added after the first release, for databases created before them.
-_ADDED_COLUMNS = {"policy": "ALTER TABLE api_keys ADD COLUMN policy TEXT"}
+)""",
+)
+# Each entry takes the tables one version up; append, never edit. Version 1 is also what databases made
+# before versions were tracked get: the tables as they were then, plus the columns added since.
+MIGRATIONS = (_KEYS_V1, add_missing_columns("api_keys", {"policy": "TEXT"}))
 
 
 def hash_secret(secret: str | bytes) -> str:
@@ -171,19 +179,13 @@ _KEY_COLUMNS = "id, name, scopes, models, rpm, tpm, budget, created, expires, re
 class KeyStore:
     """The keys table in the llmhost database, with an in-memory index of secret hashes."""
 
-    def __init__(self, db_path: Path) -> None:
-        db_path.parent.mkdir(parents=True, exist_ok=True)
-        self._conn = sqlite3.connect(db_path, timeout=30, isolation_level=None, check_same_thread=False)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.executescript(_SCHEMA)
-        have = {row[1] for row in self._conn.execute("PRAGMA table_info(api_keys)")}
-        for column, ddl in _ADDED_COLUMNS.items():
-            if column not in have:
-                try:
-                    self._conn.execute(ddl)
-                except sqlite3.OperationalError as exc:  # another process added it first
-                    if "duplicate column" not in str(exc):
-                        raise
+    def __init__(self, target: DatabaseTarget) -> None:
+        self._db = Database(target)
+        try:
+            migrate(self._db, "keys", MIGRATIONS)
+        except BaseException:
+            self._db.close()
+            raise
         self._lock = threading.Lock()
         self._version = -1
         self._by_hash: dict[str, tuple[str, float | None]] = {}  # secret hash -> (key id, secret expiry)
@@ -191,13 +193,13 @@ class KeyStore:
 
     # ----- reading -----------------------------------------------------------------------------------
     def _refresh(self, force: bool = False) -> None:
-        version = int(self._conn.execute("PRAGMA data_version").fetchone()[0])
+        version = self._db.version("keys")
         if version == self._version and not force:
             return
-        keys = {k.id: k for k in map(_row_to_key, self._conn.execute(f"SELECT {_KEY_COLUMNS} FROM api_keys"))}
+        keys = {k.id: k for k in map(_row_to_key, self._db.query(f"SELECT {_KEY_COLUMNS} FROM api_keys"))}
         hashes = {
             str(h): (str(kid), None if exp is None else float(exp))
-            for h, kid, exp in self._conn.execute("SELECT hash, key_id, expires FROM api_key_secrets")
+            for h, kid, exp in self._db.query("SELECT hash, key_id, expires FROM api_key_secrets")
         }
         self._by_id, self._by_hash, self._version = keys, hashes, version
 
@@ -275,34 +277,34 @@ class KeyStore:
         expires = now + expires_in if expires_in is not None else None
         with self._lock:
             try:
-                self._conn.execute("BEGIN IMMEDIATE")
-                self._conn.execute(
-                    f"INSERT INTO api_keys ({_KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, ?)",
-                    (
-                        kid,
-                        name,
-                        json.dumps(sorted(scope_set)),
-                        json.dumps(models or []),
-                        rpm,
-                        tpm,
-                        budget,
-                        now,
-                        expires,
-                        policy,
-                    ),
-                )
-                self._add_secret(kid, secret, now)
-                self._conn.execute("COMMIT")
-            except sqlite3.IntegrityError:
-                self._conn.execute("ROLLBACK")
+                with self._db.transaction() as tx:
+                    tx.execute(
+                        f"INSERT INTO api_keys ({_KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, ?)",
+                        (
+                            kid,
+                            name,
+                            json.dumps(sorted(scope_set)),
+                            json.dumps(models or []),
+                            rpm,
+                            tpm,
+                            budget,
+                            now,
+                            expires,
+                            policy,
+                        ),
+                    )
+                    self._add_secret(tx, kid, secret, now)
+                    tx.touch("keys")
+            except INTEGRITY_ERRORS:
                 raise ConflictError(f"an active key named {name!r} already exists") from None
             self._refresh(force=True)
             key = self._by_id[kid]
         return key, secret
 
-    def _add_secret(self, kid: str, secret: str, now: float) -> None:
+    @staticmethod
+    def _add_secret(tx: Transaction, kid: str, secret: str, now: float) -> None:
         hint = secret[: len(SECRET_PREFIX) + 4] + "…"
-        self._conn.execute(
+        tx.execute(
             "INSERT INTO api_key_secrets (hash, key_id, hint, created, expires) VALUES (?, ?, ?, ?, NULL)",
             (hash_secret(secret), kid, hint, now),
         )
@@ -310,7 +312,9 @@ class KeyStore:
     def revoke(self, name_or_id: str) -> ApiKey:
         key = self.get(name_or_id)
         with self._lock:
-            self._conn.execute("UPDATE api_keys SET revoked = ? WHERE id = ?", (time.time(), key.id))
+            with self._db.transaction() as tx:
+                tx.execute("UPDATE api_keys SET revoked = ? WHERE id = ?", (time.time(), key.id))
+                tx.touch("keys")
             self._refresh(force=True)
             return self._by_id[key.id]
 
@@ -322,15 +326,15 @@ class KeyStore:
         now = time.time()
         secret = SECRET_PREFIX + secrets.token_urlsafe(32)
         with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
             until = now + max(0.0, grace)
-            self._conn.execute(
-                "UPDATE api_key_secrets SET expires = ?"
-                " WHERE key_id = ? AND (expires IS NULL OR expires > ?)",
-                (until, key.id, until),
-            )
-            self._add_secret(key.id, secret, now)
-            self._conn.execute("COMMIT")
+            with self._db.transaction() as tx:
+                tx.execute(
+                    "UPDATE api_key_secrets SET expires = ?"
+                    " WHERE key_id = ? AND (expires IS NULL OR expires > ?)",
+                    (until, key.id, until),
+                )
+                self._add_secret(tx, key.id, secret, now)
+                tx.touch("keys")
             self._refresh(force=True)
             return self._by_id[key.id], secret
 
@@ -338,13 +342,13 @@ class KeyStore:
         """The visible starts of a key's live secrets (``llmh_AbCd…``), for listings."""
         now = time.time()
         with self._lock:
-            rows = self._conn.execute(
+            rows = self._db.query(
                 "SELECT hint FROM api_key_secrets WHERE key_id = ? AND (expires IS NULL OR expires > ?)"
                 " ORDER BY created",
                 (key_id, now),
-            ).fetchall()
+            )
         return [str(r[0]) for r in rows]
 
     def close(self) -> None:
         with self._lock:
-            self._conn.close()
+            self._db.close()

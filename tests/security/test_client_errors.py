@@ -279,7 +279,7 @@ def remote(tmp_path: Path, tiny_model_path: Path) -> Iterator[tuple[LiveServer, 
                 "backoff": 0.0,
             }
         },
-        breaker={"failures": 2, "window": 60, "cooldown": 0.3},
+        breaker={"failures": 2, "window": 60, "cooldown": 1.5},
     )
     service = make_service(settings, tiny_model_path)
     live = start_server(settings, service)
@@ -325,7 +325,7 @@ def test_a_client_error_during_the_half_open_probe_does_not_wedge_the_breaker(
     for _ in range(2):  # two server errors (each retried once): open
         assert smart(live).headers["x-llmhost-target"] == f"local/{TINY}"
     assert breaker_state(live, "smart") == "open"
-    time.sleep(0.4)  # cooldown over: the next request is the probe
+    time.sleep(1.6)  # cooldown over: the next request is the probe
     fault.reset(BAD_FIELD)
     assert openai_error(smart(live, stream))["message"].endswith("bad field")
     fault.reset()

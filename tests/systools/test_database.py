@@ -4,11 +4,7 @@ read-only mode), rows and time capped, errors in one line without the connection
 
 from __future__ import annotations
 
-import os
-import shutil
 import sqlite3
-import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,10 +15,9 @@ import pytest
 from llmhost.errors import ConfigError, NotFoundError, ProviderConnectionError, RefusedError, RequestError
 from llmhost.systools.database import DatabaseTools, check_read_sql
 from llmhost.systools.settings import DatabaseSettings
+from tests.postgres import PASSWORD, start_postgres
 from tests.support import free_port
 
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
-PASSWORD = "pg-s3cret-never-shown"  # trust auth accepts it; it must never come back to a caller
 WRITES = [
     "INSERT INTO items (id, name) VALUES (9, 'x')",
     "UPDATE items SET name = 'x'",
@@ -59,43 +54,12 @@ def _sqlite(path: Path, **settings: object) -> DatabaseTools:
     return DatabaseTools(DatabaseSettings(connections={"shop": f"sqlite://{path}"}, **settings))
 
 
-def _pg_ctl(tool: str, *args: str) -> None:
-    """Run a PostgreSQL program, as the `postgres` user when we are root (PostgreSQL refuses root)."""
-    cmd = [str(PG_BIN / tool), *args]
-    if os.geteuid() == 0:
-        cmd = ["runuser", "-u", "postgres", "--", *cmd]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
-    if done.returncode != 0:
-        raise RuntimeError(f"{tool} failed ({done.returncode}): {done.stderr.strip()[-2000:]}")
-
-
 @pytest.fixture(scope="module")
 def postgres_url() -> Iterator[str]:
-    """A fresh PostgreSQL 15 cluster on a free loopback port (trust auth, socket in its own temp dir),
-    with a small schema, started once for the module and stopped after it."""
-    if not (PG_BIN / "initdb").exists() or not (PG_BIN / "pg_ctl").exists():
-        pytest.skip(f"PostgreSQL 15 binaries not found in {PG_BIN} (apt install postgresql-15)")
-    base = Path(tempfile.mkdtemp(prefix="llmhost-pg-"))
-    if os.geteuid() == 0:
-        shutil.chown(base, "postgres", "postgres")
-    data, port = base / "data", free_port()
+    """A fresh PostgreSQL 15 cluster on a free loopback port with a small schema, for this module."""
+    server = start_postgres()
     try:
-        _pg_ctl(
-            "initdb",
-            "-D",
-            str(data),
-            "-A",
-            "trust",
-            "-U",
-            "postgres",
-            "-E",
-            "UTF8",
-            "--locale=C",
-            "--no-sync",
-        )
-        options = f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off"
-        _pg_ctl("pg_ctl", "-D", str(data), "-l", str(base / "log"), "-o", options, "-w", "-t", "30", "start")
-        url = f"postgresql://postgres:{PASSWORD}@127.0.0.1:{port}/postgres"
+        url = server.database_url("postgres")
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute(
                 """
@@ -112,9 +76,7 @@ def postgres_url() -> Iterator[str]:
             )
         yield url
     finally:
-        if (data / "postmaster.pid").exists():
-            _pg_ctl("pg_ctl", "-D", str(data), "-m", "immediate", "-w", "stop")
-        shutil.rmtree(base, ignore_errors=True)
+        server.stop()
 
 
 def _pg(url: str, **settings: object) -> DatabaseTools:

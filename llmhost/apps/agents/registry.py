@@ -3,13 +3,12 @@
 Saving an agent checks what the wire shape cannot: its model or route exists, its policy is
 configured, its datasets exist, its tool groups are llmhost's, its scope is a real one, and its name
 shadows no model or route (a request for that name would get the agent). Lookups are served from
-memory, reloaded when another connection changed the database (``PRAGMA data_version``: the CLI
-editing agents under a running server).
+memory, reloaded when another process changed them (the store's change counter: the CLI editing
+agents under a running server, or another instance on the same PostgreSQL database).
 """
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 from collections.abc import Callable
 
@@ -45,12 +44,11 @@ class Agents:
         self._lock = threading.Lock()
         self._version: int | None = None
         self._by_name: dict[str, AgentSpec] = {}
-        self._probe = sqlite3.connect(store.path, check_same_thread=False)
 
     # ----- lookups (every inference request) ---------------------------------------------------------
     def find(self, name: str) -> AgentSpec | None:
         with self._lock:
-            version = int(self._probe.execute("PRAGMA data_version").fetchone()[0])
+            version = self.store.version()
             if version != self._version:
                 self._version = version
                 self._by_name = {r.spec.name: r.spec for r in self.store.all()}
@@ -64,7 +62,7 @@ class Agents:
 
     def _changed(self) -> None:
         with self._lock:
-            self._version = None  # the next lookup reloads, whatever data_version says
+            self._version = None  # the next lookup reloads, whatever the counter says
 
     # ----- saving ------------------------------------------------------------------------------------
     def check(self, spec: AgentSpec) -> None:
@@ -129,8 +127,7 @@ class Agents:
             self._changed()
 
     def close(self) -> None:
-        with self._lock:
-            self._probe.close()
+        """Nothing of its own to close (the store is closed by its owner)."""
 
 
 def safe_exists(check: Callable[[str], object]) -> Callable[[str], bool]:

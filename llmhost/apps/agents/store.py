@@ -1,6 +1,7 @@
 """Agents (``<data_dir>/agents.db``), their runs and the feedback on them (``<data_dir>/runs.db``), in
-SQLite (WAL). Two files: the server keeps the agents in memory and reloads them when their file
-changes, which the stream of run records must not set off.
+SQLite (WAL), or both in PostgreSQL (``database_url``). The server keeps the agents in memory and
+reloads them when another process changed them (the ``agents`` change counter, see
+:mod:`llmhost.storage`); run records, written all the time, live apart and never set that off.
 
 A *run* is one inference request as the "agents" stage saw it: every request gets one (with an empty
 ``agent`` when it named a model), so the scorecards of agents and of models read one table. Runs are
@@ -11,29 +12,31 @@ Feedback is one row per (run, rater): a rater who reports again replaces their e
 from __future__ import annotations
 
 import json
-import sqlite3
 import threading
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 from llmhost.apps.agents.spec import AgentSpec
 from llmhost.batching import BatchWriter
 from llmhost.errors import ConflictError, NotFoundError, RequestError
+from llmhost.storage import INTEGRITY_ERRORS, Database, DatabaseTarget, migrate
 
 __all__ = ["AgentRecord", "AgentStore", "Feedback", "RunRecord"]
 
-_AGENTS_SCHEMA = """
-CREATE TABLE IF NOT EXISTS agents (
+AGENT_MIGRATIONS = (
+    (
+        """CREATE TABLE IF NOT EXISTS agents (
     name    TEXT PRIMARY KEY,
     spec    TEXT NOT NULL,
     created REAL NOT NULL,
     updated REAL NOT NULL
-);
-"""
-_RUNS_SCHEMA = """
-CREATE TABLE IF NOT EXISTS runs (
+)""",
+    ),
+)
+RUN_MIGRATIONS = (
+    (
+        """CREATE TABLE IF NOT EXISTS runs (
     id                TEXT PRIMARY KEY,
     agent             TEXT NOT NULL,
     model             TEXT NOT NULL,
@@ -52,10 +55,10 @@ CREATE TABLE IF NOT EXISTS runs (
     tool_calls        TEXT NOT NULL,
     retrieved         TEXT NOT NULL,
     policy            TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS runs_agent ON runs (agent, created);
-CREATE INDEX IF NOT EXISTS runs_model ON runs (model, created);
-CREATE TABLE IF NOT EXISTS feedback (
+)""",
+        "CREATE INDEX IF NOT EXISTS runs_agent ON runs (agent, created)",
+        "CREATE INDEX IF NOT EXISTS runs_model ON runs (model, created)",
+        """CREATE TABLE IF NOT EXISTS feedback (
     run_id  TEXT NOT NULL,
     rater   TEXT NOT NULL,
     thumbs  TEXT,
@@ -63,8 +66,9 @@ CREATE TABLE IF NOT EXISTS feedback (
     comment TEXT NOT NULL,
     created REAL NOT NULL,
     PRIMARY KEY (run_id, rater)
-);
-"""
+)""",
+    ),
+)
 _RUN_COLUMNS = (
     "id, agent, model, door, principal, key_id, created, status, error, latency_ms, prompt_tokens, "
     "completion_tokens, cost, stream, steps, tool_calls, retrieved, policy"
@@ -124,48 +128,61 @@ class Feedback:
 
 
 class AgentStore:
-    def __init__(self, path: Path, runs_path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.path = path
-        self.runs_path = runs_path
-        self._db = _connect(path)
-        self._db.executescript(_AGENTS_SCHEMA)
-        self._runs = _connect(runs_path)
-        self._runs.executescript(_RUNS_SCHEMA)
+    def __init__(self, target: DatabaseTarget, runs_target: DatabaseTarget) -> None:
+        self.target = target
+        self.runs_target = runs_target
+        self._db = Database(target)
+        self._runs = Database(runs_target)
+        try:
+            migrate(self._db, "agents", AGENT_MIGRATIONS)
+            migrate(self._runs, "runs", RUN_MIGRATIONS)
+        except BaseException:
+            self._db.close()
+            self._runs.close()
+            raise
         self._lock = threading.Lock()
-        sql = f"INSERT OR REPLACE INTO runs ({_RUN_COLUMNS}) VALUES ({', '.join('?' * 18)})"
-        self._writer: BatchWriter[RunRecord] = BatchWriter(
-            lambda: _connect(self.runs_path), sql, RunRecord.row, name="runs"
+        updates = ", ".join(f"{c.strip()} = excluded.{c.strip()}" for c in _RUN_COLUMNS.split(",")[1:])
+        sql = (
+            f"INSERT INTO runs ({_RUN_COLUMNS}) VALUES ({', '.join('?' * 18)})"
+            f" ON CONFLICT (id) DO UPDATE SET {updates}"
         )
+        self._writer: BatchWriter[RunRecord] = BatchWriter(
+            lambda: Database(self.runs_target), sql, RunRecord.row, name="runs"
+        )
+
+    def version(self) -> int:
+        """The agents' change counter: it moves whenever any process saved or deleted an agent."""
+        return self._db.version("agents")
 
     # ----- agents ------------------------------------------------------------------------------------
     def create(self, spec: AgentSpec) -> AgentRecord:
         now = time.time()
         with self._lock:
             try:
-                self._db.execute(
-                    "INSERT INTO agents (name, spec, created, updated) VALUES (?, ?, ?, ?)",
-                    (spec.name, spec.model_dump_json(), now, now),
-                )
-            except sqlite3.IntegrityError:
+                with self._db.transaction() as tx:
+                    tx.execute(
+                        "INSERT INTO agents (name, spec, created, updated) VALUES (?, ?, ?, ?)",
+                        (spec.name, spec.model_dump_json(), now, now),
+                    )
+                    tx.touch("agents")
+            except INTEGRITY_ERRORS:
                 raise ConflictError(f"an agent named {spec.name!r} already exists") from None
         return AgentRecord(spec, now, now)
 
     def replace(self, spec: AgentSpec) -> AgentRecord:
         old = self.get(spec.name)
         now = time.time()
-        with self._lock:
-            self._db.execute(
+        with self._lock, self._db.transaction() as tx:
+            tx.execute(
                 "UPDATE agents SET spec = ?, updated = ? WHERE name = ?",
                 (spec.model_dump_json(), now, spec.name),
             )
+            tx.touch("agents")
         return AgentRecord(spec, old.created, now)
 
     def find(self, name: str) -> AgentRecord | None:
         with self._lock:
-            row = self._db.execute(
-                "SELECT spec, created, updated FROM agents WHERE name = ?", (name,)
-            ).fetchone()
+            row = self._db.query_one("SELECT spec, created, updated FROM agents WHERE name = ?", (name,))
         if row is None:
             return None
         return AgentRecord(AgentSpec.model_validate_json(row[0]), float(row[1]), float(row[2]))
@@ -178,16 +195,17 @@ class AgentStore:
 
     def all(self) -> list[AgentRecord]:
         with self._lock:
-            rows = self._db.execute("SELECT spec, created, updated FROM agents ORDER BY name").fetchall()
+            rows = self._db.query("SELECT spec, created, updated FROM agents ORDER BY name")
         return [AgentRecord(AgentSpec.model_validate_json(r[0]), float(r[1]), float(r[2])) for r in rows]
 
     def names(self) -> set[str]:
         with self._lock:
-            return {str(r[0]) for r in self._db.execute("SELECT name FROM agents")}
+            return {str(r[0]) for r in self._db.query("SELECT name FROM agents")}
 
     def delete(self, name: str) -> None:
-        with self._lock:
-            gone = self._db.execute("DELETE FROM agents WHERE name = ?", (name,)).rowcount
+        with self._lock, self._db.transaction() as tx:
+            gone = tx.execute("DELETE FROM agents WHERE name = ?", (name,)).rowcount
+            tx.touch("agents")
         if not gone:
             raise NotFoundError(f"no agent named {name!r}", param="name", code="agent_not_found")
 
@@ -213,12 +231,12 @@ class AgentStore:
             args.append(model)
         sql = f"SELECT {_RUN_COLUMNS} FROM runs WHERE {' AND '.join(where)} ORDER BY created DESC LIMIT ?"
         with self._lock:
-            rows = self._runs.execute(sql, (*args, limit)).fetchall()
+            rows = self._runs.query(sql, (*args, limit))
         return [_run(r) for r in rows]
 
     def run(self, run_id: str) -> RunRecord:
         with self._lock:
-            row = self._runs.execute(f"SELECT {_RUN_COLUMNS} FROM runs WHERE id = ?", (run_id,)).fetchone()
+            row = self._runs.query_one(f"SELECT {_RUN_COLUMNS} FROM runs WHERE id = ?", (run_id,))
         if row is None:
             raise NotFoundError(f"no run {run_id!r}", param="run_id", code="run_not_found")
         return _run(row)
@@ -229,8 +247,10 @@ class AgentStore:
             raise RequestError("feedback needs thumbs or a rating", param="thumbs")
         with self._lock:
             self._runs.execute(
-                "INSERT OR REPLACE INTO feedback (run_id, rater, thumbs, rating, comment, created)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO feedback (run_id, rater, thumbs, rating, comment, created)"
+                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (run_id, rater) DO UPDATE SET"
+                " thumbs = excluded.thumbs, rating = excluded.rating, comment = excluded.comment,"
+                " created = excluded.created",
                 (fb.run_id, fb.rater, fb.thumbs, fb.rating, fb.comment, fb.created),
             )
 
@@ -240,11 +260,11 @@ class AgentStore:
         with self._lock:
             for start in range(0, len(run_ids), 500):
                 part = run_ids[start : start + 500]
-                rows = self._runs.execute(
+                rows = self._runs.query(
                     "SELECT run_id, rater, thumbs, rating, comment, created FROM feedback"
                     f" WHERE run_id IN ({', '.join('?' * len(part))})",
                     part,
-                ).fetchall()
+                )
                 for r in rows:
                     found.setdefault(str(r[0]), []).append(Feedback(*r))
         return found
@@ -254,13 +274,6 @@ class AgentStore:
         with self._lock:
             self._db.close()
             self._runs.close()
-
-
-def _connect(path: Path) -> sqlite3.Connection:
-    db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
-    db.execute("PRAGMA journal_mode=WAL")
-    db.execute("PRAGMA synchronous=NORMAL")
-    return db
 
 
 def _run(row: tuple[Any, ...]) -> RunRecord:

@@ -14,5 +14,5 @@ __all__ = ["attach", "router"]
 
 def attach(app: FastAPI) -> None:
     """Serve the Responses API on ``app``; its store opens on first use and closes with the app."""
-    setattr(app.state, STORE_ATTR, ResponseStore(app.state.service.settings.database_path))
+    setattr(app.state, STORE_ATTR, ResponseStore(app.state.service.settings.database_for("llmhost.db")))
     app.include_router(router)

@@ -1,4 +1,4 @@
-"""Stored responses, in the service's SQLite database: what ``GET /v1/responses/{id}``, its
+"""Stored responses, in the service's database (SQLite or PostgreSQL): what ``GET /v1/responses/{id}``, its
 ``input_items`` and ``previous_response_id`` read.
 
 Each response keeps its own copy of the conversation it answered: the *context* (the earlier turns a
@@ -7,31 +7,28 @@ items, then its *output* items. Continuing from a response is one read of its ro
 response never breaks the responses that continued from it. Instructions are part of the response
 object only, never of the conversation: OpenAI does not carry them over to the next turn.
 
-Storage notes, as for :mod:`llmhost.models.registry`: WAL mode, ``foreign_keys=ON``, parameterised SQL
-that PostgreSQL also speaks, a ``schema_version`` row of its own, one connection (opened on first use)
-guarded by a lock. Every method blocks: call them with ``asyncio.to_thread``.
+Storage notes: :mod:`llmhost.storage` (SQL both databases speak, migrations tracked in a
+``schema_version`` row of its own), one connection opened on first use. Every method blocks: call them
+with ``asyncio.to_thread``.
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
 import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any, Literal
 
 from llmhost.errors import RequestError
+from llmhost.storage import Database, DatabaseTarget, Transaction, migrate
 
 __all__ = ["ItemPage", "ResponseStore"]
 
 Item = dict[str, Any]
 
-SCHEMA_VERSION = 1
-_COMPONENT = "responses"
-_MIGRATIONS: tuple[tuple[str, ...], ...] = (
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
     (
         """CREATE TABLE IF NOT EXISTS responses (
             id TEXT PRIMARY KEY,
@@ -71,85 +68,43 @@ def _dumps(value: Any) -> str:
 class ResponseStore:
     """Responses and their items, per owner (the principal that created them); thread-safe."""
 
-    def __init__(self, db_path: Path | str) -> None:
-        self.db_path = Path(db_path)
+    def __init__(self, target: DatabaseTarget) -> None:
+        self.target = target
         self._lock = threading.Lock()
-        self._conn: sqlite3.Connection | None = None
+        self._db: Database | None = None
 
     # ----- plumbing ------------------------------------------------------------------------------------
-    def _connection(self) -> sqlite3.Connection:
-        if self._conn is not None:
-            return self._conn
-        if str(self.db_path) != ":memory:":
-            self.db_path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(str(self.db_path), timeout=10.0, isolation_level=None, check_same_thread=False)
-        try:
-            conn.execute("PRAGMA foreign_keys=ON")
-            conn.execute("PRAGMA journal_mode=WAL")
-            self._migrate(conn)
-        except BaseException:
-            conn.close()
-            raise
-        self._conn = conn
-        return conn
+    def _database(self) -> Database:
+        if self._db is None:
+            db = Database(self.target)
+            try:
+                migrate(db, "responses", MIGRATIONS)
+            except BaseException:
+                db.close()
+                raise
+            self._db = db
+        return self._db
 
     @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            conn = self._connection()
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+    def _transaction(self) -> Iterator[Transaction]:
+        with self._lock, self._database().transaction() as tx:
+            yield tx
 
     def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
-            return self._connection().execute(sql, params).fetchall()
-
-    @staticmethod
-    def _migrate(conn: sqlite3.Connection) -> None:
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            conn.execute(
-                "CREATE TABLE IF NOT EXISTS schema_version ("
-                "component TEXT PRIMARY KEY, version INTEGER NOT NULL)"
-            )
-            row = conn.execute(
-                "SELECT version FROM schema_version WHERE component = ?", (_COMPONENT,)
-            ).fetchone()
-            current = 0 if row is None else int(row[0])
-            if current > SCHEMA_VERSION:
-                raise RuntimeError(
-                    f"the response store has schema version {current}, newer than this llmhost understands "
-                    f"({SCHEMA_VERSION}); upgrade llmhost"
-                )
-            for statements in _MIGRATIONS[current:]:
-                for statement in statements:
-                    conn.execute(statement)
-            conn.execute(
-                "INSERT INTO schema_version (component, version) VALUES (?, ?) "
-                "ON CONFLICT (component) DO UPDATE SET version = excluded.version",
-                (_COMPONENT, SCHEMA_VERSION),
-            )
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
+            return self._database().query(sql, params)
 
     @property
     def is_open(self) -> bool:
         """Whether a connection is open now (one opens on first use)."""
-        return self._conn is not None
+        return self._db is not None
 
     def close(self) -> None:
         """Close the connection (a later call opens a new one). Idempotent."""
         with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
+            if self._db is not None:
+                self._db.close()
+                self._db = None
 
     # ----- responses -----------------------------------------------------------------------------------
     def save(
@@ -161,12 +116,12 @@ class ResponseStore:
             *(("input", i) for i in inputs),
             *(("output", i) for i in response["output"]),
         ]
-        with self._transaction() as conn:
-            conn.execute(
+        with self._transaction() as tx:
+            tx.execute(
                 "INSERT INTO responses (id, owner, created_at, body) VALUES (?, ?, ?, ?)",
                 (response["id"], owner, float(response.get("created_at") or time.time()), _dumps(response)),
             )
-            conn.executemany(
+            tx.executemany(
                 "INSERT INTO response_items (response_id, position, item_id, source, body) "
                 "VALUES (?, ?, ?, ?, ?)",
                 [
@@ -181,8 +136,8 @@ class ResponseStore:
 
     def delete(self, response_id: str, owner: str) -> bool:
         """Forget a response and its items; False if there was none."""
-        with self._transaction() as conn:
-            cur = conn.execute("DELETE FROM responses WHERE id = ? AND owner = ?", (response_id, owner))
+        with self._transaction() as tx:
+            cur = tx.execute("DELETE FROM responses WHERE id = ? AND owner = ?", (response_id, owner))
             return cur.rowcount > 0
 
     def conversation(self, response_id: str, owner: str) -> list[Item] | None:

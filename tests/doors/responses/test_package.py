@@ -28,7 +28,7 @@ def test_the_store_lives_in_the_service_database_and_closes_with_the_app(
 ) -> None:
     app = create_app(settings, service)
     store: ResponseStore = getattr(app.state, STORE_ATTR)
-    assert store.db_path == settings.database_path
+    assert store.target == str(settings.database_path)
     live = LiveServer(app).start()
     try:
         r = httpx.post(
