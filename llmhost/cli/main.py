@@ -60,17 +60,34 @@ def serve(
     access_log: Annotated[
         bool | None, typer.Option("--access-log/--no-access-log", help="One log line per request.")
     ] = None,
+    drain_seconds: Annotated[
+        float | None,
+        typer.Option(
+            min=0,
+            max=86_400,
+            help=(
+                "Seconds running requests get to finish after SIGTERM/SIGINT (default 30); "
+                "a second signal exits at once."
+            ),
+        ),
+    ] = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Start the OpenAI-compatible HTTP server."""
+    """Start the OpenAI-compatible HTTP server; SIGTERM or Ctrl-C drains it, then it exits 0."""
     if no_model and model:
         _fail("give either --model or --no-model, not both")
     settings = _settings(
-        config, host=host, port=port, default_model="" if no_model else model, access_log=access_log
+        config,
+        host=host,
+        port=port,
+        default_model="" if no_model else model,
+        access_log=access_log,
+        drain_seconds=drain_seconds,
     )
     import uvicorn
 
     from llmhost.doors.http.app import create_app
+    from llmhost.doors.http.drain import DrainingServer
 
     with _errors():
         service = _service(settings)
@@ -86,16 +103,25 @@ def serve(
         service.prepare_default_model()
         what = f"[bold]{settings.default_model}[/bold]" if settings.default_model else "no local model"
         console.print(f"llmhost serving {what} on http://{settings.host}:{settings.port}")
-        uvicorn.run(
-            create_app(settings, service),
-            host=settings.host,
-            port=settings.port,
-            log_level=settings.log_level,
-            access_log=settings.access_log,
-            # JSON: uvicorn's loggers hand their records to the root's JSON handler, not to their own.
-            log_config=None if settings.log_format == "json" else uvicorn.config.LOGGING_CONFIG,
+        http_app = create_app(settings, service)
+        server = DrainingServer(
+            uvicorn.Config(
+                http_app,
+                host=settings.host,
+                port=settings.port,
+                log_level=settings.log_level,
+                access_log=settings.access_log,
+                # JSON: uvicorn's loggers hand their records to the root's JSON handler, not to their own.
+                log_config=None if settings.log_format == "json" else uvicorn.config.LOGGING_CONFIG,
+            ),
+            http_app.state.drain,
         )
-        service.close()
+        try:
+            server.run()
+        finally:
+            service.close()
+    if server.forced_by is not None:
+        raise typer.Exit(128 + server.forced_by)
 
 
 SpeculativeOpt = Annotated[

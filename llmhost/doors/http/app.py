@@ -4,7 +4,8 @@ Each dialect is one package under ``llmhost.doors`` with an ``attach(app)``; all
 ``app.state.pipeline``. Middleware, outermost first: :class:`~llmhost.logs.RequestIdMiddleware`
 (each request's id, sent back as ``x-request-id`` on every response),
 :class:`~llmhost.metrics.HTTPMetricsMiddleware` (counts every request, refusals included), CORS
-(allowed origins only), then the gate
+(allowed origins only), the drain (:mod:`llmhost.doors.http.drain`: requests in flight counted, new
+ones refused with 503 once shutdown has begun), then the gate
 (:mod:`llmhost.doors.http.gate`: Host and Origin checks, key and scope, body limit). With a key
 configured, everything but ``/health`` and ``/ready`` needs one: ``/metrics`` the ``metrics`` scope, the
 API docs any key. ``create_app`` refuses a non-loopback bind without a usable key.
@@ -41,6 +42,7 @@ from llmhost.doors import (
     web,
 )
 from llmhost.doors.common import renderer_for, validation_info
+from llmhost.doors.http.drain import Drain, DrainMiddleware, shutting_down
 from llmhost.doors.http.gate import GateMiddleware, HostPolicy, origin_regex
 from llmhost.doors.openai.translate import render_error as openai_render_error
 from llmhost.errors import ConfigError, ErrorInfo, LLMHostError, classify
@@ -126,6 +128,8 @@ def create_app(settings: Settings, service: Service | None = None, *, preload: b
     app = FastAPI(title="llmhost", version=__version__, lifespan=lifespan)
     app.state.service = svc
     app.state.pipeline = svc.pipeline
+    # Begun by the server on SIGTERM/SIGINT (:class:`~llmhost.doors.http.drain.DrainingServer`).
+    app.state.drain = drain = Drain(settings.drain_seconds)
     # Errors outside any door's routes: OpenAI's envelope unless a door claims the path.
     app.state.error_renderers = {"": openai_render_error}
     lifespans: list[Callable[[], AbstractAsyncContextManager[None]]] = []
@@ -149,6 +153,8 @@ def create_app(settings: Settings, service: Service | None = None, *, preload: b
 
     @app.get("/ready", response_model=None)
     async def ready(request: Request) -> Response:
+        if drain.draining:  # first, so a load balancer takes the server out at once
+            return _render(request, shutting_down())
         task: asyncio.Task[None] | None = getattr(request.app.state, "startup_task", None)
         if task is not None and task.done() and task.exception() is not None:
             # The reason is in the server log; a probe's answer must not echo exception text.
@@ -179,6 +185,8 @@ def create_app(settings: Settings, service: Service | None = None, *, preload: b
         audit=svc.audit if settings.audit.enabled else None,
         sessions=app.state.web_sessions,
     )
+    # Outside the gate: a request refused during the drain is refused before any key is checked.
+    app.add_middleware(DrainMiddleware, drain=drain, renderers=app.state.error_renderers)
     # Outside the gate: preflights carry no key. Only allowed origins get CORS headers.
     app.add_middleware(
         CORSMiddleware,
