@@ -39,6 +39,22 @@ services:
 	  { apt-get install -y -q chromium >/dev/null 2>&1 || \
 	    { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1; }; }; } || \
 	  echo "chromium is not installed (apt-get install chromium): the web dashboard tests will be skipped"
+	@command -v promtool >/dev/null && command -v prometheus >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  { apt-get install -y -q --no-install-recommends prometheus >/dev/null 2>&1 || \
+	    { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q --no-install-recommends prometheus >/dev/null 2>&1; }; }; } || \
+	  echo "prometheus is not installed (apt-get install prometheus): the Prometheus checks will be skipped"
+	@command -v nix-instantiate >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  { apt-get install -y -q --no-install-recommends nix-bin >/dev/null 2>&1 || \
+	    { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q --no-install-recommends nix-bin >/dev/null 2>&1; }; }; } || \
+	  echo "nix-bin is not installed (apt-get install nix-bin): the NixOS module checks will be skipped"
+	@/usr/bin/python3 -c 'import seccomp' 2>/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  { apt-get install -y -q --no-install-recommends python3-seccomp >/dev/null 2>&1 || \
+	    { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q --no-install-recommends python3-seccomp >/dev/null 2>&1; }; }; } || \
+	  echo "python3-seccomp is not installed (apt-get install python3-seccomp): the systemd sandbox tests will be skipped"
+	@command -v systemd-analyze >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  { apt-get install -y -q --no-install-recommends systemd >/dev/null 2>&1 || \
+	    { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q --no-install-recommends systemd >/dev/null 2>&1; }; }; } || \
+	  echo "systemd is not installed (apt-get install systemd): the unit checks will be skipped"
 
 # One worker per core (-n auto); tests are handed out one at a time, so a slow file does not hold a worker.
 test: setup services
