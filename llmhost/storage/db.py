@@ -172,9 +172,12 @@ class Database:
             self._conn.execute("PRAGMA foreign_keys=ON")
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute(f"PRAGMA synchronous={synchronous.upper()}")
-        with self.transaction() as tx:
-            tx.lock(SCHEMA_LOCK)  # PostgreSQL: CREATE ... IF NOT EXISTS races with itself otherwise
-            tx.execute(_CHANGES_DDL)
+        try:  # made once; every later open only looks (no write lock at start)
+            self._run("SELECT 1 FROM llmhost_changes LIMIT 1").fetchall()
+        except DB_ERRORS:
+            with self.transaction() as tx:
+                tx.lock(SCHEMA_LOCK)  # PostgreSQL: CREATE ... IF NOT EXISTS races with itself otherwise
+                tx.execute(_CHANGES_DDL)
 
     # ----- statements --------------------------------------------------------------------------------
     def _run(self, sql: str, params: Sequence[Any] = ()) -> Cursor:

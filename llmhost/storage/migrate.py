@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from llmhost.errors import ConfigError
-from llmhost.storage.db import SCHEMA_LOCK, Database, Transaction
+from llmhost.storage.db import DB_ERRORS, SCHEMA_LOCK, Database, Transaction
 
 __all__ = ["Migration", "SchemaError", "add_missing_columns", "migrate"]
 
@@ -37,6 +37,12 @@ _VERSION_DDL = (
 def migrate(db: Database, component: str, migrations: Sequence[Migration]) -> int:
     """Bring ``component``'s tables in ``db`` up to ``len(migrations)``; returns the version it had."""
     target = len(migrations)
+    try:  # the usual case, without a write lock: already current (many processes open stores at once)
+        row = db.query_one("SELECT version FROM schema_version WHERE component = ?", (component,))
+    except DB_ERRORS:
+        row = None  # no schema_version table yet
+    if row is not None and int(row[0]) == target:
+        return target
     with db.transaction() as tx:
         tx.lock(SCHEMA_LOCK)
         tx.execute(_VERSION_DDL)
