@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import socket
 import threading
 import time
@@ -64,3 +65,25 @@ def wait_until(condition: Callable[[], bool], timeout: float = 10.0, what: str =
         if time.monotonic() > deadline:
             raise AssertionError(f"{what} still false after {timeout:g} s")
         time.sleep(0.01)
+
+
+# Terminal settings a CLI subprocess must not inherit (they change how rich draws its output).
+CLI_SCRUBBED = ("COLUMNS", "LINES", "FORCE_COLOR", "NO_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE")
+
+
+def cli_env(base: Path, **extra: str) -> dict[str, str]:
+    """An environment that points llmhost at ``base`` only, with small engine settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LLMHOST_") and k not in CLI_SCRUBBED}
+    env.update(
+        LLMHOST_DATA_DIR=str(base / "data"),
+        XDG_CONFIG_HOME=str(base / "cfg"),
+        XDG_DATA_HOME=str(base / "xdg-data"),
+        LLMHOST_ENGINE__N_CTX="512",
+        LLMHOST_ENGINE__N_PARALLEL="2",
+        LLMHOST_ENGINE__N_BATCH="128",
+        LLMHOST_ENGINE__N_THREADS="1",
+        LLMHOST_LOG_LEVEL="warning",
+        PYTHONUNBUFFERED="1",
+    )
+    env.update(extra)
+    return env

@@ -1,7 +1,7 @@
 """One database connection that speaks SQLite or PostgreSQL, for llmhost's stores.
 
 A store (keys, audit, usage, the model registry, stored responses, agents and runs) writes its SQL once, in
-the dialect both databases share: ``?`` placeholders, ``INSERT ... ON CONFLICT ... DO UPDATE/NOTHING``,
+the dialect both databases share: ``?`` placeholders, upserts (``INSERT ... ON CONFLICT``),
 ``RETURNING``, partial indexes. :class:`Database` runs it on either:
 
 * **SQLite** (the default, a file under the data dir): WAL mode, one connection guarded by a lock,

@@ -7,7 +7,6 @@ Most tests share one data dir with ``tiny`` already imported (module scope) to k
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -20,33 +19,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support import free_port, sha256_of
+from tests.support import cli_env, free_port, sha256_of
 from tests.tiny_gguf import truncate_copy, write_not_gguf
 
 TINY = "tiny"
 REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
 # Variables that would leak the developer's setup into the CLI, or change how Rich lays out output.
-_SCRUBBED = ("COLUMNS", "LINES", "FORCE_COLOR", "NO_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE")
-
-
-def cli_env(base: Path, **extra: str) -> dict[str, str]:
-    """An environment that points llmhost at ``base`` only, with small engine settings."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LLMHOST_") and k not in _SCRUBBED}
-    env.update(
-        LLMHOST_DATA_DIR=str(base / "data"),
-        XDG_CONFIG_HOME=str(base / "cfg"),
-        XDG_DATA_HOME=str(base / "xdg-data"),
-        LLMHOST_ENGINE__N_CTX="512",
-        LLMHOST_ENGINE__N_PARALLEL="2",
-        LLMHOST_ENGINE__N_BATCH="128",
-        LLMHOST_ENGINE__N_THREADS="1",
-        LLMHOST_LOG_LEVEL="warning",
-        PYTHONUNBUFFERED="1",
-    )
-    env.update(extra)
-    return env
-
-
 def llmhost(
     *args: str | Path, env: dict[str, str], stdin: str | None = None, timeout: float = 60
 ) -> subprocess.CompletedProcess[str]:

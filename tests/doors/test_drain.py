@@ -9,7 +9,6 @@ in-process, on a small ASGI app, after the process tests.
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
 import sys
@@ -32,7 +31,7 @@ from llmhost.doors.http.drain import Drain, DrainMiddleware
 from llmhost.doors.ollama.translate import render_error as ollama_render_error
 from llmhost.doors.openai.translate import render_error as openai_render_error
 from tests.conftest import TINY, make_service, make_settings
-from tests.support import free_port
+from tests.support import cli_env, free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # The tiny model's end-of-text token is ``</s>`` (id 2): banned, so a stream runs to its max_tokens.
@@ -63,15 +62,8 @@ def serve(tmp_path: Path, tiny_model_path: Path) -> Iterator[StartServer]:
         data = tmp_path / "data"
         make_service(make_settings(data), tiny_model_path).close()  # the tiny model, imported
         port = free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("LLMHOST_")}
-        env.update(
-            LLMHOST_DATA_DIR=str(data),
-            XDG_CONFIG_HOME=str(tmp_path / "cfg"),
-            LLMHOST_ENGINE__N_PARALLEL="20",
-            LLMHOST_ENGINE__N_CTX="4096",
-            LLMHOST_ENGINE__N_THREADS="1",
-            LLMHOST_LOG_LEVEL="info",
-            PYTHONUNBUFFERED="1",
+        env = cli_env(
+            tmp_path, LLMHOST_ENGINE__N_PARALLEL="20", LLMHOST_ENGINE__N_CTX="4096", LLMHOST_LOG_LEVEL="info"
         )
         log = tmp_path / "serve.log"
         with open(log, "wb") as out:
