@@ -111,7 +111,9 @@ def test_chat_and_complete_answer_through_the_pipeline(url: str, served: tuple[L
     unknown = call(url, "chat", {"messages": [{"role": "user", "content": "hi"}], "model": "missing"})
     assert unknown.is_error and "missing" in text_of(unknown)
     assert call(url, "complete", {"prompt": "x", "max_tokens": 0}).is_error  # below the schema's minimum
-    done = structured(call(url, "complete", {"prompt": "Once upon", "max_tokens": 3}))  # no model: default
+    done = structured(
+        call(url, "complete", {"prompt": "Once upon", "max_tokens": 3, "temperature": 0})
+    )  # no model given: the default
     assert done["model"] == TINY and done["usage"]["completion_tokens"] == 3
     service = served[1]
     service.usage.flush()

@@ -53,7 +53,9 @@ def test_llmhost_mcp_serves_the_tools_over_stdio(data_dir: Path) -> None:
     async def main() -> tuple[int, dict[str, object], str]:
         async with Client(params) as client:
             tools = await client.list_tools()
-            answer = await client.call_tool("complete", {"prompt": "hello", "max_tokens": 3})
+            answer = await client.call_tool(
+                "complete", {"prompt": "hello", "max_tokens": 3, "temperature": 0}
+            )
             missing = await client.call_tool("get_model_info", {"model": "missing"})
             return len(tools.tools), structured(answer), text_of(missing)
 

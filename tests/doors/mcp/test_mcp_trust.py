@@ -54,7 +54,9 @@ def test_a_key_may_call_only_the_tools_its_scopes_allow(make_server) -> None:  #
     live = make_server()
     url = f"{live.base_url}/mcp"
     inference_only = _keyed(live, ["inference"])
-    answer = structured(call(url, "complete", {"prompt": "hi", "max_tokens": 2}, key=inference_only))
+    answer = structured(
+        call(url, "complete", {"prompt": "hi", "max_tokens": 2, "temperature": 0}, key=inference_only)
+    )
     assert answer["usage"]["completion_tokens"] == 2
     refused = call(url, "list_models", key=inference_only)
     assert refused.is_error and "lacks the 'models:read' scope" in text_of(refused)
