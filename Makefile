@@ -56,9 +56,10 @@ services:
 	    { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q --no-install-recommends systemd >/dev/null 2>&1; }; }; } || \
 	  echo "systemd is not installed (apt-get install systemd): the unit checks will be skipped"
 
-# One worker per core (-n auto); tests are handed out one at a time, so a slow file does not hold a worker.
+# One worker per core (-n auto); tests are handed out one at a time, so a slow file does not hold a worker
+# (loadgroup: except a module marked xdist_group, whose tests share one expensive fixture and one worker).
 test: setup services
-	$(BIN)/python -m pytest -q -n auto --dist load
+	$(BIN)/python -m pytest -q -n auto --dist loadgroup
 
 lint: setup
 	$(BIN)/ruff check llmhost tests bench

@@ -71,11 +71,30 @@ def serve(
             ),
         ),
     ] = None,
+    on_ray: Annotated[
+        bool,
+        typer.Option(
+            "--ray",
+            help=(
+                "Deploy on Ray Serve: model replicas, each in its own process, behind this server's HTTP "
+                "app (a local Ray cluster, or [ray] address / RAY_ADDRESS)."
+            ),
+        ),
+    ] = False,
+    replicas: Annotated[
+        int | None, typer.Option(min=1, help="With --ray: model replicas at start (default 1).")
+    ] = None,
+    max_replicas: Annotated[
+        int | None,
+        typer.Option(min=1, help="With --ray: autoscale on queue depth up to this many replicas."),
+    ] = None,
     config: ConfigOpt = None,
 ) -> None:
     """Start the OpenAI-compatible HTTP server; SIGTERM or Ctrl-C drains it, then it exits 0."""
     if no_model and model:
         _fail("give either --model or --no-model, not both")
+    if (replicas is not None or max_replicas is not None) and not on_ray:
+        _fail("--replicas and --max-replicas need --ray")
     settings = _settings(
         config,
         host=host,
@@ -102,6 +121,26 @@ def serve(
         # Import the default model before listening, so a broken install fails here, loudly.
         service.prepare_default_model()
         what = f"[bold]{settings.default_model}[/bold]" if settings.default_model else "no local model"
+        if on_ray:
+            service.close()
+            try:
+                from llmhost.scale.ray_serve import SettingsSource, ray_settings_of, serve_on_ray
+            except ModuleNotFoundError as exc:
+                if (exc.name or "").partition(".")[0] != "ray":
+                    raise
+                _fail("--ray needs Ray Serve: pip install 'ray[serve]'")
+            overrides = {"host": host, "port": port, "access_log": access_log, "drain_seconds": drain_seconds}
+            source = SettingsSource.resolve(config, default_model="" if no_model else model, **overrides)
+            scaling = ray_settings_of(settings, replicas=replicas, max_replicas=max_replicas)
+            count = f"{scaling.replicas}-{scaling.max_replicas}" if scaling.autoscales else scaling.replicas
+            serve_on_ray(
+                source,
+                scaling,
+                on_ready=lambda url: console.print(
+                    f"llmhost serving {what} on {url} (Ray Serve replicas: {count})"
+                ),
+            )
+            return
         console.print(f"llmhost serving {what} on http://{settings.host}:{settings.port}")
         http_app = create_app(settings, service)
         server = DrainingServer(
