@@ -247,14 +247,16 @@ class SecuritySettings(BaseModel):
 
 
 class LimitSettings(BaseModel):
-    """``[limits]``: where per-key rate-limit windows live. The limits themselves belong to each key."""
+    """``[limits]``: where per-key rate-limit windows, budgets and breaker state live. The limits themselves
+    belong to each key."""
 
     model_config = ConfigDict(extra="forbid")
 
     redis_url: str | None = Field(
         None,
         description=(
-            "redis://host:port/db to share rate-limit windows between instances; unset: in this process."
+            "redis://host:port/db to share rate-limit windows, budgets and circuit-breaker state between "
+            "instances; unset: in this process."
         ),
     )
 

@@ -34,10 +34,11 @@ from llmhost.router.gateway import Gateway
 from llmhost.router.stage import RouteStage
 from llmhost.security.audit import AuditLog, AuditStage
 from llmhost.security.auth import Authenticator, AuthStage
-from llmhost.security.budgets import BudgetStage, Ledger
+from llmhost.security.budgets import BudgetStage, Ledger, MemoryLedger
 from llmhost.security.keys import KeyStore
 from llmhost.security.limits import LimitStage, MemoryWindows, RedisWindows, Windows
 from llmhost.security.policy import PolicyStage
+from llmhost.security.redis_ledger import RedisLedger
 
 __all__ = ["Service"]
 
@@ -65,9 +66,13 @@ class Service:
         self.keys = KeyStore(settings.database_for("llmhost.db"))
         config_key = settings.api_key.get_secret_value() if settings.api_key is not None else None
         self.auth = Authenticator(self.keys, config_key)
+        # Rate-limit windows and budgets: in this process, or shared by every instance on one Redis
+        # (the gateway shares its breakers there too).
         redis_url = settings.limits.redis_url
         self.windows: Windows = RedisWindows(redis_url) if redis_url else MemoryWindows()
-        self.ledger = Ledger(self.usage.spent)
+        self.ledger: Ledger = (
+            RedisLedger(redis_url, self.usage.spent) if redis_url else MemoryLedger(self.usage.spent)
+        )
         self.audit = AuditLog(settings.database_for("audit.db"), synchronous=settings.audit.synchronous)
         embedded = {DEFAULT_EMBEDDING_MODEL_NAME: self.prepare_embedding_model}
         emb = settings.embeddings
@@ -166,6 +171,13 @@ class Service:
             examples=dg.examples if examples is None else examples,
             dedup_similarity=dg.dedup_similarity,
         )
+
+    async def aclose(self) -> None:
+        """Stop what runs on the event loop: the gateway's background work and providers, the Redis
+        clients of the limits and budgets. :meth:`close` then closes the stores."""
+        await self.gateway.aclose()
+        await self.windows.aclose()
+        await self.ledger.aclose()
 
     def close(self) -> None:
         self.datasets.close()

@@ -22,6 +22,7 @@ from llmhost.security import auth
 from llmhost.security.keys import KeyStore
 from llmhost.service import Service
 from tests.postgres import PostgresServer, start_postgres
+from tests.redis_server import RedisServer, start_redis
 from tests.support import free_port
 from tests.tiny_gguf import write_tiny_llama_gguf
 
@@ -307,6 +308,22 @@ def postgres_server() -> Iterator[PostgresServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """One redis-server per test process (each xdist worker starts its own), on loopback."""
+    server = start_redis()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """A Redis database of its own for this test, empty."""
+    return redis_server.new_database()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -240,7 +240,7 @@ def run(
             try:
                 await _print_answer(await service.pipeline.stream(_cli_context(), request))
             finally:
-                await service.gateway.aclose()
+                await service.aclose()
 
         asyncio.run(main())
 
@@ -287,7 +287,7 @@ def chat(
                     answer = await _print_answer(await service.pipeline.stream(_cli_context(), request))
                     history.append(ChatMessage("assistant", answer))
             finally:
-                await service.gateway.aclose()
+                await service.aclose()
 
         asyncio.run(main())
 

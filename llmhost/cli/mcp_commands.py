@@ -68,8 +68,7 @@ def mcp(
             try:
                 await server.run_stdio_async()
             finally:
-                await service.gateway.aclose()
-                await service.windows.aclose()
+                await service.aclose()
 
         asyncio.run(main())
     finally:

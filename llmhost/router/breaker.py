@@ -5,6 +5,11 @@ half-open --(probe succeeds)--> closed;  half-open --(probe fails)--> open
 half-open --(probe ends in a client error)--> half-open, the next request probes
 
 Only the target's own failures count (the gateway's ``is_retryable``); a client's 4xx never does.
+
+A breaker tells ``on_change`` (when set) what its own verdicts changed: ``"failure"`` (one more failure,
+still closed), ``"open"``, ``"close"`` and ``"reset"`` (a success cleared the failures counted so far), so
+that :mod:`llmhost.router.shared_breakers` can share them; what another instance decided arrives through
+:meth:`CircuitBreaker.open_remotely` and :meth:`CircuitBreaker.close_remotely`, which tell nobody.
 """
 
 from __future__ import annotations
@@ -14,8 +19,11 @@ import enum
 import threading
 import time
 from collections.abc import Callable
+from typing import Literal
 
-__all__ = ["BreakerState", "CircuitBreaker"]
+__all__ = ["BreakerEvent", "BreakerState", "CircuitBreaker"]
+
+BreakerEvent = Literal["failure", "open", "close", "reset"]
 
 
 class BreakerState(enum.StrEnum):
@@ -45,6 +53,12 @@ class CircuitBreaker:
         self._probe_since = 0.0
         self._lock = threading.Lock()
         self.opened_count = 0
+        # Called (outside the lock) with what this breaker's own verdicts changed; see the module doc.
+        self.on_change: Callable[[BreakerEvent], None] | None = None
+
+    def _tell(self, event: BreakerEvent | None) -> None:
+        if event is not None and self.on_change is not None:
+            self.on_change(event)
 
     @property
     def state(self) -> BreakerState:
@@ -76,22 +90,34 @@ class CircuitBreaker:
 
     def record_success(self) -> None:
         with self._lock:
+            event: BreakerEvent | None = None
+            if self._current_state() is not BreakerState.CLOSED:
+                event = "close"
+            elif self._failures:
+                event = "reset"
             self._state = BreakerState.CLOSED
             self._failures.clear()
             self._probe_in_flight = False
+        self._tell(event)
 
     def record_failure(self) -> None:
         with self._lock:
             now = self._clock()
             state = self._current_state()
+            event: BreakerEvent | None = None
             if state is BreakerState.HALF_OPEN:
                 self._open(now)
-                return
-            self._failures.append(now)
-            while self._failures and now - self._failures[0] > self.window:
-                self._failures.popleft()
-            if state is BreakerState.CLOSED and len(self._failures) >= self.threshold:
-                self._open(now)
+                event = "open"
+            else:
+                self._failures.append(now)
+                while self._failures and now - self._failures[0] > self.window:
+                    self._failures.popleft()
+                if state is BreakerState.CLOSED:
+                    event = "failure"
+                    if len(self._failures) >= self.threshold:
+                        self._open(now)
+                        event = "open"
+        self._tell(event)
 
     def release(self) -> None:
         """A call that was let through ended without a verdict on the target's health (a client
@@ -105,8 +131,30 @@ class CircuitBreaker:
     def trip(self) -> None:
         """Open now (a failed health probe)."""
         with self._lock:
-            if self._current_state() is not BreakerState.OPEN:
+            opened = self._current_state() is not BreakerState.OPEN
+            if opened:
                 self._open(self._clock())
+        self._tell("open" if opened else None)
+
+    def open_remotely(self, seconds: float) -> None:
+        """Another instance opened this target's breaker for ``seconds`` more: open here until then
+        (never shorter than an opening already in force here)."""
+        with self._lock:
+            now = self._clock()
+            seconds = min(max(0.0, seconds), self.cooldown)
+            if self._current_state() is BreakerState.OPEN:
+                if self.cooldown - (now - self._opened_at) >= seconds:
+                    return
+                self._opened_at = now - (self.cooldown - seconds)
+                return
+            self._open(now - (self.cooldown - seconds))
+
+    def close_remotely(self) -> None:
+        """Another instance's probe succeeded: closed here too."""
+        with self._lock:
+            self._state = BreakerState.CLOSED
+            self._failures.clear()
+            self._probe_in_flight = False
 
     def _open(self, now: float) -> None:
         self._state = BreakerState.OPEN

@@ -5,6 +5,7 @@ tried (with retries and backoff on retryable errors) unless its circuit breaker 
 target takes over on failure. Streams fall back transparently until their first output; after that a
 failure ends the stream with an error the door reports. A cascade route escalates to the next target
 when a check on the answer fails (invalid JSON for a JSON request, an empty answer, low log-probability).
+With ``limits.redis_url`` the breakers are shared by every instance (:mod:`llmhost.router.shared_breakers`).
 
 Any other name that is a local model is an implicit single-target route to the engine: no breaker, no
 retries, errors unchanged (a 429 stays a 429). Every call to a target is noted in ``ctx.attempts``;
@@ -37,9 +38,10 @@ from llmhost.core.types import (
 )
 from llmhost.errors import LLMHostError, ModelNotFoundError, NotReadyError, ProviderError, classify
 from llmhost.providers.base import Provider
-from llmhost.router.breaker import CircuitBreaker
+from llmhost.router.breaker import BreakerState, CircuitBreaker
 from llmhost.router.cascade import cascade_check_fails
 from llmhost.router.cost import cost_of
+from llmhost.router.shared_breakers import SharedBreakers
 from llmhost.router.strategies import Target, order_targets
 
 __all__ = ["Gateway", "Route", "is_retryable"]
@@ -99,6 +101,9 @@ class Gateway:
         self.is_local_model = is_local_model
         self.rng = rng or random.Random()
         self.breakers: dict[str, CircuitBreaker] = {}
+        # With ``limits.redis_url`` every instance's breakers open and close together.
+        redis_url = settings.limits.redis_url
+        self.shared_breakers = SharedBreakers(redis_url) if redis_url else None
         self.routes: dict[str, Route] = {}
         for name, cfg in settings.routes.items():
             targets = [Target(name, i, t) for i, t in enumerate(cfg.targets)]
@@ -122,7 +127,22 @@ class Gateway:
         if b is None:
             cfg = self.settings.breaker
             b = self.breakers[target.key] = CircuitBreaker(cfg.failures, cfg.window, cfg.cooldown)
+            if self.shared_breakers is not None:
+                self.shared_breakers.attach(target.key, b)
         return b
+
+    async def _admit(self, target: Target, breaker: CircuitBreaker) -> bool:
+        """May a call go to ``target``? The local breaker decides, except that a half-open probe must
+        also win the claim across instances when breakers are shared (the only Redis call a request
+        may wait for)."""
+        probing = breaker.state is BreakerState.HALF_OPEN
+        if not breaker.allow():
+            return False
+        shared = self.shared_breakers
+        if probing and shared is not None and not await shared.claim_probe(target.key, breaker.cooldown):
+            breaker.release()  # another instance probes; its verdict reaches this one
+            return False
+        return True
 
     def resolve(self, model: str) -> Route:
         route = self.routes.get(model)
@@ -270,7 +290,7 @@ class Gateway:
             provider = self.providers[target.settings.provider]
             breaker = self.breaker(target) if route.explicit else None
             for attempt in range(route.retries + 1):
-                if breaker is not None and not breaker.allow():
+                if breaker is not None and not await self._admit(target, breaker):
                     last_exc = last_exc or _circuit_open(target)
                     break
                 started = time.perf_counter()
@@ -376,7 +396,14 @@ class Gateway:
             )
         )
 
-    # ----- health ------------------------------------------------------------------------------------
+    # ----- background work ---------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the gateway's background work on the running loop: health probes, and the shared
+        breakers' link to Redis when ``limits.redis_url`` is set. :meth:`aclose` stops it."""
+        self.start_health_probes()
+        if self.shared_breakers is not None:
+            self.shared_breakers.start()
+
     def start_health_probes(self) -> None:
         if self._health_task is None and any(
             cfg.health_interval > 0 and cfg.type != "local" for cfg in self.settings.providers.values()
@@ -440,6 +467,8 @@ class Gateway:
     async def aclose(self) -> None:
         if self._health_task is not None:
             self._health_task.cancel()
+        if self.shared_breakers is not None:
+            await self.shared_breakers.aclose()
         for name, provider in self.providers.items():
             if name != "local":
                 await provider.aclose()

@@ -6,22 +6,24 @@ price plus its completion tokens (``max_tokens`` times ``n``) times the highest 
 reserves every target it may call). If spent + reserved + this request would pass the budget, it is
 refused with OpenAI's 429 ``insufficient_quota``; a request that sets no ``max_tokens`` on a priced route
 gets ``min(4096, what the budget still affords)``. When the request ends (answered, failed or
-cancelled) the reservation is replaced by what its attempts really cost. Check-and-reserve happens
-under one lock with no await in between, so 50 concurrent requests cannot all see the same room.
+cancelled) the reservation is replaced by what its attempts really cost.
 
-What a key has spent is the sum of its usage rows (read once per key, after the usage writer has
-flushed) plus what this process has settled since. Several instances each guard their own reservations;
-a budget shared across instances needs a shared store (see the README's scale-out notes).
+Where spent and reserved live is the :class:`Ledger`: :class:`MemoryLedger` in this process (the
+default; check-and-reserve under one lock with no await in between, so 50 concurrent requests cannot all
+see the same room) or :class:`~llmhost.security.redis_ledger.RedisLedger` (``limits.redis_url``: one Lua
+script per check-and-reserve, exact across every instance on that Redis).
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
 import math
 import threading
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from llmhost.core.stage import Answer, Request, StageBase
 from llmhost.core.types import InferenceRequest, RequestContext
@@ -33,49 +35,88 @@ from llmhost.security.limits import (
     with_max_tokens,
 )
 
-__all__ = ["BudgetStage", "Ledger"]
+__all__ = ["BudgetStage", "Ledger", "MemoryLedger", "Reservation"]
 
 _PER_TOKEN = 1e-6  # prices are per million tokens
 
 
-class Ledger:
-    """Spent and reserved USD per key id, for one process."""
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """The answer of one check-and-reserve: a ticket to settle, or none, and the key's room in USD (left
+    after this reservation when admitted, before it when refused)."""
+
+    admitted: bool
+    ticket: str
+    room: float
+
+
+class Ledger(Protocol):
+    """Spent and reserved USD per key id. Spent starts from the usage log (read once per key)."""
+
+    async def reserve(self, key_id: str, budget: float, amount: float) -> Reservation: ...
+
+    async def room(self, key_id: str, budget: float) -> float: ...
+
+    async def settle(self, key_id: str, ticket: str, cost: float) -> None:
+        """Replace the ticket's reservation by what the request really cost."""
+        ...
+
+    async def spent(self, key_id: str) -> float: ...
+
+    async def aclose(self) -> None: ...
+
+
+class MemoryLedger:
+    """Spent and reserved USD per key id, for one process. What a key has spent is the sum of its usage
+    rows (read once per key, after the usage writer has flushed) plus what this process settled since."""
 
     def __init__(self, spent_in_log: Callable[[str], float]) -> None:
         self._spent_in_log = spent_in_log
         self._spent: dict[str, float] = {}
         self._reserved: dict[str, float] = {}
+        self._tickets: dict[str, float] = {}
+        self._next = itertools.count(1)
         self._lock = threading.Lock()
 
-    async def load(self, key_id: str) -> None:
-        """Read what the key spent before this process started (once per key)."""
+    async def _load(self, key_id: str) -> None:
         if key_id in self._spent:
             return
         spent = await asyncio.to_thread(self._spent_in_log, key_id)
         with self._lock:
             self._spent.setdefault(key_id, spent)
 
-    def reserve(self, key_id: str, budget: float, amount: float) -> float | None:
-        """Reserve ``amount``; None when it does not fit. Returns the room left after it."""
+    def _room(self, key_id: str, budget: float) -> float:
+        return budget - self._spent.get(key_id, 0.0) - self._reserved.get(key_id, 0.0)
+
+    async def reserve(self, key_id: str, budget: float, amount: float) -> Reservation:
+        await self._load(key_id)
         with self._lock:
-            room = budget - self._spent.get(key_id, 0.0) - self._reserved.get(key_id, 0.0)
+            room = self._room(key_id, budget)
             if amount > room + 1e-12:
-                return None
+                return Reservation(False, "", room)
+            ticket = str(next(self._next))
+            self._tickets[ticket] = amount
             self._reserved[key_id] = self._reserved.get(key_id, 0.0) + amount
-            return room - amount
+            return Reservation(True, ticket, room - amount)
 
-    def room(self, key_id: str, budget: float) -> float:
+    async def room(self, key_id: str, budget: float) -> float:
+        await self._load(key_id)
         with self._lock:
-            return budget - self._spent.get(key_id, 0.0) - self._reserved.get(key_id, 0.0)
+            return self._room(key_id, budget)
 
-    def settle(self, key_id: str, reserved: float, cost: float) -> None:
+    async def settle(self, key_id: str, ticket: str, cost: float) -> None:
         with self._lock:
+            reserved = self._tickets.pop(ticket, 0.0)
             self._reserved[key_id] = max(0.0, self._reserved.get(key_id, 0.0) - reserved)
             self._spent[key_id] = self._spent.get(key_id, 0.0) + cost
 
-    def spent(self, key_id: str) -> float:
+    async def spent(self, key_id: str) -> float:
+        await self._load(key_id)
         with self._lock:
             return self._spent.get(key_id, 0.0)
+
+    async def aclose(self) -> None:
+        return None
 
 
 def _prices(route: Any) -> tuple[float, float, int]:
@@ -103,34 +144,33 @@ class BudgetStage(StageBase):
         p = ctx.principal
         if p.key_id is None or p.budget is None or ctx.attrs.get("counting"):
             return request  # counting tokens costs nothing
-        await self.ledger.load(p.key_id)
         in_price, out_price, calls = _prices(ctx.route)
         prompt_cost = prompt_token_bound(request) * in_price * _PER_TOKEN * calls
         if isinstance(request, InferenceRequest) and request.sampling.max_tokens is None and out_price > 0:
             per_token = out_price * _PER_TOKEN * calls * (request.sampling.n or 1)
-            affordable = math.floor((self.ledger.room(p.key_id, p.budget) - prompt_cost) / per_token)
+            affordable = math.floor((await self.ledger.room(p.key_id, p.budget) - prompt_cost) / per_token)
             if affordable >= 1:
                 request = with_max_tokens(request, min(affordable, DEFAULT_MAX_TOKENS))
         reserve = prompt_cost + completion_token_bound(request) * out_price * _PER_TOKEN * calls
-        if self.ledger.reserve(p.key_id, p.budget, reserve) is None:
+        got = await self.ledger.reserve(p.key_id, p.budget, reserve)
+        if not got.admitted:
             self.rejections["budget"] += 1
-            left = max(0.0, self.ledger.room(p.key_id, p.budget))
             raise RateLimitError(
-                f"budget of key {p.name!r} is used up: ${left:.6f} of ${p.budget:g} left, this request may "
-                f"cost up to ${reserve:.6f} (lower max_tokens)",
+                f"budget of key {p.name!r} is used up: ${max(0.0, got.room):.6f} of ${p.budget:g} left, "
+                f"this request may cost up to ${reserve:.6f} (lower max_tokens)",
                 code="insufficient_quota",
             )
-        ctx.attrs["budget.reserved"] = reserve
+        ctx.attrs["budget.ticket"] = got.ticket
         return request
 
     async def after(self, ctx: RequestContext, answer: Answer) -> Answer:
-        self._settle(ctx)
+        await self._settle(ctx)
         return answer
 
     async def on_error(self, ctx: RequestContext, exc: BaseException) -> None:
-        self._settle(ctx)
+        await self._settle(ctx)
 
-    def _settle(self, ctx: RequestContext) -> None:
-        reserved = ctx.attrs.pop("budget.reserved", None)
-        if reserved is not None and ctx.principal.key_id is not None:
-            self.ledger.settle(ctx.principal.key_id, reserved, sum(a.cost for a in ctx.attempts))
+    async def _settle(self, ctx: RequestContext) -> None:
+        ticket = ctx.attrs.pop("budget.ticket", None)
+        if ticket is not None and ctx.principal.key_id is not None:
+            await self.ledger.settle(ctx.principal.key_id, ticket, sum(a.cost for a in ctx.attempts))

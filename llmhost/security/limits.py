@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import collections
 import itertools
+import logging
 import math
 import os
 import threading
@@ -25,13 +26,16 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
-import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 
 from llmhost.core.stage import Answer, Request, StageBase
 from llmhost.core.types import EmbedRequest, InferenceRequest, Operation, RequestContext, Result
 from llmhost.errors import RateLimitError
+from llmhost.redis_store import redis_client, unreachable, where
 
 __all__ = ["Admission", "LimitStage", "MemoryWindows", "RedisWindows", "Windows", "prompt_token_bound"]
+
+log = logging.getLogger(__name__)
 
 WINDOW_S = 60.0
 DEFAULT_MAX_TOKENS = 4096  # what a token limit reserves for a request that sets no max_tokens
@@ -183,12 +187,16 @@ return 0
 
 
 class RedisWindows:
-    """Sliding-window logs in Redis, shared by every instance that points at the same server."""
+    """Sliding-window logs in Redis, shared by every instance that points at the same server.
+
+    Redis down: :meth:`acquire` raises the 503 of :func:`~llmhost.redis_store.unreachable` (a limit
+    nobody can check is not let past); :meth:`settle` logs a warning (the entry ages out of the window)."""
 
     def __init__(self, url: str, *, prefix: str = "llmhost:rl:", window: float = WINDOW_S) -> None:
+        self.url = url
         self.window = window
         self.prefix = prefix
-        self._client: Any = aioredis.from_url(url)
+        self._client: Any = redis_client(url)
         self._acquire = self._client.register_script(_ACQUIRE)
         self._settle = self._client.register_script(_SETTLE)
 
@@ -197,14 +205,25 @@ class RedisWindows:
 
     async def acquire(self, bucket: str, amount: int, limit: int) -> Admission:
         ticket = os.urandom(8).hex()
-        admitted, remaining, reset_ms = await self._acquire(
-            keys=self._keys(bucket), args=[amount, limit, self.window, ticket]
-        )
+        try:
+            admitted, remaining, reset_ms = await self._acquire(
+                keys=self._keys(bucket), args=[amount, limit, self.window, ticket]
+            )
+        except RedisError as exc:
+            raise unreachable("rate limits", self.url, exc) from exc
         reset = math.inf if int(reset_ms) < 0 else int(reset_ms) / 1000
         return Admission(bool(admitted), ticket if admitted else "", limit, max(0, int(remaining)), reset)
 
     async def settle(self, bucket: str, ticket: str, amount: int) -> None:
-        await self._settle(keys=self._keys(bucket)[1:], args=[ticket, max(0, amount)])
+        try:
+            await self._settle(keys=self._keys(bucket)[1:], args=[ticket, max(0, amount)])
+        except RedisError as exc:
+            log.warning(
+                "rate limit %s: could not settle in Redis at %s (%s); the estimate ages out of the window",
+                bucket,
+                where(self.url),
+                type(exc).__name__,
+            )
 
     async def aclose(self) -> None:
         await self._client.aclose()

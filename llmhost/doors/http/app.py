@@ -111,7 +111,7 @@ def create_app(settings: Settings, service: Service | None = None, *, preload: b
         task = asyncio.create_task(svc.startup(preload=preload))
         task.add_done_callback(_log_startup_failure)
         app.state.startup_task = task
-        svc.gateway.start_health_probes()
+        svc.gateway.start()  # health probes; shared breakers when limits.redis_url is set
         try:
             async with contextlib.AsyncExitStack() as stack:
                 for run in app.state.lifespans:  # the doors' own (the MCP session manager)
@@ -120,8 +120,7 @@ def create_app(settings: Settings, service: Service | None = None, *, preload: b
         finally:
             if not task.done():
                 task.cancel()
-            await svc.gateway.aclose()
-            await svc.windows.aclose()
+            await svc.aclose()
             if owns_service:
                 await asyncio.to_thread(svc.close)
 
