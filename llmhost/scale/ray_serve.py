@@ -286,27 +286,40 @@ def serve_on_ray(
     settings = source.load()
     address = ray_settings.address or os.environ.get("RAY_ADDRESS")
     ray.init(address=address or "local")
+    # ray.init sets a SIGTERM handler of its own (sys.exit(15)); ours from here on, so that a SIGTERM at
+    # any time, while the application deploys too, shuts it down in order and the server exits 0.
+    stop = _StopSignal()
     try:
         serve.start(http_options={"host": settings.host, "port": settings.port})
         serve.run(build_app(source, ray_settings), name=APP_NAME, route_prefix="/")
-        if on_ready is not None:
+        if on_ready is not None and not stop.is_set():
             on_ready(f"http://{settings.host}:{settings.port}")
-        _wait_for_signal()
+        stop.wait()
     finally:
         if address:
             serve.delete(APP_NAME)
         else:
             serve.shutdown()  # type: ignore[no-untyped-call]
         ray.shutdown()
+        stop.restore()
 
 
-def _wait_for_signal() -> None:
-    stop = threading.Event()
-    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    try:
-        while not stop.wait(1.0):
+class _StopSignal:
+    """SIGTERM noted as an event from the moment this is made; :meth:`wait` also returns on Ctrl-C."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self._previous = signal.signal(signal.SIGTERM, lambda *_: self._event.set())
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+    def wait(self) -> None:
+        try:
+            while not self._event.wait(1.0):
+                pass
+        except KeyboardInterrupt:
             pass
-    except KeyboardInterrupt:
-        pass
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+
+    def restore(self) -> None:
+        signal.signal(signal.SIGTERM, self._previous)
