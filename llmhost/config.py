@@ -119,8 +119,8 @@ class Settings(BaseSettings):
         None,
         description=(
             "postgresql://user:password@host:port/db to keep the registry, keys, usage, audit log, stored "
-            "responses, agents and runs in PostgreSQL (shared by every instance that names it); unset: "
-            "SQLite files in data_dir."
+            "responses, agents, runs and datasets in PostgreSQL (shared by every instance that names it); "
+            "unset: SQLite files in data_dir."
         ),
     )
     default_model: str = Field(

@@ -12,7 +12,7 @@ import time
 from collections.abc import Sequence
 
 from llmhost.apps.agents import AgentGenerator, Agents, AgentStage, AgentStore, Checks, Toolbox, safe_exists
-from llmhost.apps.datasets import Datasets, DatasetStore
+from llmhost.apps.datasets import Datasets, open_store
 from llmhost.apps.diagnose.engine import DiagnoseEngine, DiagnoseOptions
 from llmhost.apps.diagnose.store import DiagnoseStore
 from llmhost.config import Settings
@@ -121,7 +121,7 @@ class Service:
         )
         ds = settings.datasets
         self.datasets = Datasets(
-            DatasetStore(settings.data_dir / "datasets.db"),
+            open_store(settings.database_for("datasets.db")),
             self.pipeline,
             default_embedding_model=settings.embeddings.model,
             count_tokens=self.local.word_tokens,

@@ -1,8 +1,8 @@
 """``llmhost datasets create | list | add | docs | search | rm``: document collections for retrieval.
 
-The commands open this machine's store (``<data_dir>/datasets.db``) through a service of their own, so
-documents are embedded through the same pipeline as over HTTP (door ``cli``); a running server sees the
-changes at once.
+The commands open the store (``<data_dir>/datasets.db``, or PostgreSQL with ``database_url``) through a
+service of their own, so documents are embedded through the same pipeline as over HTTP (door ``cli``);
+a running server sees the changes at once.
 """
 
 from __future__ import annotations

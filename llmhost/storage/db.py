@@ -1,7 +1,7 @@
 """One database connection that speaks SQLite or PostgreSQL, for llmhost's stores.
 
-A store (keys, audit, usage, the model registry, stored responses, agents and runs) writes its SQL once, in
-the dialect both databases share: ``?`` placeholders, upserts (``INSERT ... ON CONFLICT``),
+A store (keys, audit, usage, the model registry, stored responses, agents, runs, datasets) writes its
+SQL once, in the dialect both databases share: ``?`` placeholders, upserts (``INSERT ... ON CONFLICT``),
 ``RETURNING``, partial indexes. :class:`Database` runs it on either:
 
 * **SQLite** (the default, a file under the data dir): WAL mode, one connection guarded by a lock,
@@ -180,12 +180,14 @@ class Database:
                 tx.execute(_CHANGES_DDL)
 
     # ----- statements --------------------------------------------------------------------------------
-    def _run(self, sql: str, params: Sequence[Any] = ()) -> Cursor:
+    def _run(self, sql: str, params: Sequence[Any] = (), *, binary: bool = False) -> Cursor:
         with self._lock:
             if self._conn is None:
                 raise sqlite3.ProgrammingError(f"the database {self.label} is closed")
             if self.dialect == "postgresql":
-                return self._conn.execute(pg_sql(sql), _pg_params(params))  # type: ignore[no-any-return]
+                return self._conn.execute(  # type: ignore[no-any-return]
+                    pg_sql(sql), _pg_params(params), binary=binary
+                )
             return self._conn.execute(sql, tuple(params))  # type: ignore[no-any-return]
 
     def _run_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
@@ -196,10 +198,11 @@ class Database:
             else:
                 self._conn.executemany(sql, [tuple(r) for r in rows])
 
-    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        """All rows of one statement, as tuples."""
+    def query(self, sql: str, params: Sequence[Any] = (), *, binary: bool = False) -> list[tuple[Any, ...]]:
+        """All rows of one statement, as tuples. ``binary``: PostgreSQL sends the rows in its binary format
+        (``BYTEA`` as bytes, not hex text: about half the bytes and no decoding, for large blobs)."""
         with self._lock:
-            return [tuple(row) for row in self._run(sql, params).fetchall()]
+            return [tuple(row) for row in self._run(sql, params, binary=binary).fetchall()]
 
     def query_one(self, sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...] | None:
         with self._lock:

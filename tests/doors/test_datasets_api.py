@@ -232,3 +232,47 @@ def test_recall_at_5_on_a_fixed_corpus(live: LiveServer) -> None:
     recall = found / len(CORPUS["questions"])
     print(f"recall@5 = {recall:.3f} over {len(CORPUS['questions'])} questions")
     assert recall >= 0.9
+
+
+def test_two_instances_on_postgresql_share_datasets(
+    tmp_path_factory: pytest.TempPathFactory, tiny_model_path: Path, postgres_server: Any
+) -> None:
+    """``database_url``: datasets, documents, chunks and their indexes live in PostgreSQL, so what one
+    instance ingests the other searches (with the same citations and recall), re-ingests and deletes."""
+    data = tmp_path_factory.mktemp("pg-datasets") / "data"
+    settings = make_settings(data, database_url=postgres_server.new_database())
+    services = [make_service(settings, tiny_model_path) for _ in range(2)]
+    a, b = (start_server(settings, s) for s in services)
+    try:
+        _new(a, "corpus")
+        for name, text in CORPUS["documents"].items():
+            r = _post(a, "/v1/datasets/corpus/documents", json={"name": name, "text": text})
+            assert r.status_code == 200, r.text
+        assert [d["name"] for d in httpx.get(f"{b.base_url}/v1/datasets").json()["data"]] == ["corpus"]
+        found = 0
+        for q in CORPUS["questions"]:
+            hits = _search(b, "corpus", q["question"], k=5)
+            found += q["answer"] in [h["document"] for h in hits]
+            top = hits[0]
+            assert CORPUS["documents"][top["document"]][top["start"] : top["end"]] == top["text"]
+        recall = found / len(CORPUS["questions"])
+        print(f"recall@5 on PostgreSQL = {recall:.3f}")
+        assert recall >= 0.9
+        first = next(iter(CORPUS["documents"]))
+        text = "Penguins huddle together through the polar winter."
+        before = _search(a, "corpus", "penguins huddle in winter", k=1, mode="vector")  # A caches vectors
+        assert before[0]["text"] != text
+        again = _post(b, "/v1/datasets/corpus/documents", json={"name": first, "text": text})
+        assert again.status_code == 200 and again.json()["chunks"] == 1
+        hits = _search(a, "corpus", "penguins huddle in winter", k=1, mode="vector")  # B's write seen
+        assert hits[0]["document"] == first and hits[0]["text"] == text
+        assert _search(a, "corpus", "penguins", mode="text")[0]["document"] == first
+        assert httpx.delete(f"{a.base_url}/v1/datasets/corpus").json()["deleted"] is True
+        gone = httpx.post(f"{b.base_url}/v1/datasets/corpus/search", json={"query": "x"}, timeout=30)
+        assert gone.status_code == 404 and gone.json()["error"]["code"] == "dataset_not_found"
+        assert not (data / "datasets.db").exists()  # nothing of it in SQLite
+    finally:
+        for server in (a, b):
+            server.stop()
+        for service in services:
+            service.close()

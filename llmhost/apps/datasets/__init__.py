@@ -1,9 +1,9 @@
 """Datasets: document collections for retrieval — text from files (loaders), chunks by tokens with
-overlap (chunking), embeddings through the pipeline, SQLite with a vector index and FTS5 (store), and
-hybrid search with citations (service)."""
+overlap (chunking), embeddings through the pipeline, SQLite with a vector index and FTS5 (store) or
+PostgreSQL (pg_store, with ``database_url``), and hybrid search with citations (service)."""
 
 from llmhost.apps.datasets.loaders import FORMATS
-from llmhost.apps.datasets.service import Datasets, Hit, SearchMode
+from llmhost.apps.datasets.service import Datasets, Hit, SearchMode, open_store
 from llmhost.apps.datasets.store import DatasetInfo, DatasetStore, DocumentInfo, StoredChunk
 
 __all__ = [
@@ -15,4 +15,5 @@ __all__ = [
     "Hit",
     "SearchMode",
     "StoredChunk",
+    "open_store",
 ]

@@ -15,18 +15,21 @@ import math
 import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
 from llmhost.apps.datasets.chunking import chunk_text
 from llmhost.apps.datasets.loaders import extract_text, format_of
+from llmhost.apps.datasets.pg_store import PostgresDatasetStore
 from llmhost.apps.datasets.store import DatasetInfo, DatasetStore, DocumentInfo, StoredChunk
 from llmhost.core.pipeline import Pipeline
 from llmhost.core.types import EmbedRequest, RequestContext
 from llmhost.errors import RequestError
+from llmhost.storage.db import Database
 
-__all__ = ["Datasets", "Hit", "SearchMode"]
+__all__ = ["Datasets", "Hit", "SearchMode", "Store", "open_store"]
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 EMBED_BATCH = 64
@@ -36,6 +39,15 @@ SearchMode = Literal["hybrid", "vector", "text"]
 # ``count(model, words)``: each word's token count in the model's vocabulary; ``max_tokens(model)``: the
 # longest input it embeds at once. Both None for a model this machine does not run (an estimate then).
 TokenCounter = Callable[[str, Sequence[str]], Awaitable[list[int] | None]]
+Store = DatasetStore | PostgresDatasetStore
+
+
+def open_store(target: str) -> Store:
+    """The datasets' store at ``target``: a ``postgresql://`` URL (``database_url``), else a SQLite file
+    (with sqlite-vec and FTS5)."""
+    if target.startswith(("postgresql://", "postgres://")):
+        return PostgresDatasetStore(Database(target))
+    return DatasetStore(Path(target))
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +76,7 @@ def _estimate(words: Sequence[str]) -> list[int]:
 class Datasets:
     def __init__(
         self,
-        store: DatasetStore,
+        store: Store,
         pipeline: Pipeline,
         *,
         default_embedding_model: str,

@@ -23,7 +23,15 @@ import numpy as np
 from llmhost.apps.datasets.sqlite import connect
 from llmhost.errors import ConflictError, NotFoundError, RequestError
 
-__all__ = ["DatasetInfo", "DatasetStore", "DocumentInfo", "StoredChunk"]
+__all__ = [
+    "MAX_QUERY_TERMS",
+    "DatasetInfo",
+    "DatasetStore",
+    "DocumentInfo",
+    "StoredChunk",
+    "folded_words",
+    "fts_query",
+]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS datasets (
@@ -129,7 +137,7 @@ class StoredChunk:
     vector: np.ndarray
 
 
-def _words(text: str) -> list[str]:
+def folded_words(text: str) -> list[str]:
     """Lower-case words without accents, letters and digits only (what FTS5's tokenizer keeps whole)."""
     folded = unicodedata.normalize("NFKD", text.lower())
     plain = "".join(ch for ch in folded if not unicodedata.combining(ch))
@@ -140,13 +148,13 @@ def _terms(dataset_id: int, text: str) -> str:
     """The text's words as index terms of one dataset (``d12xrouter``): each dataset's terms have
     posting lists of their own, so a text search reads only the datasets it names, however large the
     store, and BM25's term statistics are the dataset's own."""
-    return " ".join(f"d{dataset_id}x{w}" for w in _words(text))
+    return " ".join(f"d{dataset_id}x{w}" for w in folded_words(text))
 
 
 def fts_query(dataset_ids: Sequence[int], text: str) -> str | None:
     """The user's words as an FTS5 query over ``dataset_ids`` (any of the words; every term quoted,
     so no FTS5 syntax gets through)."""
-    words = list(dict.fromkeys(_words(text)))[:MAX_QUERY_TERMS]
+    words = list(dict.fromkeys(folded_words(text)))[:MAX_QUERY_TERMS]
     if not words or not dataset_ids:
         return None
     return " OR ".join(f'"d{i}x{w}"' for i in dataset_ids for w in words)

@@ -1,11 +1,11 @@
 """Chunking (token budgets, overlap, exact offsets), loaders, and the store: fused search order,
-atomic re-ingest under a concurrent reader, deletes that leave no index rows behind."""
+atomic re-ingest under a concurrent reader, deletes that leave no index rows behind. The store tests run
+on SQLite (sqlite-vec + FTS5) and on PostgreSQL (``database_url``)."""
 
 from __future__ import annotations
 
 import itertools
 import threading
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +14,8 @@ from hypothesis import strategies as st
 
 from llmhost.apps.datasets.chunking import chunk_text
 from llmhost.apps.datasets.loaders import extract_text, format_of
+from llmhost.apps.datasets.pg_store import PostgresDatasetStore, tsquery
+from llmhost.apps.datasets.service import open_store
 from llmhost.apps.datasets.store import DatasetStore, StoredChunk, fts_query
 from llmhost.errors import ConflictError, NotFoundError, RequestError
 
@@ -80,6 +82,8 @@ def test_fts_queries_carry_no_syntax_and_name_their_datasets() -> None:
     assert q == '"d3xreset" OR "d3xand" OR "d3xrouter" OR "d3xor" OR "d3xnear" OR "d3xx"'
     assert fts_query([1, 2], "Café") == '"d1xcafe" OR "d2xcafe"'  # accents folded, both datasets
     assert fts_query([1], "?!") is None and fts_query([], "x") is None
+    assert tsquery("Reset & !router | <-> x:*") == "reset | router | x"  # PostgreSQL: words only
+    assert tsquery("Café café") == "cafe" and tsquery("?!") is None
 
 
 def _vec(seed: int, dim: int = 8) -> np.ndarray:
@@ -91,8 +95,8 @@ def _chunks(texts: list[str], seed: int) -> list[StoredChunk]:
     return [StoredChunk(0, len(t), t, _vec(seed + i)) for i, t in enumerate(texts)]
 
 
-def test_store_create_replace_delete(tmp_path: Path) -> None:
-    store = DatasetStore(tmp_path / "d.db")
+def test_store_create_replace_delete(db_target: str) -> None:
+    store = open_store(db_target)
     info = store.create("a", "", "m", 64, 8)
     with pytest.raises(ConflictError):
         store.create("a", "", "m", 64, 8)
@@ -109,16 +113,22 @@ def test_store_create_replace_delete(tmp_path: Path) -> None:
     store.delete("a")
     with pytest.raises(NotFoundError):
         store.get("a")
-    db = store._db
-    assert db.execute("SELECT count(*) FROM chunks").fetchone()[0] == 0
-    assert db.execute("SELECT count(*) FROM vec_chunks_8").fetchone()[0] == 0
-    assert db.execute("SELECT count(*) FROM chunks_fts WHERE chunks_fts MATCH 'd1xthree'").fetchone()[0] == 0
+    if isinstance(store, DatasetStore):
+        db = store._db
+        assert db.execute("SELECT count(*) FROM chunks").fetchone()[0] == 0
+        assert db.execute("SELECT count(*) FROM vec_chunks_8").fetchone()[0] == 0
+        fts = "SELECT count(*) FROM chunks_fts WHERE chunks_fts MATCH 'd1xthree'"
+        assert db.execute(fts).fetchone()[0] == 0
+    else:
+        assert isinstance(store, PostgresDatasetStore)
+        assert store._db.query("SELECT count(*) FROM dataset_chunks") == [(0,)]
+        assert store._db.query("SELECT count(*) FROM dataset_documents") == [(0,)]
     store.close()
 
 
-def test_a_reader_never_sees_half_a_re_ingest(tmp_path: Path) -> None:
-    store = DatasetStore(tmp_path / "d.db")
-    reader = DatasetStore(tmp_path / "d.db")  # another connection, as another request's
+def test_a_reader_never_sees_half_a_re_ingest(db_target: str) -> None:
+    store = open_store(db_target)
+    reader = open_store(db_target)  # another connection, as another request's (or instance's)
     info = store.create("a", "", "m", 64, 8)
     old = [f"old{i} shared" for i in range(30)]
     new = [f"new{i} shared" for i in range(5)]
