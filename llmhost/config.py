@@ -24,6 +24,7 @@ from pydantic_settings import (
 
 from llmhost.config_tables import (
     DEFAULT_DRAFT_MAX,
+    AgentSettings,
     AuditSettings,
     BreakerSettings,
     DatasetSettings,
@@ -48,6 +49,7 @@ from llmhost.units import parse_duration, parse_size
 
 __all__ = [
     "DEFAULT_DRAFT_MAX",
+    "AgentSettings",
     "AuditSettings",
     "BreakerSettings",
     "DatasetSettings",
@@ -152,6 +154,7 @@ class Settings(BaseSettings):
     engine: EngineSettings = Field(default_factory=EngineSettings)
     embeddings: EmbeddingSettings = Field(default_factory=EmbeddingSettings)
     datasets: DatasetSettings = Field(default_factory=DatasetSettings)
+    agents: AgentSettings = Field(default_factory=AgentSettings)
     diagnose: DiagnoseSettings = Field(default_factory=DiagnoseSettings)
     grpc: GrpcSettings = Field(default_factory=GrpcSettings)
     memory: MemorySettings = Field(default_factory=MemorySettings)

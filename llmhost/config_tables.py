@@ -17,6 +17,7 @@ from llmhost.units import Duration, Size
 __all__ = [
     "DEFAULT_DRAFT_MAX",
     "DEFAULT_ORIGINS",
+    "AgentSettings",
     "AuditSettings",
     "BreakerSettings",
     "DatasetSettings",
@@ -285,6 +286,29 @@ class DatasetSettings(BaseModel):
         256, ge=16, le=8192, description="Most embedding-model tokens per chunk (all-MiniLM reads 256)."
     )
     chunk_overlap: int = Field(32, ge=0, le=4096, description="Tokens each chunk repeats of the one before.")
+
+
+class AgentSettings(BaseModel):
+    """``[agents]``: how long the run records (every inference request's run, and its feedback) are kept."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    runs_retention: Duration | None = Field(
+        None,
+        description=(
+            "Delete runs and their feedback older than this (`30d`, `720h`; checked at most hourly while "
+            "runs are recorded). Scorecards read only what is kept. Unset or -1: keep every run."
+        ),
+    )
+
+    @field_validator("runs_retention")
+    @classmethod
+    def _positive(cls, value: float | None) -> float | None:
+        if value is None or value < 0:
+            return None  # -1: forever, as elsewhere
+        if value == 0:
+            raise ValueError("runs_retention must be a positive duration such as 30d (or -1 to keep all)")
+        return value
 
 
 class EmbeddingSettings(BaseModel):

@@ -91,7 +91,11 @@ class Service:
         self.policy = PolicyStage.from_settings(settings)
         # Agents: their store, the tools their loops call (llmhost's own MCP server is wired in by the
         # MCP door: Service.toolbox.own), and the stage that turns an agent's name into its request.
-        self.agent_store = AgentStore(settings.database_for("agents.db"), settings.database_for("runs.db"))
+        self.agent_store = AgentStore(
+            settings.database_for("agents.db"),
+            settings.database_for("runs.db"),
+            runs_retention=settings.agents.runs_retention,
+        )
         self.toolbox = Toolbox(None, None)
         checks = Checks(
             model_exists=safe_exists(self.gateway.resolve), policies=lambda: set(settings.policies)

@@ -21,7 +21,7 @@ _SIZE_UNITS = {
     "gib": 2**30,
     "tib": 2**40,
 }
-_DURATION_UNITS = {"": 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_DURATION_UNITS = {"": 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
 def parse_size(value: int | str) -> int:
@@ -35,12 +35,12 @@ def parse_size(value: int | str) -> int:
 
 
 def parse_duration(value: float | str) -> float:
-    """``5m``, ``30s``, ``1h``, ``-1`` (forever) -> seconds."""
+    """``5m``, ``30s``, ``1h``, ``30d``, ``-1`` (forever) -> seconds."""
     if isinstance(value, int | float):
         return float(value)
-    match = re.fullmatch(r"\s*(-?\d+(?:\.\d+)?)\s*(ms|[smh]?)\s*", value)
+    match = re.fullmatch(r"\s*(-?\d+(?:\.\d+)?)\s*(ms|[smhd]?)\s*", value)
     if not match:
-        raise ValueError(f"not a duration: {value!r} (use e.g. 500ms, 30s, 5m, 1h, or -1 for forever)")
+        raise ValueError(f"not a duration: {value!r} (use e.g. 500ms, 30s, 5m, 1h, 30d, or -1 for forever)")
     return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
 
 

@@ -30,7 +30,11 @@ agents_app = typer.Typer(
 
 def _store(config: Path | None) -> AgentStore:
     settings = settings_for(config)
-    return AgentStore(settings.database_for("agents.db"), settings.database_for("runs.db"))
+    return AgentStore(
+        settings.database_for("agents.db"),
+        settings.database_for("runs.db"),
+        runs_retention=settings.agents.runs_retention,
+    )
 
 
 def _spec(data: dict[str, Any]) -> AgentSpec:

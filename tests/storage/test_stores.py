@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -15,8 +16,9 @@ import pytest
 
 from llmhost.apps.agents.spec import AgentSpec
 from llmhost.apps.agents.store import AgentStore, Feedback, RunRecord
+from llmhost.config import load_settings
 from llmhost.doors.responses.store import ResponseStore
-from llmhost.errors import ConflictError
+from llmhost.errors import ConfigError, ConflictError
 from llmhost.models.registry import ModelRecord, Registry
 from llmhost.router import cost
 from llmhost.router.cost import UsageRecord, UsageStore
@@ -198,6 +200,46 @@ def test_agents_runs_and_feedback(db_target: str) -> None:
     finally:
         first.close()
         second.close()
+
+
+def test_runs_past_their_retention_are_deleted_with_their_feedback(db_target: str) -> None:
+    now = [100_000.0]
+    store = AgentStore(db_target, db_target, runs_retention=3600.0, clock=lambda: now[0])
+    try:
+
+        def run(i: int, created: float) -> RunRecord:
+            return RunRecord(f"run_{i}", "", "m", "openai", "a", "", created, "ok", "", 1.0, 1, 1, 0.0, False)
+
+        store.record(run(1, now[0] - 7200))  # the first record prunes (nothing is written yet)
+        store.record(run(2, now[0] + 1))
+        store.flush()
+        store.add_feedback(Feedback("run_1", "a", "up", None, "", now[0]))
+        store.add_feedback(Feedback("run_2", "a", "down", None, "", now[0]))
+        now[0] += 1800  # within the hour: recording does not prune again
+        store.record(run(3, now[0]))
+        store.flush()
+        assert {r.id for r in store.runs()} == {"run_1", "run_2", "run_3"}
+        now[0] += 1800  # an hour after the last prune: this record prunes, off the request's path
+        store.record(run(4, now[0]))
+        store.flush()
+        deadline = time.monotonic() + 10
+        while "run_1" in {r.id for r in store.runs()} and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert {r.id for r in store.runs()} == {"run_2", "run_3", "run_4"}
+        kept = Feedback("run_2", "a", "down", None, "", 100_000.0)
+        assert store.feedback(["run_1", "run_2"]) == {"run_2": [kept]}
+        assert store.prune(60.0) == 2  # by hand: run_2 (an hour old) and run_3 (half an hour)
+        assert {r.id for r in store.runs()} == {"run_4"}
+    finally:
+        store.close()
+
+
+def test_runs_retention_setting() -> None:
+    assert load_settings(None, agents={"runs_retention": "30d"}).agents.runs_retention == 30 * 86400
+    assert load_settings(None, agents={"runs_retention": "-1"}).agents.runs_retention is None
+    assert load_settings(None).agents.runs_retention is None
+    with pytest.raises(ConfigError, match="runs_retention"):
+        load_settings(None, agents={"runs_retention": "0"})
 
 
 def test_the_audit_chain_stays_exact_with_several_writers(db_target: str) -> None:

@@ -6,23 +6,30 @@ reloads them when another process changed them (the ``agents`` change counter, s
 A *run* is one inference request as the "agents" stage saw it: every request gets one (with an empty
 ``agent`` when it named a model), so the scorecards of agents and of models read one table. Runs are
 written by a batching thread (the request never waits for SQLite); ``flush`` waits for them.
-Feedback is one row per (run, rater): a rater who reports again replaces their earlier verdict.
+Feedback is one row per (run, rater): a rater who reports again replaces their earlier verdict. With a
+retention (``agents.runs_retention``), recording runs also deletes, at most once an hour and off the
+request's path, the runs older than it and their feedback.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import math
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from llmhost.apps.agents.spec import AgentSpec
 from llmhost.batching import BatchWriter
 from llmhost.errors import ConflictError, NotFoundError, RequestError
-from llmhost.storage import INTEGRITY_ERRORS, Database, DatabaseTarget, migrate
+from llmhost.storage import DB_ERRORS, INTEGRITY_ERRORS, Database, DatabaseTarget, migrate
 
 __all__ = ["AgentRecord", "AgentStore", "Feedback", "RunRecord"]
+
+log = logging.getLogger(__name__)
 
 AGENT_MIGRATIONS = (
     (
@@ -127,10 +134,24 @@ class Feedback:
     created: float
 
 
+PRUNE_EVERY_S = 3600.0  # how often recording runs also deletes the ones past the retention
+
+
 class AgentStore:
-    def __init__(self, target: DatabaseTarget, runs_target: DatabaseTarget) -> None:
+    def __init__(
+        self,
+        target: DatabaseTarget,
+        runs_target: DatabaseTarget,
+        *,
+        runs_retention: float | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.target = target
         self.runs_target = runs_target
+        # Runs (and their feedback) older than this many seconds are deleted; None keeps them all.
+        self.runs_retention = runs_retention
+        self._clock = clock
+        self._pruned_at = -math.inf
         self._db = Database(target)
         self._runs = Database(runs_target)
         try:
@@ -212,6 +233,29 @@ class AgentStore:
     # ----- runs --------------------------------------------------------------------------------------
     def record(self, run: RunRecord) -> None:
         self._writer.put(run)
+        if self.runs_retention is not None and self._clock() - self._pruned_at >= PRUNE_EVERY_S:
+            self._pruned_at = self._clock()
+            threading.Thread(target=self._prune_quietly, name="runs-prune", daemon=True).start()
+
+    def prune(self, older_than: float) -> int:
+        """Delete the runs recorded more than ``older_than`` seconds ago, and their feedback, in one
+        transaction; the number of runs deleted."""
+        cutoff = self._clock() - older_than
+        with self._runs.transaction() as tx:
+            tx.execute(
+                "DELETE FROM feedback WHERE run_id IN (SELECT id FROM runs WHERE created < ?)", (cutoff,)
+            )
+            return int(tx.execute("DELETE FROM runs WHERE created < ?", (cutoff,)).rowcount)
+
+    def _prune_quietly(self) -> None:
+        assert self.runs_retention is not None
+        try:
+            gone = self.prune(self.runs_retention)
+        except DB_ERRORS as exc:  # the next hour tries again; recording runs goes on
+            log.warning("could not delete old runs from %s: %s", self._runs.label, exc)
+            return
+        if gone:
+            log.info("deleted %d runs older than the retention (%.0f s)", gone, self.runs_retention)
 
     def flush(self, timeout: float = 5.0) -> None:
         """Wait until every recorded run is in the database."""
