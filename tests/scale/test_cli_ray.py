@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import queue
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -86,13 +88,30 @@ def test_serve_ray_answers_through_a_replica_and_exits_0_on_sigterm(
 @pytest.mark.xdist_group("ray")
 def test_a_sigterm_while_deploying_still_exits_0(tmp_path: Path, tiny_model_path: Path) -> None:
     pytest.importorskip("ray.serve", reason="ray[serve] is not installed")
-    proc, url = _served(tmp_path, tiny_model_path)
-    deadline, status = time.monotonic() + 150, 0
-    while not status and time.monotonic() < deadline:  # until Serve's proxy answers: Ray is up
-        assert proc.poll() is None, "the server stopped"
-        with contextlib.suppress(httpx.TransportError):
-            status = httpx.get(f"{url}/health", timeout=5).status_code
-        time.sleep(0.2)
-    assert status == 404, status  # the application is still deploying (its routes are not there yet)
-    code, output = _stopped(proc)
-    assert code == 0, output[-3000:]
+    proc, _ = _served(tmp_path, tiny_model_path)
+    lines: queue.Queue[str] = queue.Queue()
+    output: list[str] = []
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            output.append(line)
+            lines.put(line)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    deadline = time.monotonic() + 150
+    # Serve's controller logs this when it starts the deployments, seconds before the app is ready.
+    while time.monotonic() < deadline:
+        with contextlib.suppress(queue.Empty):
+            if "Deploying new version of Deployment" in lines.get(timeout=1):
+                break
+        assert proc.poll() is None, "".join(output)[-3000:]
+    else:
+        pytest.fail("Serve never started deploying")
+    proc.send_signal(signal.SIGTERM)
+    code = proc.wait(timeout=120)
+    reader.join(timeout=10)
+    log = "".join(output)
+    assert code == 0, log[-3000:]
+    assert "llmhost serving" not in log  # it stopped before the application was up
