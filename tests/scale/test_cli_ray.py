@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import queue
 import signal
 import subprocess
 import sys
@@ -89,26 +88,28 @@ def test_serve_ray_answers_through_a_replica_and_exits_0_on_sigterm(
 def test_a_sigterm_while_deploying_still_exits_0(tmp_path: Path, tiny_model_path: Path) -> None:
     pytest.importorskip("ray.serve", reason="ray[serve] is not installed")
     proc, _ = _served(tmp_path, tiny_model_path)
-    lines: queue.Queue[str] = queue.Queue()
     output: list[str] = []
+    deploying = threading.Event()
 
     def read() -> None:
         assert proc.stdout is not None
         for line in proc.stdout:
             output.append(line)
-            lines.put(line)
+            # Serve's controller logs this when it starts the deployments, seconds before the app is up.
+            if "Deploying new version of Deployment" in line:
+                deploying.set()
 
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
     deadline = time.monotonic() + 150
-    # Serve's controller logs this when it starts the deployments, seconds before the app is ready.
-    while time.monotonic() < deadline:
-        with contextlib.suppress(queue.Empty):
-            if "Deploying new version of Deployment" in lines.get(timeout=1):
-                break
-        assert proc.poll() is None, "".join(output)[-3000:]
-    else:
-        pytest.fail("Serve never started deploying")
+    try:
+        while not deploying.wait(1.0):
+            assert proc.poll() is None, "".join(output)[-3000:]
+            assert time.monotonic() < deadline, "Serve never started deploying"
+    except BaseException:
+        proc.kill()  # no Ray cluster left behind for the next test
+        proc.wait(timeout=60)
+        raise
     proc.send_signal(signal.SIGTERM)
     code = proc.wait(timeout=120)
     reader.join(timeout=10)

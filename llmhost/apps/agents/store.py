@@ -233,8 +233,9 @@ class AgentStore:
     # ----- runs --------------------------------------------------------------------------------------
     def record(self, run: RunRecord) -> None:
         self._writer.put(run)
-        if self.runs_retention is not None and self._clock() - self._pruned_at >= PRUNE_EVERY_S:
-            self._pruned_at = self._clock()
+        now = self._clock()
+        if self.runs_retention is not None and now - self._pruned_at >= PRUNE_EVERY_S:
+            self._pruned_at = now
             threading.Thread(target=self._prune_quietly, name="runs-prune", daemon=True).start()
 
     def prune(self, older_than: float) -> int:
