@@ -26,6 +26,7 @@ from __future__ import annotations
 import re
 import sqlite3
 import threading
+import time
 import zlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -149,6 +150,23 @@ class Transaction:
         self._db._run(_TOUCH, (component,))
 
 
+def _set_wal(conn: sqlite3.Connection, *, wait_s: float = 30.0) -> None:
+    """Switch ``conn``'s database to WAL. SQLite answers "database is locked" at once, without its busy
+    handler, while another connection opening the same new file is switching it too: retry until it is
+    done (the mode is stored in the file, so one switch serves every later open)."""
+    deadline = time.monotonic() + wait_s
+    delay = 0.005
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.2)
+
+
 class Database:
     """One connection to SQLite or PostgreSQL; safe to share between threads (calls are serialised)."""
 
@@ -170,7 +188,7 @@ class Database:
             # isolation_level=None: BEGIN/COMMIT are ours, so a transaction is exactly what we say.
             self._conn = sqlite3.connect(text, timeout=30, isolation_level=None, check_same_thread=False)
             self._conn.execute("PRAGMA foreign_keys=ON")
-            self._conn.execute("PRAGMA journal_mode=WAL")
+            _set_wal(self._conn)
             self._conn.execute(f"PRAGMA synchronous={synchronous.upper()}")
         try:  # made once; every later open only looks (no write lock at start)
             self._run("SELECT 1 FROM llmhost_changes LIMIT 1").fetchall()
