@@ -311,6 +311,10 @@ def test_a_stored_response_belongs_to_the_key_that_made_it(keyed: tuple[LiveServ
     assert httpx.get(f"{base}/v1/responses/{rid}", headers=alice).status_code == 200
     assert httpx.get(f"{base}/v1/responses/{rid}", headers=bob).status_code == 404
     assert httpx.get(f"{base}/v1/responses/{rid}/input_items", headers=bob).status_code == 404
+    count = {"model": TINY, "input": "more", "previous_response_id": rid}
+    counted = httpx.post(f"{base}/v1/responses/input_tokens", json=count, headers=alice, timeout=60)
+    assert counted.status_code == 200 and counted.json()["input_tokens"] > 0  # the owner counts its own
+    assert httpx.post(f"{base}/v1/responses/input_tokens", json=count, headers=bob).status_code == 404
     follow = {"model": TINY, "input": "more", "previous_response_id": rid, "max_output_tokens": 2}
     assert httpx.post(f"{base}/v1/responses", json=follow, headers=bob, timeout=60).status_code == 404
     assert httpx.delete(f"{base}/v1/responses/{rid}", headers=bob).status_code == 404

@@ -140,7 +140,7 @@ async def count_input_tokens(body: wire.InputTokensRequest, request: Request) ->
     if not body.model:
         raise RequestError("you must provide the 'model' parameter", param="model")
     ctx = context_for(request, "responses")
-    conversation = await _conversation(store_of(request), ctx.principal.name, body)
+    conversation = await _conversation(store_of(request), owner_of(ctx.principal), body)
     if isinstance(conversation, JSONResponse):
         return conversation
     req = translate.inference_request(body, body.model, conversation.items)
