@@ -235,6 +235,30 @@ def test_a_key_with_a_model_allowlist_is_refused_other_models_on_every_door(
     assert out.choices
 
 
+def test_ollama_load_and_unload_by_an_empty_request_keep_the_keys_model_rules(
+    keyed: tuple[LiveServer, Settings],
+) -> None:
+    # An empty /api/generate, /api/chat, /api/embed or /api/embeddings loads (or with keep_alive 0
+    # unloads) a model: the same scope and model rules as a prompt, not a way around them.
+    live, settings = keyed
+    base = live.base_url
+    narrow = ollama.Client(host=base, headers=_auth(_key(settings, "narrow", models=["gemma*"])))
+    calls = (
+        lambda c: c.generate(model=TINY, keep_alive=-1),
+        lambda c: c.generate(model=TINY, keep_alive=0),
+        lambda c: c.chat(model=TINY, messages=[], keep_alive=0),
+        lambda c: c.embed(model=TINY, input=[]),
+        lambda c: c.embeddings(model=TINY, prompt=""),
+    )
+    for call in calls:
+        with pytest.raises(ollama.ResponseError) as info:
+            call(narrow)
+        assert info.value.status_code == 403 and "may not use model" in str(info.value)
+    allowed = ollama.Client(host=base, headers=_auth(_key(settings, "wide", models=["ti*"])))
+    assert allowed.generate(model=TINY, keep_alive=-1).done_reason == "load"
+    assert allowed.chat(model=TINY, messages=[], keep_alive=0).done_reason == "unload"
+
+
 def test_a_revoked_key_fails_on_its_next_request(keyed: tuple[LiveServer, Settings]) -> None:
     live, settings = keyed
     secret = _key(settings, "temp")

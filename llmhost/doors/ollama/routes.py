@@ -27,7 +27,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 
 from llmhost import __version__
-from llmhost.core.types import EmbedRequest, InferenceRequest, RequestContext
+from llmhost.core.types import EmbedRequest, InferenceRequest, Operation, OperationResult, RequestContext
 from llmhost.doors.common import context_for, door_route, pipeline_of
 from llmhost.doors.ollama import catalog, translate
 from llmhost.doors.ollama import protocol as wire
@@ -116,20 +116,33 @@ def _load_ns(service: Service, target: str | None, clock: translate.Clock) -> in
     return int(loaded.load_seconds * 1e9)
 
 
+async def _residency(request: Request, name: str, keep_alive: float | None, *, unload: bool) -> None:
+    """An empty chat, generate or embed: load ``name`` (``unload``: unload it), as an operation through
+    the pipeline, so the key's scope and model rules, its limits and the audit apply as to a prompt."""
+    service = _service(request)
+
+    async def call(op: Operation) -> OperationResult:
+        if unload:
+            for model in _local_models(service, name):
+                await _expire(service, model)
+        else:
+            await _load(service, name, keep_alive)
+        return OperationResult(output="{}")
+
+    arguments = json.dumps({"model": name, "keep_alive": keep_alive})
+    op = Operation("ollama.unload" if unload else "ollama.load", "inference", arguments, model=name)
+    await pipeline_of(request).operate(context_for(request, _DOOR), op, call)
+
+
 async def _residency_only(
-    service: Service, name: str, keep_alive: float | None, chat: bool
+    request: Request, name: str, keep_alive: float | None, chat: bool
 ) -> dict[str, Any]:
     """An empty chat or generate: load the model, or unload it with ``keep_alive: 0``."""
-    if keep_alive == 0:
-        for model in _local_models(service, name):
-            await _expire(service, model)
-        reason = "unload"
-    else:
-        await _load(service, name, keep_alive)
-        reason = "load"
+    unload = keep_alive == 0
+    await _residency(request, name, keep_alive, unload=unload)
     body: dict[str, Any] = {"model": name, "created_at": rfc3339()}
     body.update({"message": {"role": "assistant", "content": ""}} if chat else {"response": ""})
-    return {**body, "done": True, "done_reason": reason}
+    return {**body, "done": True, "done_reason": "unload" if unload else "load"}
 
 
 # ----- generation --------------------------------------------------------------------------------------
@@ -167,7 +180,7 @@ async def chat(body: wire.ChatRequest, request: Request) -> Response:
     model = translate.require_model(body.model)
     keep_alive = parse_keep_alive(body.keep_alive)
     if not body.messages:
-        return JSONResponse(await _residency_only(_service(request), model, keep_alive, chat=True))
+        return JSONResponse(await _residency_only(request, model, keep_alive, chat=True))
     req = translate.chat_request(body)
     return await _answer(
         request, req, stream=body.stream is not False, chat=True, model=model, keep_alive=keep_alive
@@ -179,7 +192,7 @@ async def generate(body: wire.GenerateRequest, request: Request) -> Response:
     model = translate.require_model(body.model)
     keep_alive = parse_keep_alive(body.keep_alive)
     if not body.prompt:
-        return JSONResponse(await _residency_only(_service(request), model, keep_alive, chat=False))
+        return JSONResponse(await _residency_only(request, model, keep_alive, chat=False))
     req = translate.generate_request(body)
     stream = body.stream is not False
     return await _answer(request, req, stream=stream, chat=False, model=model, keep_alive=keep_alive)
@@ -195,7 +208,7 @@ async def embed(body: wire.EmbedRequest, request: Request) -> JSONResponse:
     if body.dimensions is not None and body.dimensions < 0:
         raise RequestError("dimensions must be a positive number", param="dimensions")
     if not inputs:
-        await _load(service, model, keep_alive)
+        await _residency(request, model, keep_alive, unload=False)
         return JSONResponse({"model": model, "embeddings": []})
     clock = translate.Clock()
     ctx = context_for(request, _DOOR)
@@ -220,7 +233,7 @@ async def embeddings(body: wire.EmbeddingsRequest, request: Request) -> JSONResp
     model = translate.require_model(body.model or service.settings.embeddings.model)
     keep_alive = parse_keep_alive(body.keep_alive)
     if not body.prompt:
-        await _load(service, model, keep_alive)
+        await _residency(request, model, keep_alive, unload=False)
         return JSONResponse({"embedding": []})
     ctx = context_for(request, _DOOR)
     result = await pipeline_of(request).embed(ctx, EmbedRequest(model, (body.prompt,)))
