@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import replace
 
 from llmhost.core.types import Choice, Delta, Result, ToolCall, ToolCallDelta, Usage
 
-__all__ = ["ResultBuilder", "deltas_of"]
+__all__ = ["ResultBuilder", "deltas_of", "merge_results", "merge_streams"]
 
 
 class ResultBuilder:
@@ -76,3 +78,49 @@ async def deltas_of(result: Result) -> AsyncIterator[Delta]:
             yield Delta(choice.index, tool_calls=calls)
         yield Delta(choice.index, finish_reason=choice.finish_reason, stop_sequence=choice.stop_sequence)
     yield Delta(-1, usage=result.usage)
+
+
+def merge_results(results: Sequence[Result], n: int) -> Result:
+    """Answers to several prompts as one: prompt ``k``'s choice ``j`` becomes choice ``k * n + j``
+    (OpenAI's order for a list of prompts), the usage summed; id, model and target of the first."""
+    first = results[0]
+    choices = [replace(c, index=k * n + c.index) for k, r in enumerate(results) for c in r.choices]
+    usage = sum((r.usage for r in results), Usage())
+    return Result(first.id, first.model, choices, usage, first.created, first.target)
+
+
+async def merge_streams(streams: Sequence[AsyncIterator[Delta]], n: int) -> AsyncIterator[Delta]:
+    """Several prompts' streams as one, as they come: choices numbered as :func:`merge_results` does,
+    one usage delta at the end with the sum. A failing stream ends the whole; closing it closes all."""
+    queue: asyncio.Queue[tuple[int, Delta | Exception | None]] = asyncio.Queue()
+
+    async def pump(k: int, stream: AsyncIterator[Delta]) -> None:
+        try:
+            async for delta in stream:
+                await queue.put((k, delta))
+            await queue.put((k, None))
+        except Exception as exc:
+            await queue.put((k, exc))
+
+    tasks = [asyncio.create_task(pump(k, s)) for k, s in enumerate(streams)]
+    usage, live = Usage(), len(tasks)
+    try:
+        while live:
+            k, item = await queue.get()
+            if item is None:
+                live -= 1
+            elif isinstance(item, Exception):
+                raise item
+            elif item.index < 0:
+                usage = usage + (item.usage or Usage())
+            else:
+                yield replace(item, index=k * n + item.index)
+        yield Delta(-1, usage=usage)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for stream in streams:
+            aclose = getattr(stream, "aclose", None)
+            if aclose is not None:
+                await aclose()

@@ -90,8 +90,8 @@ class ValidateStage(StageBase):
             raise RequestError("logit_bias keys must be token ids (0 and up)", param="logit_bias")
         if s.temperature is not None and not 0.0 <= s.temperature <= 2.0:
             raise RequestError("temperature must be between 0 and 2", param="temperature")
-        if s.top_p is not None and not 0.0 < s.top_p <= 1.0:
-            raise RequestError("top_p must be greater than 0 and at most 1", param="top_p")
+        if s.top_p is not None and not 0.0 <= s.top_p <= 1.0:
+            raise RequestError("top_p must be between 0 and 1", param="top_p")
         if s.top_k is not None and not 0 <= s.top_k <= 1 << 20:
             raise RequestError("top_k must be between 0 and 1048576", param="top_k")
         if not 1 <= s.n <= MAX_N:

@@ -44,6 +44,11 @@ class ImagePart(_Lenient):
     image_url: ImageURL
 
 
+class RefusalPart(_Lenient):
+    type: Literal["refusal"]
+    refusal: str
+
+
 class OtherPart(_Lenient):
     type: str
 
@@ -60,11 +65,13 @@ class ToolCallItem(_Lenient):
 
 
 class ChatMessage(_Lenient):
-    role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[TextPart | ImagePart | OtherPart] | None = None
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    content: str | list[TextPart | ImagePart | RefusalPart | OtherPart] | None = None
     name: str | None = None
+    refusal: str | None = None
     tool_calls: list[ToolCallItem] | None = None
     tool_call_id: str | None = None
+    function_call: FunctionCall | None = None  # deprecated: one call, answered by a "function" message
 
 
 class FunctionDef(_Lenient):
@@ -88,7 +95,19 @@ class NamedToolChoice(_Lenient):
     function: NamedFunction
 
 
-ToolChoiceField = Literal["none", "auto", "required"] | NamedToolChoice
+class AllowedTools(_Lenient):
+    mode: Literal["auto", "required"]
+    tools: list[NamedToolChoice] = Field(min_length=1)
+
+
+class AllowedToolsChoice(_Lenient):
+    """Only these of ``tools`` may be called (the rest stay in the prompt, as OpenAI keeps them)."""
+
+    type: Literal["allowed_tools"]
+    allowed_tools: AllowedTools
+
+
+ToolChoiceField = Literal["none", "auto", "required"] | NamedToolChoice | AllowedToolsChoice
 
 
 class JSONSchemaFormat(_Lenient):
@@ -109,7 +128,7 @@ Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]
 class _SamplingFields(_Lenient):
     model: str = Field(min_length=1)
     temperature: float | None = Field(None, ge=0.0, le=2.0)
-    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    top_p: float | None = Field(None, ge=0.0, le=1.0)
     top_k: int | None = Field(
         None, ge=0, le=1 << 20, description="llama.cpp extension: keep the k most likely tokens."
     )
@@ -153,6 +172,10 @@ class ChatCompletionRequest(_SamplingFields):
     tools: list[ToolDef] | None = None
     tool_choice: ToolChoiceField | None = None
     parallel_tool_calls: bool | None = None
+    functions: list[FunctionDef] | None = Field(None, description="Deprecated: tools of type function.")
+    function_call: Literal["none", "auto"] | NamedFunction | None = Field(
+        None, description="Deprecated: tool_choice for `functions`."
+    )
 
 
 class EnsembleRequest(ChatCompletionRequest):

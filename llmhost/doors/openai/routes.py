@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Awaitable, Iterable
 from dataclasses import replace
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from llmhost.apps.agents import CITATIONS_KEY
 from llmhost.apps.ensemble import EnsembleSpec, Member, run_ensemble
-from llmhost.core.stream import deltas_of
+from llmhost.core.pipeline import Pipeline
+from llmhost.core.stream import deltas_of, merge_results, merge_streams
 from llmhost.core.types import InferenceRequest, RequestContext, Result, new_id
 from llmhost.doors.common import context_for, door_route, pipeline_of
 from llmhost.doors.openai import protocol as wire
@@ -22,6 +25,8 @@ from llmhost.service import Service
 __all__ = ["router"]
 
 router = APIRouter(prefix="/v1", route_class=door_route(translate.render_error))
+
+_T = TypeVar("_T")
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
@@ -67,31 +72,71 @@ async def chat_completions(
 ) -> JSONResponse | StreamingResponse:
     req = translate.chat_request(body)
     pipeline, ctx = pipeline_of(request), context_for(request, "openai")
+    functions = body.functions is not None
     if not body.stream:
         result = await pipeline.run(ctx, req)
-        return JSONResponse(translate.chat_response(result), headers=target_header(result.target))
+        return JSONResponse(translate.chat_response(result, functions), headers=target_header(result.target))
     # The stream has its first output (or failed over, or failed) before the 200 goes out.
     deltas = await pipeline.stream(ctx, req)
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     citations = ctx.attrs.get(CITATIONS_KEY)
-    events = translate.sse_chat(deltas, new_id("chatcmpl"), body.model, _now(), include_usage, citations)
+    events = translate.sse_chat(
+        deltas, new_id("chatcmpl"), body.model, _now(), include_usage, citations, functions
+    )
     headers = {**SSE_HEADERS, **target_header(ctx.target or "")}
     return StreamingResponse(events, media_type="text/event-stream", headers=headers)
 
 
 @router.post("/completions", response_model=None)
 async def completions(body: wire.CompletionRequest, request: Request) -> JSONResponse | StreamingResponse:
-    req = translate.completion_request(body)
+    reqs = translate.completion_requests(body)
     pipeline, ctx = pipeline_of(request), context_for(request, "openai")
+    if len(reqs) > 1:  # a list of prompts: each a request of its own through the pipeline, at once
+        return await _completions_of_many(body, reqs, pipeline, ctx)
     if not body.stream:
-        result = await pipeline.run(ctx, req)
+        result = await pipeline.run(ctx, reqs[0])
         return JSONResponse(translate.completion_response(result), headers=target_header(result.target))
-    deltas = await pipeline.stream(ctx, req)
+    deltas = await pipeline.stream(ctx, reqs[0])
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     logprobs = body.logprobs is not None
     events = translate.sse_completion(deltas, new_id("cmpl"), body.model, _now(), include_usage, logprobs)
     headers = {**SSE_HEADERS, **target_header(ctx.target or "")}
     return StreamingResponse(events, media_type="text/event-stream", headers=headers)
+
+
+async def _completions_of_many(
+    body: wire.CompletionRequest, reqs: list[InferenceRequest], pipeline: Pipeline, ctx: RequestContext
+) -> JSONResponse | StreamingResponse:
+    def child() -> RequestContext:
+        return RequestContext(principal=ctx.principal, door=ctx.door, request_id=ctx.request_id)
+
+    if not body.stream:
+        result = merge_results(await _all(pipeline.run(child(), r) for r in reqs), body.n)
+        return JSONResponse(translate.completion_response(result), headers=target_header(result.target))
+    contexts = [child() for _ in reqs]
+    streams = await _all(pipeline.stream(c, r) for c, r in zip(contexts, reqs, strict=True))
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    logprobs = body.logprobs is not None
+    events = translate.sse_completion(
+        merge_streams(streams, body.n), new_id("cmpl"), body.model, _now(), include_usage, logprobs
+    )
+    headers = {**SSE_HEADERS, **target_header(contexts[0].target or "")}
+    return StreamingResponse(events, media_type="text/event-stream", headers=headers)
+
+
+async def _all(calls: Iterable[Awaitable[_T]]) -> list[_T]:
+    """Await all at once; when one fails, cancel the others (and close the streams that started)."""
+    tasks = [asyncio.ensure_future(c) for c in calls]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        for done in await asyncio.gather(*tasks, return_exceptions=True):
+            aclose = getattr(done, "aclose", None)
+            if aclose is not None:
+                await aclose()
+        raise
 
 
 @router.post("/embeddings", response_model=None)

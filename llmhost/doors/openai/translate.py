@@ -36,7 +36,7 @@ from llmhost.errors import ErrorInfo, LLMHostError, RequestError, classify
 __all__ = [
     "chat_request",
     "chat_response",
-    "completion_request",
+    "completion_requests",
     "completion_response",
     "embed_request",
     "embeddings_response",
@@ -92,7 +92,9 @@ def _image(url: str) -> ContentPart:
     return ContentPart("image", url=url)
 
 
-def _message(m: wire.ChatMessage, i: int) -> ChatMessage:
+def _message(m: wire.ChatMessage, i: int, function_calls: dict[str, str]) -> ChatMessage:
+    """One message; ``function_calls`` maps a deprecated ``function_call``'s name to the id it was
+    given, so the ``function`` message after it answers it as a tool message."""
     role = "system" if m.role == "developer" else m.role
     texts: list[str] = []
     parts: list[ContentPart] = []
@@ -102,29 +104,47 @@ def _message(m: wire.ChatMessage, i: int) -> ChatMessage:
         for part in m.content:
             if isinstance(part, wire.TextPart):
                 texts.append(part.text)
+            elif isinstance(part, wire.RefusalPart) and role == "assistant":
+                texts.append(part.refusal)
             elif isinstance(part, wire.ImagePart):
                 parts.append(_image(part.image_url.url))
             else:
                 raise RequestError(
-                    f"messages[{i}]: content part type '{part.type}' is not supported", param="messages"
+                    f"messages[{i}]: content part type '{part.type}' is not supported in a {m.role} message",
+                    param="messages",
                 )
-    calls = tuple(
+    if m.refusal and role == "assistant" and not texts:
+        texts.append(m.refusal)
+    calls = [
         ToolCall(c.id or f"call_{i}_{j}", c.function.name, c.function.arguments)
         for j, c in enumerate(m.tool_calls or ())
-    )
+    ]
+    if m.function_call is not None:
+        calls.append(ToolCall(f"call_{i}_fn", m.function_call.name, m.function_call.arguments))
+        function_calls[m.function_call.name] = calls[-1].id
     if calls and role != "assistant":
         raise RequestError(f"messages[{i}]: only assistant messages carry tool_calls", param="messages")
-    if role == "tool" and not m.tool_call_id:
+    tool_call_id = m.tool_call_id
+    if role == "function":
+        if not m.name or m.name not in function_calls:
+            raise RequestError(
+                f"messages[{i}]: a message with role 'function' must name a function an earlier "
+                "assistant message called (function_call)",
+                param="messages",
+            )
+        role, tool_call_id = "tool", function_calls[m.name]
+    if role == "tool" and not tool_call_id:
         raise RequestError(f"messages[{i}]: a tool message needs tool_call_id", param="messages")
-    return ChatMessage(role, "".join(texts), tuple(parts), calls, m.tool_call_id, m.name)
+    return ChatMessage(role, "".join(texts), tuple(parts), tuple(calls), tool_call_id, m.name)
 
 
 def _messages(wire_messages: Sequence[wire.ChatMessage]) -> tuple[ChatMessage, ...]:
     """The history, checked as OpenAI checks it: each tool message answers an earlier assistant call."""
     messages: list[ChatMessage] = []
     calls: set[str] = set()
+    function_calls: dict[str, str] = {}
     for i, m in enumerate(wire_messages):
-        message = _message(m, i)
+        message = _message(m, i, function_calls)
         calls.update(c.id for c in message.tool_calls)
         if message.role == "tool" and message.tool_call_id not in calls:
             raise RequestError(
@@ -180,23 +200,47 @@ def _tool_choice(choice: wire.ToolChoiceField | None, has_tools: bool) -> ToolCh
         return ToolChoice("auto" if has_tools else "none")
     if isinstance(choice, wire.NamedToolChoice):
         return ToolChoice("tool", choice.function.name)
+    if isinstance(choice, wire.AllowedToolsChoice):
+        return ToolChoice(choice.allowed_tools.mode)
     return ToolChoice(choice)
+
+
+def _tool(f: wire.FunctionDef) -> Tool:
+    parameters = f.parameters if f.parameters is not None else {"type": "object", "properties": {}}
+    return Tool(f.name, f.description or "", parameters)
+
+
+def _tools(req: wire.ChatCompletionRequest) -> tuple[tuple[Tool, ...], wire.ToolChoiceField | None]:
+    """``tools`` and ``tool_choice``, from the deprecated ``functions`` / ``function_call`` too; an
+    ``allowed_tools`` choice keeps only the tools it names."""
+    if req.functions is not None:
+        if req.tools is not None:
+            raise RequestError("send either tools or the deprecated functions, not both", param="functions")
+        fc = req.function_call
+        choice: wire.ToolChoiceField | None = (
+            wire.NamedToolChoice(type="function", function=fc) if isinstance(fc, wire.NamedFunction) else fc
+        )
+        return tuple(_tool(f) for f in req.functions), choice
+    tools = tuple(_tool(t.function) for t in req.tools or ())
+    choice = req.tool_choice
+    if isinstance(choice, wire.AllowedToolsChoice):
+        allowed = [t.function.name for t in choice.allowed_tools.tools]
+        unknown = sorted(set(allowed) - {t.name for t in tools})
+        if unknown:
+            raise RequestError(
+                f"tool_choice.allowed_tools names tools that are not in tools: {', '.join(unknown)}",
+                param="tool_choice",
+            )
+        tools = tuple(t for t in tools if t.name in allowed)
+    return tools, choice
 
 
 def chat_request(req: wire.ChatCompletionRequest) -> InferenceRequest:
     if req.top_logprobs is not None and not req.logprobs:
         raise RequestError("top_logprobs requires logprobs to be true", param="top_logprobs")
     logprobs = (req.top_logprobs or 0) if req.logprobs else None
-    tools = tuple(
-        Tool(
-            t.function.name,
-            t.function.description or "",
-            t.function.parameters
-            if t.function.parameters is not None
-            else {"type": "object", "properties": {}},
-        )
-        for t in req.tools or ()
-    )
+    tools, choice = _tools(req)
+    parallel = req.parallel_tool_calls is not False and req.functions is None  # functions: one call
     return InferenceRequest(
         "chat",
         req.model,
@@ -204,37 +248,47 @@ def chat_request(req: wire.ChatCompletionRequest) -> InferenceRequest:
         sampling=_sampling(req, logprobs),
         response_format=_response_format(req.response_format),
         tools=tools,
-        tool_choice=_tool_choice(req.tool_choice, bool(tools)),
-        parallel_tool_calls=req.parallel_tool_calls is not False,
+        tool_choice=_tool_choice(choice, bool(tools)),
+        parallel_tool_calls=parallel,
         user=req.user,
     )
 
 
-def completion_request(req: wire.CompletionRequest) -> InferenceRequest:
+MAX_PROMPTS = 64  # prompts in one /v1/completions request: each runs as a request of its own
+
+
+def completion_requests(req: wire.CompletionRequest) -> list[InferenceRequest]:
+    """One request per prompt: ``prompt`` is a string, a token list, or a list of either."""
     p = req.prompt
-    prompt: str | tuple[int, ...]
+    prompts: list[str | tuple[int, ...]]
     if isinstance(p, str):
-        prompt = p
+        prompts = [p]
     elif p and all(isinstance(x, int) for x in p):
-        prompt = tuple(int(x) for x in p)  # type: ignore[arg-type]
-    elif len(p) == 1:
-        one = p[0]
-        prompt = one if isinstance(one, str) else tuple(int(x) for x in one)  # type: ignore[union-attr]
+        prompts = [tuple(int(x) for x in p)]  # type: ignore[arg-type]
     else:
-        raise RequestError("exactly one prompt per request is supported", param="prompt")
+        prompts = [x if isinstance(x, str) else tuple(int(t) for t in x) for x in p]  # type: ignore[union-attr]
+    if not prompts:
+        raise RequestError("prompt must not be an empty list", param="prompt")
+    if len(prompts) > MAX_PROMPTS:
+        raise RequestError(f"at most {MAX_PROMPTS} prompts per request are supported", param="prompt")
     if req.suffix:
         raise RequestError("suffix is not supported", param="suffix")
     if req.best_of not in (None, 1):
         raise RequestError("only best_of=1 is supported", param="best_of")
-    return InferenceRequest(
-        "completion",
-        req.model,
-        prompt=prompt,
-        sampling=_sampling(req, req.logprobs),
-        response_format=_response_format(req.response_format),
-        echo=req.echo,
-        user=req.user,
-    )
+    sampling = _sampling(req, req.logprobs)
+    response_format = _response_format(req.response_format)
+    return [
+        InferenceRequest(
+            "completion",
+            req.model,
+            prompt=prompt,
+            sampling=sampling,
+            response_format=response_format,
+            echo=req.echo,
+            user=req.user,
+        )
+        for prompt in prompts
+    ]
 
 
 def embed_request(req: wire.EmbeddingRequest) -> EmbedRequest:
@@ -293,30 +347,36 @@ def _tool_calls(calls: Sequence[ToolCall]) -> list[dict[str, Any]]:
     ]
 
 
-def _chat_choice(choice: Choice) -> dict[str, Any]:
+def _chat_choice(choice: Choice, functions: bool) -> dict[str, Any]:
     message: dict[str, Any] = {
         "role": "assistant",
         "content": choice.text if choice.text or not choice.tool_calls else None,
         "refusal": None,
     }
-    if choice.tool_calls:
+    finish: str | None = choice.finish_reason
+    if choice.tool_calls and functions:  # the deprecated functions API: one call, as function_call
+        call = choice.tool_calls[0]
+        message["function_call"] = {"name": call.name, "arguments": call.arguments}
+        finish = "function_call" if finish == "tool_calls" else finish
+    elif choice.tool_calls:
         message["tool_calls"] = _tool_calls(choice.tool_calls)
     return {
         "index": choice.index,
         "message": message,
         "logprobs": chat_logprobs(choice.logprobs) if choice.logprobs is not None else None,
-        "finish_reason": choice.finish_reason,
+        "finish_reason": finish,
     }
 
 
-def chat_response(result: Result) -> dict[str, Any]:
+def chat_response(result: Result, functions: bool = False) -> dict[str, Any]:
+    """A ``chat.completion``; ``functions``: the request used the deprecated ``functions``."""
     body = {
         "id": result.id,
         "object": "chat.completion",
         "created": result.created,
         "model": result.model,
         "system_fingerprint": None,
-        "choices": [_chat_choice(c) for c in result.choices],
+        "choices": [_chat_choice(c, functions) for c in result.choices],
         "usage": _usage(result.usage),
     }
     if result.ensemble is not None:  # llmhost extension: how an ensemble reached its answer
@@ -382,9 +442,11 @@ async def sse_chat(
     created: int,
     include_usage: bool,
     citations: list[dict[str, Any]] | None = None,
+    functions: bool = False,
 ) -> AsyncIterator[bytes]:
     """``chat.completion.chunk`` events, ``[DONE]`` last; a failure mid-stream as one error event.
-    An agent's ``citations`` (llmhost extension) ride on the first chunk."""
+    An agent's ``citations`` (llmhost extension) ride on the first chunk; ``functions``: the request
+    used the deprecated ``functions``, so the call streams as ``function_call`` deltas."""
     head = (
         f'{{"id":"{id_}","object":"chat.completion.chunk","created":{created},'
         f'"model":{stream_json(model).decode()},"system_fingerprint":null,'
@@ -422,7 +484,12 @@ async def sse_chat(
                 yield chunk(
                     d.index, {"content": d.text}, None, chat_logprobs(d.logprobs) if d.logprobs else None
                 )
-            if d.tool_calls:
+            if d.tool_calls and functions:
+                for c in d.tool_calls:
+                    if c.index == 0:
+                        fn = {"arguments": c.arguments} | ({"name": c.name} if c.name is not None else {})
+                        yield chunk(d.index, {"function_call": fn})
+            elif d.tool_calls:
                 calls = []
                 for c in d.tool_calls:
                     call: dict[str, Any] = {"index": c.index}
@@ -436,7 +503,8 @@ async def sse_chat(
                     calls.append(call)
                 yield chunk(d.index, {"tool_calls": calls})
             if d.finish_reason is not None:
-                yield chunk(d.index, {}, d.finish_reason)
+                finish = d.finish_reason
+                yield chunk(d.index, {}, "function_call" if functions and finish == "tool_calls" else finish)
     except Exception as exc:
         yield _error_event(exc)
     finally:

@@ -142,8 +142,9 @@ class ResponseStream:
             )
         for c in d.tool_calls:
             call = self._calls.get(c.index)
-            if call is None:
+            if call is None:  # calls stream one after another: the one before is done
                 yield from self._close_message("completed")
+                yield from self._close_calls("completed")
                 item = function_call_item(
                     item_id("fc"), c.id or item_id("call"), c.name or "", "", "in_progress"
                 )

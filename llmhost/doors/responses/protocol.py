@@ -270,7 +270,7 @@ class ResponseCreateRequest(_InputFields):
     max_output_tokens: int | None = Field(None, ge=1)
     max_tool_calls: int | None = Field(None, ge=0, le=2**31 - 1)  # echoed back: a sane number only
     temperature: float | None = Field(None, ge=0.0, le=2.0)
-    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    top_p: float | None = Field(None, ge=0.0, le=1.0)
     top_logprobs: int | None = Field(None, ge=0, le=20)
     speculative: Literal["ngram", "none"] | None = Field(
         None,

@@ -126,10 +126,10 @@ def test_function_calls_stream_as_their_own_items_after_the_text() -> None:
         "response.output_item.added",
         "response.function_call_arguments.delta",
         "response.function_call_arguments.delta",
+        "response.function_call_arguments.done",  # each call is done before the next one starts
+        "response.output_item.done",
         "response.output_item.added",
         "response.function_call_arguments.delta",
-        "response.function_call_arguments.done",
-        "response.output_item.done",
         "response.function_call_arguments.done",
         "response.output_item.done",
         "response.completed",
@@ -139,7 +139,7 @@ def test_function_calls_stream_as_their_own_items_after_the_text() -> None:
     assert first["id"].startswith("fc_") and first["call_id"] == "call_a" and first["name"] == "get"
     assert first["arguments"] == "" and first["status"] == "in_progress"
     assert [e["delta"] for e in events[9:11]] == ['{"q":', ' "x"}']
-    assert events[11]["output_index"] == 2
+    assert events[13]["output_index"] == 2
     done = {e["item_id"]: e for e in events if e["type"] == "response.function_call_arguments.done"}
     assert done[first["id"]]["arguments"] == '{"q": "x"}' and done[first["id"]]["name"] == "get"
     final = stream.final
