@@ -385,7 +385,7 @@ def ps(config: ConfigOpt = None) -> None:
         until = (
             "forever"
             if m["keep_alive"] < 0
-            else ("busy" if m["expires_at"] is None else m["expires_at"][11:19])
+            else ("busy" if m["slots_busy"] or m["waiting"] else str(m["expires_at"])[11:19])
         )
         table.add_row(
             m["name"],

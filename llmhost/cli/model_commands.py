@@ -82,9 +82,10 @@ def _in_use_by_server(settings: Settings) -> Callable[[ModelRecord], bool] | Non
     entries = _loaded_models(settings)
     if entries is None:
         return None
-    digests = {str(e["digest"]) for e in entries if e.get("digest")}
+    # Ollama's /api/ps writes the bare hex; older llmhost servers wrote "sha256:<hex>".
+    digests = {str(e["digest"]).removeprefix("sha256:") for e in entries if e.get("digest")}
     names = {str(e[key]) for e in entries if not e.get("digest") for key in ("name", "model") if e.get(key)}
-    return lambda record: record.digest in digests or record.name in names
+    return lambda record: record.digest.removeprefix("sha256:") in digests or record.name in names
 
 
 class _PullDisplay:

@@ -236,10 +236,14 @@ class InferenceRequest:
 
 @dataclass(frozen=True, slots=True)
 class EmbedRequest:
+    """``truncate``: an input longer than the model embeds at once is cut to fit (Ollama's default);
+    otherwise it is a 400 (OpenAI's way)."""
+
     model: str
     inputs: tuple[str | tuple[int, ...], ...]
     dimensions: int | None = None
     user: str | None = None
+    truncate: bool = False
 
     def __repr__(self) -> str:
         return f"EmbedRequest(model={self.model!r}, inputs={len(self.inputs)})"

@@ -62,6 +62,10 @@ class Vocab:
             attr = self._attrs[token] = int(llama_cpp.llama_vocab_get_attr(self.vocab, token))
         return attr
 
+    def is_control(self, token: int) -> bool:
+        """A control token (BOS, EOS, BERT's ``[CLS]`` and ``[SEP]``): never the text of a request."""
+        return bool(self.attr(token) & llama_cpp.LLAMA_TOKEN_ATTR_CONTROL)
+
     def special_texts(self, text: str) -> set[str]:
         """The texts of the control (and unknown) tokens that ``text`` would turn into if it were
         tokenized with special-token parsing, as a template's markup is."""

@@ -284,12 +284,17 @@ class LocalBackend:
             raise
         return generations
 
-    async def embed(self, name: str, inputs: Sequence[str | list[int]]) -> tuple[list[list[float]], int]:
+    async def embed(
+        self, name: str, inputs: Sequence[str | list[int]], *, truncate: bool = False
+    ) -> tuple[list[list[float]], int]:
         """Embed each input; return the vectors and the total number of input tokens. Inputs the
-        embedding cache holds for this model file are not computed again."""
+        embedding cache holds for this model file are not computed again. ``truncate``: an input
+        longer than the model embeds at once is cut to fit instead of refused."""
         async with self.using(name, generate=False) as model:
             cache = self.embed_cache
-            keys = [cache_key(model.record.digest, x) for x in inputs] if cache is not None else []
+            # A cut input's vector is not the whole input's: it is cached under a key of its own.
+            digest = model.record.digest + ("+truncate" if truncate else "")
+            keys = [cache_key(digest, x) for x in inputs] if cache is not None else []
             hits = await asyncio.to_thread(cache.get_many, keys) if cache is not None else {}
             vectors: list[list[float]] = [[] for _ in inputs]
             counts = [0] * len(inputs)
@@ -298,7 +303,7 @@ class LocalBackend:
             todo = [i for i in range(len(inputs)) if i not in hits]
             if todo:
                 token_lists = await asyncio.to_thread(
-                    self._embedding_tokens, model, [inputs[i] for i in todo]
+                    self._embedding_tokens, model, [inputs[i] for i in todo], truncate
                 )
                 # The hold keeps the model loaded; a forced unload stops the batch between decodes (503).
                 computed = await asyncio.to_thread(model.runner.embed_many, token_lists)
@@ -323,28 +328,43 @@ class LocalBackend:
 
             return await asyncio.to_thread(count)
 
-    def _embedding_tokens(self, model: LoadedModel, inputs: Sequence[str | list[int]]) -> list[list[int]]:
+    def _embedding_tokens(
+        self, model: LoadedModel, inputs: Sequence[str | list[int]], truncate: bool
+    ) -> list[list[int]]:
         runner = model.runner
-        limit = runner.n_ctx_embed * BYTES_PER_TOKEN_LIMIT
+        n_ctx = runner.n_ctx_embed
+        limit = n_ctx * BYTES_PER_TOKEN_LIMIT
         token_lists = []
         with runner.borrow():
             vocab = runner.vocab
             for x in inputs:
                 if isinstance(x, str):
-                    if len(x.encode("utf-8", errors="replace")) > limit:
+                    raw = x.encode("utf-8", errors="replace")
+                    if len(raw) > limit and not truncate:
                         raise RequestError(
-                            f"an input is longer than the {runner.n_ctx_embed} tokens this model "
-                            "embeds at once",
+                            f"an input is longer than the {n_ctx} tokens this model embeds at once",
                             param="input",
                         )
-                    token_lists.append(vocab.tokenize(x, add_special=True))
+                    text = raw[:limit].decode("utf-8", errors="ignore") if len(raw) > limit else x
+                    tokens = vocab.tokenize(text, add_special=True)
                 else:
-                    token_lists.append(list(x))
+                    tokens = list(x)
+                if truncate and len(tokens) > n_ctx:
+                    tokens = _cut(tokens, n_ctx, vocab) if isinstance(x, str) else tokens[:n_ctx]
+                token_lists.append(tokens)
         for tokens in token_lists:
             bad = next((t for t in tokens if not 0 <= t < vocab.n_vocab), None)
             if bad is not None:
                 raise RequestError(f"input token {bad} is not in the vocabulary", "input")
         return token_lists
+
+
+def _cut(tokens: list[int], n: int, vocab: Any) -> list[int]:
+    """The first ``n`` tokens of a tokenized text, ending with the end marker the tokenizer added (a
+    BERT model's ``[SEP]``) if it added one."""
+    if vocab.is_control(tokens[-1]):
+        return [*tokens[: n - 1], tokens[-1]]
+    return tokens[:n]
 
 
 # ----- request text that spells control tokens ----------------------------------------------------------

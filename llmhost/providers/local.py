@@ -270,7 +270,7 @@ class LocalProvider:
 
     async def embed(self, request: EmbedRequest) -> Embeddings:
         inputs: list[str | list[int]] = [x if isinstance(x, str) else list(x) for x in request.inputs]
-        vectors, n_tokens = await self.backend.embed(request.model, inputs)
+        vectors, n_tokens = await self.backend.embed(request.model, inputs, truncate=request.truncate)
         return Embeddings(vectors, Usage(prompt_tokens=n_tokens), model=request.model)
 
     async def count_tokens(self, request: InferenceRequest) -> int:

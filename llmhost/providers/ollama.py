@@ -315,7 +315,7 @@ class OllamaProvider(UpstreamProvider):
         inputs = request.inputs
         if not all(isinstance(item, str) for item in inputs):
             raise RequestError("the Ollama provider embeds text, not token ids", param="input")
-        body: dict[str, Any] = {"model": request.model, "input": list(inputs)}
+        body: dict[str, Any] = {"model": request.model, "input": list(inputs), "truncate": request.truncate}
         if request.dimensions:
             body["dimensions"] = request.dimensions
         answer = await self._post("/api/embed", body)

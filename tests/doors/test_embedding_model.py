@@ -83,6 +83,20 @@ def test_the_ollama_client_embeds_with_it_and_without_a_model(live: LiveServer) 
     assert _cosine(list(old.embedding), item["vector"]) >= 0.99
 
 
+def test_ollama_cuts_a_long_input_to_the_models_context_and_openai_refuses_it(live: LiveServer) -> None:
+    text = "the router drops packets " * 200  # ~1,000 tokens; the model embeds 512 at once
+    cut = ollama.Client(host=live.base_url).embed(model=MINILM, input=text)
+    assert cut.prompt_eval_count == 512
+    assert abs(float(np.linalg.norm(cut.embeddings[0])) - 1.0) < 1e-4
+    # The cut keeps [SEP] at its end, as sentence-transformers' own truncation does: the vector is
+    # that of the first 510 word pieces between [CLS] and [SEP], close to the text's opening.
+    opening = ollama.Client(host=live.base_url).embed(model=MINILM, input="the router drops packets " * 100)
+    assert _cosine(list(cut.embeddings[0]), list(opening.embeddings[0])) > 0.95
+    client = openai.OpenAI(base_url=f"{live.base_url}/v1", api_key="x", max_retries=0)
+    with client, pytest.raises(openai.BadRequestError):
+        client.embeddings.create(model=MINILM, input=text)
+
+
 def test_asking_an_embedding_model_to_generate_is_a_400_on_every_door(live: LiveServer) -> None:
     httpx.post(f"{live.base_url}/v1/embeddings", json={"model": MINILM, "input": "x"}, timeout=60)
     with openai.OpenAI(base_url=f"{live.base_url}/v1", api_key="x", max_retries=0) as client:

@@ -177,7 +177,11 @@ async def test_embeddings_come_back_as_vectors_with_usage(
     ollama: OllamaProvider, ollama_upstream: LiveServer
 ) -> None:
     result = await ollama.embed(EmbedRequest(MODEL, ("hello world", "x"), dimensions=4))
-    assert sent(ollama_upstream) == {"model": MODEL, "input": ["hello world", "x"], "dimensions": 4}
+    # truncate false unless asked: Ollama cuts long inputs by default, OpenAI's dialect refuses them.
+    expected = {"model": MODEL, "input": ["hello world", "x"], "dimensions": 4, "truncate": False}
+    assert sent(ollama_upstream) == expected
+    await ollama.embed(EmbedRequest(MODEL, ("hello",), truncate=True))
+    assert sent(ollama_upstream)["truncate"] is True
     assert len(result.vectors) == 2 and len(result.vectors[0]) == 4
     assert result.usage.prompt_tokens == 3 and result.model == MODEL
     with pytest.raises(RequestError, match="token ids"):

@@ -22,7 +22,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import BaseRoute
 
@@ -145,6 +145,11 @@ def create_app(settings: Settings, service: Service | None = None, *, preload: b
     web.attach(app)
     grpc.attach(app, svc)
     mcp.attach(app, svc)
+
+    @app.api_route("/", methods=["GET", "HEAD"], response_class=PlainTextResponse, include_in_schema=False)
+    async def root() -> str:
+        # Ollama's liveness answer: its Go client's heartbeat (HEAD /) and its CLI check this.
+        return "Ollama is running"
 
     @app.get("/health")
     async def health() -> dict[str, str]:

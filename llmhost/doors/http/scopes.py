@@ -13,6 +13,7 @@ __all__ = ["ANY_KEY", "required_scope"]
 ANY_KEY = "any"  # any authenticated caller, whatever its scopes (the API docs)
 
 _EXACT: dict[tuple[str, str], str | None] = {
+    ("GET", "/"): None,  # "Ollama is running"
     ("GET", "/health"): None,
     ("GET", "/ready"): None,
     ("GET", "/metrics"): "metrics",

@@ -9,11 +9,13 @@ keep-alive), which ``llmhost ps`` prints.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import time
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Literal
 
-from llmhost.doors.ollama.gotime import rfc3339
+from llmhost.doors.ollama.gotime import GO_MAX_SECONDS, rfc3339
 from llmhost.models.gguf_check import inspect_gguf_cached
 from llmhost.models.manager import LoadedModel
 from llmhost.models.registry import ModelRecord
@@ -21,9 +23,13 @@ from llmhost.models.templates import resolve_chat_template
 from llmhost.service import Service
 
 __all__ = [
+    "capabilities",
     "describe_loaded",
+    "expires_in",
+    "hex_digest",
     "human_number",
     "model_details",
+    "name_digest",
     "route_details",
     "show_model",
     "show_route",
@@ -38,6 +44,16 @@ def human_number(n: int) -> str:
             value = n / size
             return f"{value:.0f}{suffix}" if value == int(value) else f"{value:.{digits}f}{suffix}"
     return str(n)
+
+
+def hex_digest(digest: str) -> str:
+    """A file's digest as Ollama writes it: the hex alone, without llmhost's ``sha256:``."""
+    return digest.removeprefix("sha256:")
+
+
+def name_digest(kind: Literal["route", "agent"], name: str) -> str:
+    """A stable digest for what has no file of its own: the sha256 of its kind and name."""
+    return hashlib.sha256(f"llmhost-{kind}:{name}".encode()).hexdigest()
 
 
 def model_details(record: ModelRecord) -> dict[str, Any]:
@@ -78,16 +94,26 @@ def tags(service: Service) -> list[dict[str, Any]]:
             "model": r.name,
             "modified_at": rfc3339(r.created_at.timestamp()),
             "size": r.size_bytes,
-            "digest": r.digest,
+            "digest": hex_digest(r.digest),
             "details": model_details(r),
         }
         for r in _local_names(service)
     ]
     started = rfc3339(service.started_at)
-    names = [*service.gateway.public_models(), *(a.name for a in service.agents.all())]
+    kinds: list[tuple[Literal["route", "agent"], str]] = [
+        *(("route", n) for n in service.gateway.public_models()),
+        *(("agent", a.name) for a in service.agents.all()),
+    ]
     out += [
-        {"name": n, "model": n, "modified_at": started, "size": 0, "digest": "", "details": route_details()}
-        for n in names
+        {
+            "name": n,
+            "model": n,
+            "modified_at": started,
+            "size": 0,
+            "digest": name_digest(kind, n),
+            "details": route_details(),
+        }
+        for kind, n in kinds
     ]
     return out
 
@@ -128,19 +154,31 @@ def show_model(service: Service, name: str) -> dict[str, Any] | None:
     ]
     if record.license:
         modelfile.append(f'LICENSE """{record.license}"""')
-    embedding_only = f"{record.architecture}.pooling_type" in info.metadata
     body: dict[str, Any] = {
         "modelfile": "\n".join(modelfile) + "\n",
         "parameters": parameters,
         "template": template.source,
         "details": model_details(record),
         "model_info": model_info,
-        "capabilities": ["embedding"] if embedding_only else ["completion", "tools"],
+        "capabilities": capabilities(record, info.metadata),
         "modified_at": rfc3339(record.created_at.timestamp()),
     }
     if record.license:
         body["license"] = record.license
     return body
+
+
+def capabilities(record: ModelRecord, metadata: Mapping[str, object]) -> list[str]:
+    """What ``/api/show`` says a local model can do, judged as Ollama judges it, by what llmhost serves.
+
+    A GGUF with a pooling type is an embedding model (Ollama's test), else a completion model, and tools
+    work with every completion model (llmhost describes them in Hermes style where the template has no
+    format of its own). Never ``insert`` (``suffix`` is refused), ``vision`` (local models read text
+    only) or ``thinking`` (``think`` is refused): a client that reads the list asks for none of them.
+    """
+    if f"{record.architecture}.pooling_type" in metadata:
+        return ["embedding"]
+    return ["completion", "tools"]
 
 
 def show_route(service: Service, name: str) -> dict[str, Any]:
@@ -156,20 +194,27 @@ def show_route(service: Service, name: str) -> dict[str, Any]:
     }
 
 
+def expires_in(m: LoadedModel) -> float:
+    """Seconds until ``m`` unloads, as Ollama's ``expires_at`` counts them: for good (``keep_alive`` < 0)
+    is the longest Go duration, about 292 years (``ollama ps`` prints "Forever"); a busy model stays at
+    least its ``keep_alive`` after its requests end (0: it unloads then, and ``ollama ps`` prints
+    "Stopping...")."""
+    if m.keep_alive < 0:
+        return GO_MAX_SECONDS
+    left = m.expires_in
+    return min(m.keep_alive if left is None else left, GO_MAX_SECONDS)
+
+
 def describe_loaded(m: LoadedModel) -> dict[str, Any]:
-    """One ``/api/ps`` entry: Ollama's fields, then llmhost's. ``expires_at`` is null while the model
-    serves requests or when it stays loaded for good (``keep_alive`` < 0)."""
-    expires_in = m.expires_in
-    expires_at = None
-    if expires_in is not None:
-        expires_at = dt.datetime.fromtimestamp(time.time() + expires_in, dt.UTC).isoformat()
+    """One ``/api/ps`` entry: Ollama's fields, then llmhost's. ``expires_at`` is always a time, as Go's
+    ``time.Time`` in Ollama's clients must read it (see :func:`expires_in`)."""
     return {
         "name": m.name,
         "model": m.name,
-        "digest": m.record.digest,
+        "digest": hex_digest(m.record.digest),
         "size": m.memory_bytes,
         "size_vram": m.memory_bytes if m.on_gpu else 0,
-        "expires_at": expires_at,
+        "expires_at": rfc3339(time.time() + expires_in(m)),
         "details": model_details(m.record),
         "context_length": m.runner.n_ctx_slot if m.engine is None else m.key.n_ctx,
         "slots": m.runner.n_slots,

@@ -9,11 +9,13 @@ from datetime import UTC, datetime
 
 from llmhost.errors import RequestError
 
-__all__ = ["parse_keep_alive", "rfc3339"]
+__all__ = ["GO_MAX_SECONDS", "parse_keep_alive", "rfc3339"]
 
 _UNITS_NS = {"ns": 1, "us": 1_000, "µs": 1_000, "μs": 1_000, "ms": 1_000_000, "s": 10**9, "m": 60 * 10**9}
 _UNITS_NS["h"] = 3600 * 10**9
 _FOREVER = -1.0
+GO_MAX_SECONDS = (2**63 - 1) / 1e9
+"""The longest Go ``time.Duration`` (about 292 years): Ollama's "forever", and the most any duration is."""
 _PART = re.compile(r"(\d+\.?\d*|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
 _DURATION = re.compile(rf"(?:{_PART.pattern})+")
 
@@ -31,7 +33,8 @@ def parse_keep_alive(value: float | str | None) -> float | None:
     """``keep_alive`` in seconds: ``None`` when not given, a negative number for "forever".
 
     Numbers are seconds; strings are Go durations (``"5m"``, ``"1h30m"``, ``"300ms"``) or a bare number
-    of seconds. Any negative duration means forever, as in Ollama.
+    of seconds. Any negative duration means forever, as in Ollama; so does one longer than a Go
+    duration can hold (Ollama's Go decoder would overflow on it), infinity included.
     """
     if value is None:
         return None
@@ -40,7 +43,7 @@ def parse_keep_alive(value: float | str | None) -> float | None:
     seconds = float(value) if isinstance(value, int | float) else _go_duration(value.strip())
     if math.isnan(seconds):
         raise RequestError("keep_alive must be a number of seconds or a duration string", "keep_alive")
-    return _FOREVER if seconds < 0 else seconds
+    return _FOREVER if seconds < 0 or seconds >= GO_MAX_SECONDS else seconds
 
 
 def _go_duration(text: str) -> float:

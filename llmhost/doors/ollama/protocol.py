@@ -34,7 +34,8 @@ KeepAlive = float | str | None
 """Seconds (negative: forever) or a Go duration string such as ``"5m"`` or ``"1h30m"``."""
 
 Think = bool | str | None
-"""``true``/``false`` or a level (``"high"``, ``"medium"``, ``"low"``, ``"max"``): accepted, not used."""
+"""``true``/``false`` or a level (``"high"``, ``"medium"``, ``"low"``, ``"max"``). No model here thinks
+apart from its answer, so only ``false`` (or none) is served; see :func:`.translate.refuse_thinking`."""
 
 _THINK_LEVELS = frozenset({"high", "medium", "low", "max"})
 
@@ -54,6 +55,13 @@ def _check_options(value: dict[str, Any] | None) -> dict[str, Any] | None:
             raise ValueError(f'option "{key}" must be a finite number')
         if isinstance(item, int) and not -(2**63) <= item < 2**63:
             raise ValueError(f'option "{key}" must fit in 64 bits')
+    return value
+
+
+def _check_keep_alive(value: object) -> object:
+    """No ``true``/``false``: Ollama's Go decoder refuses them, and pydantic would read ``true`` as 1s."""
+    if isinstance(value, bool):
+        raise ValueError("keep_alive must be a number of seconds or a duration string")
     return value
 
 
@@ -118,6 +126,7 @@ class _Generating(_Lenient):
 
     _think = field_validator("think")(_check_think)
     _options = field_validator("options")(_check_options)
+    _keep_alive = field_validator("keep_alive", mode="before")(_check_keep_alive)
 
 
 class ChatRequest(_Generating):
@@ -138,10 +147,12 @@ class GenerateRequest(_Generating):
 class EmbedRequest(_Lenient):
     model: str = ""
     input: Any = None  # a string or a list of strings; checked in translate (Ollama: "invalid input type")
-    truncate: bool | None = None
+    truncate: bool | None = None  # true unless false: cut an input to the model's context, else 400
     dimensions: int | None = None
     keep_alive: KeepAlive = None
     options: dict[str, Any] | None = None
+
+    _keep_alive = field_validator("keep_alive", mode="before")(_check_keep_alive)
 
 
 class EmbeddingsRequest(_Lenient):
@@ -149,6 +160,8 @@ class EmbeddingsRequest(_Lenient):
     prompt: str | None = ""
     keep_alive: KeepAlive = None
     options: dict[str, Any] | None = None
+
+    _keep_alive = field_validator("keep_alive", mode="before")(_check_keep_alive)
 
 
 class ShowRequest(_Lenient):
@@ -168,8 +181,13 @@ class CopyRequest(_Lenient):
 
 
 class PullRequest(_Lenient):
-    model: str = Field(min_length=1, description="hf:ORG/REPO[:FILE|:QUANT] or an https URL.")
-    name: str | None = Field(default=None, description="The name to register the model under (llmhost).")
+    model: str = Field(default="", description="hf:ORG/REPO[:FILE|:QUANT] or an https URL.")
+    name: str = Field(
+        default="", description="Ollama's older spelling of `model` (its Go CLI still sends it)."
+    )
+    register_as: str | None = Field(
+        default=None, description="The name to register the model under (llmhost; default: derived)."
+    )
     sha256: str | None = Field(
         default=None, description="The expected sha256 of a plain URL's file (llmhost)."
     )

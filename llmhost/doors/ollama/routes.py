@@ -10,6 +10,9 @@ does, so the durations Ollama reports (time to the first output, generation time
 both. As in Ollama, a chat without messages or a generate without a prompt loads the model (``done_reason:
 "load"``), and with ``keep_alive: 0`` unloads it (``"unload"``); ``keep_alive``, when given, sets how
 long the local model stays loaded after the request (``0``: unloaded once idle; negative: for good).
+
+Names are matched as Ollama matches them: ``x`` and ``x:latest`` are one model, whichever of the two
+is registered (:func:`_known_name`); answers repeat the name the client sent, as Ollama's do.
 """
 
 from __future__ import annotations
@@ -61,6 +64,23 @@ def _service(request: Request) -> Service:
 
 def _headers(target: str | None) -> dict[str, str]:
     return {"X-LLMHost-Target": target or ""}
+
+
+def _known(service: Service, name: str) -> bool:
+    return (
+        name in service.gateway.public_models()
+        or service.gateway.is_local_model(name)
+        or service.agents.find(name) is not None
+    )
+
+
+def _known_name(service: Service, name: str) -> str | None:
+    """The name llmhost has for ``name``: itself, or with Ollama's default tag ``:latest`` added or
+    dropped (``ollama run x`` means ``x:latest``); ``None`` when neither is a model, route or agent."""
+    if not name or _known(service, name):
+        return name or None
+    other = name.removesuffix(":latest") if name.endswith(":latest") else f"{name}:latest"
+    return other if other and _known(service, other) else None
 
 
 # ----- model residency (load, unload, keep_alive) ------------------------------------------------------
@@ -135,12 +155,12 @@ async def _residency(request: Request, name: str, keep_alive: float | None, *, u
 
 
 async def _residency_only(
-    request: Request, name: str, keep_alive: float | None, chat: bool
+    request: Request, name: str, keep_alive: float | None, *, chat: bool, asked: str
 ) -> dict[str, Any]:
     """An empty chat or generate: load the model, or unload it with ``keep_alive: 0``."""
     unload = keep_alive == 0
     await _residency(request, name, keep_alive, unload=unload)
-    body: dict[str, Any] = {"model": name, "created_at": rfc3339()}
+    body: dict[str, Any] = {"model": asked, "created_at": rfc3339()}
     body.update({"message": {"role": "assistant", "content": ""}} if chat else {"response": ""})
     return {**body, "done": True, "done_reason": "unload" if unload else "load"}
 
@@ -175,45 +195,62 @@ async def _then_keep_alive(
     await _after(service, ctx.target, keep_alive)
 
 
+def _check_generating(
+    service: Service, body: wire.ChatRequest | wire.GenerateRequest, *, empty: bool
+) -> tuple[str, float | None]:
+    """What a chat and a generate check first, in Ollama's order: the name (as llmhost has it), the
+    ``keep_alive``, then ``think`` for a known model unless the request only unloads it (an unknown
+    one is the pipeline's 404)."""
+    asked = translate.require_model(body.model)
+    keep_alive = parse_keep_alive(body.keep_alive)
+    known = _known_name(service, asked)
+    if known is not None and not (empty and keep_alive == 0):
+        translate.refuse_thinking(asked, body.think)
+    return known or asked, keep_alive
+
+
 @router.post("/chat", response_model=None)
 async def chat(body: wire.ChatRequest, request: Request) -> Response:
-    model = translate.require_model(body.model)
-    keep_alive = parse_keep_alive(body.keep_alive)
+    name, keep_alive = _check_generating(_service(request), body, empty=not body.messages)
     if not body.messages:
-        return JSONResponse(await _residency_only(request, model, keep_alive, chat=True))
-    req = translate.chat_request(body)
-    return await _answer(
-        request, req, stream=body.stream is not False, chat=True, model=model, keep_alive=keep_alive
-    )
+        answer = await _residency_only(request, name, keep_alive, chat=True, asked=body.model)
+        return JSONResponse(answer)
+    req = translate.chat_request(body.model_copy(update={"model": name}))
+    stream = body.stream is not False
+    return await _answer(request, req, stream=stream, chat=True, model=body.model, keep_alive=keep_alive)
 
 
 @router.post("/generate", response_model=None)
 async def generate(body: wire.GenerateRequest, request: Request) -> Response:
-    model = translate.require_model(body.model)
-    keep_alive = parse_keep_alive(body.keep_alive)
+    name, keep_alive = _check_generating(_service(request), body, empty=not body.prompt)
     if not body.prompt:
-        return JSONResponse(await _residency_only(request, model, keep_alive, chat=False))
-    req = translate.generate_request(body)
+        answer = await _residency_only(request, name, keep_alive, chat=False, asked=body.model)
+        return JSONResponse(answer)
+    req = translate.generate_request(body.model_copy(update={"model": name}))
     stream = body.stream is not False
-    return await _answer(request, req, stream=stream, chat=False, model=model, keep_alive=keep_alive)
+    return await _answer(request, req, stream=stream, chat=False, model=body.model, keep_alive=keep_alive)
 
 
 # ----- embeddings --------------------------------------------------------------------------------------
 @router.post("/embed", response_model=None)
 async def embed(body: wire.EmbedRequest, request: Request) -> JSONResponse:
+    """Ollama's ``truncate`` (true unless false) cuts an input longer than the model's context to fit;
+    ``truncate: false`` makes it a 400."""
     service = _service(request)
     model = translate.require_model(body.model or service.settings.embeddings.model)
+    name = _known_name(service, model) or model
     keep_alive = parse_keep_alive(body.keep_alive)
     inputs = translate.embed_inputs(body.input)
     if body.dimensions is not None and body.dimensions < 0:
         raise RequestError("dimensions must be a positive number", param="dimensions")
     if not inputs:
-        await _residency(request, model, keep_alive, unload=False)
+        await _residency(request, name, keep_alive, unload=False)
         return JSONResponse({"model": model, "embeddings": []})
     clock = translate.Clock()
     ctx = context_for(request, _DOOR)
     dimensions = body.dimensions or None
-    result = await pipeline_of(request).embed(ctx, EmbedRequest(model, tuple(inputs), dimensions=dimensions))
+    req = EmbedRequest(name, tuple(inputs), dimensions=dimensions, truncate=body.truncate is not False)
+    result = await pipeline_of(request).embed(ctx, req)
     clock.first_output()
     clock.load_ns = _load_ns(service, result.target, clock)
     await _after(service, result.target, keep_alive)
@@ -231,17 +268,19 @@ async def embeddings(body: wire.EmbeddingsRequest, request: Request) -> JSONResp
     """The older single-prompt embedding route."""
     service = _service(request)
     model = translate.require_model(body.model or service.settings.embeddings.model)
+    name = _known_name(service, model) or model
     keep_alive = parse_keep_alive(body.keep_alive)
     if not body.prompt:
-        await _residency(request, model, keep_alive, unload=False)
+        await _residency(request, name, keep_alive, unload=False)
         return JSONResponse({"embedding": []})
     ctx = context_for(request, _DOOR)
-    result = await pipeline_of(request).embed(ctx, EmbedRequest(model, (body.prompt,)))
+    result = await pipeline_of(request).embed(ctx, EmbedRequest(name, (body.prompt,)))
     await _after(service, result.target, keep_alive)
     return JSONResponse({"embedding": result.vectors[0]}, headers=_headers(result.target))
 
 
 # ----- models ------------------------------------------------------------------------------------------
+@router.head("/tags", include_in_schema=False)
 @router.get("/tags")
 async def tags(request: Request) -> dict[str, Any]:
     return {"models": catalog.tags(_service(request))}
@@ -250,9 +289,10 @@ async def tags(request: Request) -> dict[str, Any]:
 @router.post("/show")
 async def show(body: wire.ShowRequest, request: Request) -> dict[str, Any]:
     service = _service(request)
-    name = body.model or body.name
-    if not name:
+    asked = body.model or body.name
+    if not asked:
         raise RequestError("model is required", param="model")
+    name = _known_name(service, asked) or asked
     shown = await asyncio.to_thread(catalog.show_model, service, name)
     if shown is not None:
         return shown
@@ -263,9 +303,12 @@ async def show(body: wire.ShowRequest, request: Request) -> dict[str, Any]:
 
 @router.get("/ps")
 async def ps(request: Request) -> dict[str, Any]:
-    return {"models": [catalog.describe_loaded(m) for m in _service(request).models.loaded()]}
+    """The loaded models, the longest to stay first (as Ollama lists them)."""
+    loaded = sorted(_service(request).models.loaded(), key=catalog.expires_in, reverse=True)
+    return {"models": [catalog.describe_loaded(m) for m in loaded]}
 
 
+@router.head("/version", include_in_schema=False)
 @router.get("/version")
 async def version() -> dict[str, str]:
     return {"version": __version__}
@@ -280,9 +323,9 @@ async def copy(body: wire.CopyRequest, request: Request) -> Response:
     it is loaded. Unknown ``source``: 404; invalid ``destination``: 400.
     """
     service = _service(request)
-    await asyncio.to_thread(
-        service.store.copy, body.source, body.destination, in_use=service.models.is_in_use
-    )
+    source = _known_name(service, body.source) or body.source
+    destination = _known_name(service, body.destination) or body.destination
+    await asyncio.to_thread(service.store.copy, source, destination, in_use=service.models.is_in_use)
     return Response(status_code=200)
 
 
@@ -291,9 +334,10 @@ async def delete(request: Request) -> Response:
     """Remove a model name (200, empty); 404 when there is none, 409 while its file is loaded."""
     body = await _delete_body(request)
     service = _service(request)
-    name = body.model or body.name
-    if not name:
+    asked = body.model or body.name
+    if not asked:
         raise RequestError("model is required", param="model")
+    name = _known_name(service, asked) or asked
     record = service.get_model(name)
     if service.models.is_in_use(record):
         raise ConflictError(f"model '{name}' is loaded; unload it first (POST /api/unload)")
@@ -318,14 +362,16 @@ async def _delete_body(request: Request) -> wire.DeleteRequest:
 @router.post("/pull", response_model=None)
 async def pull(body: wire.PullRequest, request: Request) -> Response:
     """Download, verify and register a model; progress as NDJSON lines (``status``, ``digest``,
-    ``total``, ``completed``), ``{"status": "success"}`` last. A pull that fails before its first
-    progress line (a bad spec or name, a refused address, 429 over ``max_concurrent_pulls``) is a plain
-    error status; later failures are an error line.
+    ``total``, ``completed``), ``{"status": "success"}`` last. ``model`` (or ``name``, as Ollama's Go
+    CLI sends it) is the spec; ``register_as`` the name to register it under (default: derived). A pull
+    that fails before its first progress line (a bad spec or name, a refused address, 429 over
+    ``max_concurrent_pulls``) is a plain error status; later failures are an error line.
 
     The pull may only reach public addresses and ``pull_allow_hosts``; it runs on the pull threads
     (:class:`PullSlots`), not on the default executor generations use; a failed fetch reads "could not
     fetch URL" (502) here, with the reason in the server's log only (see :func:`_for_client`)."""
     service = _service(request)
+    spec = translate.pull_spec(body)
     slots = _pull_slots(request, service)
     destinations = DestinationPolicy(service.settings.pull_allow_hosts)
     loop = asyncio.get_running_loop()
@@ -341,8 +387,8 @@ async def pull(body: wire.PullRequest, request: Request) -> Response:
         try:
             pull_model(
                 service.store,
-                body.model,
-                name=body.name,
+                spec,
+                name=body.register_as,
                 sha256=body.sha256,
                 progress=progress,
                 destinations=destinations,

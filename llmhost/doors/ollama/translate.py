@@ -71,6 +71,8 @@ __all__ = [
     "ndjson_chat",
     "ndjson_generate",
     "new_tool_call_id",
+    "pull_spec",
+    "refuse_thinking",
     "render_error",
     "require_model",
     "response_format",
@@ -292,13 +294,14 @@ def generate_request(body: wire.GenerateRequest) -> InferenceRequest:
     system = body.system or ""
     if body.suffix:
         raise RequestError(f"{model!r} does not support insert", param="suffix")
+    if body.raw and (body.template or system or body.context):
+        raise RequestError("raw mode does not support template, system, or context", param="raw")
     if body.context:
+        # Honouring it needs the prompt's and the answer's token ids, which the core does not give a door.
         raise RequestError(
             "context is deprecated by Ollama and not supported here; send the conversation to /api/chat",
             param="context",
         )
-    if body.raw and (body.template or system):
-        raise RequestError("raw mode does not support template, system, or context", param="raw")
     parts = _images(body.images, "request")
     common: dict[str, Any] = {
         "sampling": sampling(body.options, body.logprobs, body.top_logprobs),
@@ -312,6 +315,28 @@ def generate_request(body: wire.GenerateRequest) -> InferenceRequest:
     messages: tuple[ChatMessage, ...] = (ChatMessage("system", system),) if system else ()
     messages += (ChatMessage("user", prompt, parts),)
     return InferenceRequest("chat", model, messages=messages, **common)
+
+
+def refuse_thinking(model: str, think: wire.Think) -> None:
+    """A 400 for ``think`` on, in Ollama's words: no model here gives its thinking apart from its answer
+    (``/api/show`` lists no ``thinking``), so a client that asks for it would silently get none."""
+    if think is True or (isinstance(think, str) and think):
+        raise RequestError(f"{json.dumps(model)} does not support thinking", param="think")
+
+
+def pull_spec(body: wire.PullRequest) -> str:
+    """What ``/api/pull`` fetches: ``model``, or ``name``, Ollama's older spelling that its Go CLI sends.
+
+    Both, differing, are a 400: an older llmhost client meant ``name`` as the name to register under,
+    and Ollama would silently drop it; that is ``register_as`` now.
+    """
+    if body.model and body.name and body.model != body.name:
+        raise RequestError(
+            "name is Ollama's older spelling of model; to register the model under a name of your "
+            "choice, send it as register_as",
+            param="name",
+        )
+    return require_model(body.model or body.name)
 
 
 def embed_inputs(value: Any) -> list[str]:

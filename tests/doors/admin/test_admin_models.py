@@ -44,7 +44,7 @@ def test_pull_streams_progress_then_registers(server: LiveServer, file_server: t
     with httpx.stream(
         "POST",
         f"{server.base_url}/api/pull",
-        json={"model": url, "name": "pulled", "sha256": digest},
+        json={"model": url, "register_as": "pulled", "sha256": digest},
         timeout=60,
     ) as r:
         assert r.status_code == 200
@@ -60,7 +60,7 @@ def test_pull_with_a_wrong_checksum_registers_nothing(
     ``{"error": ...}`` naming both digests); streamed, the same message as the last line of a 200. Either
     way nothing is registered and no file is kept."""
     url, digest = file_server
-    body = {"model": url, "name": "bad", "sha256": "0" * 64}
+    body = {"model": url, "register_as": "bad", "sha256": "0" * 64}
     message = (
         f"checksum mismatch for m.gguf: expected sha256 {'0' * 64}, got {digest}; the download was discarded"
     )

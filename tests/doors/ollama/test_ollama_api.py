@@ -6,7 +6,9 @@ JSON-schema ``format`` with one allowed string forces known text when a test nee
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,7 @@ from tests.tiny_gguf import write_tiny_llama_gguf
 
 FORCED = {"type": "string", "enum": ["abcdefghijklmnop"]}  # the grammar writes "abcdefghijklmnop"
 USER = [{"role": "user", "content": "Say hello"}]
+HEX_DIGEST = re.compile(r"[0-9a-f]{64}")  # Ollama's digests: bare hex, `ollama ls` prints [:12]
 
 
 @pytest.fixture
@@ -125,8 +128,28 @@ def test_tools_are_accepted_and_the_answer_parses(roomy: ollama.Client) -> None:
     assert streamed[-1].done is True
 
 
-def test_think_is_accepted(client: ollama.Client) -> None:
-    assert client.chat(model=TINY, messages=USER, think=True, options={"num_predict": 2}).done
+def test_think_off_is_served_and_think_on_is_400_as_for_a_model_that_does_not_think(
+    client: ollama.Client,
+) -> None:
+    assert client.chat(model=TINY, messages=USER, think=False, options={"num_predict": 2}).done
+    assert client.generate(model=TINY, prompt="hi", think=False, options={"num_predict": 1}).done
+    calls: list[Callable[[], object]] = [
+        lambda: client.chat(model=TINY, messages=USER, think=True),
+        lambda: client.chat(model=TINY, messages=USER, think="high"),
+        lambda: client.generate(model=TINY, prompt="hi", think=True),
+        lambda: client.generate(model=TINY, think=True),  # a load asks for thinking too
+    ]
+    for call in calls:
+        with pytest.raises(ollama.ResponseError) as err:
+            call()
+        assert err.value.status_code == 400 and err.value.error == f'"{TINY}" does not support thinking'
+
+
+def test_think_does_not_stand_in_the_way_of_an_unload_or_a_404(client: ollama.Client) -> None:
+    assert client.generate(model=TINY, think=True, keep_alive=0).done_reason == "unload"
+    with pytest.raises(ollama.ResponseError) as err:
+        client.chat(model="nope", messages=USER, think=True)
+    assert err.value.status_code == 404
 
 
 def test_logprobs_come_per_token(client: ollama.Client) -> None:
@@ -171,6 +194,19 @@ def test_a_go_template_shapes_the_prompt(client: ollama.Client) -> None:
     )
     assert plain.prompt_eval_count is not None and shaped.prompt_eval_count is not None
     assert shaped.prompt_eval_count > plain.prompt_eval_count
+
+
+def test_context_is_refused_with_400_and_none_is_sent_back(client: ollama.Client) -> None:
+    # Honouring `context` needs the prompt's and the answer's token ids: no silent stand-in for them.
+    resp = client.generate(model=TINY, prompt="hi", options={"num_predict": 1})
+    assert resp.context is None
+    with pytest.raises(ollama.ResponseError) as err:
+        client.generate(model=TINY, prompt="and then?", context=[1, 2, 3])
+    assert err.value.status_code == 400 and "context" in err.value.error
+    with pytest.raises(ollama.ResponseError) as err:
+        client.generate(model=TINY, prompt="x", raw=True, context=[1, 2, 3])
+    assert err.value.error == "raw mode does not support template, system, or context"
+    assert client.generate(model=TINY, prompt="hi", context=[], options={"num_predict": 1}).done
 
 
 def test_suffix_is_refused_with_400(client: ollama.Client) -> None:
@@ -220,11 +256,22 @@ def test_a_first_request_reports_the_load_duration(client: ollama.Client) -> Non
     assert not again.load_duration
 
 
-def test_a_bad_keep_alive_is_400(server: LiveServer) -> None:
+@pytest.mark.parametrize("keep_alive", ["soon", True, {"minutes": 5}, [5]])
+def test_a_bad_keep_alive_is_400(server: LiveServer, keep_alive: object) -> None:
     r = httpx.post(
-        f"{server.base_url}/api/generate", json={"model": TINY, "prompt": "x", "keep_alive": "soon"}
+        f"{server.base_url}/api/generate", json={"model": TINY, "prompt": "x", "keep_alive": keep_alive}
     )
     assert r.status_code == 400 and "keep_alive" in r.json()["error"]
+
+
+@pytest.mark.parametrize("keep_alive", [b"1e400", b"1e12", b'"3000000h"'])
+def test_a_keep_alive_longer_than_a_go_duration_is_forever(server: LiveServer, keep_alive: bytes) -> None:
+    body = b'{"model": "%s", "keep_alive": %s}' % (TINY.encode(), keep_alive)
+    r = httpx.post(
+        f"{server.base_url}/api/generate", content=body, headers={"content-type": "application/json"}
+    )
+    assert r.status_code == 200 and r.json()["done_reason"] == "load"
+    assert loaded(server)[TINY]["keep_alive"] < 0
 
 
 # ----- embeddings -----------------------------------------------------------------------------------------
@@ -252,18 +299,43 @@ def test_the_older_embeddings_route(client: ollama.Client) -> None:
     assert client.embeddings(model=TINY, prompt="").embedding == []
 
 
+LONG = "many words " * 200  # 2,200 tokens (one per byte): more than the tiny model's 512-token slot
+
+
+def test_embed_with_truncate_false_refuses_an_input_longer_than_the_context(client: ollama.Client) -> None:
+    with pytest.raises(ollama.ResponseError) as err:
+        client.embed(model=TINY, input=LONG, truncate=False)
+    assert err.value.status_code == 400 and "input" in err.value.error
+    assert client.embed(model=TINY, input="short", truncate=False).embeddings
+
+
+def test_embed_cuts_an_input_longer_than_the_context_by_default(client: ollama.Client) -> None:
+    cut = client.embed(model=TINY, input=LONG)
+    assert len(cut.embeddings) == 1 and cut.prompt_eval_count == 512  # the slot's whole context
+    assert client.embed(model=TINY, input=LONG, truncate=True).embeddings == cut.embeddings
+    # Cut, not refused, even past the byte bound that refuses without tokenizing; the cut vector is
+    # cached apart from the whole input's, so truncate false still refuses after it.
+    huge = client.embed(model=TINY, input="x" * 20_000)
+    assert len(huge.embeddings) == 1 and huge.prompt_eval_count == 512
+    with pytest.raises(ollama.ResponseError) as err:
+        client.embed(model=TINY, input=LONG, truncate=False)
+    assert err.value.status_code == 400
+
+
 def test_embed_input_of_the_wrong_type_is_400(server: LiveServer) -> None:
     r = httpx.post(f"{server.base_url}/api/embed", json={"model": TINY, "input": [1, 2]})
     assert r.status_code == 400 and r.json() == {"error": "invalid input type"}
 
 
 # ----- models ----------------------------------------------------------------------------------------------
-def test_tags_lists_what_v1_models_lists(client: ollama.Client, server: LiveServer) -> None:
+def test_tags_lists_what_v1_models_lists(client: ollama.Client, server: LiveServer, service: Service) -> None:
     listed = client.list().models
     v1 = {m["id"] for m in httpx.get(f"{server.base_url}/v1/models").json()["data"]}
     assert {m.model for m in listed} == v1 == {TINY}
     [tiny] = listed
-    assert tiny.size and tiny.size > 0 and tiny.digest and tiny.modified_at
+    assert tiny.size and tiny.size > 0 and tiny.modified_at
+    assert tiny.digest == service.registry.get(TINY).digest.removeprefix("sha256:")
+    assert tiny.digest and HEX_DIGEST.fullmatch(tiny.digest)
     assert tiny.details and tiny.details.format == "gguf" and tiny.details.family == "llama"
     assert tiny.details.parameter_size and tiny.details.parameter_size.endswith(("K", "M"))
 
@@ -278,15 +350,53 @@ def test_show_describes_the_model_file(client: ollama.Client) -> None:
     assert shown.template and shown.modelfile and "FROM " in shown.modelfile
 
 
-def test_ps_has_ollamas_fields_and_llmhosts(client: ollama.Client, server: LiveServer) -> None:
+def test_ps_has_ollamas_fields_and_llmhosts(
+    client: ollama.Client, server: LiveServer, service: Service
+) -> None:
     [entry] = client.ps().models
-    assert entry.model == TINY and entry.size and entry.context_length == 512 and entry.digest
+    assert entry.model == TINY and entry.size and entry.context_length == 512
+    assert entry.digest == service.registry.get(TINY).digest.removeprefix("sha256:")
     raw = loaded(server)[TINY]
     assert raw["slots"] == 4 and raw["slots_busy"] == 0 and "idle_seconds" in raw and "keep_alive" in raw
 
 
+def _expires_at(client: ollama.Client) -> dt.datetime:
+    [entry] = client.ps().models
+    assert entry.expires_at is not None  # Go's client reads a time.Time: null does not parse
+    return entry.expires_at
+
+
+def test_ps_expires_at_is_a_time_whether_idle_busy_pinned_or_stopping(
+    client: ollama.Client, server: LiveServer, service: Service
+) -> None:
+    def left() -> dt.timedelta:
+        return _expires_at(client) - dt.datetime.now(dt.UTC)
+
+    client.generate(model=TINY, keep_alive="1h")
+    assert dt.timedelta(minutes=59) < left() <= dt.timedelta(hours=1)
+    with service.models.hold(TINY):  # as a request in flight holds it
+        assert dt.timedelta(minutes=59) < left() <= dt.timedelta(hours=1)  # an hour after it ends
+        assert client.generate(model=TINY, keep_alive=0).done_reason == "unload"
+        assert left() <= dt.timedelta(0)  # unloads once idle: `ollama ps` prints "Stopping..."
+    wait_until(lambda: TINY not in loaded(server), timeout=5.0, what=f"{TINY} unloaded")
+    client.generate(model=TINY, keep_alive=-1)
+    # Ollama sends the longest Go duration from now (~292 years); `ollama ps` prints "Forever" past 20.
+    assert 290 < left().days / 365 < 293
+
+
 def test_version(server: LiveServer) -> None:
     assert httpx.get(f"{server.base_url}/api/version").json() == {"version": __version__}
+
+
+def test_root_and_head_probes_answer_as_ollama_does(server: LiveServer) -> None:
+    # Ollama's Go client sends HEAD / as its heartbeat; its routes answer HEAD on /api/tags and /api/version.
+    base = server.base_url
+    root = httpx.get(f"{base}/")
+    assert root.status_code == 200 and root.text == "Ollama is running"
+    assert root.headers["content-type"].startswith("text/plain")
+    for path in ("/", "/api/tags", "/api/version"):
+        head = httpx.head(f"{base}{path}")
+        assert head.status_code == 200 and head.content == b"", path
 
 
 def test_copy_then_delete(
@@ -406,7 +516,9 @@ def gateway(server: LiveServer, tmp_path: Path) -> Iterator[LiveServer]:
 
 def test_llmhosts_own_ollama_provider_talks_to_the_ollama_door(gateway: LiveServer) -> None:
     client = ollama.Client(host=gateway.base_url, timeout=60)
-    assert [m.model for m in client.list().models] == ["via-ollama"]
+    [route] = client.list().models
+    assert route.model == "via-ollama" and route.digest and HEX_DIGEST.fullmatch(route.digest)
+    assert [m.digest for m in client.list().models] == [route.digest]  # the same from call to call
     resp = client.chat(model="via-ollama", messages=USER, format=FORCED, options={"num_predict": 4})
     assert resp.message.content == '"abc' and resp.done_reason == "length" and resp.eval_count == 4
     chunks = list(
@@ -417,6 +529,29 @@ def test_llmhosts_own_ollama_provider_talks_to_the_ollama_door(gateway: LiveServ
     assert "".join(c.response or "" for c in chunks) == '"ab'
     assert client.embed(model="via-ollama", input="hello").embeddings
     assert client.show("via-ollama").capabilities == ["completion", "tools"]
+
+
+def test_a_name_and_the_name_with_latest_are_one_model(
+    client: ollama.Client, server: LiveServer, service: Service, tmp_path: Path
+) -> None:
+    """As in Ollama, ``x`` means ``x:latest`` and the other way round, whichever is registered; answers
+    repeat the name sent."""
+    resp = client.generate(model=f"{TINY}:latest", prompt="hi", options={"num_predict": 1})
+    assert resp.done and resp.model == f"{TINY}:latest"
+    assert client.chat(model=f"{TINY}:latest", messages=USER, options={"num_predict": 1}).done
+    assert client.embed(model=f"{TINY}:latest", input="hello").embeddings
+    shown = client.show(f"{TINY}:latest")
+    assert shown.details and shown.details.family == "llama"
+    service.store.import_file(write_tiny_llama_gguf(tmp_path / "spare.gguf", seed=4), "spare:latest")
+    assert client.generate(model="spare", prompt="hi", options={"num_predict": 1}).done
+    assert client.copy("spare", "copied").status == "success"
+    assert service.registry.find("copied") is not None
+    client.generate(model="spare", keep_alive=0)
+    assert client.delete("spare").status == "success"
+    assert service.registry.find("spare:latest") is None
+    with pytest.raises(ollama.ResponseError) as err:
+        client.generate(model="nope:latest", prompt="hi")
+    assert err.value.status_code == 404
 
 
 def test_a_second_local_model_loads_on_demand(

@@ -138,8 +138,8 @@ def test_keep_alive_takes_seconds_or_go_durations(value: Any, seconds: float | N
     assert parse_keep_alive(value) == seconds
 
 
-@pytest.mark.parametrize("value", [-1, "-1", "-5m", -0.5])
-def test_a_negative_keep_alive_means_forever(value: Any) -> None:
+@pytest.mark.parametrize("value", [-1, "-1", "-5m", -0.5, float("inf"), 1e12, "3000000h"])
+def test_a_negative_keep_alive_or_one_past_go_durations_means_forever(value: Any) -> None:
     assert parse_keep_alive(value) == -1.0
 
 
@@ -252,9 +252,12 @@ def test_a_non_function_tool_is_400() -> None:
         translate.chat_request(chat_body(tools=[{"type": "code", "function": {"name": "f"}}]))
 
 
-def test_think_is_accepted_but_an_unknown_level_is_refused() -> None:
-    translate.chat_request(chat_body(think=True))
-    translate.chat_request(chat_body(think="high"))
+def test_think_off_passes_think_on_is_refused_and_an_unknown_level_is_invalid() -> None:
+    translate.refuse_thinking("m", None)
+    translate.refuse_thinking("m", False)
+    for on in (True, "high", "max"):
+        with pytest.raises(RequestError, match='"m" does not support thinking'):
+            translate.refuse_thinking("m", on)
     with pytest.raises(ValueError, match="think"):
         chat_body(think="extreme")
 
@@ -289,6 +292,7 @@ def test_a_template_renders_system_and_prompt_into_a_completion() -> None:
     [
         ({"suffix": "end"}, "suffix"),
         ({"context": [1, 2, 3]}, "context"),
+        ({"raw": True, "context": [1, 2, 3]}, "raw"),
         ({"raw": True, "system": "x"}, "raw"),
         ({"raw": True, "template": "{{ .Prompt }}"}, "raw"),
         ({"raw": True, "images": [base64.b64encode(PNG).decode()]}, "images"),
@@ -451,3 +455,26 @@ def test_errors_render_in_ollamas_envelope() -> None:
     response = translate.render_error(ErrorInfo(404, "not_found", "model 'x' not found", "model"))
     assert response.status_code == 404
     assert json.loads(bytes(response.body)) == {"error": "model 'x' not found"}
+
+
+# ----- /api/pull bodies -----------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("fields", "spec"),
+    [
+        ({"model": "hf:a/b"}, "hf:a/b"),
+        ({"name": "hf:a/b"}, "hf:a/b"),  # Ollama's Go CLI
+        ({"model": "hf:a/b", "name": "hf:a/b"}, "hf:a/b"),
+        ({"model": "hf:a/b", "register_as": "mine"}, "hf:a/b"),
+    ],
+)
+def test_pull_fetches_model_or_its_older_spelling_name(fields: dict[str, Any], spec: str) -> None:
+    assert translate.pull_spec(wire.PullRequest.model_validate(fields)) == spec
+
+
+@pytest.mark.parametrize(
+    ("fields", "match"),
+    [({}, "model is required"), ({"model": "hf:a/b", "name": "mine"}, "register_as")],
+)
+def test_pull_without_a_model_or_with_a_different_name_is_400(fields: dict[str, Any], match: str) -> None:
+    with pytest.raises(RequestError, match=match):
+        translate.pull_spec(wire.PullRequest.model_validate(fields))

@@ -60,7 +60,7 @@ export function render(view) {
       return;
     }
     const rows = models.map((m) => {
-      const isRoute = !m.digest;
+      const isRoute = !(m.details && m.details.format);
       const inMemory = resident.get(m.name);
       const state = isRoute
         ? h("span", { class: "badge" }, agents.has(m.name) ? "agent" : "route")
@@ -172,7 +172,7 @@ export function render(view) {
     if (pulling) return;
     clear(pullErrors);
     const body = { model: pullSpec.value.trim(), stream: true };
-    if (pullName.value.trim()) body.name = pullName.value.trim();
+    if (pullName.value.trim()) body.register_as = pullName.value.trim();
     pulling = new AbortController();
     pullButton.disabled = true;
     cancelButton.hidden = false;
@@ -196,7 +196,7 @@ export function render(view) {
       if (finished) {
         progress.max = 1;
         progress.value = 1;
-        pullStatus.textContent = `Pulled ${body.name || body.model}: success`;
+        pullStatus.textContent = `Pulled ${body.register_as || body.model}: success`;
         toast("ok", "pull finished");
       }
     } catch (error) {
