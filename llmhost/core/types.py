@@ -285,7 +285,8 @@ class Delta:
 
     A choice ends with a delta that has ``finish_reason`` (and ``stop_sequence``, the stop string that
     ended it, if one did). The stream ends with one delta that has ``usage`` (the whole request's, all
-    choices together) and ``index == -1``.
+    choices together) and ``index == -1``. A local model's first delta carries the prompt's usage
+    (prompt and cached tokens, no completion tokens yet), so a door can tell it before the answer.
     """
 
     index: int = 0

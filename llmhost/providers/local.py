@@ -232,11 +232,15 @@ class LocalProvider:
             else:
                 outputs = _merged(gens)
             usage = [Usage() for _ in gens]
+            prompt_told = False
             if echo:
                 for i in range(len(gens)):
                     yield Delta(i, echo)
             async for i, out in outputs:
                 _raise_output_error(out)
+                if not prompt_told:  # the prompt is read: its size goes out before the answer's first text
+                    prompt_told = True
+                    yield Delta(i, usage=Usage(out.prompt_tokens, 0, out.cached_tokens))
                 choice = choices[i]
                 if choice.ended:
                     continue

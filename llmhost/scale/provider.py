@@ -99,7 +99,7 @@ class _Progress:
 
     def add(self, delta: Delta) -> None:
         self.sent = self.sent or bool(delta.text or delta.tool_calls or delta.logprobs or delta.finish_reason)
-        if delta.usage is not None:
+        if delta.index < 0 and delta.usage is not None:  # not a choice's early prompt usage
             self.complete = True
         if delta.index != 0:
             return

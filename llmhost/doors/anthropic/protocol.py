@@ -7,6 +7,7 @@ on any block or tool, ``metadata`` beyond ``user_id``, ``service_tier``, ``conta
 model here produces signed thinking blocks, and Claude Code works with thinking off. Unknown content
 block types are refused with a 400 that names them. A ``content`` or ``system`` given as a string is
 read as one text block, so errors point into the block list rather than at a ``str`` branch.
+``max_tokens`` may be 0, Anthropic's request to fill the prompt cache without an answer.
 ``speculative`` is llmhost's own field (the SDK sends it with ``extra_body``).
 """
 
@@ -32,6 +33,7 @@ __all__ = [
     "OutputConfig",
     "PlainTextSource",
     "RedactedThinkingBlock",
+    "SearchResultBlock",
     "TextBlock",
     "ThinkingBlock",
     "ThinkingConfig",
@@ -125,6 +127,15 @@ class DocumentBlock(_Wire):
     context: str | None = None
 
 
+class SearchResultBlock(_Wire):
+    """A search result the client found (its own RAG): read as text under its title and source."""
+
+    type: Literal["search_result"]
+    source: str
+    title: str
+    content: list[TextBlock]
+
+
 class ToolUseBlock(_Wire):
     type: Literal["tool_use"]
     id: str
@@ -132,7 +143,9 @@ class ToolUseBlock(_Wire):
     input: dict[str, Any]
 
 
-ToolResultContent = Annotated[TextBlock | ImageBlock | DocumentBlock, Field(discriminator="type")]
+ToolResultContent = Annotated[
+    TextBlock | ImageBlock | DocumentBlock | SearchResultBlock, Field(discriminator="type")
+]
 
 
 class ToolResultBlock(_Wire):
@@ -161,6 +174,7 @@ ContentBlock = Annotated[
     TextBlock
     | ImageBlock
     | DocumentBlock
+    | SearchResultBlock
     | ToolUseBlock
     | ToolResultBlock
     | ThinkingBlock
@@ -252,9 +266,10 @@ class CountTokensRequest(_Wire):
 
 
 class MessagesRequest(CountTokensRequest):
-    """``POST /v1/messages``. ``max_tokens`` is required, as Anthropic's API requires it."""
+    """``POST /v1/messages``. ``max_tokens`` is required, as Anthropic's API requires it; 0 asks for
+    the prompt to be cached and no answer (not streamed)."""
 
-    max_tokens: int
+    max_tokens: int = Field(ge=0)
     stop_sequences: list[str] | None = None
     stream: bool = False
     temperature: float | None = Field(default=None, ge=0.0, le=1.0)

@@ -5,7 +5,11 @@
 
 Keys come as ``x-api-key`` or ``Authorization: Bearer`` (the gate checks them before any route runs);
 ``anthropic-version`` and ``anthropic-beta`` headers are accepted and need nothing here. Answers carry
-``request-id`` (the SDK's ``_request_id``) and ``X-LLMHost-Target``, who answered.
+``request-id`` (the SDK's ``_request_id``), errors included; messages also ``X-LLMHost-Target``, who
+answered. (``GET /v1/models`` in Anthropic's shape is :mod:`llmhost.doors.anthropic.models`.)
+
+``max_tokens: 0`` asks Anthropic to cache the prompt and answer nothing. Here the prompt is read by a
+one-token run, whose prefill leaves it in the prefix cache, and the token is dropped.
 
 Anthropic's ``max_tokens`` is a ceiling: an answer may run until the context window is full and stop
 with ``model_context_window_exceeded``. Clients rely on that (Claude Code asks for 32,000 tokens whatever
@@ -18,7 +22,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -82,6 +86,12 @@ async def _within_context(
 async def create_message(body: wire.MessagesRequest, request: Request) -> JSONResponse | StreamingResponse:
     req = translate.messages_request(body)
     pipeline = pipeline_of(request)
+    if body.max_tokens == 0:
+        one = replace(req, sampling=replace(req.sampling, max_tokens=1))
+        ctx = context_for(request, DOOR)
+        result = await pipeline.run(ctx, one)
+        message = translate.cached_prompt_body(result, translate.message_id())
+        return JSONResponse(message, headers=_headers(ctx, result.target))
     if not body.stream:
         ctx, result, cut = await _within_context(request, req, pipeline.run)
         message = translate.message_body(result, translate.message_id(), context_full=cut)
@@ -94,6 +104,7 @@ async def create_message(body: wire.MessagesRequest, request: Request) -> JSONRe
 
 
 @router.post("/messages/count_tokens")
-async def count_tokens(body: wire.CountTokensRequest, request: Request) -> dict[str, Any]:
-    n = await pipeline_of(request).count_tokens(context_for(request, DOOR), translate.count_request(body))
-    return {"input_tokens": n}
+async def count_tokens(body: wire.CountTokensRequest, request: Request) -> JSONResponse:
+    ctx = context_for(request, DOOR)
+    n = await pipeline_of(request).count_tokens(ctx, translate.count_request(body))
+    return JSONResponse({"input_tokens": n}, headers={"request-id": ctx.request_id})

@@ -3,8 +3,10 @@ out, and Anthropic's error envelope. The only place that builds Anthropic answer
 
 Requests: ``system`` (a string or text blocks) becomes a system message; in a user turn, text and image
 blocks become a user message and each ``tool_result`` a ``tool`` message (``tool_call_id`` = its
-``tool_use_id``, the content its text); an assistant turn's ``tool_use`` blocks become its tool calls
-(``arguments`` = the JSON text of ``input``). Text blocks of one turn are joined with a blank line.
+``tool_use_id``, the content its text, after ``Error: `` when ``is_error`` is set, as chat templates have
+no other place for it); an assistant turn's ``tool_use`` blocks become its tool calls (``arguments`` =
+the JSON text of ``input``). Text blocks of one turn are joined with a blank line; documents and search
+results are read as text under their title (and a search result's source).
 Thinking blocks are dropped, as is the ``x-anthropic-billing-header`` Claude Code puts in front of its
 system prompt (billing metadata for Anthropic, whose per-request stamp would defeat prefix caching).
 ``tool_choice`` ``auto`` / ``any`` / ``tool`` / ``none`` becomes ``auto`` / ``required`` / a named
@@ -17,7 +19,12 @@ Answers: ``stop_reason`` is ``tool_use`` for tool calls, ``max_tokens`` at the t
 ``model_context_window_exceeded`` when ``max_tokens`` was cut to the context window's room),
 ``stop_sequence`` (with the string) when one of ``stop_sequences`` ended it, else ``end_turn``. Ids are
 ``msg_...`` and ``toolu_...``. ``usage.input_tokens`` counts the prompt tokens that were not read from
-the prefix cache; ``cache_read_input_tokens`` those that were.
+the prefix cache; ``cache_read_input_tokens`` those that were. ``max_tokens: 0`` (fill the prompt
+cache, answer nothing) is a message with no content that stopped at ``max_tokens``.
+
+Errors: Anthropic's envelope with the ``request_id``, and the status Anthropic's reference gives each
+type; an overloaded engine (a full queue, a model still loading) is ``529 overloaded_error``, as
+``429`` means ``rate_limit_error`` there. Every answer carries the ``request-id`` header.
 """
 
 from __future__ import annotations
@@ -51,9 +58,11 @@ from llmhost.core.types import (
 from llmhost.doors.anthropic import protocol as wire
 from llmhost.doors.common import stream_json
 from llmhost.errors import ErrorInfo, LLMHostError, RequestError, classify
+from llmhost.logs import current_request_id
 
 __all__ = [
     "MessageStream",
+    "cached_prompt_body",
     "count_request",
     "error_body",
     "error_event",
@@ -62,6 +71,7 @@ __all__ = [
     "message_id",
     "messages_request",
     "render_error",
+    "request_id_header",
     "stop_reason",
     "tool_use_id",
     "usage_body",
@@ -74,7 +84,7 @@ _ERROR_TYPES = {
     "authentication": "authentication_error",
     "permission": "permission_error",
     "not_found": "not_found_error",
-    "conflict": "invalid_request_error",
+    "conflict": "conflict_error",
     "too_large": "request_too_large",
     "rate_limit": "rate_limit_error",
     "overloaded": "overloaded_error",
@@ -82,6 +92,7 @@ _ERROR_TYPES = {
     "upstream": "api_error",
     "server": "api_error",
 }
+_OVERLOADED = 529  # Anthropic's status for overloaded_error
 _BILLING_HEADER = re.compile(r"x-anthropic-billing-header:\s*(?:[\w.-]+=[^;\n]*;\s*)*")
 _JOIN = "\n\n"
 
@@ -92,13 +103,24 @@ def error_type(info: ErrorInfo) -> str:
     return _ERROR_TYPES.get(info.kind, "api_error" if info.status >= 500 else "invalid_request_error")
 
 
-def error_body(info: ErrorInfo) -> dict[str, Any]:
-    return {"type": "error", "error": {"type": error_type(info), "message": info.message}}
+def error_body(info: ErrorInfo, request_id: str | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {"type": "error", "error": {"type": error_type(info), "message": info.message}}
+    if request_id:
+        body["request_id"] = request_id
+    return body
+
+
+def request_id_header() -> dict[str, str]:
+    """``request-id`` (the SDK's ``_request_id``) for the request being served, when there is one."""
+    request_id = current_request_id()
+    return {"request-id": request_id} if request_id else {}
 
 
 def render_error(info: ErrorInfo) -> JSONResponse:
-    """Anthropic's envelope, ``{"type": "error", "error": {"type", "message"}}``."""
-    return JSONResponse(error_body(info), status_code=info.status, headers=info.headers or None)
+    """Anthropic's envelope, ``{"type": "error", "error": {"type", "message"}, "request_id"}``."""
+    status = _OVERLOADED if info.kind == "overloaded" else info.status
+    headers = {**info.headers, **request_id_header()}
+    return JSONResponse(error_body(info, current_request_id()), status_code=status, headers=headers or None)
 
 
 # ----- ids ---------------------------------------------------------------------------------------------
@@ -151,8 +173,16 @@ def _document_text(block: wire.DocumentBlock, where: str) -> tuple[str, list[Con
             f"{where}: only plain-text documents are supported, not '{source.type}' sources (PDFs)",
             param=where,
         )
-    heading = "\n".join(x for x in (block.title, block.context) if x)
-    return (f"{heading}\n\n{text}" if heading else text), parts
+    return _headed(text, block.title, block.context), parts
+
+
+def _search_result_text(block: wire.SearchResultBlock) -> str:
+    return _headed(_JOIN.join(b.text for b in block.content), block.title, block.source)
+
+
+def _headed(text: str, *heading: str | None) -> str:
+    head = "\n".join(x for x in heading if x)
+    return f"{head}\n\n{text}" if head else text
 
 
 def _tool_result(block: wire.ToolResultBlock, where: str, names: dict[str, str]) -> ChatMessage:
@@ -169,13 +199,18 @@ def _tool_result(block: wire.ToolResultBlock, where: str, names: dict[str, str])
             texts.append(item.text)
         elif isinstance(item, wire.ImageBlock):
             parts.append(_image(item, f"{where}.content.{j}"))
+        elif isinstance(item, wire.SearchResultBlock):
+            texts.append(_search_result_text(item))
         else:
             text, more = _document_text(item, f"{where}.content.{j}")
             texts.append(text)
             parts.extend(more)
+    text = _JOIN.join(texts)
+    if block.is_error:
+        text = f"Error: {text}" if text else "Error"
     return ChatMessage(
         "tool",
-        _JOIN.join(texts),
+        text,
         tuple(parts),
         tool_call_id=block.tool_use_id,
         name=names[block.tool_use_id],
@@ -202,6 +237,8 @@ def _user_turn(m: wire.Message, i: int, names: dict[str, str]) -> Iterator[ChatM
             text, more = _document_text(block, where)
             texts.append(text)
             parts.extend(more)
+        elif isinstance(block, wire.SearchResultBlock):
+            texts.append(_search_result_text(block))
         elif isinstance(block, wire.ToolResultBlock):
             yield from pending()
             yield _tool_result(block, where, names)
@@ -347,6 +384,8 @@ def _request(body: wire.CountTokensRequest, sampling: Sampling, user: str | None
 
 def messages_request(body: wire.MessagesRequest) -> InferenceRequest:
     """The core request for a ``POST /v1/messages`` body."""
+    if body.max_tokens == 0 and body.stream:
+        raise RequestError("max_tokens: 0 (fill the prompt cache, no answer) cannot be streamed", "stream")
     sampling = Sampling(
         max_tokens=body.max_tokens,
         temperature=body.temperature,
@@ -385,6 +424,21 @@ def usage_body(usage: Usage) -> dict[str, Any]:
         "cache_creation_input_tokens": 0,
         "cache_read_input_tokens": cached,
         "cache_creation": {"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 0},
+    }
+
+
+def cached_prompt_body(result: Result, id_: str) -> dict[str, Any]:
+    """The answer to ``max_tokens: 0``: the prompt was read (and cached), nothing was said. ``result``
+    is the run that read it; what it generated is not part of the answer."""
+    return {
+        "id": id_,
+        "type": "message",
+        "role": "assistant",
+        "model": result.model,
+        "content": [],
+        "stop_reason": "max_tokens",
+        "stop_sequence": None,
+        "usage": usage_body(replace(result.usage, completion_tokens=0)),
     }
 
 
@@ -435,11 +489,15 @@ def _event(type_: str, payload: dict[str, Any]) -> bytes:
     return f"event: {type_}\ndata: {data}\n\n".encode()
 
 
+_PING = _event("ping", {})
+
+
 class MessageStream:
     """Deltas -> the Messages API's SSE events, in the order Anthropic sends them:
 
-    ``message_start`` (the message with no content; its usage is zero, as input tokens are only known
-    at the end), then per content block ``content_block_start``, ``content_block_delta``...
+    ``message_start`` (the message with no content; its usage has the prompt's tokens when the first
+    delta carries them, else zeros), ``ping``, then per content block ``content_block_start``,
+    ``content_block_delta``...
     (``text_delta`` for text, ``input_json_delta`` with pieces of a tool call's arguments),
     ``content_block_stop``; then ``message_delta`` with ``stop_reason``, ``stop_sequence`` and the
     whole usage (the SDK's accumulator takes its input and output counts over message_start's), and
@@ -459,7 +517,8 @@ class MessageStream:
         self._stop_sequence: str | None = None
         self._usage = Usage()
 
-    def start(self) -> bytes:
+    def start(self, usage: Usage | None = None) -> list[bytes]:
+        """``message_start`` and ``ping``; ``usage``: the prompt's, when known before the answer."""
         message: dict[str, Any] = {
             "id": self.id,
             "type": "message",
@@ -468,9 +527,9 @@ class MessageStream:
             "content": [],
             "stop_reason": None,
             "stop_sequence": None,
-            "usage": {"input_tokens": 0, "output_tokens": 0},
+            "usage": usage_body(replace(usage or Usage(), completion_tokens=0)),
         }
-        return _event("message_start", {"message": message})
+        return [_event("message_start", {"message": message}), _PING]
 
     def _begin(self, block: dict[str, Any], is_text: bool) -> list[bytes]:
         events = self._close()
@@ -530,20 +589,30 @@ class MessageStream:
         return events
 
     async def events(self, deltas: AsyncIterator[Delta]) -> AsyncGenerator[bytes, None]:
-        """The whole SSE body for ``deltas``; closes them however the stream ends."""
-        yield self.start()
+        """The whole SSE body for ``deltas``; closes them however the stream ends.
+
+        ``message_start`` waits for the first delta, which may carry the prompt's usage: the pipeline
+        has it at hand when the stream opens, so the wait costs nothing."""
+        started = False
         try:
             async for delta in deltas:
+                if not started:
+                    started = True
+                    for event in self.start(delta.usage):
+                        yield event
                 for event in self.feed(delta):
                     yield event
+            last = self.end()
         except Exception as exc:
-            yield error_event(exc)
-            return
+            last = [error_event(exc)]
         finally:
             aclose = getattr(deltas, "aclose", None)
             if aclose is not None:
                 await aclose()  # the client went away, or we are done: free the slot
-        for event in self.end():
+        if not started:
+            for event in self.start():
+                yield event
+        for event in last:
             yield event
 
 

@@ -16,6 +16,7 @@ from llmhost.apps.ensemble import EnsembleSpec, Member, run_ensemble
 from llmhost.core.pipeline import Pipeline
 from llmhost.core.stream import deltas_of, merge_results, merge_streams
 from llmhost.core.types import InferenceRequest, RequestContext, Result, new_id
+from llmhost.doors.anthropic import models as anthropic_models
 from llmhost.doors.common import context_for, door_route, pipeline_of
 from llmhost.doors.openai import protocol as wire
 from llmhost.doors.openai import translate
@@ -53,14 +54,20 @@ def model_cards(service: Service) -> list[dict[str, Any]]:
     return cards
 
 
-@router.get("/models")
-async def list_models(request: Request) -> dict[str, Any]:
-    return {"object": "list", "data": model_cards(request.app.state.service)}
+@router.get("/models", response_model=None)
+async def list_models(request: Request) -> dict[str, Any] | JSONResponse:
+    cards = model_cards(request.app.state.service)
+    if anthropic_models.speaks_anthropic(request.headers):
+        return anthropic_models.models_answer(cards, request.query_params)
+    return {"object": "list", "data": cards}
 
 
-@router.get("/models/{model:path}")
-async def get_model(model: str, request: Request) -> dict[str, Any]:
-    for card in model_cards(request.app.state.service):
+@router.get("/models/{model:path}", response_model=None)
+async def get_model(model: str, request: Request) -> dict[str, Any] | JSONResponse:
+    cards = model_cards(request.app.state.service)
+    if anthropic_models.speaks_anthropic(request.headers):
+        return anthropic_models.model_answer(cards, model)
+    for card in cards:
         if card["id"] == model:
             return card
     raise ModelNotFoundError(model)

@@ -45,7 +45,7 @@ def test_a_claude_code_request_streams_from_gemma(gemma_server: LiveServer) -> N
                 kinds.append(line.removeprefix("event: "))
             if "content_block_delta" in kinds:
                 break  # the answer has begun; leaving frees the slot
-    assert kinds[:3] == ["message_start", "content_block_start", "content_block_delta"]
+    assert kinds[:4] == ["message_start", "ping", "content_block_start", "content_block_delta"]
 
 
 def test_greedy_gemma_answers_are_repeatable(gemma_server: LiveServer) -> None:

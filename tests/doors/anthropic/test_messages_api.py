@@ -85,6 +85,25 @@ def test_stop_sequences_end_the_answer_with_stop_sequence(client: anthropic.Anth
     assert (message.stop_reason, message.stop_sequence) == ("stop_sequence", whole[cut])
 
 
+def test_max_tokens_zero_reads_the_prompt_into_the_cache_and_answers_nothing(
+    client: anthropic.Anthropic,
+) -> None:
+    system = "You are a terse assistant. " * 12  # a prefix long enough to fill a cache block
+    cached = create(client, max_tokens=0, system=system)
+    assert cached.content == [] and cached.stop_reason == "max_tokens" and cached.stop_sequence is None
+    assert cached.usage.output_tokens == 0
+    assert cached.usage.input_tokens + (cached.usage.cache_read_input_tokens or 0) > 0
+    assert cached._request_id and cached._request_id.startswith("req")
+    after = create(client, max_tokens=2, system=system)
+    assert (after.usage.cache_read_input_tokens or 0) > 0
+
+
+def test_max_tokens_zero_cannot_be_streamed(client: anthropic.Anthropic) -> None:
+    with pytest.raises(anthropic.BadRequestError) as failed:
+        create(client, max_tokens=0, stream=True)
+    assert "max_tokens: 0" in failed.value.message
+
+
 def test_sampling_parameters_are_accepted(client: anthropic.Anthropic) -> None:
     message = create(
         client,
@@ -109,6 +128,15 @@ def test_a_streamed_message_matches_the_whole_one(client: anthropic.Anthropic) -
     assert message.usage.output_tokens == 12
     streamed_in = message.usage.input_tokens + (message.usage.cache_read_input_tokens or 0)
     assert streamed_in == whole.usage.input_tokens + (whole.usage.cache_read_input_tokens or 0)
+
+
+def test_message_start_tells_the_prompt_tokens_before_the_answer(client: anthropic.Anthropic) -> None:
+    with create(client, max_tokens=3, stream=True) as events:
+        start = next(iter(events))
+    whole = create(client, max_tokens=3)
+    assert start.type == "message_start"
+    told = start.message.usage.input_tokens + (start.message.usage.cache_read_input_tokens or 0)
+    assert told == whole.usage.input_tokens + (whole.usage.cache_read_input_tokens or 0) > 0
 
 
 def test_the_text_stream_helper_yields_the_text(client: anthropic.Anthropic) -> None:
@@ -181,9 +209,28 @@ def test_a_tool_result_round_trip_continues_the_conversation(client: anthropic.A
     )
 
 
+def test_a_tool_result_marked_is_error_reaches_the_prompt(client: anthropic.Anthropic) -> None:
+    def counted(is_error: bool) -> int:
+        call: Any = {
+            "role": "assistant",
+            "content": [{"type": "tool_use", "id": "t1", "name": "get_weather", "input": {}}],
+        }
+        result: Any = {
+            "role": "user",
+            "content": [
+                {"type": "tool_result", "tool_use_id": "t1", "content": "no such town", "is_error": is_error}
+            ],
+        }
+        answer = client.messages.count_tokens(model=TINY, messages=[*HI, call, result], tools=[WEATHER])
+        return answer.input_tokens
+
+    assert counted(True) > counted(False)  # "Error: " in front of the result (the tiny model: a token a byte)
+
+
 # ----- count_tokens ------------------------------------------------------------------------------------
 def test_count_tokens_counts_what_a_message_would_take_in(client: anthropic.Anthropic) -> None:
     counted = client.messages.count_tokens(model=TINY, messages=HI, system="Be brief.")
+    assert counted._request_id and counted._request_id.startswith("req")
     message = create(client, max_tokens=1, system="Be brief.")
     assert counted.input_tokens == message.usage.input_tokens + (message.usage.cache_read_input_tokens or 0)
     with_tools = client.messages.count_tokens(model=TINY, messages=HI, system="Be brief.", tools=[WEATHER])
@@ -236,7 +283,8 @@ def post(server: LiveServer, body: Any, path: str = "/v1/messages", **kw: Any) -
 
 def envelope(response: httpx.Response) -> dict[str, Any]:
     body = response.json()
-    assert set(body) == {"type", "error"} and body["type"] == "error"
+    assert set(body) == {"type", "error", "request_id"} and body["type"] == "error"
+    assert body["request_id"] == response.headers["request-id"]
     assert set(body["error"]) == {"type", "message"}
     error: dict[str, Any] = body["error"]
     return error
@@ -256,8 +304,10 @@ def test_an_unknown_model_is_not_found_error(client: anthropic.Anthropic) -> Non
     assert failed.value.body == {
         "type": "error",
         "error": {"type": "not_found_error", "message": failed.value.body["error"]["message"]},  # type: ignore[index]
+        "request_id": failed.value.request_id,
     }
     assert "claude-nonexistent" in failed.value.message
+    assert failed.value.request_id and failed.value.request_id.startswith("req")
 
 
 def test_an_unknown_model_is_not_found_error_for_streams_too(client: anthropic.Anthropic) -> None:
@@ -274,7 +324,7 @@ def test_an_unknown_model_is_not_found_error_for_streams_too(client: anthropic.A
         {"model": TINY, "max_tokens": 4, "messages": [{"role": "user", "content": [{"type": "video"}]}]},
         {"model": TINY, "max_tokens": 4, "messages": []},
         {"model": TINY, "max_tokens": 4, "messages": HI, "temperature": 3},
-        {"model": TINY, "max_tokens": 0, "messages": HI},
+        {"model": TINY, "max_tokens": -1, "messages": HI},
         {
             "model": TINY,
             "max_tokens": 4,
@@ -283,7 +333,7 @@ def test_an_unknown_model_is_not_found_error_for_streams_too(client: anthropic.A
         },
         {"model": TINY, "max_tokens": 4, "messages": [*HI, {"role": "assistant", "content": "Sure,"}]},
     ],
-    ids=["unknown-block", "no-messages", "temperature", "zero-max-tokens", "server-tool", "prefill"],
+    ids=["unknown-block", "no-messages", "temperature", "negative-max-tokens", "server-tool", "prefill"],
 )
 def test_bad_requests_are_invalid_request_error(server: LiveServer, body: Any) -> None:
     response = post(server, body)
@@ -306,6 +356,7 @@ def test_the_api_key_is_taken_from_x_api_key_or_a_bearer_token(tmp_path: Path, t
             create(wrong, max_tokens=1)
         assert failed.value.status_code == 401
         assert failed.value.body["error"]["type"] == "authentication_error"  # type: ignore[index]
+        assert failed.value.request_id and failed.value.request_id.startswith("req")
         with pytest.raises(anthropic.AuthenticationError):
             wrong.messages.count_tokens(model=TINY, messages=HI)
         by_key = anthropic.Anthropic(base_url=live.base_url, api_key="s3cret", max_retries=0)
@@ -326,7 +377,7 @@ def test_a_claude_code_request_streams_and_counts(server: LiveServer) -> None:
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
         kinds = [line.removeprefix("event: ") for line in response.iter_lines() if line.startswith("event: ")]
-    assert kinds[:2] == ["message_start", "content_block_start"] and kinds[-2:] == [
+    assert kinds[:3] == ["message_start", "ping", "content_block_start"] and kinds[-2:] == [
         "message_delta",
         "message_stop",
     ]

@@ -42,7 +42,7 @@ def events_of(raw: bytes) -> list[dict[str, Any]]:
         head, data = chunk.split("\n")
         event = json.loads(data.removeprefix("data: "))
         assert head == f"event: {event['type']}"
-        if event["type"] != "error":
+        if event["type"] not in ("error", "ping"):  # the SDK's reader skips pings and raises errors
             SDK_EVENT.validate_python(event)
         events.append(event)
     return events
@@ -72,6 +72,7 @@ def test_a_text_answer_is_one_text_block_between_message_start_and_message_stop(
     events = events_of(raw)
     assert types(events) == [
         "message_start",
+        "ping",
         "content_block_start",
         "content_block_delta",
         "content_block_delta",
@@ -81,14 +82,31 @@ def test_a_text_answer_is_one_text_block_between_message_start_and_message_stop(
     ]
     start = events[0]["message"]
     assert (start["id"], start["model"], start["content"], start["stop_reason"]) == ("msg_1", "m", [], None)
-    assert events[1] == {
+    assert events[2] == {
         "type": "content_block_start",
         "index": 0,
         "content_block": {"type": "text", "text": ""},
     }
-    assert events[2]["delta"] == {"type": "text_delta", "text": "Hello"}
-    assert events[5]["delta"] == {"stop_reason": "end_turn", "stop_sequence": None}
-    assert events[5]["usage"]["output_tokens"] == 3
+    assert events[3]["delta"] == {"type": "text_delta", "text": "Hello"}
+    assert events[6]["delta"] == {"stop_reason": "end_turn", "stop_sequence": None}
+    assert events[6]["usage"]["output_tokens"] == 3
+
+
+def test_message_start_carries_the_prompt_tokens_when_the_first_delta_knows_them() -> None:
+    first = Delta(0, "Hi", usage=Usage(prompt_tokens=12, cached_tokens=4))
+    raw = encode([first, Delta(0, finish_reason="stop"), USAGE])
+    usage = events_of(raw)[0]["message"]["usage"]
+    assert (usage["input_tokens"], usage["cache_read_input_tokens"], usage["output_tokens"]) == (8, 4, 0)
+    with sdk_stream(raw) as stream:
+        events = list(stream)
+        message = stream.get_final_message()
+    assert events[0].type == "message_start" and events[0].message.usage.input_tokens == 8
+    assert (message.usage.input_tokens, message.usage.output_tokens) == (8, 3)
+
+
+def test_message_start_has_zero_usage_when_the_prompt_tokens_come_only_at_the_end() -> None:
+    usage = events_of(encode([Delta(0, "Hi"), Delta(0, finish_reason="stop"), USAGE]))[0]["message"]["usage"]
+    assert usage["input_tokens"] == usage["output_tokens"] == usage["cache_read_input_tokens"] == 0
 
 
 def test_the_sdk_builds_the_whole_message_and_merges_the_final_usage() -> None:
@@ -175,6 +193,7 @@ def test_an_empty_answer_is_still_one_empty_text_block() -> None:
     events = events_of(encode([Delta(0, finish_reason="stop"), USAGE]))
     assert types(events) == [
         "message_start",
+        "ping",
         "content_block_start",
         "content_block_stop",
         "message_delta",
@@ -187,7 +206,7 @@ def test_an_empty_answer_is_still_one_empty_text_block() -> None:
 def test_a_failure_mid_stream_is_an_error_event_the_sdk_raises() -> None:
     raw = encode([Delta(0, "Hel"), ProviderStreamError("connection reset", provider="up")])
     events = events_of(raw)
-    assert types(events) == ["message_start", "content_block_start", "content_block_delta", "error"]
+    assert types(events) == ["message_start", "ping", "content_block_start", "content_block_delta", "error"]
     assert events[-1]["error"]["type"] == "api_error" and "connection reset" in events[-1]["error"]["message"]
     with sdk_stream(raw) as stream, pytest.raises(anthropic.APIStatusError) as failed:
         stream.get_final_message()
@@ -196,6 +215,7 @@ def test_a_failure_mid_stream_is_an_error_event_the_sdk_raises() -> None:
 
 def test_an_overloaded_engine_mid_stream_is_overloaded_error() -> None:
     events = events_of(encode([EngineOverloadedError("queue full")]))
+    assert types(events) == ["message_start", "ping", "error"]
     assert events[-1] == {"type": "error", "error": {"type": "overloaded_error", "message": "queue full"}}
 
 

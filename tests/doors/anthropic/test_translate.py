@@ -22,10 +22,12 @@ from llmhost.core.types import (
 from llmhost.doors.anthropic import protocol as wire
 from llmhost.doors.anthropic.routes import fit_context
 from llmhost.doors.anthropic.translate import (
+    cached_prompt_body,
     count_request,
     error_body,
     message_body,
     messages_request,
+    render_error,
     stop_reason,
     tool_use_id,
     usage_body,
@@ -63,6 +65,14 @@ def test_unset_sampling_fields_stay_unset() -> None:
 def test_max_tokens_is_required() -> None:
     with pytest.raises(ValidationError, match="max_tokens"):
         wire.MessagesRequest.model_validate({"model": "m", "messages": [{"role": "user", "content": "hi"}]})
+
+
+def test_max_tokens_zero_is_accepted_but_not_streamed_and_negative_is_refused() -> None:
+    assert translate(max_tokens=0).sampling.max_tokens == 0
+    with pytest.raises(RequestError, match="cannot be streamed"):
+        translate(max_tokens=0, stream=True)
+    with pytest.raises(ValidationError, match="max_tokens"):
+        translate(max_tokens=-1)
 
 
 def test_temperature_above_one_is_refused() -> None:
@@ -233,12 +243,48 @@ def test_a_tool_result_given_as_a_string_is_its_text() -> None:
         },
         {
             "role": "user",
-            "content": [{"type": "tool_result", "tool_use_id": "t1", "content": "42", "is_error": True}],
+            "content": [{"type": "tool_result", "tool_use_id": "t1", "content": "42"}],
         },
     ]
     assert translate(messages=messages).messages[-1] == ChatMessage(
         "tool", "42", tool_call_id="t1", name="get_weather"
     )
+
+
+def test_a_tool_result_marked_is_error_tells_the_model_it_failed() -> None:
+    def answer(content: Any) -> list[dict[str, Any]]:
+        return [
+            {"role": "user", "content": "Go."},
+            {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "f", "input": {}}]},
+            {
+                "role": "user",
+                "content": [
+                    {"type": "tool_result", "tool_use_id": "t1", "content": content, "is_error": True}
+                ],
+            },
+        ]
+
+    assert translate(messages=answer("no such town")).messages[-1].content == "Error: no such town"
+    assert translate(messages=answer([])).messages[-1].content == "Error"
+
+
+def test_search_results_are_read_as_text_under_their_title_and_source() -> None:
+    result = {
+        "type": "search_result",
+        "source": "https://example.com/oslo",
+        "title": "Oslo weather",
+        "content": [{"type": "text", "text": "Sunny."}, {"type": "text", "text": "21 C."}],
+        "citations": {"enabled": True},
+    }
+    text = "Oslo weather\nhttps://example.com/oslo\n\nSunny.\n\n21 C."
+    req = translate(messages=[{"role": "user", "content": [result, {"type": "text", "text": "Summarise."}]}])
+    assert req.messages == (ChatMessage("user", f"{text}\n\nSummarise."),)
+    messages = [
+        {"role": "user", "content": "Search."},
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "search", "input": {}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": [result]}]},
+    ]
+    assert translate(messages=messages).messages[-1].content == text
 
 
 def test_a_tool_result_for_an_unknown_tool_use_is_refused() -> None:
@@ -420,6 +466,7 @@ def test_usage_splits_prefix_cache_reads_from_fresh_input() -> None:
         (ErrorInfo(401, "authentication", "key"), "authentication_error"),
         (ErrorInfo(403, "permission", "no"), "permission_error"),
         (ErrorInfo(404, "not_found", "model"), "not_found_error"),
+        (ErrorInfo(409, "conflict", "model busy"), "conflict_error"),
         (ErrorInfo(413, "too_large", "big"), "request_too_large"),
         (ErrorInfo(429, "rate_limit", "slow"), "rate_limit_error"),
         (ErrorInfo(429, "overloaded", "queue full"), "overloaded_error"),
@@ -431,3 +478,34 @@ def test_usage_splits_prefix_cache_reads_from_fresh_input() -> None:
 )
 def test_errors_use_anthropics_type_names(info: ErrorInfo, type_: str) -> None:
     assert error_body(info) == {"type": "error", "error": {"type": type_, "message": info.message}}
+
+
+def test_an_error_body_names_its_request_id() -> None:
+    assert error_body(ErrorInfo(400, "invalid_request", "bad"), "req_1")["request_id"] == "req_1"
+
+
+@pytest.mark.parametrize("status", [429, 503])
+def test_an_overloaded_engine_is_status_529_as_anthropic_sends_overloaded_error(status: int) -> None:
+    response = render_error(ErrorInfo(status, "overloaded", "queue full", headers={"Retry-After": "2"}))
+    assert response.status_code == 529 and response.headers["retry-after"] == "2"
+    assert json.loads(bytes(response.body))["error"]["type"] == "overloaded_error"
+
+
+def test_a_rate_limit_stays_429_rate_limit_error() -> None:
+    response = render_error(ErrorInfo(429, "rate_limit", "slow down"))
+    assert response.status_code == 429
+    assert json.loads(bytes(response.body))["error"]["type"] == "rate_limit_error"
+
+
+def test_a_cached_prompt_answer_has_no_content_and_no_output_tokens() -> None:
+    result = Result("r", "m", [Choice(0, "x", finish_reason="length")], Usage(30, 1, 10))
+    assert cached_prompt_body(result, "msg_1") == {
+        "id": "msg_1",
+        "type": "message",
+        "role": "assistant",
+        "model": "m",
+        "content": [],
+        "stop_reason": "max_tokens",
+        "stop_sequence": None,
+        "usage": usage_body(Usage(30, 0, 10)),
+    }
