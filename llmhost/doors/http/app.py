@@ -197,7 +197,7 @@ def create_app(settings: Settings, service: Service | None = None, *, preload: b
         allow_origin_regex=origin_regex(settings.security.allowed_origins) or None,
         allow_methods=["*"],
         allow_headers=["*"],
-        expose_headers=["x-request-id", "retry-after"],
+        expose_headers=["x-request-id", "retry-after", "mcp-session-id"],  # a browser MCP client reads it
     )
     # Added last, so it runs first: requests the gate refuses are counted too.
     app.add_middleware(HTTPMetricsMiddleware, stats=metrics.http, routes=_all_routes(app.router.routes))

@@ -9,12 +9,19 @@ HTTP status (401 with ``WWW-Authenticate: Bearer``, 403, 413). Each tool call th
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
+from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
+from mcp.server.auth.provider import AccessToken
 from mcp.server.streamable_http_manager import StreamableHTTPASGIApp
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
+from llmhost.core.types import Principal
+from llmhost.doors.common import PRINCIPAL_KEY
 from llmhost.doors.mcp.server import build_server, own_tools
 from llmhost.errors import ErrorInfo
 from llmhost.service import Service
@@ -36,6 +43,23 @@ def render_error(info: ErrorInfo) -> Response:
     return JSONResponse(body, status_code=info.status, headers=headers)
 
 
+class _SessionOwner:
+    """Tells the SDK's session manager who calls (``scope["user"]``), so a session answers only the
+    key that opened it: another key's request on it is a 404, as if it did not exist (the spec:
+    servers SHOULD bind session ids to the user)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        principal: Any = scope.get(PRINCIPAL_KEY)
+        if isinstance(principal, Principal):
+            who = f"key:{principal.key_id}" if principal.key_id else f"principal:{principal.name}"
+            token = AccessToken(token="", client_id=who, scopes=sorted(principal.scopes))
+            scope = {**scope, "user": AuthenticatedUser(token)}
+        await self.app(scope, receive, send)
+
+
 def attach(app: FastAPI, service: Service) -> None:
     """Serve MCP at ``/mcp`` (unless ``[mcp] enabled = false``); its session manager runs for the
     app's lifetime (``app.state.lifespans``)."""
@@ -51,7 +75,11 @@ def attach(app: FastAPI, service: Service) -> None:
     )
     manager = server.session_manager
     app.router.routes.append(
-        Route(MCP_PATH, endpoint=StreamableHTTPASGIApp(manager), methods=["GET", "POST", "DELETE"])
+        Route(
+            MCP_PATH,
+            endpoint=_SessionOwner(StreamableHTTPASGIApp(manager)),
+            methods=["GET", "POST", "DELETE"],
+        )
     )
     app.state.lifespans.append(manager.run)
     app.state.error_renderers[MCP_PATH] = render_error

@@ -36,8 +36,10 @@ __all__ = ["STATUS_KEY", "Registrar", "ToolGate", "ToolSpec", "current", "tool_e
 
 log = logging.getLogger(__name__)
 
-RESOURCE_SCOPE = "models:read"  # the resources are model cards
-INVALID_REQUEST = -32600
+RESOURCE_SCOPE = "models:read"  # the resources are model cards, and compare_models lists the models
+INVALID_PARAMS = -32602  # JSON-RPC's code for an unknown tool or prompt, or a prompt's missing argument
+FORBIDDEN = -32001  # a server-defined code (JSON-RPC's -32000..-32099): the key lacks the scope
+_SCOPED_PROMPTS = frozenset({"compare_models"})
 STATUS_KEY = "mcp.status"  # a failed tool's status, noted by the tool wrapper (doors.mcp.server)
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 _CURRENT: contextvars.ContextVar[RequestContext | None] = contextvars.ContextVar(
@@ -146,15 +148,17 @@ class ToolGate:
         return self.default
 
     async def __call__(self, ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
-        if ctx.method == "resources/read" and not self.principal_of(ctx).may(RESOURCE_SCOPE):
-            raise MCPError(code=INVALID_REQUEST, message=f"this API key lacks the {RESOURCE_SCOPE!r} scope")
+        params = ctx.params if isinstance(ctx.params, dict) else {}
+        if ctx.method == "prompts/get":
+            return await self._prompt(ctx, call_next, params.get("name"))
+        if ctx.method == "resources/read":
+            self._require(ctx, RESOURCE_SCOPE)
         if ctx.method != "tools/call" or not isinstance(ctx.params, dict):
             return await call_next(ctx)
-        name = ctx.params.get("name")
+        name = params.get("name")
         spec = self.specs.get(name) if isinstance(name, str) else None
-        if spec is None:  # an unknown tool: the SDK answers it
-            return await call_next(ctx)
-        assert isinstance(name, str)
+        if spec is None or not isinstance(name, str):  # the spec: a protocol error, not a tool error
+            raise MCPError(code=INVALID_PARAMS, message=f"Unknown tool: {name}")
         arguments = ctx.params.get("arguments") or {}
         request_ctx = RequestContext(principal=self.principal_of(ctx), door="mcp", request_id=new_id("mcp"))
         token = _CURRENT.set(request_ctx)
@@ -164,6 +168,22 @@ class ToolGate:
             return await self._operate(ctx, call_next, request_ctx, name, spec, arguments)
         finally:
             _CURRENT.reset(token)
+
+    def _require(self, ctx: ServerRequestContext[Any, Any], scope: str) -> None:
+        if not self.principal_of(ctx).may(scope):
+            raise MCPError(code=FORBIDDEN, message=f"this API key lacks the {scope!r} scope")
+
+    async def _prompt(
+        self, ctx: ServerRequestContext[Any, Any], call_next: CallNext, name: Any
+    ) -> HandlerResult:
+        """``prompts/get``: an unknown prompt or a missing argument is ``-32602``, as the spec gives (the
+        SDK raises a ValueError, which its dispatcher would send with code 0)."""
+        if name in _SCOPED_PROMPTS:
+            self._require(ctx, RESOURCE_SCOPE)
+        try:
+            return await call_next(ctx)
+        except ValueError as exc:
+            raise MCPError(code=INVALID_PARAMS, message=str(exc)) from None
 
     async def _operate(
         self,

@@ -5,13 +5,17 @@ the pipeline apply to MCP tool calls too."""
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 
 import httpx
 import pytest
+from mcp import Client
+from mcp.shared.exceptions import MCPError
+from mcp_types import ErrorData, GetPromptResult
 
 from llmhost.core.types import Principal
 from tests.conftest import TINY, LiveServer
-from tests.doors.mcp.helpers import call, structured, text_of
+from tests.doors.mcp.helpers import call, run, structured, text_of
 
 INITIALIZE = {
     "jsonrpc": "2.0",
@@ -142,3 +146,77 @@ def test_the_stdio_principal_is_the_one_the_server_was_built_for() -> None:
         request = None
 
     assert gate.principal_of(Ctx()) is narrow  # type: ignore[arg-type]
+
+
+def _session(live: LiveServer, key: str) -> str:
+    opened = _post(live, Authorization=f"Bearer {key}")
+    assert opened.status_code == 200, opened.text
+    return opened.headers["mcp-session-id"]
+
+
+def test_a_session_answers_only_the_key_that_opened_it(make_server) -> None:  # type: ignore[no-untyped-def]
+    live = make_server()
+    a, b = _keyed(live, ["inference"]), _keyed(live, ["inference"])
+    session = _session(live, a)
+    ping = {"jsonrpc": "2.0", "id": 2, "method": "ping"}
+
+    def send(key: str, method: str = "POST") -> httpx.Response:
+        headers = {**MCP_HEADERS, "Authorization": f"Bearer {key}", "Mcp-Session-Id": session}
+        headers["MCP-Protocol-Version"] = "2025-11-25"
+        body = json.dumps(ping) if method == "POST" else None
+        return httpx.request(method, f"{live.base_url}/mcp", content=body, headers=headers, timeout=30)
+
+    assert send(b).status_code == 404  # as if the session did not exist
+    assert send(b, "DELETE").status_code == 404
+    assert send(a).status_code == 200  # still open for its owner
+    assert send(a, "DELETE").status_code == 200
+
+
+def _error_of(call: Callable[[Client], Awaitable[object]]) -> Callable[[Client], Awaitable[object]]:
+    """The JSON-RPC error the call ends with, as the SDK's client raises it (or what it returned)."""
+
+    async def body(client: Client) -> object:
+        try:
+            return await call(client)
+        except MCPError as exc:
+            return exc.error
+
+    return body
+
+
+def test_unknown_tools_and_prompts_are_json_rpc_errors_with_code_32602(make_server) -> None:  # type: ignore[no-untyped-def]
+    live = make_server()
+    url = f"{live.base_url}/mcp"
+    calls = (
+        lambda c: c.call_tool("no_such_tool", {}),
+        lambda c: c.get_prompt("no_such_prompt", {}),
+        lambda c: c.get_prompt("summarize", {}),  # "text" is required
+    )
+    for call_ in calls:
+        error = run(_error_of(call_), url)
+        assert isinstance(error, ErrorData) and error.code == -32602, error
+
+
+def test_a_prompt_that_lists_the_models_needs_models_read(make_server) -> None:  # type: ignore[no-untyped-def]
+    live = make_server()
+    url = f"{live.base_url}/mcp"
+    inference_only, reader = _keyed(live, ["inference"]), _keyed(live, ["inference", "models:read"])
+
+    def compare(c: Client) -> Awaitable[object]:
+        return c.get_prompt("compare_models", {"question": "why?"})
+
+    error = run(_error_of(compare), url, inference_only)
+    assert isinstance(error, ErrorData) and error.code == -32001 and "models:read" in error.message
+    got = run(_error_of(compare), url, reader)
+    assert isinstance(got, GetPromptResult) and TINY in str(got.messages[0].content)
+    summary = run(_error_of(lambda c: c.get_prompt("summarize", {"text": "x"})), url, inference_only)
+    assert isinstance(summary, GetPromptResult)  # it lists nothing: any key may get it
+
+
+def test_a_browser_client_may_read_the_session_id(make_server) -> None:  # type: ignore[no-untyped-def]
+    live = make_server()
+    origin = live.base_url  # the server's own origin is allowed
+    opened = _post(live, Origin=origin)
+    assert opened.status_code == 200, opened.text
+    exposed = opened.headers.get("access-control-expose-headers", "").lower()
+    assert "mcp-session-id" in exposed, opened.headers
