@@ -116,6 +116,9 @@ async def send(client: httpx.AsyncClient, i: int, max_tokens: int, call: Call) -
             return call
         async with client.stream("POST", "/v1/chat/completions", json=body(i, max_tokens, True)) as resp:
             call.status, call.replica = resp.status_code, resp.headers.get(REPLICA_HEADER, "")
+            if resp.status_code != 200:  # an error envelope, not a stream
+                call.errors.append((await resp.aread()).decode())
+                return call
             async for line in resp.aiter_lines():
                 if not line.startswith("data: "):
                     continue
