@@ -6,27 +6,14 @@ on ``/v1/completions``. The tiny random-weight model answers; the assertions are
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import httpx
 import openai
 import pytest
 
-from llmhost.config import Settings
-from tests.conftest import TINY, LiveServer, make_settings
+from tests.conftest import TINY, LiveServer
 from tests.doors.openai.test_tool_calls import QUESTION, TIME, TOOLS, WEATHER, assert_call, error_of, post
-
-
-@pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    return make_settings(tmp_path / "data", engine={"n_ctx": 2048})
-
-
-@pytest.fixture
-def client(server: LiveServer, openai_client: Callable[..., openai.OpenAI]) -> openai.OpenAI:
-    return openai_client(server)
 
 
 def only(name: str) -> Any:

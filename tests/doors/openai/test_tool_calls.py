@@ -11,8 +11,6 @@ window and a call needs ~100 tokens.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -20,8 +18,7 @@ import openai
 import pytest
 from openai.lib.streaming.chat import ChatCompletionStreamState
 
-from llmhost.config import Settings
-from tests.conftest import TINY, LiveServer, make_settings
+from tests.conftest import TINY, LiveServer
 
 SCHEMA_TYPES: dict[str, tuple[type, ...]] = {
     "string": (str,),
@@ -59,17 +56,6 @@ TIME: Any = {
 TOOLS = [WEATHER, TIME]
 SCHEMAS = {t["function"]["name"]: t["function"]["parameters"] for t in TOOLS}
 QUESTION: Any = [{"role": "user", "content": "What is the weather in Oslo?"}]
-
-
-@pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    """A context window that fits a prompt listing tools (the tiny model spends a token per byte)."""
-    return make_settings(tmp_path / "data", engine={"n_ctx": 2048})
-
-
-@pytest.fixture
-def client(server: LiveServer, openai_client: Callable[..., openai.OpenAI]) -> openai.OpenAI:
-    return openai_client(server)
 
 
 def ask(client: openai.OpenAI, **kw: Any) -> Any:
