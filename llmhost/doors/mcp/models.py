@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import threading
 from typing import Annotated
 
 from mcp.server.mcpserver import Context
@@ -207,12 +208,17 @@ async def _pull(
     service: Service, slots: PullSlots, ctx: Context, spec: str, name: str | None, sha256: str | None
 ) -> ModelRecord:
     """The pull on a pull thread; its progress events relayed, in order, as MCP progress
-    notifications (which must grow with each one, so repeats and restarts at 0 are dropped)."""
+    notifications (which must grow with each one, so repeats and restarts at 0 are dropped). A
+    cancelled call (``notifications/cancelled``, or the client gone) stops the pull at its next progress
+    event, before it registers anything; the partial file stays for a later pull to resume."""
     loop = asyncio.get_running_loop()
     events: asyncio.Queue[PullProgress | None] = asyncio.Queue()  # None: the pull has ended
     pulled: list[ModelRecord] = []
+    cancelled = threading.Event()
 
     def progress(event: PullProgress) -> None:
+        if cancelled.is_set():
+            raise ConnectionAbortedError("the MCP call was cancelled")
         loop.call_soon_threadsafe(events.put_nowait, event)
 
     def job() -> None:
@@ -232,11 +238,16 @@ async def _pull(
 
     task = asyncio.wrap_future(slots.submit(job))
     reported = -1
-    while (event := await events.get()) is not None:
-        done = event.completed or 0
-        if event.total and done > reported:
-            reported = done
-            await ctx.report_progress(done, event.total, event.status)
+    try:
+        while (event := await events.get()) is not None:
+            done = event.completed or 0
+            if event.total and done > reported:
+                reported = done
+                await ctx.report_progress(done, event.total, event.status)
+    except asyncio.CancelledError:
+        cancelled.set()
+        task.add_done_callback(lambda f: f.cancelled() or f.exception())  # ends on its own; nobody waits
+        raise
     try:
         await task
     except FetchError as exc:

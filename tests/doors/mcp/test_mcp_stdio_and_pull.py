@@ -139,3 +139,34 @@ def test_pull_model_refuses_a_private_address(make_server) -> None:  # type: ign
 
     result = call(f"{live.base_url}/mcp", "pull_model", {"spec": spec, "sha256": "0" * 64})
     assert result.is_error and "Traceback" not in text_of(result)
+
+
+def test_a_cancelled_pull_stops_before_it_registers_the_model(hub: HubServer, make_server) -> None:  # type: ignore[no-untyped-def]
+    """The client cancels while the download hangs; once the hub lets go, the pull thread stops at its
+    next progress event instead of resuming the download and registering the model."""
+    live = make_server(pull_allow_hosts=LOOPBACK_ALLOW_HOSTS, max_concurrent_pulls=1)
+    url = f"{live.base_url}/mcp"
+    hub.faults.stall_after = [4096]
+
+    async def main() -> str:
+        async with client_for(url) as client:
+            pull = asyncio.create_task(client.call_tool("pull_model", {"spec": f"hf:{REPO}"}))
+            while not hub.stalled.is_set():
+                await asyncio.sleep(0.05)
+            pull.cancel()  # the SDK's client sends notifications/cancelled
+            with pytest.raises(asyncio.CancelledError):
+                await pull
+            hub.release()  # the stalled response drops its connection: the pull would resume here
+            # The one pull slot is free again once the cancelled pull has ended: until then a pull of
+            # a missing repo is refused as too many pulls, after it the hub says not found.
+            for _ in range(600):
+                other = await client.call_tool("pull_model", {"spec": "hf:Org/Missing-GGUF"})
+                if "not found" in text_of(other):
+                    break
+                assert "pulls are in progress" in text_of(other), text_of(other)
+                await asyncio.sleep(0.05)
+            models = await client.call_tool("list_models", {})
+            return str(models.structured_content)
+
+    listed = asyncio.run(main())
+    assert "tiny-gguf" not in listed, listed
