@@ -96,6 +96,9 @@ _PATTERNS: list[tuple[str, re.Pattern[str], str | None]] = [
     ("PUT", re.compile(r"/v1/agents/[^/]+"), "agents:write"),
     ("DELETE", re.compile(r"/v1/agents/[^/]+"), "agents:write"),
     ("GET", re.compile(r"/ui/(assets/.+)"), None),
+    # OAuth discovery (RFC 9728 / 8414), which MCP clients try after a 401: public, so they learn at once
+    # (404) that this server takes keys, not OAuth, instead of another 401
+    ("GET", re.compile(r"/\.well-known/.+"), None),
     ("POST", re.compile(r"/api/keys/[^/]+/(revoke|rotate)"), "admin"),
 ]
 

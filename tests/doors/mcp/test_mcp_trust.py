@@ -220,3 +220,17 @@ def test_a_browser_client_may_read_the_session_id(make_server) -> None:  # type:
     assert opened.status_code == 200, opened.text
     exposed = opened.headers.get("access-control-expose-headers", "").lower()
     assert "mcp-session-id" in exposed, opened.headers
+
+
+def test_oauth_discovery_is_a_public_404(make_server) -> None:  # type: ignore[no-untyped-def]
+    # After a 401, an MCP client looks for OAuth metadata; it must learn there is none, not get a 401.
+    live = make_server()
+    _keyed(live, ["inference"])  # a key exists: authentication is on
+    for path in (
+        "/.well-known/oauth-protected-resource/mcp",
+        "/.well-known/oauth-protected-resource",
+        "/.well-known/oauth-authorization-server",
+        "/.well-known/openid-configuration",
+    ):
+        assert httpx.get(f"{live.base_url}{path}", timeout=10).status_code == 404, path
+    assert _post(live).status_code == 401  # /mcp itself still needs the key
