@@ -30,6 +30,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from llmhost.core.types import InferenceRequest, RequestContext
 from llmhost.doors.anthropic import protocol as wire
 from llmhost.doors.anthropic import translate
+from llmhost.doors.anthropic.stream import MessageStream
 from llmhost.doors.common import context_for, door_route, pipeline_of
 from llmhost.errors import ContextLengthError
 
@@ -98,7 +99,7 @@ async def create_message(body: wire.MessagesRequest, request: Request) -> JSONRe
         return JSONResponse(message, headers=_headers(ctx, result.target))
     # The stream has its first output (or failed over, or failed) before the 200 goes out.
     ctx, deltas, cut = await _within_context(request, req, pipeline.stream)
-    events = translate.MessageStream(translate.message_id(), body.model, context_full=cut).events(deltas)
+    events = MessageStream(translate.message_id(), body.model, context_full=cut).events(deltas)
     headers = {**SSE_HEADERS, **_headers(ctx, ctx.target)}
     return StreamingResponse(events, media_type="text/event-stream", headers=headers)
 

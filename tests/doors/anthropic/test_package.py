@@ -7,7 +7,7 @@ import importlib
 import pytest
 
 
-@pytest.mark.parametrize("name", ["", ".models", ".protocol", ".translate", ".routes"])
+@pytest.mark.parametrize("name", ["", ".models", ".protocol", ".translate", ".stream", ".routes"])
 def test_every_exported_name_exists(name: str) -> None:
     module = importlib.import_module(f"llmhost.doors.anthropic{name}")
     assert module.__all__ == sorted(module.__all__)

@@ -15,7 +15,7 @@ from anthropic.types import RawMessageStreamEvent
 from pydantic import TypeAdapter
 
 from llmhost.core.types import Delta, ToolCallDelta, Usage
-from llmhost.doors.anthropic.translate import MessageStream
+from llmhost.doors.anthropic.stream import MessageStream
 from llmhost.errors import EngineOverloadedError, ProviderStreamError
 
 SDK_EVENT: TypeAdapter[Any] = TypeAdapter(RawMessageStreamEvent)
