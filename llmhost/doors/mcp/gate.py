@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 
 RESOURCE_SCOPE = "models:read"  # the resources are model cards, and compare_models lists the models
 INVALID_PARAMS = -32602  # JSON-RPC's code for an unknown tool or prompt, or a prompt's missing argument
-FORBIDDEN = -32001  # a server-defined code (JSON-RPC's -32000..-32099): the key lacks the scope
+FORBIDDEN = -32010  # implementation-defined (-32000..-32019; the SDK uses -32000 and -32001): scope lacking
 _SCOPED_PROMPTS = frozenset({"compare_models"})
 STATUS_KEY = "mcp.status"  # a failed tool's status, noted by the tool wrapper (doors.mcp.server)
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])

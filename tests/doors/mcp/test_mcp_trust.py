@@ -206,7 +206,7 @@ def test_a_prompt_that_lists_the_models_needs_models_read(make_server) -> None: 
         return c.get_prompt("compare_models", {"question": "why?"})
 
     error = run(_error_of(compare), url, inference_only)
-    assert isinstance(error, ErrorData) and error.code == -32001 and "models:read" in error.message
+    assert isinstance(error, ErrorData) and error.code == -32010 and "models:read" in error.message
     got = run(_error_of(compare), url, reader)
     assert isinstance(got, GetPromptResult) and TINY in str(got.messages[0].content)
     summary = run(_error_of(lambda c: c.get_prompt("summarize", {"text": "x"})), url, inference_only)
