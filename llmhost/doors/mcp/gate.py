@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 RESOURCE_SCOPE = "models:read"  # the resources are model cards, and compare_models lists the models
 INVALID_PARAMS = -32602  # JSON-RPC's code for an unknown tool or prompt, or a prompt's missing argument
+RESOURCE_NOT_FOUND_2025 = -32002  # the 2025 revisions' code for it; 2026-07-28 uses -32602
 FORBIDDEN = -32010  # implementation-defined (-32000..-32019; the SDK uses -32000 and -32001): scope lacking
 _SCOPED_PROMPTS = frozenset({"compare_models"})
 STATUS_KEY = "mcp.status"  # a failed tool's status, noted by the tool wrapper (doors.mcp.server)
@@ -153,6 +154,7 @@ class ToolGate:
             return await self._prompt(ctx, call_next, params.get("name"))
         if ctx.method == "resources/read":
             self._require(ctx, RESOURCE_SCOPE)
+            return await self._resource(ctx, call_next)
         if ctx.method != "tools/call" or not isinstance(ctx.params, dict):
             return await call_next(ctx)
         name = params.get("name")
@@ -168,6 +170,17 @@ class ToolGate:
             return await self._operate(ctx, call_next, request_ctx, name, spec, arguments)
         finally:
             _CURRENT.reset(token)
+
+    async def _resource(self, ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
+        """``resources/read``; a missing resource is ``-32002`` on a session of a 2025 revision, as those
+        give it (the SDK answers every revision with 2026-07-28's ``-32602``)."""
+        try:
+            return await call_next(ctx)
+        except MCPError as exc:
+            if exc.error.code == INVALID_PARAMS and ctx.protocol_version < "2026":
+                error = exc.error
+                raise MCPError(code=RESOURCE_NOT_FOUND_2025, message=error.message, data=error.data) from None
+            raise
 
     def _require(self, ctx: ServerRequestContext[Any, Any], scope: str) -> None:
         if not self.principal_of(ctx).may(scope):

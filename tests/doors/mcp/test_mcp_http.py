@@ -228,12 +228,15 @@ def test_a_model_card_is_a_resource_and_prompts_are_listed(url: str) -> None:
     assert "10 words" in prompt and "long text" in prompt
 
 
-def test_an_unknown_model_card_is_an_mcp_error(url: str) -> None:
+@pytest.mark.parametrize(("mode", "code"), [("legacy", -32002), ("auto", -32602)])
+def test_an_unknown_model_card_is_the_revisions_resource_not_found(url: str, mode: str, code: int) -> None:
+    # 2025-11-25 says "Resource not found: -32002"; 2026-07-28 moved it to -32602.
     from mcp.shared.exceptions import MCPError
 
-    async def body(client: Client) -> str:
+    async def body(client: Client) -> tuple[str, int]:
         with pytest.raises(MCPError) as err:
             await client.read_resource("llmhost://models/missing")
-        return str(err.value)
+        return str(err.value), err.value.error.code
 
-    assert "'missing' not found" in run(body, url)
+    message, got = run(body, url, mode=mode)
+    assert "'missing' not found" in message and got == code
