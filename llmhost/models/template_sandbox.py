@@ -47,7 +47,7 @@ __all__ = [
     "render_limits",
 ]
 
-DEFAULT_TIME_LIMIT = 2.0  # seconds; an ordinary chat renders in milliseconds, even on a busy core
+DEFAULT_TIME_LIMIT = 2.0  # CPU seconds of the rendering thread; an ordinary chat renders in milliseconds
 DEFAULT_MAX_CHARS = 4 << 20  # characters, for renders that name no limit of their own (probes, tests)
 _MAX_INT_BITS = 4096  # far beyond any number a chat template prints
 _TICK = "llmhost_deadline"  # the filter each loop iteration and macro body calls first
@@ -232,7 +232,7 @@ def _format_size(value: Any, *args: Any, **kwargs: Any) -> int:
 def _deadline_check(context: Context, value: Any) -> str:
     """The check at the top of each loop iteration and macro body: past the deadline, stop."""
     deadline = _bounds.deadline
-    if deadline is not None and time.monotonic() > deadline:
+    if deadline is not None and time.thread_time() > deadline:
         raise RenderLimitError(f"rendering took longer than {_bounds.seconds:g} s")
     return ""
 
@@ -330,7 +330,9 @@ def render_limits(max_chars: int | None = None, time_limit: float | None = None)
     nested = outer[1] is not None
     chars = max_chars if max_chars is not None else (outer[0] if nested else DEFAULT_MAX_CHARS)
     seconds = time_limit if time_limit is not None else (outer[2] if nested else DEFAULT_TIME_LIMIT)
-    deadline = time.monotonic() + seconds
+    # The rendering thread's CPU time, not the wall clock: a render that waits for a busy core (or the
+    # GIL) is not a runaway template, and refusing it was a 400 for an ordinary chat under load.
+    deadline = time.thread_time() + seconds
     if outer[1] is not None and outer[1] < deadline:
         deadline, seconds = outer[1], outer[2]
     if nested:
