@@ -175,3 +175,23 @@ def test_import_is_idempotent_and_verified(tmp_path: Path) -> None:
         assert service.prepare_default_model() == first
     finally:
         service.close()
+
+
+def test_ollama_context_continues_a_conversation(gemma_server: LiveServer, gemma_service: Service) -> None:
+    import ollama
+
+    client = ollama.Client(host=gemma_server.base_url, timeout=120)
+    options = {"num_predict": 8, "temperature": 0}
+    first = client.generate(model=MODEL, prompt="Name a colour.", options=options)
+    assert first.context and len(first.context) == first.prompt_eval_count + first.eval_count  # type: ignore[operator]
+    second = client.generate(model=MODEL, prompt="And another one?", context=first.context, options=options)
+    assert second.context and list(second.context[: len(first.context)]) == list(first.context)
+    loaded = gemma_service.models.get_loaded(MODEL)
+    assert loaded is not None
+    vocab = loaded.runner.vocab
+    bos, turn = vocab.bos, vocab.tokenize("<start_of_turn>", add_special=False, parse_special=True)
+    assert first.context[0] == bos and list(second.context).count(bos) == 1
+    # The new turn follows the old one's tokens: the chat template's turn, without a second BOS.
+    assert list(second.context[len(first.context) : len(first.context) + len(turn)]) == turn
+    again = client.generate(model=MODEL, prompt="And another one?", context=first.context, options=options)
+    assert again.response == second.response  # greedy: the same continuation

@@ -41,6 +41,8 @@ class ResultBuilder:
         if delta.finish_reason is not None:
             choice.finish_reason = delta.finish_reason
             choice.stop_sequence = delta.stop_sequence
+        if delta.tokens is not None:
+            choice.tokens = list(delta.tokens)
 
     def _add_call(self, index: int, call: ToolCallDelta) -> None:
         calls = self._calls.setdefault(index, {})
@@ -76,7 +78,13 @@ async def deltas_of(result: Result) -> AsyncIterator[Delta]:
                 for i, call in enumerate(choice.tool_calls)
             )
             yield Delta(choice.index, tool_calls=calls)
-        yield Delta(choice.index, finish_reason=choice.finish_reason, stop_sequence=choice.stop_sequence)
+        tokens = tuple(choice.tokens) if choice.tokens is not None else None
+        yield Delta(
+            choice.index,
+            finish_reason=choice.finish_reason,
+            stop_sequence=choice.stop_sequence,
+            tokens=tokens,
+        )
     yield Delta(-1, usage=result.usage)
 
 

@@ -211,6 +211,12 @@ class InferenceRequest:
     ``kind == "chat"`` uses ``messages`` (and the model's chat template); ``"completion"`` uses ``prompt``
     (text or token ids) as is. ``echo`` (completions) puts the prompt in front of the answer.
     ``user`` is the client's end-user tag, passed on to providers that take one.
+
+    ``prefix_tokens`` go in front of the prompt's own tokens (after the rendered chat template's tokens
+    lose their leading BOS): Ollama's ``context``, a conversation carried as the token ids of its earlier
+    turns. ``want_tokens`` asks for each choice's whole token sequence (prompt and answer) on its finish
+    delta, to send back as the next turn's ``context``. Only llmhost's own engine has token ids: remote
+    providers refuse ``prefix_tokens`` and leave ``want_tokens`` unanswered.
     """
 
     kind: RequestKind
@@ -225,6 +231,8 @@ class InferenceRequest:
     echo: bool = False
     user: str | None = None
     cache_scope: str = ""  # whose prefix-cache hits this request may be told of (set by the route stage)
+    prefix_tokens: tuple[int, ...] = ()
+    want_tokens: bool = False
 
     def __repr__(self) -> str:
         size = len(self.messages) if self.kind == "chat" else len(self.prompt)
@@ -287,6 +295,8 @@ class Delta:
     ended it, if one did). The stream ends with one delta that has ``usage`` (the whole request's, all
     choices together) and ``index == -1``. A local model's first delta carries the prompt's usage
     (prompt and cached tokens, no completion tokens yet), so a door can tell it before the answer.
+    A finish delta of a request with ``want_tokens`` has ``tokens``: the prompt's and that choice's
+    answer's token ids.
     """
 
     index: int = 0
@@ -296,6 +306,7 @@ class Delta:
     finish_reason: FinishReason | None = None
     stop_sequence: str | None = None
     usage: Usage | None = None
+    tokens: tuple[int, ...] | None = None
 
     def __repr__(self) -> str:
         return (
@@ -312,6 +323,7 @@ class Choice:
     logprobs: list[TokenLogprob] | None = None
     finish_reason: FinishReason | None = None
     stop_sequence: str | None = None
+    tokens: list[int] | None = None  # prompt and answer as token ids (``InferenceRequest.want_tokens``)
 
     def __repr__(self) -> str:
         return f"Choice({self.index}, {len(self.text)} chars, finish={self.finish_reason})"

@@ -102,5 +102,7 @@ class ValidateStage(StageBase):
             raise RequestError(f"at most {MAX_STOP_SEQUENCES} stop sequences are allowed", param="stop")
         if request.echo and s.logprobs is not None:
             raise RequestError("logprobs together with echo is not supported", param="logprobs")
+        if any(not 0 <= token <= MAX_TOKENS for token in request.prefix_tokens):
+            raise RequestError("context must be a list of token ids (0 and up)", param="context")
         check_tools(request)
         return request

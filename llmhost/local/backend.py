@@ -75,6 +75,7 @@ class Generation:
     prompt_tokens: int
     stream: OutputStream
     logprobs: bool = False  # outputs carry each token's log-probability
+    prompt_ids: Sequence[int] = ()  # the prompt's token ids, as the engine reads them
 
 
 class LocalBackend:
@@ -200,23 +201,37 @@ class LocalBackend:
         if isinstance(prompt, str):
             with model.runner.borrow():
                 return self.tokenize_prompt(model, prompt)
-        n_vocab = model.runner.vocab.n_vocab
-        bad = next((t for t in prompt if not 0 <= t < n_vocab), None)
-        if bad is not None:
-            raise RequestError(f"prompt token {bad} is not in the vocabulary (0..{n_vocab - 1})", "prompt")
+        _check_ids(model, prompt, "prompt")
         return list(prompt)
+
+    @staticmethod
+    def after_prefix(model: LoadedModel, prefix: Sequence[int], tokens: list[int]) -> list[int]:
+        """``tokens`` continuing the token ids of earlier turns (Ollama's ``context``): the prefix
+        already starts with the BOS a new prompt would begin with, so the prompt's own is left out."""
+        if not prefix:
+            return tokens
+        _check_ids(model, prefix, "context")
+        if tokens and tokens[0] == model.runner.vocab.bos:
+            tokens = tokens[1:]
+        return [*prefix, *tokens]
 
     # ----- generation --------------------------------------------------------------------------------
     async def chat(
-        self, name: str, plan: Callable[[LoadedModel], ChatPlan], cache_scope: str = ""
+        self,
+        name: str,
+        plan: Callable[[LoadedModel], ChatPlan],
+        cache_scope: str = "",
+        prefix: Sequence[int] = (),
     ) -> list[Generation]:
         """Hold the model, let ``plan`` decide the template input and sampling for it, render the chat
         template and start one generation per sampling entry (``n`` choices). ``cache_scope`` (the
-        caller's key) decides whose cached prefix counts in ``cached_tokens``."""
+        caller's key) decides whose cached prefix counts in ``cached_tokens``; ``prefix`` is token ids
+        to continue (:meth:`after_prefix`)."""
         async with self.using(name) as model:
             chosen, tokens, (template_stops, stop_ids) = await asyncio.to_thread(
                 self._prepare_chat, model, plan
             )
+            tokens = self.after_prefix(model, prefix, tokens)
             started = []
             for p in chosen.params:
                 stop = tuple(dict.fromkeys((*p.stop, *template_stops)))
@@ -230,11 +245,13 @@ class LocalBackend:
         prompt: str | list[int],
         params: Sequence[SamplingParams],
         cache_scope: str = "",
+        prefix: Sequence[int] = (),
     ) -> list[Generation]:
         """Continue a raw prompt (text or token ids) without any template; text is tokenized with
         special-token parsing, as llama.cpp's server does for raw prompts."""
         async with self.using(name) as model:
             tokens = await asyncio.to_thread(self._prepare_raw, model, prompt)
+            tokens = self.after_prefix(model, prefix, tokens)
             return self._start(model, tokens, params, "cmpl", cache_scope)
 
     async def chat_tokens(self, name: str, plan: Callable[[LoadedModel], ChatPlan]) -> list[int]:
@@ -277,7 +294,9 @@ class LocalBackend:
                     # The engine refuses only while it is being unloaded: a retry loads it again.
                     raise NotReadyError("the model was unloaded; retry the request") from exc
                 logprobs = p.logprobs is not None
-                generations.append(Generation(request.request_id, model.name, len(tokens), stream, logprobs))
+                generations.append(
+                    Generation(request.request_id, model.name, len(tokens), stream, logprobs, tokens)
+                )
         except BaseException:
             for gen in generations:  # all choices or none: a full queue refuses the whole request
                 gen.stream.cancel()
@@ -357,6 +376,13 @@ class LocalBackend:
             if bad is not None:
                 raise RequestError(f"input token {bad} is not in the vocabulary", "input")
         return token_lists
+
+
+def _check_ids(model: LoadedModel, tokens: Sequence[int], param: str) -> None:
+    n_vocab = model.runner.vocab.n_vocab
+    bad = next((t for t in tokens if not 0 <= t < n_vocab), None)
+    if bad is not None:
+        raise RequestError(f"{param} token {bad} is not in the vocabulary (0..{n_vocab - 1})", param)
 
 
 def _cut(tokens: list[int], n: int, vocab: Any) -> list[int]:

@@ -46,6 +46,7 @@ from llmhost.core.types import (
     Usage,
 )
 from llmhost.errors import RequestError
+from llmhost.providers.base import refuse_prefix_tokens
 from llmhost.providers.http import (
     Timeouts,
     UpstreamClient,
@@ -196,6 +197,7 @@ def to_messages_request(
     request: InferenceRequest, *, default_max_tokens: int = DEFAULT_MAX_TOKENS
 ) -> dict[str, Any]:
     """The Messages API body for a chat request, or a completion as one user turn (without ``stream``)."""
+    refuse_prefix_tokens(request, "Anthropic Messages API")
     s = request.sampling
     if s.n != 1:
         raise RequestError("n > 1 is not supported by the Anthropic Messages API", param="n")

@@ -24,6 +24,7 @@ from llmhost.errors import (
     ProviderHTTPError,
     ProviderStreamError,
     ProviderTimeoutError,
+    RequestError,
 )
 
 __all__ = [
@@ -33,7 +34,19 @@ __all__ = [
     "ProviderHTTPError",
     "ProviderStreamError",
     "ProviderTimeoutError",
+    "refuse_prefix_tokens",
 ]
+
+
+def refuse_prefix_tokens(request: InferenceRequest, api: str) -> None:
+    """A remote API has no token ids of its own to continue: a request carrying some (Ollama's
+    ``context``) is a 400 there, not an answer that silently forgot the conversation."""
+    if request.prefix_tokens:
+        raise RequestError(
+            f"context (token ids of earlier turns) needs a model on this server's own engine; the {api} "
+            "behind this model takes text: send the conversation to /api/chat",
+            param="context",
+        )
 
 
 @runtime_checkable

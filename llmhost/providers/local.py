@@ -186,7 +186,10 @@ class LocalProvider:
                 for i in range(n)
             ]
             prompt = request.prompt if isinstance(request.prompt, str) else list(request.prompt)
-            return await self.backend.complete(request.model, prompt, params, request.cache_scope), None
+            gens = await self.backend.complete(
+                request.model, prompt, params, request.cache_scope, request.prefix_tokens
+            )
+            return gens, None
         if request.tools:
             validate_tools(request.tools, request.tool_choice)
         syntax: ToolSyntax | None = None
@@ -197,7 +200,9 @@ class LocalProvider:
                 syntax = detect_syntax(model.template.source, model.record.architecture, model.name)
             return _plan(request, model_settings, syntax)
 
-        return await self.backend.chat(request.model, plan, request.cache_scope), syntax
+        return await self.backend.chat(
+            request.model, plan, request.cache_scope, request.prefix_tokens
+        ), syntax
 
     async def answer(self, request: InferenceRequest) -> Result:
         gens, syntax = await self._start(request)
@@ -226,6 +231,7 @@ class LocalProvider:
             else _Choice(None)
             for _ in gens
         ]
+        answers: list[list[int]] | None = [[] for _ in gens] if request.want_tokens else None
         try:
             if len(gens) == 1:
                 outputs: AsyncIterator[tuple[int, RequestOutput]] = _indexed(gens[0])
@@ -244,6 +250,8 @@ class LocalProvider:
                 choice = choices[i]
                 if choice.ended:
                     continue
+                if answers is not None:
+                    answers[i] += out.token_ids
                 for delta in choice.text(i, out.text, out.logprobs):
                     yield delta
                 finish = _finish(out)
@@ -260,7 +268,10 @@ class LocalProvider:
                 reason: FinishReason = finish or "stop"
                 if choice.called and finish != "length":
                     reason = "tool_calls"
-                yield Delta(i, finish_reason=reason, stop_sequence=None if choice.called else stop)
+                tokens = None if answers is None else (*gens[i].prompt_ids, *answers[i])
+                yield Delta(
+                    i, finish_reason=reason, stop_sequence=None if choice.called else stop, tokens=tokens
+                )
                 usage[i] = Usage(out.prompt_tokens, out.completion_tokens, out.cached_tokens)
                 if all(c.ended for c in choices):
                     break

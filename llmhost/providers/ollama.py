@@ -44,6 +44,7 @@ from llmhost.core.types import (
     new_id,
 )
 from llmhost.errors import RequestError
+from llmhost.providers.base import refuse_prefix_tokens
 from llmhost.providers.http import (
     Timeouts,
     UpstreamClient,
@@ -122,6 +123,7 @@ def to_ollama_options(request: InferenceRequest) -> dict[str, Any]:
 
 def _shared(request: InferenceRequest, body: dict[str, Any]) -> None:
     """Options, format and logprobs, which /api/chat and /api/generate share."""
+    refuse_prefix_tokens(request, "Ollama API")
     options = to_ollama_options(request)
     if options:
         body["options"] = options

@@ -47,6 +47,7 @@ from llmhost.core.types import (
     new_id,
 )
 from llmhost.errors import RequestError
+from llmhost.providers.base import refuse_prefix_tokens
 from llmhost.providers.http import (
     Timeouts,
     UpstreamClient,
@@ -113,6 +114,7 @@ def _message(m: ChatMessage) -> dict[str, Any]:
 
 def _common(request: InferenceRequest, body: dict[str, Any], max_tokens_field: str) -> None:
     """The sampling, format and user fields both endpoints share, set only where the request sets them."""
+    refuse_prefix_tokens(request, "OpenAI-compatible API")
     s = request.sampling
     if s.max_tokens is not None:
         body[max_tokens_field] = s.max_tokens

@@ -220,12 +220,18 @@ class ReplicaEngine:
                 prompt = await self.backend.chat_tokens(name, lambda _model: plan)
             else:
                 prompt = await asyncio.to_thread(self._raw_prompt, model, request.prompt)
+            prompt = self.backend.after_prefix(model, request.prefix_tokens, prompt)
             sent, (stop_texts, stop_ids) = await asyncio.to_thread(self._sent_tokens, model, produced)
         prompt_tokens, done_tokens = len(prompt), len(sent)
         left = None if params.max_tokens is None else params.max_tokens - done_tokens
+        generated: list[int] = []
+
+        def tokens() -> tuple[int, ...] | None:  # the whole sequence, for a request that wants it
+            return (*prompt, *sent, *generated) if request.want_tokens else None
+
         if finished or (left is not None and left <= 0):
             if not finished:
-                yield Delta(0, finish_reason="length")
+                yield Delta(0, finish_reason="length", tokens=tokens())
             yield Delta(-1, usage=Usage(prompt_tokens, done_tokens))
             return
         if request.kind == "chat":  # a raw continuation: the chat format's own stops, as a chat has them
@@ -241,13 +247,14 @@ class ReplicaEngine:
             async for out in generation.stream:
                 if out.error is not None:
                     raise out.error if isinstance(out.error, LLMHostError) else EngineError(str(out.error))
+                generated += out.token_ids
                 if out.text or out.logprobs:
                     yield Delta(0, out.text, logprobs=out.logprobs)
                 if out.finish_reason is None:
                     continue
                 reason: FinishReason = "length" if out.finish_reason is EngineFinish.LENGTH else "stop"
                 stop_sequence = out.stop_sequence if out.stop_sequence in client_stops else None
-                yield Delta(0, finish_reason=reason, stop_sequence=stop_sequence)
+                yield Delta(0, finish_reason=reason, stop_sequence=stop_sequence, tokens=tokens())
                 cached = min(out.cached_tokens, prompt_tokens)
                 yield Delta(-1, usage=Usage(prompt_tokens, done_tokens + out.completion_tokens, cached))
                 return

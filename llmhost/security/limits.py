@@ -235,12 +235,13 @@ def prompt_token_bound(request: Request) -> int:
     byte fallback included) plus room for the chat template's markup."""
     if isinstance(request, EmbedRequest):
         return sum(len(t.encode()) if isinstance(t, str) else len(t) for t in request.inputs) + 8
+    prefix = len(request.prefix_tokens)
     if request.kind == "completion":
         p = request.prompt
-        return (len(p.encode()) if isinstance(p, str) else len(p)) + 8
+        return prefix + (len(p.encode()) if isinstance(p, str) else len(p)) + 8
     text = sum(len(m.content.encode()) + 16 for m in request.messages)
     tools = sum(len(repr(t).encode()) for t in request.tools)
-    return text + tools + 64
+    return prefix + text + tools + 64
 
 
 def completion_token_bound(request: Request) -> int:

@@ -239,7 +239,15 @@ class _StreamState:
                 TextHoldback(self.detectors) if self.detectors else None
             )
         if c.done:
-            return replace(delta, text="", logprobs=(), tool_calls=(), finish_reason=None, stop_sequence=None)
+            return replace(
+                delta,
+                text="",
+                logprobs=(),
+                tool_calls=(),
+                finish_reason=None,
+                stop_sequence=None,
+                tokens=None,
+            )
         finish, stop = delta.finish_reason, delta.stop_sequence
         text, logprobs = delta.text, delta.logprobs
         calls: list[ToolCallDelta] = []
@@ -277,6 +285,7 @@ class _StreamState:
             c.done, c.text = True, None
             self.stage.decide(self.ctx, "output", "max_output_chars", "cap")
         c.sent += len(text)
+        # The answer's token ids are its text before redaction: they never leave a watched stream.
         return replace(
             delta,
             text=text,
@@ -284,6 +293,7 @@ class _StreamState:
             tool_calls=tuple(calls),
             finish_reason=finish,
             stop_sequence=stop,
+            tokens=None,
         )
 
     def _close_calls(self, c: _ChoiceState) -> list[ToolCallDelta]:
@@ -319,8 +329,10 @@ def _size(request: Request) -> int:
     tokens = 0
     if isinstance(request, EmbedRequest):
         tokens = sum(len(x) for x in request.inputs if not isinstance(x, str))
-    elif request.kind == "completion" and not isinstance(request.prompt, str):
-        tokens = len(request.prompt)
+    else:
+        tokens = len(request.prefix_tokens)
+        if request.kind == "completion" and not isinstance(request.prompt, str):
+            tokens += len(request.prompt)
     return tokens + sum(len(t) for t in _texts(request))
 
 
@@ -333,6 +345,8 @@ def _param(request: Request) -> str:
 def _has_token_ids(request: Request) -> bool:
     if isinstance(request, EmbedRequest):
         return any(not isinstance(x, str) for x in request.inputs)
+    if request.prefix_tokens:
+        return True
     return request.kind == "completion" and not isinstance(request.prompt, str)
 
 
@@ -493,6 +507,7 @@ class PolicyStage(StageBase):
             return answer
         detectors, cap = policy.output_detectors, policy.max_output_chars
         for choice in answer.choices:
+            choice.tokens = None  # the answer's token ids are its text before redaction
             text, hits = redact_text(detectors, choice.text)
             self.record(ctx, "output", hits)
             cut = cap if cap is not None and len(text) > cap else None

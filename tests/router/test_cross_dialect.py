@@ -221,6 +221,10 @@ def test_the_ollama_door_is_answered_by_the_upstream(gateway: tuple[LiveServer, 
 
     generated = client.generate(model="remote", prompt="Once upon", options=options)
     assert generated.response and generated.done and generated.eval_count == 5
+    assert generated.context is None  # an OpenAI-compatible API has no token ids to give
+    with pytest.raises(ollama.ResponseError) as err:
+        client.generate(model="remote", prompt="and then?", context=[1, 2, 3])
+    assert err.value.status_code == 400 and "context" in err.value.error
 
     body = {"model": "remote", "messages": HI, "options": options, "stream": False}
     raw = httpx.post(f"{live.base_url}/api/chat", json=body, timeout=60)

@@ -4,6 +4,7 @@ stream resumed from the text another replica had already sent."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import pickle
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -179,6 +180,24 @@ async def test_a_stream_that_used_its_tokens_resumes_with_its_finish(tiny_engine
     assert [d.finish_reason for d in deltas if d.index == 0] == ["length"]
     usage = deltas[-1].usage
     assert usage is not None and usage.completion_tokens >= 2 and usage.prompt_tokens > 0
+
+
+async def test_a_resumed_stream_keeps_its_context_and_sends_its_tokens(tiny_engine: ReplicaEngine) -> None:
+    # Ollama's `context`: token ids of earlier turns in front of the prompt, the whole sequence back.
+    request = dataclasses.replace(chat(TINY, "hello", 6), prefix_tokens=(1, 5, 6), want_tokens=True)
+    whole = deltas_of(await collect(tiny_engine.stream(request)))
+    [finish] = [d for d in whole if d.finish_reason is not None]
+    usage = whole[-1].usage
+    assert usage is not None and finish.tokens is not None
+    assert finish.tokens[:3] == (1, 5, 6) and finish.tokens[3] != 1  # the chat's own BOS left out
+    assert len(finish.tokens) == usage.prompt_tokens + usage.completion_tokens
+    rest = deltas_of(await collect(tiny_engine.resume(request, "the", False)))
+    [again] = [d for d in rest if d.finish_reason is not None]
+    assert (
+        again.tokens is not None
+        and again.tokens[: usage.prompt_tokens] == finish.tokens[: usage.prompt_tokens]
+    )
+    assert rest[-1].usage is not None and rest[-1].usage.prompt_tokens == usage.prompt_tokens
 
 
 async def test_a_stream_with_tools_is_not_resumed(tiny_engine: ReplicaEngine) -> None:

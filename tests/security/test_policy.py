@@ -331,6 +331,20 @@ def test_input_size_cap_and_token_prompts_are_client_errors() -> None:
     with pytest.raises(RequestError) as info:
         run_before(stage, InferenceRequest("completion", "m", prompt=(1, 2, 3)))
     assert info.value.code == "policy_needs_text"
+    with pytest.raises(RequestError) as info:  # Ollama's `context`: earlier turns as token ids
+        run_before(stage, chat("hi", prefix_tokens=(1, 2, 3)))
+    assert info.value.code == "policy_needs_text"
+
+
+def test_a_watched_answer_never_sends_its_token_ids() -> None:
+    # They spell the answer before redaction (Ollama's `context`).
+    stage = PolicyStage(Policy.from_settings("default", PolicySettings(redact=["email"])))
+    ctx = ctx_for(stage.default)
+    out = [stage.on_delta(ctx, d) for d in (Delta(0, "hi"), Delta(0, finish_reason="stop", tokens=(1, 2)))]
+    assert [d.tokens for d in out] == [None, None] and out[-1].finish_reason == "stop"
+    whole = Result("r", "m", [Choice(0, EMAIL, finish_reason="stop", tokens=[1, 2])])
+    result = asyncio.run(stage.after(ctx_for(stage.default, stream=False), whole))
+    assert isinstance(result, Result) and result.choices[0].tokens is None
 
 
 def test_an_output_cap_bounds_generation() -> None:

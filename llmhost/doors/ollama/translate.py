@@ -296,16 +296,13 @@ def generate_request(body: wire.GenerateRequest) -> InferenceRequest:
         raise RequestError(f"{model!r} does not support insert", param="suffix")
     if body.raw and (body.template or system or body.context):
         raise RequestError("raw mode does not support template, system, or context", param="raw")
-    if body.context:
-        # Honouring it needs the prompt's and the answer's token ids, which the core does not give a door.
-        raise RequestError(
-            "context is deprecated by Ollama and not supported here; send the conversation to /api/chat",
-            param="context",
-        )
     parts = _images(body.images, "request")
+    # ``context``: the token ids of earlier turns, continued; every answer but a raw one sends its own.
     common: dict[str, Any] = {
         "sampling": sampling(body.options, body.logprobs, body.top_logprobs),
         "response_format": response_format(body.format),
+        "prefix_tokens": tuple(body.context or ()),
+        "want_tokens": not body.raw,
     }
     if body.raw or body.template:
         if parts:
@@ -458,12 +455,12 @@ def generate_response(result: Result, model: str, clock: Clock) -> dict[str, Any
     body = {**_head(model), "response": choice.text}
     if choice.logprobs is not None:
         body["logprobs"] = logprobs_wire(choice.logprobs)
-    return {
-        **body,
-        "done": True,
-        "done_reason": done_reason(choice.finish_reason),
-        **clock.metrics(result.usage),
-    }
+    return {**body, **_generate_done(choice.finish_reason, choice.tokens), **clock.metrics(result.usage)}
+
+
+def _generate_done(finish: FinishReason | None, tokens: Sequence[int] | None) -> dict[str, Any]:
+    done = {"done": True, "done_reason": done_reason(finish)}
+    return {**done, "context": list(tokens)} if tokens else done
 
 
 async def collect(deltas: AsyncIterator[Delta], model: str, *, logprobs: bool = False) -> Result:
@@ -552,6 +549,7 @@ async def ndjson_chat(deltas: AsyncIterator[Delta], model: str, clock: Clock) ->
 async def ndjson_generate(deltas: AsyncIterator[Delta], model: str, clock: Clock) -> AsyncIterator[bytes]:
     """``/api/generate``'s NDJSON: ``response`` fragments, then the ``done`` object."""
     finish: FinishReason | None = None
+    tokens: tuple[int, ...] | None = None
     usage = Usage()
     try:
         async for d in deltas:
@@ -565,13 +563,13 @@ async def ndjson_generate(deltas: AsyncIterator[Delta], model: str, clock: Clock
                     chunk["logprobs"] = logprobs_wire(d.logprobs)
                 yield _line({**chunk, "done": False})
             if d.finish_reason is not None:
-                finish = d.finish_reason
+                finish, tokens = d.finish_reason, d.tokens
     except Exception as exc:
         yield error_line(exc)
         return
     finally:
         await _aclose(deltas)
-    final = {**_head(model), "response": "", "done": True, "done_reason": done_reason(finish)}
+    final = {**_head(model), "response": "", **_generate_done(finish, tokens)}
     yield _line({**final, **clock.metrics(usage)})
 
 

@@ -196,17 +196,59 @@ def test_a_go_template_shapes_the_prompt(client: ollama.Client) -> None:
     assert shaped.prompt_eval_count > plain.prompt_eval_count
 
 
-def test_context_is_refused_with_400_and_none_is_sent_back(client: ollama.Client) -> None:
-    # Honouring `context` needs the prompt's and the answer's token ids: no silent stand-in for them.
-    resp = client.generate(model=TINY, prompt="hi", options={"num_predict": 1})
-    assert resp.context is None
-    with pytest.raises(ollama.ResponseError) as err:
-        client.generate(model=TINY, prompt="and then?", context=[1, 2, 3])
-    assert err.value.status_code == 400 and "context" in err.value.error
+def test_context_carries_the_conversation_as_token_ids(client: ollama.Client) -> None:
+    # Every answer but a raw one sends back its prompt's and its answer's tokens; sent as `context`,
+    # they go in front of the next turn's prompt (whose own BOS is left out).
+    first = client.generate(model=TINY, prompt="hi", format=FORCED, options={"num_predict": 4})
+    assert first.context and first.prompt_eval_count and first.eval_count == 4
+    assert len(first.context) == first.prompt_eval_count + first.eval_count
+    alone = client.generate(model=TINY, prompt="and then?", options={"num_predict": 2})
+    assert alone.context and alone.prompt_eval_count and alone.context[0] == first.context[0] == 1  # BOS
+    second = client.generate(
+        model=TINY, prompt="and then?", context=first.context, options={"num_predict": 2}
+    )
+    assert second.prompt_eval_count == len(first.context) + alone.prompt_eval_count - 1
+    assert second.context and list(second.context[: len(first.context)]) == list(first.context)
+    turn = list(second.context[len(first.context) : second.prompt_eval_count])
+    assert turn == list(alone.context[1 : alone.prompt_eval_count])
+    # Streamed: the done line has it.
+    chunks = list(
+        client.generate(model=TINY, prompt="hi", format=FORCED, options={"num_predict": 4}, stream=True)
+    )
+    assert [c.context for c in chunks[:-1]] == [None] * (len(chunks) - 1)
+    assert chunks[-1].done and chunks[-1].context == first.context
+    # An empty context is no context; raw answers send none and take none.
+    assert client.generate(model=TINY, prompt="hi", context=[], options={"num_predict": 1}).context
+    assert client.generate(model=TINY, prompt="hi", raw=True, options={"num_predict": 1}).context is None
     with pytest.raises(ollama.ResponseError) as err:
         client.generate(model=TINY, prompt="x", raw=True, context=[1, 2, 3])
+    assert err.value.status_code == 400
     assert err.value.error == "raw mode does not support template, system, or context"
-    assert client.generate(model=TINY, prompt="hi", context=[], options={"num_predict": 1}).done
+
+
+@pytest.mark.parametrize("context", [[-1], [10**7], [1, "x"], "abc"])
+def test_a_context_of_anything_but_token_ids_is_a_400(server: LiveServer, context: Any) -> None:
+    body = {"model": TINY, "prompt": "hi", "context": context, "stream": False}
+    resp = httpx.post(f"{server.base_url}/api/generate", json=body, timeout=60)
+    assert resp.status_code == 400 and set(resp.json()) == {"error"}
+    assert "context" in resp.json()["error"]
+
+
+def test_a_template_continues_a_context_too(client: ollama.Client) -> None:
+    first = client.generate(model=TINY, prompt="hi", options={"num_predict": 2})
+    assert first.context
+    shaped = client.generate(
+        model=TINY,
+        prompt="hi",
+        template="Q: {{ .Prompt }}\nA: ",
+        context=first.context,
+        options={"num_predict": 1},
+    )
+    alone = client.generate(
+        model=TINY, prompt="hi", template="Q: {{ .Prompt }}\nA: ", options={"num_predict": 1}
+    )
+    assert shaped.prompt_eval_count is not None and alone.prompt_eval_count is not None
+    assert shaped.prompt_eval_count == len(first.context) + alone.prompt_eval_count - 1
 
 
 def test_suffix_is_refused_with_400(client: ollama.Client) -> None:

@@ -291,7 +291,6 @@ def test_a_template_renders_system_and_prompt_into_a_completion() -> None:
     ("fields", "param"),
     [
         ({"suffix": "end"}, "suffix"),
-        ({"context": [1, 2, 3]}, "context"),
         ({"raw": True, "context": [1, 2, 3]}, "raw"),
         ({"raw": True, "system": "x"}, "raw"),
         ({"raw": True, "template": "{{ .Prompt }}"}, "raw"),
@@ -361,7 +360,18 @@ def test_whole_generate_answer() -> None:
     result = Result("r", "m", [Choice(0, "text", finish_reason="stop")], Usage(2, 1))
     body = translate.generate_response(result, "m", translate.Clock())
     assert body["response"] == "text" and body["done"] is True and body["done_reason"] == "stop"
-    assert "context" not in body
+    assert "context" not in body  # a raw answer, or one from a provider without token ids
+    result.choices[0].tokens = [1, 5, 6]
+    body = translate.generate_response(result, "m", translate.Clock())
+    assert body["context"] == [1, 5, 6]
+    assert list(body)[:6] == ["model", "created_at", "response", "done", "done_reason", "context"]
+
+
+def test_generate_request_continues_a_context_and_asks_for_tokens_unless_raw() -> None:
+    req = translate.generate_request(generate_body(context=[1, 2, 3]))
+    assert req.prefix_tokens == (1, 2, 3) and req.want_tokens
+    raw = translate.generate_request(generate_body(raw=True))
+    assert raw.prefix_tokens == () and not raw.want_tokens
 
 
 def test_chat_stream_is_fragments_then_a_done_object_with_counts() -> None:
