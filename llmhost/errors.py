@@ -138,7 +138,11 @@ class ConflictError(LLMHostError):
 
 
 class AuthError(LLMHostError):
-    """The request carries no API key, or a wrong one."""
+    """The request carries no API key, or (``presented``) a wrong one."""
+
+    def __init__(self, message: str, *, presented: bool = False) -> None:
+        super().__init__(message)
+        self.presented = presented
 
 
 class NotFoundError(LLMHostError):
@@ -256,7 +260,11 @@ def classify(exc: BaseException) -> ErrorInfo:
     if isinstance(exc, ConflictError):
         return ErrorInfo(409, "conflict", msg, "model", "conflict")
     if isinstance(exc, AuthError):
-        return ErrorInfo(401, "authentication", msg, None, "invalid_api_key")
+        # RFC 6750's challenge; a key that was sent and is wrong is an invalid token (section 3.1).
+        challenge = 'Bearer realm="llmhost"' + (', error="invalid_token"' if exc.presented else "")
+        return ErrorInfo(
+            401, "authentication", msg, None, "invalid_api_key", headers={"WWW-Authenticate": challenge}
+        )
     if isinstance(exc, RefusedError):
         return ErrorInfo(403, "permission", msg, None, exc.code)
     if isinstance(exc, RateLimitError):

@@ -114,7 +114,7 @@ class Authenticator:
         if not self.required:
             # A key sent to an open server is ignored, as Ollama does (clients always send one).
             return OWNER
-        raise AuthError("Incorrect API key provided.")
+        raise AuthError("Incorrect API key provided.", presented=True)
 
 
 def check_scope(principal: Principal, scope: str) -> None:

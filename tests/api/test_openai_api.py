@@ -398,7 +398,9 @@ def test_api_key_is_required_when_configured(
         chat(bad, max_tokens=2)
     assert isinstance(exc.value.body, dict) and exc.value.body["code"] == "invalid_api_key"
     assert "s3cret" not in str(exc.value.body)
-    assert httpx.get(f"{live.base_url}/v1/models").status_code == 401
+    assert exc.value.response.headers["www-authenticate"] == 'Bearer realm="llmhost", error="invalid_token"'
+    missing = httpx.get(f"{live.base_url}/v1/models")
+    assert missing.status_code == 401 and missing.headers["www-authenticate"] == 'Bearer realm="llmhost"'
     assert httpx.get(f"{live.base_url}/health").status_code == 200
 
 

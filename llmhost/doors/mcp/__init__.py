@@ -39,7 +39,7 @@ def render_error(info: ErrorInfo) -> Response:
     body = {"jsonrpc": "2.0", "id": None, "error": {"code": code, "message": info.message}}
     headers = dict(info.headers or {})
     if info.status == 401:
-        headers["WWW-Authenticate"] = 'Bearer realm="llmhost"'
+        headers.setdefault("WWW-Authenticate", 'Bearer realm="llmhost"')
     return JSONResponse(body, status_code=info.status, headers=headers)
 
 

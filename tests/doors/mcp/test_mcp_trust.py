@@ -45,12 +45,13 @@ def test_without_a_key_the_call_is_401_with_a_json_rpc_error(make_server) -> Non
     _keyed(live, ["inference"])  # a key exists: authentication is on
     refused = _post(live)
     assert refused.status_code == 401
-    assert refused.headers["www-authenticate"].startswith("Bearer")
+    assert refused.headers["www-authenticate"] == 'Bearer realm="llmhost"'  # RFC 6750: no key, no error
     body = refused.json()
     assert body["jsonrpc"] == "2.0" and body["id"] is None and body["error"]["code"] == -32600
     assert "API key" in body["error"]["message"]
     wrong = _post(live, Authorization="Bearer llmh_not-a-real-key")
     assert wrong.status_code == 401 and "Incorrect API key" in wrong.json()["error"]["message"]
+    assert wrong.headers["www-authenticate"] == 'Bearer realm="llmhost", error="invalid_token"'
     assert httpx.get(f"{live.base_url}/mcp", headers=MCP_HEADERS).status_code == 401
 
 
