@@ -34,14 +34,19 @@ class SamplingSpec(BaseModel):
     top_k: int | None = Field(None, ge=0, le=1 << 20)
     max_tokens: int | None = Field(None, ge=1, le=2**31 - 1)
     seed: int | None = None
+    min_p: float | None = Field(None, ge=0.0, le=1.0)
+    repeat_penalty: float | None = Field(None, gt=0.0, le=10.0)
+    stop: list[str] = Field(default_factory=list, max_length=16)
 
     def fill(self, given: Sampling) -> Sampling:
         """``given`` with this agent's defaults where the caller set nothing."""
         updates: dict[str, Any] = {}
-        for field in ("temperature", "top_p", "top_k", "max_tokens", "seed"):
+        for field in ("temperature", "top_p", "top_k", "max_tokens", "seed", "min_p", "repeat_penalty"):
             mine = getattr(self, field)
             if mine is not None and getattr(given, field) is None:
                 updates[field] = mine
+        if self.stop and not given.stop:
+            updates["stop"] = tuple(self.stop)
         if not updates:
             return given
         return dataclasses.replace(given, **updates)

@@ -49,6 +49,7 @@ _EXACT: dict[tuple[str, str], str | None] = {
     ("POST", "/api/copy"): "models:write",
     ("DELETE", "/api/delete"): "models:write",
     ("POST", "/api/pull"): "models:write",
+    ("POST", "/api/create"): "models:write",  # and agents:write: the model it makes is an agent
     # llmhost admin
     ("POST", "/api/load"): "models:write",
     ("POST", "/api/unload"): "models:write",

@@ -10,7 +10,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from llmhost.doors.common import serve_errors
-from llmhost.doors.ollama import translate
+from llmhost.doors.ollama import create, translate
 from llmhost.doors.ollama.routes import router
 
 __all__ = ["attach", "router"]
@@ -18,4 +18,5 @@ __all__ = ["attach", "router"]
 
 def attach(app: FastAPI) -> None:
     app.include_router(router)
+    app.include_router(create.router)
     serve_errors(app, "/api", translate.render_error)

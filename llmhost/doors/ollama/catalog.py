@@ -15,6 +15,7 @@ import time
 from collections.abc import Mapping
 from typing import Any, Literal
 
+from llmhost.apps.agents.spec import AgentSpec
 from llmhost.doors.ollama.gotime import GO_MAX_SECONDS, rfc3339
 from llmhost.models.gguf_check import inspect_gguf_cached
 from llmhost.models.manager import LoadedModel
@@ -35,6 +36,23 @@ __all__ = [
     "show_route",
     "tags",
 ]
+
+
+def _known(service: Service, name: str) -> bool:
+    return (
+        name in service.gateway.public_models()
+        or service.gateway.is_local_model(name)
+        or service.agents.find(name) is not None
+    )
+
+
+def known_name(service: Service, name: str) -> str | None:
+    """The name llmhost has for ``name``: itself, or with Ollama's default tag ``:latest`` added or
+    dropped (``ollama run x`` means ``x:latest``); ``None`` when neither is a model, route or agent."""
+    if not name or _known(service, name):
+        return name or None
+    other = name.removesuffix(":latest") if name.endswith(":latest") else f"{name}:latest"
+    return other if other and _known(service, other) else None
 
 
 def human_number(n: int) -> str:
@@ -179,6 +197,41 @@ def capabilities(record: ModelRecord, metadata: Mapping[str, object]) -> list[st
     if f"{record.architecture}.pooling_type" in metadata:
         return ["embedding"]
     return ["completion", "tools"]
+
+
+def show_agent(service: Service, agent: AgentSpec) -> dict[str, Any]:
+    """``/api/show`` for an agent (what ``/api/create`` makes): its Modelfile, as Ollama prints a model
+    made ``FROM`` another, and its base model's details when that is a local model."""
+    sampling = agent.sampling
+    params: list[tuple[str, object]] = [
+        (key, getattr(sampling, field))
+        for key, field in (
+            ("temperature", "temperature"), ("top_p", "top_p"), ("top_k", "top_k"), ("min_p", "min_p"),
+            ("seed", "seed"), ("repeat_penalty", "repeat_penalty"), ("num_predict", "max_tokens"),
+        )
+        if getattr(sampling, field) is not None
+    ]  # fmt: skip
+    params += [("stop", s) for s in sampling.stop]
+    modelfile = [f"FROM {agent.model}"]
+    if agent.system:
+        modelfile.append(f'SYSTEM """{agent.system}"""')
+    modelfile += [f"PARAMETER {k} {_go_value(v)}" for k, v in params]
+    record = None if agent.model in service.gateway.public_models() else service.registry.find(agent.model)
+    details = model_details(record) if record is not None else route_details()
+    details["parent_model"] = agent.model
+    body: dict[str, Any] = {
+        "modelfile": "\n".join(modelfile) + "\n",
+        "parameters": "\n".join(f"{k:<30} {_go_value(v)}" for k, v in params),
+        "template": "",
+        "system": agent.system,
+        "details": details,
+        "model_info": {},
+        "capabilities": ["completion", "tools"],
+        "modified_at": rfc3339(service.started_at),
+    }
+    if agent.description.startswith("License: "):
+        body["license"] = agent.description.removeprefix("License: ")
+    return body
 
 
 def show_route(service: Service, name: str) -> dict[str, Any]:

@@ -180,6 +180,28 @@ class CopyRequest(_Lenient):
     destination: str = Field(min_length=1)
 
 
+class CreateRequest(_Lenient):
+    """``/api/create``'s body, as Ollama's Go client and ollama-python send it (see :mod:`.create`)."""
+
+    model: str = ""
+    name: str = ""  # Ollama's older spelling of ``model``
+    from_: str = Field(default="", alias="from")
+    system: str = ""
+    parameters: dict[str, Any] | None = None
+    license: Any = None
+    stream: bool | None = None  # true unless false
+    # What llmhost refuses (400) rather than drop: files, adapters, quantize, template, messages, ...
+    files: dict[str, str] | None = None
+    adapters: dict[str, str] | None = None
+    quantize: str = ""
+    draft_quantize: str = ""
+    draft_files: dict[str, str] | None = None
+    template: str = ""
+    messages: list[Any] | None = None
+    renderer: str = ""
+    parser: str = ""
+
+
 class PullRequest(_Lenient):
     model: str = Field(default="", description="hf:ORG/REPO[:FILE|:QUANT] or an https URL.")
     name: str = Field(

@@ -12,7 +12,7 @@ both. As in Ollama, a chat without messages or a generate without a prompt loads
 long the local model stays loaded after the request (``0``: unloaded once idle; negative: for good).
 
 Names are matched as Ollama matches them: ``x`` and ``x:latest`` are one model, whichever of the two
-is registered (:func:`_known_name`); answers repeat the name the client sent, as Ollama's do.
+is registered (:func:`.catalog.known_name`); answers repeat the name the client sent, as Ollama's do.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from pydantic import ValidationError
 from llmhost import __version__
 from llmhost.core.types import EmbedRequest, InferenceRequest, Operation, OperationResult, RequestContext
 from llmhost.doors.common import context_for, door_route, pipeline_of
-from llmhost.doors.ollama import catalog, translate
+from llmhost.doors.ollama import catalog, create, translate
 from llmhost.doors.ollama import protocol as wire
 from llmhost.doors.ollama.gotime import parse_keep_alive, rfc3339
 from llmhost.errors import (
@@ -45,6 +45,7 @@ from llmhost.errors import (
 )
 from llmhost.models.pull import FetchError, PullProgress, PullSlots, pull_model
 from llmhost.net import DestinationPolicy
+from llmhost.security.auth import check_scope
 from llmhost.service import Service
 
 __all__ = ["router"]
@@ -64,23 +65,6 @@ def _service(request: Request) -> Service:
 
 def _headers(target: str | None) -> dict[str, str]:
     return {"X-LLMHost-Target": target or ""}
-
-
-def _known(service: Service, name: str) -> bool:
-    return (
-        name in service.gateway.public_models()
-        or service.gateway.is_local_model(name)
-        or service.agents.find(name) is not None
-    )
-
-
-def _known_name(service: Service, name: str) -> str | None:
-    """The name llmhost has for ``name``: itself, or with Ollama's default tag ``:latest`` added or
-    dropped (``ollama run x`` means ``x:latest``); ``None`` when neither is a model, route or agent."""
-    if not name or _known(service, name):
-        return name or None
-    other = name.removesuffix(":latest") if name.endswith(":latest") else f"{name}:latest"
-    return other if other and _known(service, other) else None
 
 
 # ----- model residency (load, unload, keep_alive) ------------------------------------------------------
@@ -203,7 +187,7 @@ def _check_generating(
     one is the pipeline's 404)."""
     asked = translate.require_model(body.model)
     keep_alive = parse_keep_alive(body.keep_alive)
-    known = _known_name(service, asked)
+    known = catalog.known_name(service, asked)
     if known is not None and not (empty and keep_alive == 0):
         translate.refuse_thinking(asked, body.think)
     return known or asked, keep_alive
@@ -238,7 +222,7 @@ async def embed(body: wire.EmbedRequest, request: Request) -> JSONResponse:
     ``truncate: false`` makes it a 400."""
     service = _service(request)
     model = translate.require_model(body.model or service.settings.embeddings.model)
-    name = _known_name(service, model) or model
+    name = catalog.known_name(service, model) or model
     keep_alive = parse_keep_alive(body.keep_alive)
     inputs = translate.embed_inputs(body.input)
     if body.dimensions is not None and body.dimensions < 0:
@@ -268,7 +252,7 @@ async def embeddings(body: wire.EmbeddingsRequest, request: Request) -> JSONResp
     """The older single-prompt embedding route."""
     service = _service(request)
     model = translate.require_model(body.model or service.settings.embeddings.model)
-    name = _known_name(service, model) or model
+    name = catalog.known_name(service, model) or model
     keep_alive = parse_keep_alive(body.keep_alive)
     if not body.prompt:
         await _residency(request, name, keep_alive, unload=False)
@@ -292,11 +276,14 @@ async def show(body: wire.ShowRequest, request: Request) -> dict[str, Any]:
     asked = body.model or body.name
     if not asked:
         raise RequestError("model is required", param="model")
-    name = _known_name(service, asked) or asked
+    name = catalog.known_name(service, asked) or asked
     shown = await asyncio.to_thread(catalog.show_model, service, name)
     if shown is not None:
         return shown
-    if name in service.gateway.public_models() or service.agents.find(name) is not None:
+    agent = service.agents.find(name)
+    if agent is not None:
+        return catalog.show_agent(service, agent)
+    if name in service.gateway.public_models():
         return catalog.show_route(service, name)
     raise ModelNotFoundError(name)
 
@@ -323,8 +310,13 @@ async def copy(body: wire.CopyRequest, request: Request) -> Response:
     it is loaded. Unknown ``source``: 404; invalid ``destination``: 400.
     """
     service = _service(request)
-    source = _known_name(service, body.source) or body.source
-    destination = _known_name(service, body.destination) or body.destination
+    source = catalog.known_name(service, body.source) or body.source
+    destination = catalog.known_name(service, body.destination) or body.destination
+    agent = service.agents.find(source)
+    if agent is not None:  # a model /api/create made: the copy is another agent with its settings
+        check_scope(create.principal_of(request), "agents:write")
+        await asyncio.to_thread(create.save_agent, service, agent.model_copy(update={"name": destination}))
+        return Response(status_code=200)
     await asyncio.to_thread(service.store.copy, source, destination, in_use=service.models.is_in_use)
     return Response(status_code=200)
 
@@ -337,7 +329,11 @@ async def delete(request: Request) -> Response:
     asked = body.model or body.name
     if not asked:
         raise RequestError("model is required", param="model")
-    name = _known_name(service, asked) or asked
+    name = catalog.known_name(service, asked) or asked
+    if service.agents.find(name) is not None:  # a model /api/create made
+        check_scope(create.principal_of(request), "agents:write")
+        await asyncio.to_thread(service.agents.delete, name)
+        return Response(status_code=200)
     record = service.get_model(name)
     if service.models.is_in_use(record):
         raise ConflictError(f"model '{name}' is loaded; unload it first (POST /api/unload)")

@@ -199,7 +199,9 @@ def test_a_go_template_shapes_the_prompt(client: ollama.Client) -> None:
 def test_context_carries_the_conversation_as_token_ids(client: ollama.Client) -> None:
     # Every answer but a raw one sends back its prompt's and its answer's tokens; sent as `context`,
     # they go in front of the next turn's prompt (whose own BOS is left out).
-    first = client.generate(model=TINY, prompt="hi", format=FORCED, options={"num_predict": 4})
+    first = client.generate(
+        model=TINY, prompt="hi", format=FORCED, options={"num_predict": 4, "temperature": 0}
+    )
     assert first.context and first.prompt_eval_count and first.eval_count == 4
     assert len(first.context) == first.prompt_eval_count + first.eval_count
     alone = client.generate(model=TINY, prompt="and then?", options={"num_predict": 2})
@@ -213,7 +215,9 @@ def test_context_carries_the_conversation_as_token_ids(client: ollama.Client) ->
     assert turn == list(alone.context[1 : alone.prompt_eval_count])
     # Streamed: the done line has it.
     chunks = list(
-        client.generate(model=TINY, prompt="hi", format=FORCED, options={"num_predict": 4}, stream=True)
+        client.generate(
+            model=TINY, prompt="hi", format=FORCED, options={"num_predict": 4, "temperature": 0}, stream=True
+        )
     )
     assert [c.context for c in chunks[:-1]] == [None] * (len(chunks) - 1)
     assert chunks[-1].done and chunks[-1].context == first.context

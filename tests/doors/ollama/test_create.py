@@ -1,0 +1,137 @@
+"""``/api/create`` with the official ``ollama`` client over loopback: a model made ``FROM`` another with
+its own system prompt and parameters (an agent inside llmhost), shown, used, copied, replaced, deleted;
+and what it cannot make is a 400 naming the field."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import ollama
+import pytest
+
+from tests.conftest import TINY, LiveServer, ServerFactory
+
+HI: Any = [{"role": "user", "content": "Say hello"}]
+
+
+@pytest.fixture
+def client(server: LiveServer) -> ollama.Client:
+    return ollama.Client(host=server.base_url, timeout=60)
+
+
+def system_of(client: ollama.Client, name: str) -> str:
+    """``/api/show``'s ``system`` (Ollama sends it; ollama-python's ShowResponse has no field for it)."""
+    body: dict[str, Any] = client._client.post("/api/show", json={"model": name}).json()
+    return str(body.get("system", ""))
+
+
+def test_a_model_made_from_another_has_its_system_prompt_and_parameters(client: ollama.Client) -> None:
+    statuses = list(
+        client.create(
+            model="mario",
+            from_=TINY,
+            system="You are Mario.",
+            parameters={"num_predict": 3, "temperature": 0, "stop": ["zz"], "num_ctx": 2048},
+            license="MIT",
+            stream=True,
+        )
+    )
+    assert statuses[-1].status == "success" and all(s.status for s in statuses)
+    assert "mario" in [m.model for m in client.list().models]
+
+    shown = client.show("mario")
+    assert shown.modelfile is not None and shown.modelfile.startswith(f"FROM {TINY}\n")
+    assert 'SYSTEM """You are Mario."""' in shown.modelfile
+    assert "PARAMETER num_predict 3" in shown.modelfile and 'PARAMETER stop "zz"' in shown.modelfile
+    assert system_of(client, "mario") == "You are Mario." and shown.license == "MIT"
+    assert shown.details is not None and shown.details.parent_model == TINY
+    assert shown.details.format == "gguf"
+    assert shown.parameters is not None and "num_predict" in shown.parameters
+
+    # Its parameters are the defaults of every request to it; its system prompt goes in front.
+    made = client.chat(model="mario", messages=HI)
+    plain = client.chat(model=TINY, messages=HI, options={"num_predict": 3})
+    assert made.eval_count == 3 and made.done_reason == "length"
+    assert made.prompt_eval_count and plain.prompt_eval_count
+    assert made.prompt_eval_count > plain.prompt_eval_count
+    assert client.chat(model="mario", messages=HI, options={"num_predict": 5}).eval_count == 5  # caller wins
+    assert client.generate(model="mario:latest", prompt="hi").eval_count == 3
+
+
+def test_creating_again_replaces_and_a_model_from_a_made_one_inherits_it(client: ollama.Client) -> None:
+    client.create(model="mario", from_=TINY, system="first", parameters={"num_predict": 3})
+    assert client.create(model="mario", from_=TINY, system="second").status == "success"
+    assert system_of(client, "mario") == "second"
+    assert client.show("mario").modelfile == f'FROM {TINY}\nSYSTEM """second"""\n'  # a fresh start
+
+    client.create(model="mario", from_=TINY, system="base", parameters={"num_predict": 3})
+    client.create(model="luigi", from_="mario", parameters={"temperature": 0.5})
+    luigi = client.show("luigi")
+    assert system_of(client, "luigi") == "base"
+    assert luigi.details is not None and luigi.details.parent_model == TINY
+    assert "num_predict" in (luigi.parameters or "") and "temperature" in (luigi.parameters or "")
+    assert client.chat(model="luigi", messages=HI).eval_count == 3
+
+
+def test_a_made_model_copies_and_deletes_like_any_other(client: ollama.Client) -> None:
+    client.create(model="mario", from_=TINY, system="It's me.", parameters={"num_predict": 2})
+    client.copy("mario", "mario2")
+    assert system_of(client, "mario2") == "It's me."
+    client.delete("mario")
+    names = [m.model for m in client.list().models]
+    assert "mario" not in names and "mario2" in names
+    with pytest.raises(ollama.ResponseError) as err:
+        client.show("mario")
+    assert err.value.status_code == 404
+    assert client.chat(model="mario2", messages=HI).eval_count == 2
+    assert TINY in names  # the model it was made from is untouched
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "words"),
+    [
+        ({"model": "m"}, 400, "neither 'from' or 'files' was specified"),
+        ({"model": "m", "from": "nope"}, 404, "nope"),
+        ({"from": TINY}, 400, "model is required"),
+        ({"model": "m", "files": {"a.gguf": "sha256:" + "0" * 64}}, 400, "files"),
+        ({"model": "m", "from": TINY, "template": "{{ .Prompt }}"}, 400, "template"),
+        ({"model": "m", "from": TINY, "adapters": {"a": "sha256:" + "0" * 64}}, 400, "adapters"),
+        ({"model": "m", "from": TINY, "quantize": "q4_K_M"}, 400, "quantiz"),
+        ({"model": "m", "from": TINY, "messages": [{"role": "user", "content": "x"}]}, 400, "messages"),
+        ({"model": "m", "from": TINY, "parameters": {"bogus": 1}}, 400, "unknown parameter 'bogus'"),
+        ({"model": "m", "from": TINY, "parameters": {"temperature": 9}}, 400, "temperature"),
+        ({"model": "m", "from": TINY, "parameters": {"stop": 3}}, 400, "stop"),
+        ({"model": "m", "from": TINY, "license": 3}, 400, "license"),
+        ({"model": "bad name!", "from": TINY}, 400, "model"),
+        ({"model": TINY, "from": TINY, "system": "x"}, 409, "stored model"),
+    ],
+)
+def test_what_create_cannot_make_is_a_clear_error(
+    server: LiveServer, body: dict[str, Any], status: int, words: str
+) -> None:
+    resp = httpx.post(f"{server.base_url}/api/create", json={**body, "stream": False}, timeout=30)
+    assert resp.status_code == status, resp.text
+    assert set(resp.json()) == {"error"} and words in resp.json()["error"]
+    names = [m["name"] for m in httpx.get(f"{server.base_url}/api/tags").json()["models"]]
+    assert names == [TINY]  # nothing was made
+
+
+def test_create_needs_models_write_and_agents_write(make_server: ServerFactory) -> None:
+    live = make_server()
+    keys = live.service.keys
+    _, models_only = keys.create("models-only", scopes=["models:write", "inference"])
+    _, both = keys.create("both", scopes=["models:write", "agents:write", "models:read"])
+    body = {"model": "m", "from": TINY, "stream": False}
+    url = f"{live.base_url}/api/create"
+    refused = httpx.post(url, json=body, headers={"Authorization": f"Bearer {models_only}"})
+    assert refused.status_code == 403 and "agents:write" in refused.json()["error"]
+    made = httpx.post(url, json=body, headers={"Authorization": f"Bearer {both}"})
+    assert made.status_code == 200 and made.json() == {"status": "success"}
+    gone = httpx.request(
+        "DELETE",
+        f"{live.base_url}/api/delete",
+        json={"model": "m"},
+        headers={"Authorization": f"Bearer {both}"},
+    )
+    assert gone.status_code == 200
