@@ -20,7 +20,8 @@ In order:
    carry an ``Origin`` that is this server's own: a missing one is refused too (cross-site request
    forgery rides on cookies; a client that sends its key in a header is not exposed to it).
 4. **Body limit**: the body is read here (up to ``max_request_bytes``; more is 413, chunked or not) and
-   handed on whole. A body from a non-browser client is JSON whatever it declares (``curl -d`` sends a
+   handed on whole; the one exception is a model file pushed to ``POST /api/blobs/:digest``, which its
+   route streams to disk. A body from a non-browser client is JSON whatever it declares (``curl -d`` sends a
    form content type), unless it is a ``multipart/form-data`` upload; a browser's is taken as declared,
    so a ``text/plain`` form post cannot pass as JSON.
 
@@ -55,6 +56,8 @@ _WILDCARD_BINDS = frozenset({"0.0.0.0", "::", ""})
 # Paths whose Origin is checked on every method: MCP's GET opens an event stream (the MCP spec asks
 # servers to validate Origin on all its connections).
 _ORIGIN_ALWAYS = frozenset({"/mcp"})
+# The one body the gate does not read whole: a pushed model file (Ollama's POST /api/blobs/:digest).
+_STREAMED_BODY = re.compile(r"/api/blobs/[^/]+")
 
 
 def origin_regex(globs: list[str]) -> str:
@@ -127,6 +130,14 @@ class GateMiddleware:
         if refusal is not None:
             await self._refuse(scope, receive, send, refusal)
             return
+        if scope["method"] == "POST" and _STREAMED_BODY.fullmatch(scope["path"]):
+            # A model file pushed for /api/create: gigabytes, which its route writes to disk as they come
+            # (hashing them) rather than the gate holding them in memory; the checks above still apply.
+            if self.audit is not None:
+                await self._audited(scope, b"", receive, send, self.audit, streamed=True)
+            else:
+                await self.app(scope, receive, send)
+            return
         length = headers.get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > self.max_body):
             info = _too_large(self.max_body) if length.isdigit() else _bad_length()
@@ -153,7 +164,14 @@ class GateMiddleware:
         await self.app(scope, _replay(body, receive), send)
 
     async def _audited(
-        self, scope: Scope, body: bytes, receive: Receive, send: Send, audit: AuditLog
+        self,
+        scope: Scope,
+        body: bytes,
+        receive: Receive,
+        send: Send,
+        audit: AuditLog,
+        *,
+        streamed: bool = False,
     ) -> None:
         """A model-management or admin call (pull, copy, delete, load, unload): outside the pipeline,
         so its audit record is written here, with the status it answered, before the answer's last
@@ -202,7 +220,7 @@ class GateMiddleware:
             await send(message)
 
         try:
-            await self.app(scope, _replay(body, receive), tracking_send)
+            await self.app(scope, receive if streamed else _replay(body, receive), tracking_send)
         finally:
             record()  # an app that failed without answering
 

@@ -101,6 +101,9 @@ _PATTERNS: list[tuple[str, re.Pattern[str], str | None]] = [
     # (404) that this server takes keys, not OAuth, instead of another 401
     ("GET", re.compile(r"/\.well-known/.+"), None),
     ("POST", re.compile(r"/api/keys/[^/]+/(revoke|rotate)"), "admin"),
+    # Ollama's blobs: a model file pushed for /api/create, and whether the server has one
+    ("POST", re.compile(r"/api/blobs/[^/]+"), "models:write"),
+    ("GET", re.compile(r"/api/blobs/[^/]+"), "models:write"),
 ]
 
 

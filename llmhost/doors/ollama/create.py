@@ -8,17 +8,20 @@ one starts from, as an Ollama model inherits its base's layers); creating an exi
 replaces it, as Ollama overwrites a model. ``/api/show`` prints its Modelfile, ``/api/copy`` copies it
 and ``/api/delete`` removes it (:mod:`.catalog`, :mod:`.routes`).
 
-What llmhost cannot honour is a 400 naming the field, never silently dropped: a GGUF or safetensors
-upload (``files``), ``adapters``, ``quantize``, a Go ``template``, preset ``messages``, ``renderer`` and
-``parser``. Parameters for the runner itself (``num_ctx``, ``num_gpu``, ``num_thread``, ...) are
-ignored, as in a request's ``options``.
+``files`` with one GGUF file (pushed first with ``POST /api/blobs/:digest``, which ``HEAD`` checks:
+:mod:`llmhost.models.uploads`) registers that file as a stored model of that name, as ``llmhost import``
+does; a system prompt or parameters for it are a second model made ``FROM`` it.
+
+What llmhost cannot honour is a 400 naming the field, never silently dropped: safetensors ``files``,
+``adapters``, ``quantize``, a Go ``template``, preset ``messages``, ``renderer`` and ``parser``.
+Parameters for the runner itself (``num_ctx``, ``num_gpu``, ``num_thread``, ...) are ignored, as in a
+request's ``options``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -30,13 +33,15 @@ from llmhost.core.types import Principal
 from llmhost.doors.common import PRINCIPAL_KEY, door_route
 from llmhost.doors.ollama import catalog, translate
 from llmhost.doors.ollama import protocol as wire
-from llmhost.errors import ConflictError, ModelNotFoundError, RequestError
+from llmhost.errors import ConflictError, ModelError, ModelNotFoundError, NotFoundError, RequestError
+from llmhost.models.uploads import Uploads, parse_digest
 from llmhost.security.auth import OWNER, check_scope
 from llmhost.service import Service
 
-__all__ = ["agent_spec", "principal_of", "router", "save_agent"]
+__all__ = ["agent_spec", "principal_of", "router", "save_agent", "uploads_of"]
 
 router = APIRouter(prefix="/api", route_class=door_route(translate.render_error))
+_FLUSH_BYTES = 4 * 1024 * 1024  # a pushed file goes to disk in pieces this big, off the event loop
 
 # Modelfile parameters and the agent sampling field each sets.
 _SAMPLING = {
@@ -60,7 +65,6 @@ _RUNNER = frozenset(
     }
 )  # fmt: skip
 _REFUSED = {
-    "files": "a model from uploaded files (import a GGUF with `llmhost import FILE` or pull it)",
     "adapters": "LoRA adapters",
     "quantize": "quantizing (pull or import a quantized GGUF)",
     "draft_quantize": "quantizing",
@@ -112,7 +116,7 @@ def agent_spec(service: Service, body: wire.CreateRequest, name: str, base_name:
     the request's system prompt, parameters and license on top."""
     base = service.agents.find(base_name)
     # An agent made from an agent starts from its settings, on its model.
-    values = base.model_dump() if base is not None else {"model": base_name}
+    values: dict[str, Any] = base.model_dump() if base is not None else {"model": base_name}
     values["name"] = name
     values["sampling"] = _sampling(
         base.sampling if base is not None else SamplingSpec(), body.parameters or {}
@@ -139,15 +143,6 @@ def save_agent(service: Service, spec: AgentSpec) -> None:
         service.agents.create(spec)
 
 
-def _statuses(spec: AgentSpec, base: str) -> Iterator[dict[str, str]]:
-    yield {"status": f"using {base}"}
-    if spec.system:
-        yield {"status": "creating system layer"}
-    yield {"status": "creating parameters layer"}
-    yield {"status": "writing manifest"}
-    yield {"status": "success"}
-
-
 @router.post("/create", response_model=None)
 async def create(body: wire.CreateRequest, request: Request) -> Response:
     """Make ``model`` from ``from`` with ``system``, ``parameters`` and ``license`` (an agent; see the
@@ -161,6 +156,8 @@ async def create(body: wire.CreateRequest, request: Request) -> Response:
     for field, what in _REFUSED.items():
         if getattr(body, field, None):
             raise RequestError(f"{field}: {what} is not supported by llmhost's /api/create", param=field)
+    if body.files:
+        return await _from_files(request, service, body, name)
     if not body.from_:
         raise RequestError("neither 'from' or 'files' was specified", param="from")
     check_scope(principal_of(request), "agents:write")  # the name becomes an agent
@@ -176,8 +173,79 @@ async def create(body: wire.CreateRequest, request: Request) -> Response:
         )
     spec = agent_spec(service, body, target, base)
     await asyncio.to_thread(save_agent, service, spec)
-    statuses = list(_statuses(spec, base))
+    return _progress(body, [f"using {base}", *(["creating system layer"] if spec.system else [])])
+
+
+def _progress(body: wire.CreateRequest, steps: list[str]) -> Response:
+    """Ollama's progress lines for what was done, ``success`` last (one object with ``stream: false``)."""
+    statuses = [{"status": s} for s in (*steps, "writing manifest", "success")]
     if body.stream is False:
         return JSONResponse(statuses[-1])
     lines = (json.dumps(s).encode() + b"\n" for s in statuses)
     return StreamingResponse(iter(lines), media_type="application/x-ndjson")
+
+
+async def _from_files(request: Request, service: Service, body: wire.CreateRequest, name: str) -> Response:
+    """``files``: one pushed GGUF registered as the stored model ``name``."""
+    files = body.files or {}
+    ggufs = [f for f in files if f.lower().endswith(".gguf")]
+    if len(files) != 1 or len(ggufs) != 1:
+        raise RequestError(
+            "files must be one .gguf file (a safetensors folder: import it with `llmhost import DIR`)",
+            param="files",
+        )
+    if body.from_ or body.system or body.parameters:
+        raise RequestError(
+            "a model from files takes no from, system or parameters: create it, then another model "
+            "FROM it with them",
+            param="files",
+        )
+    target = catalog.known_name(service, name) or name
+    if service.agents.find(target) is not None or target in service.gateway.public_models():
+        raise ConflictError(f"'{target}' is a made model or a route; give the file another name")
+    (filename,) = ggufs
+    record = await asyncio.to_thread(uploads_of(request).register, files[filename], target, filename)
+    return _progress(body, ["parsing GGUF", f"using existing layer {record.digest}"])
+
+
+def uploads_of(request: Request) -> Uploads:
+    uploads: Uploads | None = getattr(request.app.state, "ollama_uploads", None)
+    if uploads is None:
+        service: Service = request.app.state.service
+        uploads = request.app.state.ollama_uploads = Uploads(service.store)
+    return uploads
+
+
+@router.head("/blobs/{digest}", response_model=None)
+async def head_blob(digest: str, request: Request) -> Response:
+    """200 when the server holds the file with ``digest`` (pushed, or a stored model's), else 404."""
+    parse_digest(digest)
+    if await asyncio.to_thread(uploads_of(request).has, digest):
+        return Response(status_code=200)
+    raise NotFoundError(f'blob "{digest}" not found', param="digest")
+
+
+@router.post("/blobs/{digest}", response_model=None)
+async def push_blob(digest: str, request: Request) -> Response:
+    """Store the body as the file with ``digest``: 201, or 200 when it is here already (the body is not
+    read); a body whose SHA-256 differs is a 400 and leaves nothing behind. The gate streams this one
+    body instead of reading it whole (a GGUF is gigabytes): it goes to disk as it comes."""
+    parse_digest(digest)
+    uploads = uploads_of(request)
+    if await asyncio.to_thread(uploads.has, digest):
+        return Response(status_code=200)
+    writer = await asyncio.to_thread(uploads.writer, digest)
+    try:
+        pending = bytearray()
+        async for chunk in request.stream():
+            pending += chunk
+            if len(pending) >= _FLUSH_BYTES:
+                await asyncio.to_thread(writer.write, bytes(pending))
+                pending.clear()
+        await asyncio.to_thread(writer.write, bytes(pending))
+        await asyncio.to_thread(writer.finish)
+    except OSError as exc:
+        raise ModelError(f"cannot store the pushed file: {exc}") from exc
+    finally:
+        writer.abort()  # a kept file was moved away already
+    return Response(status_code=201)

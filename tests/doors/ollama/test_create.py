@@ -4,6 +4,8 @@ and what it cannot make is a 400 naming the field."""
 
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -94,7 +96,7 @@ def test_a_made_model_copies_and_deletes_like_any_other(client: ollama.Client) -
         ({"model": "m"}, 400, "neither 'from' or 'files' was specified"),
         ({"model": "m", "from": "nope"}, 404, "nope"),
         ({"from": TINY}, 400, "model is required"),
-        ({"model": "m", "files": {"a.gguf": "sha256:" + "0" * 64}}, 400, "files"),
+        ({"model": "m", "files": {"a.gguf": "sha256:" + "0" * 64}}, 400, "push it first"),
         ({"model": "m", "from": TINY, "template": "{{ .Prompt }}"}, 400, "template"),
         ({"model": "m", "from": TINY, "adapters": {"a": "sha256:" + "0" * 64}}, 400, "adapters"),
         ({"model": "m", "from": TINY, "quantize": "q4_K_M"}, 400, "quantiz"),
@@ -135,3 +137,75 @@ def test_create_needs_models_write_and_agents_write(make_server: ServerFactory) 
         headers={"Authorization": f"Bearer {both}"},
     )
     assert gone.status_code == 200
+
+
+# ----- a model from a pushed GGUF: /api/blobs, then files -----------------------------------------------
+def test_a_pushed_gguf_becomes_a_stored_model(make_server: ServerFactory, tiny_model_path: Path) -> None:
+    # The body limit is far below the file's size: a pushed file is streamed to disk, not read whole.
+    live = make_server(max_request_bytes=4096)
+    client = ollama.Client(host=live.base_url, timeout=60)
+    digest = client.create_blob(tiny_model_path)
+    assert httpx.head(f"{live.base_url}/api/blobs/{digest}").status_code == 200
+    again = httpx.post(f"{live.base_url}/api/blobs/{digest}", content=b"not read")
+    assert again.status_code == 200  # already here: the body is not read
+    statuses = list(client.create(model="pushed", files={"tiny.gguf": digest}, stream=True))
+    assert statuses[-1].status == "success"
+    assert any(digest in (s.status or "") for s in statuses)
+    listed = {m.model: m for m in client.list().models}
+    assert listed["pushed"].digest == digest.removeprefix("sha256:")
+    assert client.generate(model="pushed", prompt="hi", options={"num_predict": 2}).eval_count == 2
+    assert list((live.service.store.models_dir / "uploads").iterdir()) == []  # moved into the store
+    assert httpx.head(f"{live.base_url}/api/blobs/{digest}").status_code == 200  # a stored model's file
+
+
+def test_a_push_whose_bytes_differ_from_its_digest_keeps_nothing(server: LiveServer) -> None:
+    wrong = "sha256:" + "0" * 64
+    resp = httpx.post(f"{server.base_url}/api/blobs/{wrong}", content=b"some bytes")
+    assert resp.status_code == 400 and "digest mismatch" in resp.json()["error"]
+    assert httpx.head(f"{server.base_url}/api/blobs/{wrong}").status_code == 404
+    assert list((server.service.store.models_dir / "uploads").iterdir()) == []
+    bad = httpx.post(f"{server.base_url}/api/blobs/md5:abc", content=b"x")
+    assert bad.status_code == 400 and bad.json() == {"error": "invalid digest format"}
+    assert httpx.head(f"{server.base_url}/api/blobs/nonsense").status_code == 400
+
+
+def test_a_pushed_file_that_is_no_gguf_is_refused_and_removed(server: LiveServer) -> None:
+    data = b"definitely not a GGUF file"
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    assert httpx.post(f"{server.base_url}/api/blobs/{digest}", content=data).status_code == 201
+    made = httpx.post(
+        f"{server.base_url}/api/create", json={"model": "x", "files": {"x.gguf": digest}, "stream": False}
+    )
+    assert made.status_code == 400 and set(made.json()) == {"error"}
+    assert httpx.head(f"{server.base_url}/api/blobs/{digest}").status_code == 404  # not kept
+    assert [m["name"] for m in httpx.get(f"{server.base_url}/api/tags").json()["models"]] == [TINY]
+
+
+@pytest.mark.parametrize(
+    ("files", "extra", "words"),
+    [
+        ({"model.safetensors": "sha256:" + "1" * 64, "config.json": "sha256:" + "2" * 64}, {}, "one .gguf"),
+        ({"a.gguf": "sha256:" + "1" * 64}, {}, "not found"),
+        ({"a.gguf": "sha256:" + "1" * 64}, {"system": "hi"}, "FROM it"),
+        ({"a.gguf": "nonsense"}, {}, "invalid digest format"),
+    ],
+)
+def test_files_that_cannot_make_a_model_are_a_400(
+    server: LiveServer, files: dict[str, str], extra: dict[str, Any], words: str
+) -> None:
+    body = {"model": "m", "files": files, "stream": False, **extra}
+    resp = httpx.post(f"{server.base_url}/api/create", json=body)
+    assert resp.status_code == 400 and words in resp.json()["error"]
+
+
+def test_pushing_needs_models_write(make_server: ServerFactory) -> None:
+    live = make_server()
+    _, reader = live.service.keys.create("reader", scopes=["models:read"])
+    digest = "sha256:" + hashlib.sha256(b"x").hexdigest()
+    resp = httpx.post(
+        f"{live.base_url}/api/blobs/{digest}", content=b"x", headers={"Authorization": f"Bearer {reader}"}
+    )
+    assert resp.status_code == 403 and set(resp.json()) == {"error"}
+    assert not (live.service.store.models_dir / "uploads").exists() or not list(
+        (live.service.store.models_dir / "uploads").iterdir()
+    )
