@@ -8,7 +8,6 @@ for ``response_format``, ``n`` parallel sequences) and engine outputs into :clas
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -34,6 +33,7 @@ from llmhost.toolcalls import (
     ToolCallParser,
     ToolSyntax,
     detect_syntax,
+    json_schema_grammar,
     permitted_tools,
     to_template_messages,
     to_template_tools,
@@ -48,14 +48,14 @@ def grammar_for(response_format: ResponseFormat) -> str | None:
     """GBNF for a JSON ``response_format``, or None for text."""
     if response_format.type == "text":
         return None
-    from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
+    from llama_cpp.llama_grammar import JSON_GBNF
 
     if response_format.type == "json":
         return str(JSON_GBNF)
     if not isinstance(response_format.schema, dict):
         raise RequestError("response_format.json_schema.schema is required", param="response_format")
     try:
-        return str(json_schema_to_gbnf(json.dumps(response_format.schema)))
+        return json_schema_grammar(response_format.schema)
     except Exception as exc:
         raise RequestError(f"unsupported JSON schema: {exc}", param="response_format") from exc
 

@@ -34,6 +34,7 @@ __all__ = [
     "arguments_grammar",
     "forced_call_grammar",
     "grammar_parses",
+    "json_schema_grammar",
     "lazy_call_grammar",
     "permitted_tools",
     "tool_grammar",
@@ -230,6 +231,16 @@ def arguments_grammar(schema: dict[str, Any]) -> str:
     handle (used to validate tool schemas up front)."""
     conv = _ToolSchemaConverter()
     conv.add_rule("root", conv.arguments_rule(schema, "tool", "tool0"))
+    return str(conv.format_grammar())
+
+
+def json_schema_grammar(schema: dict[str, Any]) -> str:
+    """GBNF for any JSON value valid against ``schema`` (``response_format`` ``json_schema``), with the
+    same fixes as the arguments: strict JSON strings (the stock converter lets a raw newline into one,
+    which every JSON parser refuses) and annotation-only schemas meaning any value."""
+    conv = _ToolSchemaConverter()
+    copy = json.loads(json.dumps(schema))  # resolve_refs rewrites refs in place
+    conv.visit(conv.resolve_refs(copy, "schema"), "")
     return str(conv.format_grammar())
 
 

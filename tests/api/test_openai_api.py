@@ -221,6 +221,36 @@ def test_json_schema_response_format_always_completes_and_validates(client: open
         assert set(answer) == {"colour"} and answer["colour"] in {"red", "green", "blue"}, content
 
 
+def _raw_controls_in_strings(text: str) -> list[str]:
+    """Control characters inside JSON strings of ``text`` (which may be cut off): JSON forbids them."""
+    found, inside, escaped = [], False, False
+    for ch in text:
+        if inside and not escaped and ch == '"':
+            inside = False
+        elif not inside and ch == '"':
+            inside = True
+        elif inside and ord(ch) < 0x20:
+            found.append(ch)
+        escaped = inside and not escaped and ch == "\\"
+    return found
+
+
+def test_a_json_schema_string_never_holds_a_raw_control_character(client: openai.OpenAI) -> None:
+    # The tiny model's newline and tab byte tokens pushed hard: the grammar keeps them out of strings
+    # (llama-cpp-python's own converter let them in, and the SDK's parse() then failed on the answer).
+    schema = {"type": "object", "properties": {"note": {"type": "string"}}, "required": ["note"]}
+    for seed in (1, 2):
+        resp = chat(
+            client,
+            max_tokens=48,
+            seed=seed,
+            logit_bias={"13": 30, "12": 30},  # <0x0A>, <0x09>
+            response_format={"type": "json_schema", "json_schema": {"name": "n", "schema": schema}},
+        )
+        content = resp.choices[0].message.content or ""
+        assert content.startswith("{") and _raw_controls_in_strings(content) == [], content
+
+
 # ----- errors ---------------------------------------------------------------------------------------
 
 
