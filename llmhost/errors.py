@@ -115,6 +115,7 @@ class ContextLengthError(RequestError):
         )
         self.requested = requested
         self.allowed = allowed
+        self.prompt_tokens = prompt_tokens
 
 
 class EngineError(LLMHostError):
@@ -234,6 +235,8 @@ class ErrorInfo:
     param: str | None = None
     code: str | None = None
     headers: dict[str, str] = field(default_factory=dict)
+    # Figures a door may word the message with in its own dialect (a context overflow's token counts).
+    facts: dict[str, int] = field(default_factory=dict)
 
 
 def classify(exc: BaseException) -> ErrorInfo:
@@ -253,6 +256,9 @@ def classify(exc: BaseException) -> ErrorInfo:
         return ErrorInfo(502, "upstream", f"{where} failed: {msg}", code="upstream_error")
     if isinstance(exc, ModelNotFoundError):
         return ErrorInfo(404, "not_found", msg, "model", "model_not_found")
+    if isinstance(exc, ContextLengthError):
+        facts = {"prompt_tokens": exc.prompt_tokens, "allowed": exc.allowed, "requested": exc.requested}
+        return ErrorInfo(400, "invalid_request", msg, exc.param, exc.code, facts=facts)
     if isinstance(exc, RequestError):
         return ErrorInfo(400, "invalid_request", msg, exc.param, exc.code)
     if isinstance(exc, NotFoundError):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -138,7 +138,21 @@ def serve_errors(app: FastAPI, prefix: str, render: ErrorRenderer) -> None:
     renderers[prefix] = render
 
 
-def renderer_for(renderers: dict[str, ErrorRenderer], path: str) -> ErrorRenderer:
+# A request that says which dialect it speaks gets that dialect's errors wherever it goes under /v1: the
+# anthropic SDK sends ``anthropic-version`` on every call (``/v1/models``, a missing ``/v1/files``).
+_DIALECT_HEADERS = ((b"anthropic-version", "/v1/messages"),)
+
+
+def renderer_for(
+    renderers: dict[str, ErrorRenderer], path: str, headers: Iterable[tuple[bytes, bytes]] = ()
+) -> ErrorRenderer:
+    """The error renderer of the door ``path`` belongs to (the longest prefix), or of the dialect the
+    request's headers name."""
+    if path.startswith("/v1/"):
+        names = {k.lower() for k, _ in headers}
+        for header, prefix in _DIALECT_HEADERS:
+            if header in names and prefix in renderers:
+                return renderers[prefix]
     best = max((p for p in renderers if path.startswith(p)), key=len, default="")
     return renderers[best]
 

@@ -272,6 +272,7 @@ class MessagesRequest(CountTokensRequest):
     max_tokens: int = Field(ge=0)
     stop_sequences: list[str] | None = None
     stream: bool = False
+    thread: Any = None  # the Threads beta: refused in the error its SDK recovers from
     temperature: float | None = Field(default=None, ge=0.0, le=1.0)
     top_p: float | None = Field(default=None, ge=0.0, le=1.0)
     top_k: int | None = Field(default=None, ge=0)

@@ -85,6 +85,8 @@ async def _within_context(
 
 @router.post("/messages", response_model=None)
 async def create_message(body: wire.MessagesRequest, request: Request) -> JSONResponse | StreamingResponse:
+    if body.thread is not None:
+        return translate.threads_unsupported()
     req = translate.messages_request(body)
     pipeline = pipeline_of(request)
     if body.max_tokens == 0:

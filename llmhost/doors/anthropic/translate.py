@@ -101,10 +101,34 @@ def error_type(info: ErrorInfo) -> str:
 
 
 def error_body(info: ErrorInfo, request_id: str | None = None) -> dict[str, Any]:
-    body: dict[str, Any] = {"type": "error", "error": {"type": error_type(info), "message": info.message}}
+    body: dict[str, Any] = {"type": "error", "error": {"type": error_type(info), "message": _message(info)}}
     if request_id:
         body["request_id"] = request_id
     return body
+
+
+def _message(info: ErrorInfo) -> str:
+    """The message in Anthropic's words where its clients read them: a prompt longer than the context is
+    "prompt is too long: N tokens > M maximum" (Claude Code compacts the conversation on it)."""
+    if info.code == "context_length_exceeded" and "prompt_tokens" in info.facts:
+        prompt, most = info.facts["prompt_tokens"], info.facts["allowed"] - 1  # one token left to answer
+        if prompt > most:
+            return f"prompt is too long: {prompt} tokens > {most} maximum"
+    return info.message
+
+
+def threads_unsupported() -> JSONResponse:
+    """The 400 for a ``thread`` (the Threads beta: the server keeps the conversation) in the error
+    Anthropic's SDK recovers from: its tool runner and threads then send the whole conversation again."""
+    info = ErrorInfo(
+        400,
+        "invalid_request",
+        "thread: this server keeps no conversations; send the whole conversation without `thread`",
+        "thread",
+    )
+    body = error_body(info, current_request_id())
+    body["error"]["details"] = {"error_code": "thread_unsupported_request"}
+    return JSONResponse(body, status_code=400, headers=request_id_header() or None)
 
 
 def request_id_header() -> dict[str, str]:

@@ -58,7 +58,7 @@ log = logging.getLogger(__name__)
 
 
 def _render(request: Request, info: ErrorInfo) -> Response:
-    return renderer_for(request.app.state.error_renderers, request.url.path)(info)
+    return renderer_for(request.app.state.error_renderers, request.url.path, request.scope["headers"])(info)
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -104,7 +104,9 @@ class DrainMiddleware:
             return
         drain = self.drain
         if drain.draining and scope["path"] not in ALWAYS_SERVED:
-            response = renderer_for(self.renderers, scope["path"])(shutting_down())
+            response = renderer_for(self.renderers, scope["path"], scope.get("headers") or ())(
+                shutting_down()
+            )
             await response(scope, receive, _closing(send))
             return
         counted = True

@@ -284,7 +284,7 @@ class GateMiddleware:
         return self._origin is not None and self._origin.fullmatch(origin.decode("latin-1")) is not None
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send, info: ErrorInfo) -> None:
-        response = renderer_for(self.renderers, scope["path"])(info)
+        response = renderer_for(self.renderers, scope["path"], scope.get("headers") or ())(info)
         await response(scope, receive, send)
 
 

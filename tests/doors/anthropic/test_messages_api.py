@@ -9,9 +9,10 @@ tool calls are forced by the local provider's grammar when ``tool_choice`` is ``
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import anthropic
 import httpx
@@ -272,7 +273,48 @@ def test_a_prompt_longer_than_the_context_is_invalid_request_error(
     with pytest.raises(anthropic.BadRequestError) as failed:
         create(small_context, messages=[{"role": "user", "content": "x" * 400}])
     assert failed.value.body["error"]["type"] == "invalid_request_error"  # type: ignore[index]
-    assert "maximum context length is 256 tokens" in failed.value.message
+    # Anthropic's words, which Claude Code reads to compact the conversation.
+    message = failed.value.body["error"]["message"]  # type: ignore[index]
+    assert re.fullmatch(r"prompt is too long: \d+ tokens > 255 maximum", message), message
+
+
+# ----- the Threads beta ----------------------------------------------------------------------------------
+def test_a_thread_is_refused_in_the_error_the_sdk_recovers_from(server: LiveServer) -> None:
+    body = {"model": TINY, "max_tokens": 4, "messages": HI, "thread": {"type": "create"}}
+    resp = post(server, body)
+    assert resp.status_code == 400 and resp.headers["request-id"]
+    error = resp.json()["error"]
+    assert error["type"] == "invalid_request_error" and "thread" in error["message"]
+    assert error["details"] == {"error_code": "thread_unsupported_request"}
+
+
+def test_the_sdk_tool_runner_keeps_the_whole_conversation(client: anthropic.Anthropic) -> None:
+    # Its threaded turns are refused; it then sends every turn whole (system, tools and history).
+    from anthropic import beta_tool
+
+    calls: list[str] = []
+
+    @beta_tool
+    def get_weather(city: Literal["Paris", "Rome"]) -> str:  # an enum: the random model's call is short
+        """The weather in a city.
+
+        Args:
+            city: the city
+        """
+        calls.append(city)
+        return "sunny"
+
+    runner = client.beta.messages.tool_runner(
+        model=TINY,
+        max_tokens=400,
+        max_iterations=2,
+        tools=[get_weather],
+        tool_choice={"type": "any", "disable_parallel_tool_use": True},
+        messages=[{"role": "user", "content": "Weather in Paris?"}],
+        extra_body=GREEDY,
+    )
+    replies = list(runner)
+    assert len(replies) == 2 and len(calls) == 2  # the second turn still had the tools to call
 
 
 # ----- errors ------------------------------------------------------------------------------------------
@@ -359,6 +401,16 @@ def test_the_api_key_is_taken_from_x_api_key_or_a_bearer_token(tmp_path: Path, t
         assert failed.value.request_id and failed.value.request_id.startswith("req")
         with pytest.raises(anthropic.AuthenticationError):
             wrong.messages.count_tokens(model=TINY, messages=HI)
+        # Anthropic's envelope wherever an Anthropic client goes: its models list, a path llmhost lacks.
+        with pytest.raises(anthropic.AuthenticationError) as failed:
+            wrong.models.list()
+        assert failed.value.body["type"] == "error" and failed.value.request_id  # type: ignore[index]
+        missing = httpx.get(
+            f"{live.base_url}/v1/files", headers={"anthropic-version": "2023-06-01", "x-api-key": "s3cret"}
+        )
+        assert missing.status_code == 404 and envelope(missing)["type"] == "not_found_error"
+        openai_style = httpx.get(f"{live.base_url}/v1/files", headers={"Authorization": "Bearer s3cret"})
+        assert set(openai_style.json()) == {"error"}  # without the header: OpenAI's, as before
         by_key = anthropic.Anthropic(base_url=live.base_url, api_key="s3cret", max_retries=0)
         assert create(by_key, max_tokens=1).usage.output_tokens == 1
         by_token = anthropic.Anthropic(base_url=live.base_url, auth_token="s3cret", max_retries=0)
