@@ -473,9 +473,14 @@ async def sse_chat(
                     }
                     yield _sse(payload)
                 continue
-            if d.index not in started:
+            has_output = d.text or d.logprobs or d.tool_calls or d.finish_reason is not None
+            if d.index not in started and has_output:
+                # The role opens the choice once its first output is known: a choice that begins with a
+                # tool call has content null, as OpenAI streams it (the SDK's final message then agrees
+                # with the non-streamed one); one that begins with text has "".
                 started.add(d.index)
-                first = chunk(d.index, {"role": "assistant", "content": ""})
+                content = None if d.tool_calls and not d.text else ""
+                first = chunk(d.index, {"role": "assistant", "content": content})
                 if citations and len(started) == 1:
                     extra = b',"citations":' + stream_json(citations) + b"}\n\n"
                     first = first[: -len(b"}\n\n")] + extra

@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import logging
 import os
 import time
 from collections.abc import Sequence
 from typing import Any, Literal
+
+from fastapi.responses import JSONResponse
 
 from llmhost.core.types import (
     ChatMessage,
@@ -33,9 +36,9 @@ from llmhost.core.types import (
     Usage,
 )
 from llmhost.doors.common import token_logprobs
-from llmhost.doors.openai.translate import render_error
+from llmhost.doors.openai.translate import render_error as openai_render_error
 from llmhost.doors.responses import protocol as wire
-from llmhost.errors import LLMHostError, RequestError, classify
+from llmhost.errors import ErrorInfo, LLMHostError, RequestError, classify
 
 __all__ = [
     "Item",
@@ -72,6 +75,30 @@ def item_id(prefix: str) -> str:
 
 
 # ----- what we cannot do -----------------------------------------------------------------------------
+# The reference's ``include`` values. Only the logprobs one adds anything here; the others name items of
+# tools this server has not (file search, web search, images, code interpreter, reasoning), so they add
+# nothing, as on OpenAI when a response has no such item.
+INCLUDE_VALUES = frozenset(
+    {
+        "message.output_text.logprobs",
+        "file_search_call.results",
+        "web_search_call.results",
+        "web_search_call.action.sources",
+        "message.input_image.image_url",
+        "computer_call_output.output.image_url",
+        "code_interpreter_call.outputs",
+        "reasoning.encrypted_content",
+    }
+)
+
+
+def render_error(info: ErrorInfo) -> JSONResponse:
+    """OpenAI's envelope; a context overflow names ``input``, the Responses API's field for the prompt."""
+    if info.code == "context_length_exceeded" and info.param == "messages":
+        info = dataclasses.replace(info, param="input")
+    return openai_render_error(info)
+
+
 def check_supported(body: wire.ResponseCreateRequest | wire.InputTokensRequest) -> None:
     """Refuse, with a 400 naming the parameter, what this server cannot honour."""
     if isinstance(body, wire.ResponseCreateRequest):
@@ -88,6 +115,13 @@ def check_supported(body: wire.ResponseCreateRequest | wire.InputTokensRequest) 
             "truncation 'auto' is not supported: shorten the input, or use truncation 'disabled'",
             param="truncation",
         )
+    for i, value in enumerate(getattr(body, "include", None) or ()):
+        if value not in INCLUDE_VALUES:
+            raise RequestError(
+                f"include[{i}]: unknown value '{value}'; one of: {', '.join(sorted(INCLUDE_VALUES))}",
+                param=f"include[{i}]",
+                code="invalid_value",
+            )
     for i, tool in enumerate(body.tools or ()):
         if not isinstance(tool, wire.FunctionTool):
             raise RequestError(

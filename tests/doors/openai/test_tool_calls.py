@@ -219,6 +219,8 @@ def test_streamed_call_sends_the_head_once_then_argument_fragments(client: opena
     )
     assert all(c.id == chunks[0].id and c.object == "chat.completion.chunk" for c in chunks)
     assert chunks[0].choices[0].delta.role == "assistant"
+    assert chunks[0].choices[0].delta.content is None  # a choice that begins with a call, as OpenAI's
+    assert full.choices[0].message.content is None
     fragments = [tc for c in chunks if c.choices for tc in c.choices[0].delta.tool_calls or ()]
     head, *rest = fragments
     assert head.index == 0 and head.type == "function"
@@ -273,6 +275,7 @@ def test_the_sdks_stream_helper_gives_argument_events_and_parsed_arguments(clien
     [call] = final.choices[0].message.tool_calls or []
     assert call.function.parsed_arguments == args
     assert final.choices[0].finish_reason == "tool_calls"
+    assert final.choices[0].message.content is None  # as the whole answer has it
 
 
 def test_streamed_parallel_calls_are_numbered_and_match_the_whole_answer(client: openai.OpenAI) -> None:

@@ -182,6 +182,21 @@ def test_logprobs_come_with_include(client: openai.OpenAI) -> None:
     assert "".join(lp.token for lp in logprobs) == resp.output_text
 
 
+def test_an_unknown_include_value_is_a_400_naming_it(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as err:
+        create(client, include=["message.output_text.logprobs", "bogus.value"])
+    assert err.value.param == "include[1]" and err.value.code == "invalid_value"
+    # A reference value for a tool this server has not: nothing to add, as on OpenAI without such items.
+    assert create(client, include=["file_search_call.results"], max_output_tokens=2).status == "incomplete"
+
+
+def test_a_context_overflow_names_input(client: openai.OpenAI) -> None:
+    for stream in (False, True):
+        with pytest.raises(openai.BadRequestError) as err:
+            create(client, input="x" * 3000, max_output_tokens=16, stream=stream)
+        assert err.value.code == "context_length_exceeded" and err.value.param == "input"
+
+
 def test_input_tokens_counts_what_create_would_prompt(client: openai.OpenAI) -> None:
     count = client.responses.input_tokens.count(model=TINY, input="Say hello", instructions="Be brief.")
     resp = create(client, instructions="Be brief.")
