@@ -49,7 +49,11 @@ def _param_from_loc(loc: tuple[Any, ...]) -> str | None:
             or p in {"str", "int", "float"}
         )
     ]
-    return ".".join(parts) or None
+    # OpenAI's form: list positions in brackets, ``messages[0].role`` (pydantic's is ``messages.0.role``).
+    out = ""
+    for p in parts:
+        out += f"[{p}]" if p.isdigit() and out else (f".{p}" if out else p)
+    return out or None
 
 
 def validation_info(exc: RequestValidationError) -> ErrorInfo:
@@ -66,7 +70,13 @@ def validation_info(exc: RequestValidationError) -> ErrorInfo:
     param = _param_from_loc(tuple(first.get("loc", ())))
     message = f"{param}: {first['msg']}" if param else str(first["msg"])
     if first.get("type") == "missing":
-        message = f"you must provide the '{param}' parameter"
+        return ErrorInfo(
+            400,
+            "invalid_request",
+            f"Missing required parameter: '{param}'.",
+            param,
+            "missing_required_parameter",
+        )
     return ErrorInfo(400, "invalid_request", message, param, "invalid_value")
 
 

@@ -282,11 +282,12 @@ def test_bad_json_is_400(server: LiveServer) -> None:
 def test_missing_messages_and_wrong_types_are_400(server: LiveServer) -> None:
     r = httpx.post(f"{server.base_url}/v1/chat/completions", json={"model": TINY})
     assert r.status_code == 400 and r.json()["error"]["param"] == "messages"
+    assert r.json()["error"]["code"] == "missing_required_parameter"
     r = httpx.post(
         f"{server.base_url}/v1/chat/completions",
         json={"model": TINY, "messages": [{"role": "wizard", "content": "hi"}]},
     )
-    assert r.status_code == 400 and r.json()["error"]["param"].startswith("messages.0")
+    assert r.status_code == 400 and r.json()["error"]["param"].startswith("messages[0]")
     r = httpx.post(
         f"{server.base_url}/v1/chat/completions",
         json={"model": TINY, "messages": [{"role": "user", "content": "hi"}], "temperature": 5},

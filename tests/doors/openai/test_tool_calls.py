@@ -461,7 +461,9 @@ def test_tool_calls_on_a_user_message_are_a_400(server: LiveServer) -> None:
 
 def test_a_tool_without_type_is_a_400(server: LiveServer) -> None:
     error = error_of(post(server, tools=[{"function": {"name": "f"}}]))
-    assert error["param"] == "tools.0.type"
+    assert error["param"] == "tools[0].type"  # OpenAI's form of the path
+    assert error["code"] == "missing_required_parameter"
+    assert error["message"] == "Missing required parameter: 'tools[0].type'."
 
 
 def test_a_tool_without_parameters_takes_no_arguments(client: openai.OpenAI) -> None:

@@ -472,10 +472,10 @@ def test_a_stored_response_cannot_be_cancelled(client: openai.OpenAI) -> None:
         ({"input": "hi"}, "model"),
         ({"model": TINY, "input": "hi", "temperature": 3}, "temperature"),
         ({"model": TINY, "input": "hi", "max_output_tokens": 0}, "max_output_tokens"),
-        ({"model": TINY, "input": [{"role": "robot", "content": "hi"}]}, "input.0.role"),
+        ({"model": TINY, "input": [{"role": "robot", "content": "hi"}]}, "input[0].role"),
         (
             {"model": TINY, "input": [{"type": "function_call", "name": "f", "arguments": "{}"}]},
-            "input.0.call_id",
+            "input[0].call_id",
         ),
         ({"model": TINY, "input": [{"type": "computer_call_output", "call_id": "c"}]}, "input"),
         ({"model": TINY, "input": "hi", "tools": [{"type": "web_search"}]}, "tools"),
