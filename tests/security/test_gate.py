@@ -235,6 +235,24 @@ def test_a_key_with_a_model_allowlist_is_refused_other_models_on_every_door(
     assert out.choices
 
 
+def test_a_key_with_a_model_allowlist_sees_only_those_models(keyed: tuple[LiveServer, Settings]) -> None:
+    # As OpenAI lists and retrieves only what a key has access to (404 for the rest).
+    live, settings = keyed
+    base = live.base_url
+    narrow = _key(settings, "narrow-reader", models=["gemma*"], scopes=["models:read", "inference"])
+    client = openai.OpenAI(base_url=f"{base}/v1", api_key=narrow, max_retries=0)
+    assert TINY not in [m.id for m in client.models.list()]
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve(TINY)
+    tags = httpx.get(f"{base}/api/tags", headers=_auth(narrow)).json()["models"]
+    assert TINY not in [m["name"] for m in tags]
+    shown = httpx.post(f"{base}/api/show", json={"model": TINY}, headers=_auth(narrow))
+    assert shown.status_code == 404
+    wide = _key(settings, "wide-reader", models=["ti*"], scopes=["models:read"])
+    assert TINY in [m.id for m in openai.OpenAI(base_url=f"{base}/v1", api_key=wide).models.list()]
+    assert httpx.post(f"{base}/api/show", json={"model": TINY}, headers=_auth(wide)).status_code == 200
+
+
 def test_ollama_load_and_unload_by_an_empty_request_keep_the_keys_model_rules(
     keyed: tuple[LiveServer, Settings],
 ) -> None:

@@ -46,6 +46,7 @@ from llmhost.errors import (
 from llmhost.models.pull import FetchError, PullProgress, PullSlots, pull_model
 from llmhost.net import DestinationPolicy
 from llmhost.security.auth import check_scope
+from llmhost.security.keys import model_allowed
 from llmhost.service import Service
 
 __all__ = ["router"]
@@ -267,7 +268,9 @@ async def embeddings(body: wire.EmbeddingsRequest, request: Request) -> JSONResp
 @router.head("/tags", include_in_schema=False)
 @router.get("/tags")
 async def tags(request: Request) -> dict[str, Any]:
-    return {"models": catalog.tags(_service(request))}
+    """The models the caller's key may use (a key limited to some sees only those)."""
+    globs = create.principal_of(request).models
+    return {"models": [m for m in catalog.tags(_service(request)) if model_allowed(globs, m["name"])]}
 
 
 @router.post("/show")
@@ -277,6 +280,8 @@ async def show(body: wire.ShowRequest, request: Request) -> dict[str, Any]:
     if not asked:
         raise RequestError("model is required", param="model")
     name = catalog.known_name(service, asked) or asked
+    if not model_allowed(create.principal_of(request).models, name):
+        raise ModelNotFoundError(name)  # as if it did not exist, as the model lists have it
     shown = await asyncio.to_thread(catalog.show_model, service, name)
     if shown is not None:
         return shown

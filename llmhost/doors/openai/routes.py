@@ -15,12 +15,13 @@ from llmhost.apps.agents import CITATIONS_KEY
 from llmhost.apps.ensemble import EnsembleSpec, Member, run_ensemble
 from llmhost.core.pipeline import Pipeline
 from llmhost.core.stream import deltas_of, merge_results, merge_streams
-from llmhost.core.types import InferenceRequest, RequestContext, Result, new_id
+from llmhost.core.types import InferenceRequest, Principal, RequestContext, Result, new_id
 from llmhost.doors.anthropic import models as anthropic_models
-from llmhost.doors.common import context_for, door_route, pipeline_of
+from llmhost.doors.common import PRINCIPAL_KEY, context_for, door_route, pipeline_of
 from llmhost.doors.openai import protocol as wire
 from llmhost.doors.openai import translate
 from llmhost.errors import ModelNotFoundError, RequestError
+from llmhost.security.keys import model_allowed
 from llmhost.service import Service
 
 __all__ = ["router"]
@@ -54,9 +55,17 @@ def model_cards(service: Service) -> list[dict[str, Any]]:
     return cards
 
 
+def _visible_cards(request: Request) -> list[dict[str, Any]]:
+    """The cards of the models the caller's key may use (a key limited to some models sees only those,
+    as OpenAI lists only the models a key has access to)."""
+    principal = request.scope.get(PRINCIPAL_KEY)
+    globs = principal.models if isinstance(principal, Principal) else ()
+    return [c for c in model_cards(request.app.state.service) if model_allowed(globs, c["id"])]
+
+
 @router.get("/models", response_model=None)
 async def list_models(request: Request) -> dict[str, Any] | JSONResponse:
-    cards = model_cards(request.app.state.service)
+    cards = _visible_cards(request)
     if anthropic_models.speaks_anthropic(request.headers):
         return anthropic_models.models_answer(cards, request.query_params)
     return {"object": "list", "data": cards}
@@ -64,7 +73,7 @@ async def list_models(request: Request) -> dict[str, Any] | JSONResponse:
 
 @router.get("/models/{model:path}", response_model=None)
 async def get_model(model: str, request: Request) -> dict[str, Any] | JSONResponse:
-    cards = model_cards(request.app.state.service)
+    cards = _visible_cards(request)
     if anthropic_models.speaks_anthropic(request.headers):
         return anthropic_models.model_answer(cards, model)
     for card in cards:
