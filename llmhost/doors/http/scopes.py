@@ -24,6 +24,7 @@ _EXACT: dict[tuple[str, str], str | None] = {
     # OpenAI
     ("GET", "/v1/models"): "models:read",
     ("POST", "/v1/chat/completions"): "inference",
+    ("GET", "/v1/chat/completions"): "inference",  # the caller's stored completions
     ("POST", "/v1/completions"): "inference",
     ("POST", "/v1/embeddings"): "inference",
     ("POST", "/v1/ensemble"): "inference",
@@ -85,6 +86,9 @@ _EXACT: dict[tuple[str, str], str | None] = {
 _PATTERNS: list[tuple[str, re.Pattern[str], str | None]] = [
     ("GET", re.compile(r"/v1/models/.+"), "models:read"),
     ("GET", re.compile(r"/v1/responses/[^/]+(/input_items)?"), "inference"),
+    ("GET", re.compile(r"/v1/chat/completions/[^/]+(/messages)?"), "inference"),
+    ("POST", re.compile(r"/v1/chat/completions/[^/]+"), "inference"),
+    ("DELETE", re.compile(r"/v1/chat/completions/[^/]+"), "inference"),
     ("DELETE", re.compile(r"/v1/responses/[^/]+"), "inference"),
     ("GET", re.compile(r"/v1/diagnose/[^/]+"), "inference"),
     ("POST", re.compile(r"/v1/diagnose/[^/]+/feedback"), "inference"),

@@ -176,6 +176,8 @@ class ChatCompletionRequest(_SamplingFields):
     function_call: Literal["none", "auto"] | NamedFunction | None = Field(
         None, description="Deprecated: tool_choice for `functions`."
     )
+    store: bool | None = Field(None, description="Keep the completion for GET /v1/chat/completions.")
+    metadata: dict[str, str] | None = None
 
 
 class EnsembleRequest(ChatCompletionRequest):

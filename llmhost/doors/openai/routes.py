@@ -19,7 +19,7 @@ from llmhost.core.types import InferenceRequest, Principal, RequestContext, Resu
 from llmhost.doors.anthropic import models as anthropic_models
 from llmhost.doors.common import PRINCIPAL_KEY, context_for, door_route, pipeline_of
 from llmhost.doors.openai import protocol as wire
-from llmhost.doors.openai import translate
+from llmhost.doors.openai import stored, translate
 from llmhost.errors import ModelNotFoundError, RequestError
 from llmhost.security.keys import model_allowed
 from llmhost.service import Service
@@ -87,18 +87,27 @@ async def chat_completions(
     body: wire.ChatCompletionRequest, request: Request
 ) -> JSONResponse | StreamingResponse:
     req = translate.chat_request(body)
+    stored.check_metadata(body.metadata)
     pipeline, ctx = pipeline_of(request), context_for(request, "openai")
     functions = body.functions is not None
     if not body.stream:
         result = await pipeline.run(ctx, req)
-        return JSONResponse(translate.chat_response(result, functions), headers=target_header(result.target))
+        answer = translate.chat_response(result, functions)
+        if body.metadata is not None:
+            answer["metadata"] = body.metadata
+        if body.store:
+            await stored.keep(request, answer, body.messages, body.metadata)
+        return JSONResponse(answer, headers=target_header(result.target))
     # The stream has its first output (or failed over, or failed) before the 200 goes out.
     deltas = await pipeline.stream(ctx, req)
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     citations = ctx.attrs.get(CITATIONS_KEY)
-    events = translate.sse_chat(
-        deltas, new_id("chatcmpl"), body.model, _now(), include_usage, citations, functions
-    )
+    id_, created = new_id("chatcmpl"), _now()
+    if body.store:
+        deltas = stored.keep_stream(
+            request, deltas, id_, body.model, created, body.messages, body.metadata, functions
+        )
+    events = translate.sse_chat(deltas, id_, body.model, created, include_usage, citations, functions)
     headers = {**SSE_HEADERS, **target_header(ctx.target or "")}
     return StreamingResponse(events, media_type="text/event-stream", headers=headers)
 
