@@ -9,6 +9,7 @@ from llmhost.storage.db import (
     open_database,
     redact_url,
 )
+from llmhost.storage.lazy import LazyStore
 from llmhost.storage.migrate import Migration, SchemaError, add_missing_columns, migrate
 
 __all__ = [
@@ -16,6 +17,7 @@ __all__ = [
     "INTEGRITY_ERRORS",
     "Database",
     "DatabaseTarget",
+    "LazyStore",
     "Migration",
     "SchemaError",
     "Transaction",

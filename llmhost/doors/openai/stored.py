@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any, Literal
 
 from fastapi import APIRouter, FastAPI, Request
@@ -27,7 +26,7 @@ from llmhost.core.types import Delta, Principal
 from llmhost.doors.common import PRINCIPAL_KEY, door_route
 from llmhost.doors.openai import translate
 from llmhost.errors import NotFoundError, RequestError
-from llmhost.storage import Database, DatabaseTarget, Transaction, migrate
+from llmhost.storage import DatabaseTarget, LazyStore
 
 __all__ = ["STORE_ATTR", "ChatCompletionStore", "check_metadata", "keep", "keep_stream", "router"]
 
@@ -65,39 +64,11 @@ def check_metadata(metadata: dict[str, str] | None) -> None:
             raise RequestError(f"metadata value of {key!r} is longer than 512 characters", param="metadata")
 
 
-class ChatCompletionStore:
+class ChatCompletionStore(LazyStore):
     """Stored completions per owner; thread-safe, every method blocks (call it in a thread)."""
 
     def __init__(self, target: DatabaseTarget) -> None:
-        self.target = target
-        self._lock = threading.Lock()
-        self._db: Database | None = None
-
-    def _database(self) -> Database:
-        if self._db is None:
-            db = Database(self.target)
-            try:
-                migrate(db, "chat_completions", MIGRATIONS)
-            except BaseException:
-                db.close()
-                raise
-            self._db = db
-        return self._db
-
-    @contextmanager
-    def _transaction(self) -> Iterator[Transaction]:
-        with self._lock, self._database().transaction() as tx:
-            yield tx
-
-    def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-        with self._lock:
-            return self._database().query(sql, params)
-
-    def close(self) -> None:
-        with self._lock:
-            if self._db is not None:
-                self._db.close()
-                self._db = None
+        super().__init__(target, "chat_completions", MIGRATIONS)
 
     def save(
         self, body: dict[str, Any], messages: list[dict[str, Any]], metadata: dict[str, str], owner: str

@@ -15,14 +15,12 @@ with ``asyncio.to_thread``.
 from __future__ import annotations
 
 import json
-import threading
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from typing import Any, Literal
 
 from llmhost.errors import RequestError
-from llmhost.storage import Database, DatabaseTarget, Transaction, migrate
+from llmhost.storage import DatabaseTarget, LazyStore
 
 __all__ = ["ItemPage", "ResponseStore"]
 
@@ -65,46 +63,11 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
-class ResponseStore:
+class ResponseStore(LazyStore):
     """Responses and their items, per owner (the principal that created them); thread-safe."""
 
     def __init__(self, target: DatabaseTarget) -> None:
-        self.target = target
-        self._lock = threading.Lock()
-        self._db: Database | None = None
-
-    # ----- plumbing ------------------------------------------------------------------------------------
-    def _database(self) -> Database:
-        if self._db is None:
-            db = Database(self.target)
-            try:
-                migrate(db, "responses", MIGRATIONS)
-            except BaseException:
-                db.close()
-                raise
-            self._db = db
-        return self._db
-
-    @contextmanager
-    def _transaction(self) -> Iterator[Transaction]:
-        with self._lock, self._database().transaction() as tx:
-            yield tx
-
-    def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-        with self._lock:
-            return self._database().query(sql, params)
-
-    @property
-    def is_open(self) -> bool:
-        """Whether a connection is open now (one opens on first use)."""
-        return self._db is not None
-
-    def close(self) -> None:
-        """Close the connection (a later call opens a new one). Idempotent."""
-        with self._lock:
-            if self._db is not None:
-                self._db.close()
-                self._db = None
+        super().__init__(target, "responses", MIGRATIONS)
 
     # ----- responses -----------------------------------------------------------------------------------
     def save(

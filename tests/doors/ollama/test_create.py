@@ -73,11 +73,15 @@ def test_creating_again_replaces_and_a_model_from_a_made_one_inherits_it(client:
     assert system_of(client, "luigi") == "base"
     assert luigi.details is not None and luigi.details.parent_model == TINY
     assert "num_predict" in (luigi.parameters or "") and "temperature" in (luigi.parameters or "")
-    assert client.chat(model="luigi", messages=HI).eval_count == 3
+    answer = client.chat(model="luigi", messages=HI)  # sampled: it may end on its own before the cap
+    assert answer.eval_count is not None and answer.eval_count <= 3
+    assert answer.done_reason == "stop" or answer.eval_count == 3
 
 
 def test_a_made_model_copies_and_deletes_like_any_other(client: ollama.Client) -> None:
-    client.create(model="mario", from_=TINY, system="It's me.", parameters={"num_predict": 2})
+    client.create(
+        model="mario", from_=TINY, system="It's me.", parameters={"num_predict": 2, "temperature": 0}
+    )
     client.copy("mario", "mario2")
     assert system_of(client, "mario2") == "It's me."
     client.delete("mario")
