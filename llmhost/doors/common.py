@@ -24,6 +24,7 @@ __all__ = [
     "ErrorRenderer",
     "context_for",
     "door_route",
+    "owner_of",
     "pipeline_of",
     "renderer_for",
     "serve_errors",
@@ -165,6 +166,12 @@ def renderer_for(
                 return renderers[prefix]
     best = max((p for p in renderers if path.startswith(p)), key=len, default="")
     return renderers[best]
+
+
+def owner_of(principal: Principal) -> str:
+    """Whose stored responses and chat completions these are: the key's id (stable across rotation, never reused when a name
+    is), else the principal's name (the owner on an open loopback server, the config-file key)."""
+    return principal.key_id or principal.name
 
 
 def pipeline_of(request: Request) -> Pipeline:

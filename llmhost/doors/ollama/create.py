@@ -204,7 +204,8 @@ async def _from_files(request: Request, service: Service, body: wire.CreateReque
     if service.agents.find(target) is not None or target in service.gateway.public_models():
         raise ConflictError(f"'{target}' is a made model or a route; give the file another name")
     (filename,) = ggufs
-    record = await asyncio.to_thread(uploads_of(request).register, files[filename], target, filename)
+    uploads = await asyncio.to_thread(uploads_of, request)
+    record = await asyncio.to_thread(uploads.register, files[filename], target, filename)
     return _progress(body, ["parsing GGUF", f"using existing layer {record.digest}"])
 
 
@@ -220,7 +221,8 @@ def uploads_of(request: Request) -> Uploads:
 async def head_blob(digest: str, request: Request) -> Response:
     """200 when the server holds the file with ``digest`` (pushed, or a stored model's), else 404."""
     parse_digest(digest)
-    if await asyncio.to_thread(uploads_of(request).has, digest):
+    uploads = await asyncio.to_thread(uploads_of, request)  # the first use makes the folder
+    if await asyncio.to_thread(uploads.has, digest):
         return Response(status_code=200)
     raise NotFoundError(f'blob "{digest}" not found', param="digest")
 
@@ -231,7 +233,7 @@ async def push_blob(digest: str, request: Request) -> Response:
     read); a body whose SHA-256 differs is a 400 and leaves nothing behind. The gate streams this one
     body instead of reading it whole (a GGUF is gigabytes): it goes to disk as it comes."""
     parse_digest(digest)
-    uploads = uploads_of(request)
+    uploads = await asyncio.to_thread(uploads_of, request)
     if await asyncio.to_thread(uploads.has, digest):
         return Response(status_code=200)
     writer = await asyncio.to_thread(uploads.writer, digest)

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict
 
 from llmhost.core.stream import ResultBuilder
 from llmhost.core.types import Delta, Principal
-from llmhost.doors.common import PRINCIPAL_KEY, door_route
+from llmhost.doors.common import PRINCIPAL_KEY, door_route, owner_of
 from llmhost.doors.openai import translate
 from llmhost.errors import NotFoundError, RequestError
 from llmhost.storage import DatabaseTarget, LazyStore
@@ -149,10 +149,9 @@ def _store_messages(completion_id: str, messages: list[Any]) -> list[dict[str, A
     return out
 
 
-def _owner(principal: Any) -> str:
-    if isinstance(principal, Principal):
-        return principal.key_id or principal.name
-    return "owner"
+def _owner(request: Request) -> str:
+    principal = request.scope.get(PRINCIPAL_KEY)
+    return owner_of(principal if isinstance(principal, Principal) else Principal())
 
 
 def store_of(request: Request) -> ChatCompletionStore:
@@ -168,7 +167,7 @@ async def keep(
     request: Request, body: dict[str, Any], messages: list[Any], metadata: dict[str, str] | None
 ) -> None:
     """Store a whole answer (``store: true``)."""
-    store, owner = store_of(request), _owner(request.scope.get(PRINCIPAL_KEY))
+    store, owner = store_of(request), _owner(request)
     rows = _store_messages(body["id"], messages)
     await asyncio.to_thread(store.save, body, rows, metadata or {}, owner)
 
@@ -251,7 +250,7 @@ async def list_completions(request: Request) -> dict[str, Any]:
     metadata = {
         k[len("metadata[") : -1]: v for k, v in query.items() if k.startswith("metadata[") and k.endswith("]")
     }
-    owner = _owner(request.scope.get(PRINCIPAL_KEY))
+    owner = _owner(request)
     items = await asyncio.to_thread(
         store_of(request).list, owner, model=query.get("model"), metadata=metadata, order=order
     )
@@ -260,9 +259,7 @@ async def list_completions(request: Request) -> dict[str, Any]:
 
 @router.get("/chat/completions/{completion_id}")
 async def get_completion(completion_id: str, request: Request) -> dict[str, Any]:
-    found = await asyncio.to_thread(
-        store_of(request).get, completion_id, _owner(request.scope.get(PRINCIPAL_KEY))
-    )
+    found = await asyncio.to_thread(store_of(request).get, completion_id, _owner(request))
     if found is None:
         raise _not_found(completion_id)
     return found
@@ -271,7 +268,7 @@ async def get_completion(completion_id: str, request: Request) -> dict[str, Any]
 @router.post("/chat/completions/{completion_id}")
 async def update_completion(completion_id: str, body: _UpdateBody, request: Request) -> dict[str, Any]:
     check_metadata(body.metadata)
-    store, owner = store_of(request), _owner(request.scope.get(PRINCIPAL_KEY))
+    store, owner = store_of(request), _owner(request)
     if not await asyncio.to_thread(store.update, completion_id, owner, body.metadata or {}):
         raise _not_found(completion_id)
     found = await asyncio.to_thread(store.get, completion_id, owner)
@@ -281,7 +278,7 @@ async def update_completion(completion_id: str, body: _UpdateBody, request: Requ
 
 @router.delete("/chat/completions/{completion_id}")
 async def delete_completion(completion_id: str, request: Request) -> dict[str, Any]:
-    owner = _owner(request.scope.get(PRINCIPAL_KEY))
+    owner = _owner(request)
     if not await asyncio.to_thread(store_of(request).delete, completion_id, owner):
         raise _not_found(completion_id)
     return {"object": "chat.completion.deleted", "id": completion_id, "deleted": True}
@@ -290,7 +287,7 @@ async def delete_completion(completion_id: str, request: Request) -> dict[str, A
 @router.get("/chat/completions/{completion_id}/messages")
 async def completion_messages(completion_id: str, request: Request) -> dict[str, Any]:
     after, limit, order = _listing(request)
-    owner = _owner(request.scope.get(PRINCIPAL_KEY))
+    owner = _owner(request)
     messages = await asyncio.to_thread(store_of(request).messages, completion_id, owner)
     if messages is None:
         raise _not_found(completion_id)

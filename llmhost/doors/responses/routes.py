@@ -20,8 +20,7 @@ from typing import Any, Literal
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from llmhost.core.types import Principal
-from llmhost.doors.common import context_for, door_route, pipeline_of
+from llmhost.doors.common import context_for, door_route, owner_of, pipeline_of
 from llmhost.doors.responses import protocol as wire
 from llmhost.doors.responses import translate
 from llmhost.doors.responses.events import ResponseStream
@@ -44,12 +43,6 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 router = APIRouter(prefix="/v1", route_class=door_route(translate.render_error), lifespan=_lifespan)
-
-
-def owner_of(principal: Principal) -> str:
-    """Whose stored responses these are: the key's id (stable across rotation, never reused when a name
-    is), else the principal's name (the owner on an open loopback server, the config-file key)."""
-    return principal.key_id or principal.name
 
 
 def store_of(request: Request) -> ResponseStore:
