@@ -17,6 +17,7 @@ import pytest
 from llmhost.apps.agents.spec import AgentSpec
 from llmhost.apps.agents.store import AgentStore, Feedback, RunRecord
 from llmhost.config import load_settings
+from llmhost.doors.openai.stored import ChatCompletionStore
 from llmhost.doors.responses.store import ResponseStore
 from llmhost.errors import ConfigError, ConflictError
 from llmhost.models.registry import ModelRecord, Registry
@@ -176,6 +177,32 @@ def test_stored_responses_and_their_items(db_target: str) -> None:
         assert page is not None and [i["id"] for i in page.items] == ["ctx_1", "in_1"] and page.has_more
         assert store.find_item("in_2", "alice") == {"id": "in_2"}
         assert store.delete("resp_1", "alice") and store.find_item("in_2", "alice") is None
+    finally:
+        store.close()
+
+
+def test_stored_chat_completions(db_target: str) -> None:
+    store = ChatCompletionStore(db_target)
+    try:
+        for n, model in enumerate(["m", "m", "other"]):
+            body = {"id": f"chatcmpl-{n}", "created": 1, "model": model, "choices": []}
+            store.save(body, [{"id": f"chatcmpl-{n}-0", "role": "user"}], {"n": str(n)}, "alice")
+        assert store.get("chatcmpl-0", "alice") == {
+            "id": "chatcmpl-0", "created": 1, "model": "m", "choices": [], "metadata": {"n": "0"}
+        }  # fmt: skip
+        assert store.get("chatcmpl-0", "bob") is None
+        listed = store.list("alice", model=None, metadata={}, order="asc")
+        assert [c["id"] for c in listed] == ["chatcmpl-0", "chatcmpl-1", "chatcmpl-2"]
+        newest_first = store.list("alice", model="m", metadata={}, order="desc")
+        assert [c["id"] for c in newest_first] == ["chatcmpl-1", "chatcmpl-0"]
+        assert [c["id"] for c in store.list("alice", model=None, metadata={"n": "2"}, order="asc")] == [
+            "chatcmpl-2"
+        ]
+        assert store.messages("chatcmpl-1", "alice") == [{"id": "chatcmpl-1-0", "role": "user"}]
+        assert store.update("chatcmpl-1", "alice", {"k": "v"}) and not store.update("chatcmpl-1", "bob", {})
+        assert (store.get("chatcmpl-1", "alice") or {})["metadata"] == {"k": "v"}
+        assert store.delete("chatcmpl-1", "alice") and not store.delete("chatcmpl-1", "alice")
+        assert store.list("bob", model=None, metadata={}, order="asc") == []
     finally:
         store.close()
 
