@@ -202,6 +202,9 @@ class Sampling:
     # Speculative decoding, a local-engine speed option (remote providers never get it): "ngram" on,
     # "none" off even where the model turns it on, None the model's setting.
     speculative: Speculative | None = None
+    # Text the answer is expected to repeat largely (OpenAI's Predicted Outputs): the local engine drafts
+    # from it; an OpenAI-compatible upstream gets it as ``prediction``. A speed hint: same output.
+    prediction: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -169,8 +169,9 @@ def renderer_for(
 
 
 def owner_of(principal: Principal) -> str:
-    """Whose stored responses and chat completions these are: the key's id (stable across rotation, never reused when a name
-    is), else the principal's name (the owner on an open loopback server, the config-file key)."""
+    """Whose stored responses and chat completions these are: the key's id (stable across rotation,
+    never reused when a name is), else the principal's name (the owner on an open loopback server, the
+    config-file key)."""
     return principal.key_id or principal.name
 
 

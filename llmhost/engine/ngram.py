@@ -14,7 +14,10 @@ prompt-lookup decoding and llama.cpp's ``ngram-simple``.
 
 from __future__ import annotations
 
-__all__ = ["DRAFT_START", "NGRAM_MAX", "NGRAM_MIN", "NgramIndex", "adapt_draft"]
+import bisect
+from collections.abc import Sequence
+
+__all__ = ["DRAFT_START", "NGRAM_MAX", "NGRAM_MIN", "NgramIndex", "PredictionIndex", "adapt_draft"]
 
 NGRAM_MAX = 4  # the longest n-gram looked up
 NGRAM_MIN = 3  # shorter matches guess wrong too often (in prose too) to be worth their logits rows
@@ -69,4 +72,48 @@ class NgramIndex:
                 # occurrence is right behind the tail, and the draft goes round it as often as it fits.
                 period = len(tokens) - start
                 return [tokens[start + i % period] for i in range(max_len)]
+        return []
+
+
+class PredictionIndex:
+    """Drafts from a text the answer is expected to repeat (OpenAI's Predicted Outputs: the file being
+    edited, the document being corrected).
+
+    While the answer is the prediction's first few tokens, the draft is what follows them. Then its newest
+    ``NGRAM_MAX`` to ``NGRAM_MIN`` tokens are looked up in the prediction, the first occurrence past
+    where the answer was last found winning (a repeated line keeps its place), and the draft is what
+    follows it there. An answer that has left the prediction gets no draft from it until it joins again.
+    """
+
+    __slots__ = ("_at", "_cursor", "_prediction")
+
+    def __init__(self, prediction: Sequence[int]) -> None:
+        self._prediction = list(prediction)
+        self._cursor = 0  # where in the prediction the answer was last found
+        # _at[n][gram] = the positions right after each occurrence of gram, ascending.
+        self._at: dict[int, dict[tuple[int, ...], list[int]]] = {
+            n: {} for n in range(NGRAM_MIN, NGRAM_MAX + 1)
+        }
+        for n, at in self._at.items():
+            for end in range(n, len(self._prediction) + 1):
+                at.setdefault(tuple(self._prediction[end - n : end]), []).append(end)
+
+    def draft(self, answer: Sequence[int], max_len: int) -> list[int]:
+        """Up to ``max_len`` tokens of the prediction that follow where ``answer`` (the tokens written
+        so far) now stands in it; empty when it stands nowhere."""
+        if max_len <= 0 or not self._prediction:
+            return []
+        head = len(answer)
+        if head <= NGRAM_MAX and self._prediction[:head] == list(answer):  # still the prediction's start
+            self._cursor = head
+            return self._prediction[head : head + max_len]
+        for n in range(NGRAM_MAX, NGRAM_MIN - 1, -1):
+            if len(answer) < n:
+                continue
+            ends = self._at[n].get(tuple(answer[-n:]))
+            if ends:
+                after = bisect.bisect_right(ends, self._cursor)  # the answer only moves forward
+                end = ends[after] if after < len(ends) else ends[-1]
+                self._cursor = end
+                return self._prediction[end : end + max_len]
         return []

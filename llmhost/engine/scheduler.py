@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from llmhost.engine.kv import SlotTable
-from llmhost.engine.ngram import DRAFT_START, NgramIndex, adapt_draft
+from llmhost.engine.ngram import DRAFT_START, NgramIndex, PredictionIndex, adapt_draft
 from llmhost.engine.types import FinishReason, GenerationRequest, ScheduledChunk, SchedulerOutput
 from llmhost.errors import ContextLengthError, EngineOverloadedError, RequestError
 
@@ -49,6 +49,7 @@ class Sequence:
     finish_reason: FinishReason | None = None
     max_total_tokens: int = 0
     ngrams: NgramIndex | None = None  # a speculative sequence's n-gram index, built on first use
+    predicted: PredictionIndex | None = None  # drafts from the request's prediction, built on first use
     draft_len: int = DRAFT_START  # how many tokens its next draft may have (see ``ngram.adapt_draft``)
 
     @property
@@ -208,11 +209,18 @@ class Scheduler:
         """A speculative sequence's draft: as long as its request allows, the room left this step, and
         the tokens it may still add (the token sampled after the draft is one of them)."""
         params = seq.request.params
-        if params.speculative != "ngram" or room <= 0:
+        if (params.speculative != "ngram" and not params.prediction) or room <= 0:
             return []
         n = min(seq.draft_len, params.draft_max, room, seq.max_total_tokens - len(seq.tokens) - 1)
         if n <= 0:
             return []
+        if params.prediction:
+            if seq.predicted is None:
+                seq.predicted = PredictionIndex(params.prediction)
+            # The newest token (fed this step) is written already: the draft follows it.
+            draft = seq.predicted.draft(seq.output_tokens, n)
+            if draft:
+                return draft
         if seq.ngrams is None:
             seq.ngrams = NgramIndex()
         return seq.ngrams.draft(seq.tokens, n)

@@ -55,6 +55,10 @@ class SamplingParams:
     # (llmhost.engine.ngram) and checks them all in one decode call; the output is the same.
     speculative: str | None = None
     draft_max: int = 16  # most tokens drafted a step
+    # Token ids the answer is expected to repeat in large part (OpenAI's Predicted Outputs): drafts come
+    # from them first (llmhost.engine.ngram.PredictionIndex), then from the sequence's own text. A speed
+    # hint only: the output is the same with or without it.
+    prediction: tuple[int, ...] = ()
 
 
 @dataclass(eq=False, slots=True)

@@ -204,6 +204,18 @@ class LocalBackend:
         _check_ids(model, prompt, "prompt")
         return list(prompt)
 
+    async def _prediction_tokens(self, model: LoadedModel, prediction: str | None) -> tuple[int, ...]:
+        """A prediction's tokens, as the answer would spell it (plain text, no BOS)."""
+        if not prediction:
+            return ()
+
+        def tokenize() -> tuple[int, ...]:
+            self._check_size(model, len(prediction.encode("utf-8", errors="replace")), "prediction")
+            with model.runner.borrow():
+                return tuple(model.runner.vocab.tokenize(prediction, add_special=False))
+
+        return await asyncio.to_thread(tokenize)
+
     @staticmethod
     def after_prefix(model: LoadedModel, prefix: Sequence[int], tokens: list[int]) -> list[int]:
         """``tokens`` continuing the token ids of earlier turns (Ollama's ``context``): the prefix
@@ -222,20 +234,26 @@ class LocalBackend:
         plan: Callable[[LoadedModel], ChatPlan],
         cache_scope: str = "",
         prefix: Sequence[int] = (),
+        prediction: str | None = None,
     ) -> list[Generation]:
         """Hold the model, let ``plan`` decide the template input and sampling for it, render the chat
         template and start one generation per sampling entry (``n`` choices). ``cache_scope`` (the
         caller's key) decides whose cached prefix counts in ``cached_tokens``; ``prefix`` is token ids
-        to continue (:meth:`after_prefix`)."""
+        to continue (:meth:`after_prefix`); ``prediction`` text the answer should largely repeat."""
         async with self.using(name) as model:
             chosen, tokens, (template_stops, stop_ids) = await asyncio.to_thread(
                 self._prepare_chat, model, plan
             )
             tokens = self.after_prefix(model, prefix, tokens)
+            predicted = await self._prediction_tokens(model, prediction)
             started = []
             for p in chosen.params:
                 stop = tuple(dict.fromkeys((*p.stop, *template_stops)))
-                started.append(dataclasses.replace(p, stop=stop, stop_token_ids=p.stop_token_ids | stop_ids))
+                started.append(
+                    dataclasses.replace(
+                        p, stop=stop, stop_token_ids=p.stop_token_ids | stop_ids, prediction=predicted
+                    )
+                )
             # Once submitted, the engine's own count of live requests keeps the model resident.
             return self._start(model, tokens, started, "chatcmpl", cache_scope)
 
@@ -246,12 +264,16 @@ class LocalBackend:
         params: Sequence[SamplingParams],
         cache_scope: str = "",
         prefix: Sequence[int] = (),
+        prediction: str | None = None,
     ) -> list[Generation]:
         """Continue a raw prompt (text or token ids) without any template; text is tokenized with
         special-token parsing, as llama.cpp's server does for raw prompts."""
         async with self.using(name) as model:
             tokens = await asyncio.to_thread(self._prepare_raw, model, prompt)
             tokens = self.after_prefix(model, prefix, tokens)
+            predicted = await self._prediction_tokens(model, prediction)
+            if predicted:
+                params = [dataclasses.replace(p, prediction=predicted) for p in params]
             return self._start(model, tokens, params, "cmpl", cache_scope)
 
     async def chat_tokens(self, name: str, plan: Callable[[LoadedModel], ChatPlan]) -> list[int]:

@@ -187,7 +187,12 @@ class LocalProvider:
             ]
             prompt = request.prompt if isinstance(request.prompt, str) else list(request.prompt)
             gens = await self.backend.complete(
-                request.model, prompt, params, request.cache_scope, request.prefix_tokens
+                request.model,
+                prompt,
+                params,
+                request.cache_scope,
+                request.prefix_tokens,
+                request.sampling.prediction,
             )
             return gens, None
         if request.tools:
@@ -200,9 +205,10 @@ class LocalProvider:
                 syntax = detect_syntax(model.template.source, model.record.architecture, model.name)
             return _plan(request, model_settings, syntax)
 
-        return await self.backend.chat(
-            request.model, plan, request.cache_scope, request.prefix_tokens
-        ), syntax
+        gens = await self.backend.chat(
+            request.model, plan, request.cache_scope, request.prefix_tokens, request.sampling.prediction
+        )
+        return gens, syntax
 
     async def answer(self, request: InferenceRequest) -> Result:
         gens, syntax = await self._start(request)

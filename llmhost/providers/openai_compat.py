@@ -6,7 +6,8 @@ answers; every :class:`~llmhost.core.types.Sampling` field that is set (``max_to
 ``top_p``, ``seed``, ``stop``, penalties when non-zero, ``logit_bias``, ``n``; ``top_k``, ``min_p``,
 ``repeat_penalty`` and ``ignore_eos`` as the extensions vLLM, llama.cpp and llmhost take), ``logprobs``
 (chat: ``logprobs: true`` + ``top_logprobs``; completions: ``logprobs: N``), ``response_format``
-(``json_object`` / ``json_schema``), ``tools`` / ``tool_choice`` / ``parallel_tool_calls``, ``user``.
+(``json_object`` / ``json_schema``), ``tools`` / ``tool_choice`` / ``parallel_tool_calls``, ``user``,
+a chat's ``prediction`` (Predicted Outputs).
 ``speculative`` is never sent: it is llmhost's local-engine speed option, and OpenAI refuses unknown
 fields.
 
@@ -157,6 +158,8 @@ def chat_body(request: InferenceRequest, *, max_tokens_field: str = "max_tokens"
     """The ``/chat/completions`` body for a chat request (without ``stream``)."""
     body: dict[str, Any] = {"model": request.model, "messages": [_message(m) for m in request.messages]}
     _common(request, body, max_tokens_field)
+    if request.sampling.prediction:
+        body["prediction"] = {"type": "content", "content": request.sampling.prediction}
     if request.sampling.logprobs is not None:
         body["logprobs"] = True
         body["top_logprobs"] = request.sampling.logprobs

@@ -4,10 +4,18 @@ from __future__ import annotations
 
 import pytest
 
-from llmhost.core.types import ChatMessage, ContentPart, EmbedRequest, ResponseFormat, TokenLogprob
+from llmhost.core.types import (
+    ChatMessage,
+    ContentPart,
+    EmbedRequest,
+    InferenceRequest,
+    ResponseFormat,
+    Sampling,
+    TokenLogprob,
+)
 from llmhost.errors import RequestError
 from llmhost.providers.base import Provider, ProviderHTTPError
-from llmhost.providers.openai_compat import OpenAICompatProvider
+from llmhost.providers.openai_compat import OpenAICompatProvider, chat_body, completion_body
 from tests.conftest import TINY, LiveServer
 from tests.providers.conftest import (
     OPENAI_KEY,
@@ -305,3 +313,13 @@ async def test_another_llmhost_serves_chat_and_streams_through_the_provider(
     assert text_of(deltas) == result.text
     assert TINY in await p.list_models()
     assert await p.health() is True
+
+
+def test_a_prediction_goes_upstream_on_chat_only() -> None:
+    sampling = Sampling(prediction="def f():\n    return 1\n")
+    chat = InferenceRequest("chat", "m", messages=(ChatMessage("user", "hi"),), sampling=sampling)
+    assert chat_body(chat)["prediction"] == {"type": "content", "content": "def f():\n    return 1\n"}
+    assert "prediction" not in chat_body(InferenceRequest("chat", "m", messages=(ChatMessage("user", "hi"),)))
+    assert "prediction" not in completion_body(
+        InferenceRequest("completion", "m", prompt="x", sampling=sampling)
+    )

@@ -162,6 +162,22 @@ class _SamplingFields(_Lenient):
         return value
 
 
+class PredictionPart(_Lenient):
+    type: Literal["text"]
+    text: str
+
+
+class Prediction(_Lenient):
+    """OpenAI's Predicted Outputs: ``{"type": "content", "content": "..." | [{"type": "text", ...}]}``."""
+
+    type: Literal["content"]
+    content: str | list[PredictionPart]
+
+    @property
+    def text(self) -> str:
+        return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
+
+
 class ChatCompletionRequest(_SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: int | None = Field(None, ge=1)
@@ -175,6 +191,10 @@ class ChatCompletionRequest(_SamplingFields):
     functions: list[FunctionDef] | None = Field(None, description="Deprecated: tools of type function.")
     function_call: Literal["none", "auto"] | NamedFunction | None = Field(
         None, description="Deprecated: tool_choice for `functions`."
+    )
+    prediction: Prediction | None = Field(
+        None,
+        description="Predicted Outputs: text the answer will largely repeat (drafted from; same output).",
     )
     store: bool | None = Field(None, description="Keep the completion for GET /v1/chat/completions.")
     metadata: dict[str, str] | None = None

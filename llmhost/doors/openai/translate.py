@@ -176,6 +176,7 @@ def _sampling(req: wire.ChatCompletionRequest | wire.CompletionRequest, logprobs
         except ValueError:
             raise RequestError(f"logit_bias key {key!r} is not a token id", param="logit_bias") from None
     max_tokens = getattr(req, "max_completion_tokens", None) or req.max_tokens
+    prediction = getattr(req, "prediction", None)
     return Sampling(
         max_tokens=max_tokens,
         temperature=req.temperature,
@@ -192,6 +193,7 @@ def _sampling(req: wire.ChatCompletionRequest | wire.CompletionRequest, logprobs
         logprobs=logprobs,
         n=req.n,
         speculative=req.speculative,
+        prediction=prediction.text if prediction is not None else None,
     )
 
 
