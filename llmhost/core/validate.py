@@ -30,9 +30,11 @@ def check_tools(request: InferenceRequest) -> None:
     """Tool names valid and unique, parameters a JSON-schema object, ``tool_choice`` satisfiable."""
     seen: set[str] = set()
     for i, tool in enumerate(request.tools):
+        # Worded for every dialect (a tool's name and schema sit at other paths in each); ``param`` is
+        # OpenAI's path, which only the OpenAI envelope shows.
         if not _TOOL_NAME.match(tool.name):
             raise RequestError(
-                f"tools[{i}].function.name {tool.name!r} must be 1-64 letters, digits, '_' or '-'",
+                f"tool name {tool.name!r} must be 1-64 letters, digits, '_' or '-'",
                 param=f"tools[{i}].function.name",
             )
         if tool.name in seen:
@@ -41,7 +43,7 @@ def check_tools(request: InferenceRequest) -> None:
         schema = tool.parameters
         if not isinstance(schema, dict) or schema.get("type", "object") != "object":
             raise RequestError(
-                f"tools[{i}].function.parameters must be a JSON schema of type 'object'",
+                f"tool {tool.name!r}: its parameters (input schema) must be a JSON schema of type 'object'",
                 param=f"tools[{i}].function.parameters",
             )
     choice = request.tool_choice
