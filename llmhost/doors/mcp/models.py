@@ -14,13 +14,14 @@ from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ResourceNotFoundError
 from pydantic import BaseModel, Field
 
-from llmhost.doors.mcp.gate import Registrar
+from llmhost.doors.mcp.gate import Registrar, current
 from llmhost.doors.ollama.catalog import describe_loaded, human_number
 from llmhost.errors import ModelNotFoundError, ProviderError
 from llmhost.models.manager import LoadedModel
 from llmhost.models.pull import FetchError, PullProgress, PullSlots, pull_model
 from llmhost.models.registry import ModelRecord
 from llmhost.net import DestinationPolicy
+from llmhost.security.keys import model_allowed
 from llmhost.service import Service
 
 __all__ = ["register"]
@@ -139,7 +140,11 @@ def register(reg: Registrar, service: Service) -> None:
     async def list_models() -> ModelList:
         """Every model this server can answer for: local GGUF models (with their load state) and the
         gateway's routes."""
-        return await asyncio.to_thread(model_list, service)
+        listed = await asyncio.to_thread(model_list, service)
+        # A key limited to some models sees only those, as /v1/models and /api/tags list them.
+        globs = current().principal.models
+        kept = [m for m in listed.models if model_allowed(globs, m.name)]
+        return listed.model_copy(update={"models": kept})
 
     async def get_model_info(model: ModelName) -> ModelInfo:
         """One model's details: architecture, size, quantization, context, and its load state."""

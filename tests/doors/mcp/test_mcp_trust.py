@@ -87,6 +87,10 @@ def test_a_key_limited_to_some_models_cannot_load_others(make_server) -> None:  
     _, secret = service.keys.create("narrow", scopes=["models:write", "inference"], models=["other-*"])
     result = call(f"{live.base_url}/mcp", "load_model", {"model": TINY}, key=secret)
     assert result.is_error and f"may not use model {TINY!r}" in text_of(result)
+    _, reader = service.keys.create("narrow-reader", scopes=["models:read"], models=["other-*"])
+    assert (
+        structured(call(f"{live.base_url}/mcp", "list_models", key=reader))["models"] == []
+    )  # as /v1/models
 
 
 @pytest.mark.parametrize("method", ["POST", "GET", "DELETE"])
