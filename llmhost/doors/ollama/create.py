@@ -27,6 +27,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
+from starlette.requests import ClientDisconnect
 
 from llmhost.apps.agents.spec import AgentSpec, SamplingSpec
 from llmhost.core.types import Principal
@@ -248,6 +249,8 @@ async def push_blob(digest: str, request: Request) -> Response:
         await asyncio.to_thread(writer.finish)
     except OSError as exc:
         raise ModelError(f"cannot store the pushed file: {exc}") from exc
+    except ClientDisconnect:  # the client went away midway: nothing is kept (a client's doing, not a 5xx)
+        raise RequestError("the upload ended before its last byte", param="digest") from None
     finally:
         writer.abort()  # a kept file was moved away already
     return Response(status_code=201)

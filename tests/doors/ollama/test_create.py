@@ -5,6 +5,9 @@ and what it cannot make is a 400 naming the field."""
 from __future__ import annotations
 
 import hashlib
+import logging
+import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +16,7 @@ import ollama
 import pytest
 
 from tests.conftest import TINY, LiveServer, ServerFactory
+from tests.support import wait_until
 
 HI: Any = [{"role": "user", "content": "Say hello"}]
 
@@ -213,3 +217,18 @@ def test_pushing_needs_models_write(make_server: ServerFactory) -> None:
     assert not (live.service.store.models_dir / "uploads").exists() or not list(
         (live.service.store.models_dir / "uploads").iterdir()
     )
+
+
+def test_a_push_cut_off_midway_keeps_nothing_and_is_no_server_error(
+    server: LiveServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    host, port = server.base_url.removeprefix("http://").split(":")
+    digest = "sha256:" + "4" * 64
+    with socket.create_connection((host, int(port))) as conn:
+        head = f"POST /api/blobs/{digest} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Length: 100000\r\n\r\n"
+        conn.sendall(head.encode() + b"G" * 5000)
+        time.sleep(0.5)  # the route is writing the upload now
+    uploads = server.service.store.models_dir / "uploads"
+    wait_until(lambda: not list(uploads.iterdir()), timeout=10)
+    assert httpx.head(f"{server.base_url}/api/blobs/{digest}").status_code == 404
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
