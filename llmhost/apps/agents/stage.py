@@ -71,24 +71,30 @@ class AgentStage(StageBase):
                 f"this API key lacks the {agent.scope!r} scope agent {agent.name!r} needs",
                 "insufficient_scope",
             )
-        if request.kind != "chat":
-            raise RequestError(
-                f"agent {agent.name!r} answers chat requests (/v1/chat/completions, /v1/messages, /api/chat, "
-                "/v1/responses), not plain completions",
-                param="model",
-            )
         if agent.policy is not None:
             ctx.principal = dataclasses.replace(ctx.principal, policy=agent.policy)
         trace = RunTrace(agent=agent, model=agent.model)
         if not count_only:
             ctx.attrs[TRACE_KEY] = trace
+        if request.kind != "chat":
+            # A plain completion (a raw prompt, Ollama's raw or template generate) has no turns to put a
+            # system prompt, documents or tools in: it runs on the agent's model with its sampling
+            # defaults and policy, as Ollama runs a raw prompt on a model made FROM another.
+            return dataclasses.replace(
+                request, model=agent.model, sampling=agent.sampling.fill(request.sampling)
+            )
         system = agent.system
         if agent.datasets and self.retriever is not None:
             context = await self._retrieve(ctx, agent, request, trace)
             if context:
                 system = f"{system}\n\n{context}" if system else context
         messages = request.messages
-        if system:
+        if system and messages and messages[0].role == "system":
+            # The caller's own system prompt joins the agent's in one system turn: most chat templates
+            # take a single one, first (Gemma's refuses a second).
+            first = messages[0]
+            messages = (dataclasses.replace(first, content=f"{system}\n\n{first.content}"), *messages[1:])
+        elif system:
             messages = (ChatMessage("system", system), *messages)
         server_tools = await self.agents.toolbox.tools_for(agent, ctx.principal) if agent.server_tools else []
         trace.server_tools = {t.tool.name: t for t in server_tools}

@@ -69,9 +69,16 @@ def _headers(target: str | None) -> dict[str, str]:
 
 
 # ----- model residency (load, unload, keep_alive) ------------------------------------------------------
+def _base_name(service: Service, name: str) -> str:
+    """The model a made model (an agent, :mod:`.create`) answers on; any other name as it is."""
+    agent = service.agents.find(name)
+    return agent.model if agent is not None else name
+
+
 def _local_models(service: Service, name: str) -> list[str]:
-    """The local models behind ``name`` (a local model, or a route's local targets); 404 when unknown."""
-    route = service.gateway.resolve(name)
+    """The local models behind ``name`` (a local model, a route's local targets, or those of the model a
+    made model answers on); 404 when unknown."""
+    route = service.gateway.resolve(_base_name(service, name))
     return [t.settings.model for t in route.targets if t.settings.provider == "local"]
 
 
@@ -223,7 +230,7 @@ async def embed(body: wire.EmbedRequest, request: Request) -> JSONResponse:
     ``truncate: false`` makes it a 400."""
     service = _service(request)
     model = translate.require_model(body.model or service.settings.embeddings.model)
-    name = catalog.known_name(service, model) or model
+    name = _base_name(service, catalog.known_name(service, model) or model)
     keep_alive = parse_keep_alive(body.keep_alive)
     inputs = translate.embed_inputs(body.input)
     if body.dimensions is not None and body.dimensions < 0:
@@ -253,7 +260,7 @@ async def embeddings(body: wire.EmbeddingsRequest, request: Request) -> JSONResp
     """The older single-prompt embedding route."""
     service = _service(request)
     model = translate.require_model(body.model or service.settings.embeddings.model)
-    name = catalog.known_name(service, model) or model
+    name = _base_name(service, catalog.known_name(service, model) or model)
     keep_alive = parse_keep_alive(body.keep_alive)
     if not body.prompt:
         await _residency(request, name, keep_alive, unload=False)
@@ -317,6 +324,8 @@ async def copy(body: wire.CopyRequest, request: Request) -> Response:
     service = _service(request)
     source = catalog.known_name(service, body.source) or body.source
     destination = catalog.known_name(service, body.destination) or body.destination
+    if service.agents.find(destination) is not None and service.agents.find(source) is None:
+        raise ConflictError(f"'{destination}' is a made model (/api/create); delete it first")
     agent = service.agents.find(source)
     if agent is not None:  # a model /api/create made: the copy is another agent with its settings
         check_scope(create.principal_of(request), "agents:write")

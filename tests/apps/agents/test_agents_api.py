@@ -176,7 +176,9 @@ def test_every_dialect_reaches_the_agent(live: LiveServer, openai_client: Any) -
     assert doors == ["anthropic", "ollama", "openai", "responses"]
 
 
-def test_an_agent_refuses_plain_completions_and_callers_without_its_scope(make_server: ServerFactory) -> None:
+def test_an_agent_runs_plain_completions_and_refuses_callers_without_its_scope(
+    make_server: ServerFactory,
+) -> None:
     live = make_server()
     settings = live.server.config.app.state.service.settings
     admin = {"authorization": f"Bearer {make_key(settings, 'root', scopes=['*'])}"}
@@ -185,12 +187,25 @@ def test_an_agent_refuses_plain_completions_and_callers_without_its_scope(make_s
     refused = _chat(live.base_url, "helper", headers=user)
     assert refused.status_code == 403 and "admin" in refused.json()["error"]["message"]
     assert _chat(live.base_url, "helper", headers=admin).status_code == 200
-    completion = httpx.post(
-        f"{live.base_url}/v1/completions",
-        json={"model": "helper", "prompt": "hi", "max_tokens": 2},
-        headers=admin,
-    )
-    assert completion.status_code == 400 and "chat" in completion.json()["error"]["message"]
+    # A raw prompt runs on the agent's model (with its sampling defaults where the request sets none),
+    # without its system prompt: the same prompt tokens as the model's own.
+    body = {"model": "helper", "prompt": "hi", "max_tokens": 3, **NO_EOS}
+    completion = httpx.post(f"{live.base_url}/v1/completions", json=body, headers=admin)
+    assert completion.status_code == 200 and completion.json()["usage"]["completion_tokens"] == 3
+    plain = httpx.post(f"{live.base_url}/v1/completions", json={**body, "model": TINY}, headers=admin)
+    assert completion.json()["usage"]["prompt_tokens"] == plain.json()["usage"]["prompt_tokens"]
+    refused = httpx.post(f"{live.base_url}/v1/completions", json=body, headers=user)
+    assert refused.status_code == 403
+
+
+def test_the_callers_system_prompt_joins_the_agents_in_one_turn(make_server: ServerFactory) -> None:
+    live = make_server()
+    httpx.post(f"{live.base_url}/v1/agents", json=_agent()).raise_for_status()
+    system: Any = [{"role": "system", "content": "Answer in French."}, {"role": "user", "content": "hi"}]
+    both = _chat(live.base_url, "helper", messages=system)
+    assert both.status_code == 200, both.text
+    alone = _chat(live.base_url, "helper", messages=[{"role": "user", "content": "hi"}])
+    assert both.json()["usage"]["prompt_tokens"] > alone.json()["usage"]["prompt_tokens"]
 
 
 def test_an_agents_policy_applies_and_shows_in_its_scorecard(make_server: ServerFactory) -> None:

@@ -232,3 +232,25 @@ def test_a_push_cut_off_midway_keeps_nothing_and_is_no_server_error(
     wait_until(lambda: not list(uploads.iterdir()), timeout=10)
     assert httpx.head(f"{server.base_url}/api/blobs/{digest}").status_code == 404
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def test_a_made_model_loads_embeds_takes_raw_prompts_and_a_callers_system(client: ollama.Client) -> None:
+    client.create(
+        model="mario", from_=TINY, system="You are Mario.", parameters={"num_predict": 2, "temperature": 0}
+    )
+    assert client.generate(model="mario").done_reason == "load"  # an empty prompt loads its model
+    assert client.generate(model="mario", keep_alive=0).done_reason == "unload"
+    assert len(client.embed(model="mario", input="hi").embeddings) == 1
+    raw = client.generate(model="mario", prompt="hi", raw=True)
+    assert raw.eval_count == 2  # its parameters, without its system prompt (a raw prompt has no turns)
+    own = [{"role": "system", "content": "Be brief."}, *HI]
+    assert client.chat(model="mario", messages=own).done  # one system turn: the model's, then the caller's
+    assert client.generate(model="mario", prompt="hi", system="Be brief.").done
+
+
+def test_a_stored_model_cannot_be_copied_onto_a_made_models_name(client: ollama.Client) -> None:
+    client.create(model="mario", from_=TINY, system="x")
+    with pytest.raises(ollama.ResponseError) as err:
+        client.copy(TINY, "mario")
+    assert err.value.status_code == 409
+    assert [m.model for m in client.list().models].count("mario") == 1
