@@ -223,8 +223,11 @@ class LocalBackend:
         if not prefix:
             return tokens
         _check_ids(model, prefix, "context")
-        if tokens and tokens[0] == model.runner.vocab.bos:
+        bos = model.runner.vocab.bos
+        if tokens and tokens[0] == bos:
             tokens = tokens[1:]
+            if prefix[0] != bos:  # a context without the BOS a prompt starts with: it goes first still
+                return [bos, *prefix, *tokens]
         return [*prefix, *tokens]
 
     # ----- generation --------------------------------------------------------------------------------

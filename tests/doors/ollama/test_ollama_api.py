@@ -230,6 +230,11 @@ def test_context_carries_the_conversation_as_token_ids(client: ollama.Client) ->
     assert err.value.error == "raw mode does not support template, system, or context"
 
 
+def test_a_context_without_bos_still_starts_with_one(client: ollama.Client) -> None:
+    resp = client.generate(model=TINY, prompt="hi", context=[200, 201], options={"num_predict": 1})
+    assert resp.context is not None and list(resp.context[:3]) == [1, 200, 201]  # BOS first, then it
+
+
 @pytest.mark.parametrize("context", [[-1], [10**7], [1, "x"], "abc"])
 def test_a_context_of_anything_but_token_ids_is_a_400(server: LiveServer, context: Any) -> None:
     body = {"model": TINY, "prompt": "hi", "context": context, "stream": False}
