@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from llmhost.errors import RequestError
+from llmhost.errors import InvalidModelFileError, RequestError
 from llmhost.models.registry import ModelRecord
 from llmhost.models.store import ModelStore
 
@@ -104,7 +104,12 @@ class Uploads:
         source = stored if stored.is_file() else self.path(digest)
         if not source.is_file():
             raise RequestError(f"blob {digest} not found: push it first (POST /api/blobs/{digest})", "files")
-        return self.store.adopt_file(source, name, sha256=digest, source=f"upload:{filename}")
+        try:
+            return self.store.adopt_file(source, name, sha256=digest, source=f"upload:{filename}")
+        except InvalidModelFileError as exc:  # worded without the server's paths
+            raise InvalidModelFileError(
+                f"{filename} ({digest}) is not a model file llmhost can serve: {str(exc).rsplit(': ', 1)[-1]}"
+            ) from None
 
     def _prune(self) -> None:
         now = time.time()

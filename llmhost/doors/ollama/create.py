@@ -103,6 +103,8 @@ def _sampling(base: SamplingSpec, parameters: dict[str, Any]) -> SamplingSpec:
             raise RequestError(f"unknown parameter '{key}'", param="parameters")
         if field == "stop":
             value = [value] if isinstance(value, str) else value
+        if field == "max_tokens" and value in (-1, -2):  # Ollama's "no limit" / "fill the context"
+            value = None
         values[field] = value
     try:
         return SamplingSpec.model_validate(values)
@@ -189,6 +191,10 @@ def _progress(body: wire.CreateRequest, steps: list[str]) -> Response:
 async def _from_files(request: Request, service: Service, body: wire.CreateRequest, name: str) -> Response:
     """``files``: one pushed GGUF registered as the stored model ``name``."""
     files = body.files or {}
+    for filename in files:  # a name, as Go's fs.ValidPath takes it: no absolute path, no ".."
+        parts = filename.split("/")
+        if not filename or filename.startswith("/") or any(p in ("", ".", "..") for p in parts):
+            raise RequestError(f"invalid file name {filename!r}", param="files")
     ggufs = [f for f in files if f.lower().endswith(".gguf")]
     if len(files) != 1 or len(ggufs) != 1:
         raise RequestError(

@@ -72,6 +72,8 @@ def test_creating_again_replaces_and_a_model_from_a_made_one_inherits_it(client:
     assert client.show("mario").modelfile == f'FROM {TINY}\nSYSTEM """second"""\n'  # a fresh start
 
     client.create(model="mario", from_=TINY, system="base", parameters={"num_predict": 3})
+    assert client.create(model="unbounded", from_="mario", parameters={"num_predict": -1}).status == "success"
+    assert "num_predict" not in (client.show("unbounded").parameters or "")  # Ollama's "no limit"
     client.create(model="luigi", from_="mario", parameters={"temperature": 0.5})
     luigi = client.show("luigi")
     assert system_of(client, "luigi") == "base"
@@ -185,6 +187,9 @@ def test_a_pushed_file_that_is_no_gguf_is_refused_and_removed(server: LiveServer
         f"{server.base_url}/api/create", json={"model": "x", "files": {"x.gguf": digest}, "stream": False}
     )
     assert made.status_code == 400 and set(made.json()) == {"error"}
+    assert (
+        "x.gguf" in made.json()["error"] and str(server.service.store.models_dir) not in made.json()["error"]
+    )
     assert httpx.head(f"{server.base_url}/api/blobs/{digest}").status_code == 404  # not kept
     assert [m["name"] for m in httpx.get(f"{server.base_url}/api/tags").json()["models"]] == [TINY]
 
@@ -196,6 +201,8 @@ def test_a_pushed_file_that_is_no_gguf_is_refused_and_removed(server: LiveServer
         ({"a.gguf": "sha256:" + "1" * 64}, {}, "not found"),
         ({"a.gguf": "sha256:" + "1" * 64}, {"system": "hi"}, "FROM it"),
         ({"a.gguf": "nonsense"}, {}, "invalid digest format"),
+        ({"../a.gguf": "sha256:" + "1" * 64}, {}, "invalid file name"),
+        ({"/etc/a.gguf": "sha256:" + "1" * 64}, {}, "invalid file name"),
     ],
 )
 def test_files_that_cannot_make_a_model_are_a_400(
