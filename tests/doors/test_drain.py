@@ -113,9 +113,13 @@ class Stream:
     first: threading.Event = field(default_factory=threading.Event)
 
 
-def _read_stream(base_url: str, max_tokens: int, stream: Stream) -> None:
+def _read_stream(
+    base_url: str, max_tokens: int, stream: Stream, start: threading.Barrier | None = None
+) -> None:
     body = {"model": TINY, "prompt": "hello", "max_tokens": max_tokens, "stream": True, "logit_bias": NO_EOS}
     try:
+        if start is not None:
+            start.wait(30)  # every stream asks at once: on a loaded machine, one started late finished last
         with httpx.stream("POST", f"{base_url}/v1/completions", json=body, timeout=60) as r:
             assert r.status_code == 200
             for line in r.iter_lines():
@@ -135,8 +139,10 @@ def _read_stream(base_url: str, max_tokens: int, stream: Stream) -> None:
 def _open_streams(base_url: str, n: int, max_tokens: int) -> tuple[list[Stream], list[threading.Thread]]:
     """``n`` streams, each past its first chunk when this returns."""
     streams = [Stream() for _ in range(n)]
+    start = threading.Barrier(n)
     threads = [
-        threading.Thread(target=_read_stream, args=(base_url, max_tokens, s), daemon=True) for s in streams
+        threading.Thread(target=_read_stream, args=(base_url, max_tokens, s, start), daemon=True)
+        for s in streams
     ]
     for thread in threads:
         thread.start()
