@@ -3,11 +3,9 @@ request context, and the service objects on ``app.state``."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -24,7 +22,6 @@ from llmhost.logs import REQUEST_ID_KEY
 __all__ = [
     "PRINCIPAL_KEY",
     "ErrorRenderer",
-    "closing_store",
     "context_for",
     "door_route",
     "owner_of",
@@ -176,20 +173,6 @@ def owner_of(principal: Principal) -> str:
     never reused when a name is), else the principal's name (the owner on an open loopback server, the
     config-file key)."""
     return principal.key_id or principal.name
-
-
-def closing_store(attr: str) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
-    """A router lifespan that closes the store a door keeps in ``app.state.<attr>`` (made on first use)
-    when the app stops."""
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        yield
-        store = getattr(app.state, attr, None)
-        if store is not None:
-            await asyncio.to_thread(store.close)
-
-    return lifespan
 
 
 def pipeline_of(request: Request) -> Pipeline:

@@ -15,14 +15,15 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any, Literal
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, FastAPI, Request
 from pydantic import BaseModel, ConfigDict
 
 from llmhost.core.stream import ResultBuilder
 from llmhost.core.types import Delta, Principal
-from llmhost.doors.common import PRINCIPAL_KEY, closing_store, door_route, owner_of
+from llmhost.doors.common import PRINCIPAL_KEY, door_route, owner_of
 from llmhost.doors.openai import translate
 from llmhost.errors import NotFoundError, RequestError
 from llmhost.storage import DatabaseTarget, LazyStore
@@ -192,9 +193,15 @@ async def keep_stream(
 
 
 # ----- the routes -----------------------------------------------------------------------------------------
-router = APIRouter(
-    prefix="/v1", route_class=door_route(translate.render_error), lifespan=closing_store(STORE_ATTR)
-)
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    yield
+    store: ChatCompletionStore | None = getattr(app.state, STORE_ATTR, None)
+    if store is not None:
+        await asyncio.to_thread(store.close)
+
+
+router = APIRouter(prefix="/v1", route_class=door_route(translate.render_error), lifespan=_lifespan)
 
 
 class _UpdateBody(BaseModel):

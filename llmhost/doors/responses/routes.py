@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any, Literal
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from llmhost.doors.common import closing_store, context_for, door_route, owner_of, pipeline_of
+from llmhost.doors.common import context_for, door_route, owner_of, pipeline_of
 from llmhost.doors.responses import protocol as wire
 from llmhost.doors.responses import translate
 from llmhost.doors.responses.events import ResponseStream
@@ -32,9 +34,15 @@ STORE_ATTR = "responses_store"
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
-router = APIRouter(
-    prefix="/v1", route_class=door_route(translate.render_error), lifespan=closing_store(STORE_ATTR)
-)
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    yield
+    store: ResponseStore | None = getattr(app.state, STORE_ATTR, None)
+    if store is not None:
+        await asyncio.to_thread(store.close)
+
+
+router = APIRouter(prefix="/v1", route_class=door_route(translate.render_error), lifespan=_lifespan)
 
 
 def store_of(request: Request) -> ResponseStore:
